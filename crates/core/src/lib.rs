@@ -1,0 +1,19 @@
+//! prewarm's shared vocabulary: strong ids, state references and the history record.
+//!
+//! Everything here is pure data. The only IO is reading and writing history records
+//! (JSON Lines) through `std::io` traits, so every other crate — store, agent, coordinator,
+//! predictor, simulator — speaks the same types without pulling in a runtime.
+
+mod history;
+mod ids;
+mod size;
+
+pub use history::{
+    Event, HistoryError, HistoryErrorKind, HistoryReader, HistoryRecord, HistoryWriter, ReadAccess,
+    WriteAccess,
+};
+pub use ids::{
+    CapacityId, ChunkHash, IdError, MAX_CAPACITY_ID_LEN, MAX_RESOURCE_ID_LEN, ResourceId, StateRef,
+    Version,
+};
+pub use size::{ByteSize, ParseSizeError, parse_duration};

@@ -1,0 +1,295 @@
+//! [`Snapshotter`]: turns a file, a directory tree or an in-memory buffer into a new version.
+//!
+//! A directory is walked in sorted order (deterministic manifests); directories, regular files
+//! and symlinks are recorded with their modes, and anything else (sockets, FIFOs, devices) is
+//! refused with an error naming it. File contents form one logical stream, each file chunked
+//! on its own so it starts on a chunk boundary.
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prewarm_core::ResourceId;
+use prewarm_store::{
+    ChunkerParams, CommitError, Committed, EntryKind, Segment, SourceKind, Store, TreeEntry,
+    WriteError,
+};
+
+/// Why a snapshot failed. Nothing was published.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The source does not exist or cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Source {
+        /// The path.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// A special file (socket, FIFO, device) cannot be snapshotted.
+    #[error("{path} is a {what}; only regular files, directories and symlinks can be snapshotted")]
+    SpecialFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        what: &'static str,
+    },
+    /// Storing chunks failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// Publishing failed.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+}
+
+/// The result of a snapshot: a new version, or the latest one when nothing changed.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SnapshotOutcome {
+    /// The version committed (or the unchanged latest one).
+    pub committed: Committed,
+    /// True when the source matched the latest version and no version was created.
+    pub unchanged: bool,
+}
+
+/// Takes snapshots into a store.
+#[derive(Clone)]
+pub struct Snapshotter {
+    store: Arc<Store>,
+    chunker: ChunkerParams,
+    skip_unchanged: bool,
+}
+
+impl Snapshotter {
+    /// A snapshotter with the default chunk size that skips unchanged sources.
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            chunker: ChunkerParams::default(),
+            skip_unchanged: true,
+        }
+    }
+
+    /// Sets the chunking parameters (the state-granularity knob).
+    pub fn with_chunker(mut self, chunker: ChunkerParams) -> Self {
+        self.chunker = chunker;
+        self
+    }
+
+    /// Whether a source identical to the latest version creates a new version anyway.
+    pub fn always_commit(mut self) -> Self {
+        self.skip_unchanged = false;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Commits an in-memory buffer as the next version of `resource`.
+    pub async fn commit_bytes(
+        &self,
+        resource: &ResourceId,
+        bytes: Bytes,
+    ) -> Result<SnapshotOutcome, SnapshotError> {
+        self.run(
+            resource,
+            SourceKind::Buffer,
+            vec![Segment::Bytes(bytes)],
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Snapshots a file or a directory tree as the next version of `resource`.
+    pub async fn snapshot_path(
+        &self,
+        resource: &ResourceId,
+        path: &Path,
+    ) -> Result<SnapshotOutcome, SnapshotError> {
+        let root = path.to_owned();
+        let walked = tokio::task::spawn_blocking(move || walk_source(&root))
+            .await
+            .map_err(|e| SnapshotError::Source {
+                path: path.to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        match walked {
+            Walked::File(p) => {
+                self.run(
+                    resource,
+                    SourceKind::File,
+                    vec![Segment::File(p)],
+                    Vec::new(),
+                )
+                .await
+            }
+            Walked::Tree(tree, files) => {
+                let segments = files.into_iter().map(Segment::File).collect();
+                self.run(resource, SourceKind::Directory, segments, tree)
+                    .await
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        resource: &ResourceId,
+        kind: SourceKind,
+        segments: Vec<Segment>,
+        mut tree: Vec<TreeEntry>,
+    ) -> Result<SnapshotOutcome, SnapshotError> {
+        let staged = self.store.write(segments, self.chunker).await?;
+        // Files may have changed size while being read: record what was actually read.
+        let mut offset = 0;
+        let mut lens = staged.segment_lens.iter();
+        for e in tree.iter_mut().filter(|e| e.kind == EntryKind::File) {
+            e.offset = offset;
+            e.size = *lens.next().expect("one segment per file");
+            offset += e.size;
+        }
+        if self.skip_unchanged {
+            if let Some(latest) = self
+                .store
+                .latest(resource)
+                .await
+                .map_err(CommitError::from)?
+            {
+                if let Ok(m) = self.store.resolve(resource, Some(latest)).await {
+                    let same = m.kind == kind
+                        && m.chunks.len() == staged.chunks.len()
+                        && m.chunks
+                            .iter()
+                            .zip(&staged.chunks)
+                            .all(|(a, b)| a.hash == b.hash && a.length == b.length)
+                        && m.tree == tree;
+                    if same {
+                        let mut stats = staged.stats;
+                        stats.new_stored_bytes = 0;
+                        return Ok(SnapshotOutcome {
+                            committed: Committed {
+                                state: m.state,
+                                parent: m.parent,
+                                stats,
+                                manifest_bytes: 0,
+                            },
+                            unchanged: true,
+                        });
+                    }
+                }
+            }
+        }
+        let committed = self.store.commit(staged, resource, kind, tree).await?;
+        Ok(SnapshotOutcome {
+            committed,
+            unchanged: false,
+        })
+    }
+}
+
+enum Walked {
+    File(PathBuf),
+    Tree(Vec<TreeEntry>, Vec<PathBuf>),
+}
+
+fn walk_source(root: &Path) -> Result<Walked, SnapshotError> {
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SnapshotError::Source { path, source }
+    };
+    let meta = std::fs::metadata(root).map_err(err(root))?;
+    if meta.is_file() {
+        // Open it now so an unreadable file fails before any work.
+        std::fs::File::open(root).map_err(err(root))?;
+        return Ok(Walked::File(root.to_owned()));
+    }
+    if !meta.is_dir() {
+        return Err(SnapshotError::SpecialFile {
+            path: root.to_owned(),
+            what: special_kind(&meta.file_type()),
+        });
+    }
+    let mut tree = Vec::new();
+    let mut files = Vec::new();
+    walk_dir(root, &[], &mut tree, &mut files)?;
+    Ok(Walked::Tree(tree, files))
+}
+
+fn walk_dir(
+    dir: &Path,
+    rel: &[u8],
+    tree: &mut Vec<TreeEntry>,
+    files: &mut Vec<PathBuf>,
+) -> Result<(), SnapshotError> {
+    let err = |source| SnapshotError::Source {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    entries.sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+    for entry in entries {
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(|source| SnapshotError::Source {
+            path: path.clone(),
+            source,
+        })?;
+        let mut rel_path = rel.to_vec();
+        if !rel_path.is_empty() {
+            rel_path.push(b'/');
+        }
+        rel_path.extend_from_slice(entry.file_name().as_bytes());
+        let ft = meta.file_type();
+        let mut e = TreeEntry {
+            path: rel_path.clone(),
+            kind: EntryKind::File,
+            mode: meta.permissions().mode() & 0o7777,
+            size: 0,
+            offset: 0,
+            symlink_target: Vec::new(),
+            mtime_unix_ms: meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000,
+        };
+        if ft.is_dir() {
+            e.kind = EntryKind::Dir;
+            tree.push(e);
+            walk_dir(&path, &rel_path, tree, files)?;
+        } else if ft.is_file() {
+            e.size = meta.len();
+            tree.push(e);
+            files.push(path);
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(|source| SnapshotError::Source {
+                path: path.clone(),
+                source,
+            })?;
+            e.kind = EntryKind::Symlink;
+            e.symlink_target = target.as_os_str().as_bytes().to_vec();
+            tree.push(e);
+        } else {
+            return Err(SnapshotError::SpecialFile {
+                path,
+                what: special_kind(&ft),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn special_kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_socket() {
+        "socket"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}

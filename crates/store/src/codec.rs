@@ -1,0 +1,111 @@
+//! Per-chunk compression: zstd where it pays, raw where it does not.
+
+use std::io::Read;
+
+use crate::Codec;
+
+/// Compression must save at least 1/32 (~3%) of a chunk, or the chunk is stored raw:
+/// decompressing costs time on every restore, so a marginal saving is not worth it.
+const MIN_SAVING_DIVISOR: usize = 32;
+
+/// Compresses one chunk with a reusable compressor; returns the codec and stored bytes.
+pub fn encode(compressor: &mut zstd::bulk::Compressor<'_>, raw: &[u8]) -> (Codec, Vec<u8>) {
+    let bound = raw.len() - raw.len() / MIN_SAVING_DIVISOR;
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+    match compressor.compress_to_buffer(raw, &mut out) {
+        Ok(n) if n < bound => (Codec::Zstd, out),
+        _ => (Codec::Raw, raw.to_vec()),
+    }
+}
+
+/// Why a stored chunk could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// zstd rejected the frame.
+    #[error("zstd frame is corrupt: {0}")]
+    Zstd(std::io::Error),
+    /// The decoded length differs from the recorded one.
+    #[error("decoded to {got} bytes, expected {want}")]
+    Length {
+        /// Bytes decoded.
+        got: usize,
+        /// Bytes expected.
+        want: usize,
+    },
+}
+
+/// Decodes a stored chunk into exactly `raw_len` bytes.
+pub fn decode(codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, DecodeError> {
+    let out = match codec {
+        Codec::Raw => stored.to_vec(),
+        Codec::Zstd => {
+            // Capacity raw_len + 1 so an overlong frame is detected rather than truncated.
+            let mut out = Vec::with_capacity(raw_len + 1);
+            zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress_to_buffer(stored, &mut out))
+                .map_err(DecodeError::Zstd)?;
+            out
+        }
+    };
+    if out.len() != raw_len {
+        return Err(DecodeError::Length {
+            got: out.len(),
+            want: raw_len,
+        });
+    }
+    Ok(out)
+}
+
+/// Why a bounded decompression failed.
+#[derive(Debug)]
+pub enum LimitedError {
+    /// The output would exceed the limit.
+    TooLarge,
+    /// The frame is corrupt.
+    Io(std::io::Error),
+}
+
+/// Decompresses a zstd frame, refusing to produce more than `limit` bytes.
+pub fn decompress_limited(frame: &[u8], limit: u64) -> Result<Vec<u8>, LimitedError> {
+    let dec = zstd::stream::read::Decoder::new(frame).map_err(LimitedError::Io)?;
+    let mut out = Vec::new();
+    dec.take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(LimitedError::Io)?;
+    if out.len() as u64 > limit {
+        return Err(LimitedError::TooLarge);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressible_and_incompressible() {
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        let text = b"the quick brown fox ".repeat(500);
+        let (codec, stored) = encode(&mut c, &text);
+        assert_eq!(codec, Codec::Zstd);
+        assert!(stored.len() < text.len() / 10);
+        assert_eq!(decode(codec, &stored, text.len()).unwrap(), text);
+
+        let noise: Vec<u8> = (0..10_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let (codec, stored) = encode(&mut c, &noise);
+        assert_eq!(codec, Codec::Raw);
+        assert_eq!(stored, noise);
+    }
+
+    #[test]
+    fn decode_rejects_wrong_length_and_garbage() {
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        let text = b"abcabcabc".repeat(100);
+        let (codec, stored) = encode(&mut c, &text);
+        assert!(decode(codec, &stored, text.len() - 1).is_err());
+        assert!(decode(Codec::Zstd, b"garbage!", 8).is_err());
+        assert!(decode(Codec::Raw, b"abc", 4).is_err());
+    }
+}

@@ -1,0 +1,467 @@
+//! [`Store`]: opening a store by path or URL, its object layout, versions and manifests.
+//!
+//! Layout inside the object store:
+//! ```text
+//! prewarm-store.json                  marker: format version (a store is refused without it)
+//! data/<2 hex>/<pack id>              packs of stored chunks
+//! index/<hash of body>                PackIndex objects: chunk → pack location
+//! manifests/<resource>/@v/<version>   framed Manifest, version zero-padded to 20 digits
+//! ```
+//! `@` cannot occur in a resource id, so `a/@v/…` never collides with a resource `a/b`.
+
+use std::sync::{Arc, RwLock};
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use prewarm_core::{ResourceId, StateRef, Version};
+
+use crate::index::{ChunkIndex, IndexDecodeError};
+use crate::manifest::{Manifest, ManifestError};
+use crate::pack::PackId;
+
+const MARKER: &str = "prewarm-store.json";
+const STORE_FORMAT: u64 = 1;
+
+/// Tunables of a store handle (not persisted: they only shape new writes).
+#[derive(Clone, Copy, Debug)]
+pub struct StoreConfig {
+    /// zstd level for chunks.
+    pub zstd_level: i32,
+    /// Target pack size in bytes.
+    pub pack_target: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            zstd_level: crate::DEFAULT_ZSTD_LEVEL,
+            pack_target: 16 << 20,
+        }
+    }
+}
+
+/// A content-addressed snapshot store.
+pub struct Store {
+    pub(crate) os: Arc<dyn ObjectStore>,
+    /// Human-readable location, for messages.
+    location: String,
+    /// Everything the store holds, as of open or the last commit by this handle.
+    pub(crate) index: RwLock<Arc<ChunkIndex>>,
+    pub(crate) config: StoreConfig,
+}
+
+/// Why a store could not be opened or created.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The location is not a path or a URL we understand.
+    #[error("invalid store location {location:?}: {why}")]
+    BadLocation {
+        /// What was given.
+        location: String,
+        /// Why it is invalid.
+        why: String,
+    },
+    /// The URL's scheme needs a cargo feature this build lacks.
+    #[error("store URL scheme {scheme:?} needs prewarm built with `--features {feature}`")]
+    NotCompiled {
+        /// The scheme.
+        scheme: String,
+        /// The feature to enable.
+        feature: &'static str,
+    },
+    /// No marker: this is not a prewarm store (or it does not exist).
+    #[error("{location} is not a prewarm store (no {MARKER}); `prewarm snapshot` creates one")]
+    NotAStore {
+        /// The location.
+        location: String,
+    },
+    /// The marker names a format this build does not know.
+    #[error("{location} has store format {found}; this build reads format {STORE_FORMAT}")]
+    UnknownFormat {
+        /// The location.
+        location: String,
+        /// The format found.
+        found: String,
+    },
+    /// An index object is damaged.
+    #[error("{location}: index object {object} is damaged: {source}")]
+    Index {
+        /// The location.
+        location: String,
+        /// The object.
+        object: String,
+        /// What is wrong.
+        source: IndexDecodeError,
+    },
+    /// The backend failed (permissions, network, missing directory…).
+    #[error("cannot read store {location}: {source}")]
+    Backend {
+        /// The location.
+        location: String,
+        /// The backend's error.
+        source: object_store::Error,
+    },
+}
+
+/// Why a manifest could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadManifestError {
+    /// No such version.
+    #[error("{state} does not exist (latest version: {latest})")]
+    UnknownVersion {
+        /// What was asked for.
+        state: StateRef,
+        /// What exists, for the message.
+        latest: String,
+    },
+    /// The resource has no versions at all.
+    #[error("resource {0} has no versions in this store")]
+    UnknownResource(ResourceId),
+    /// The manifest object is damaged.
+    #[error("manifest of {state} is damaged: {source}")]
+    Corrupt {
+        /// Which manifest.
+        state: StateRef,
+        /// What is wrong.
+        source: ManifestError,
+    },
+    /// The backend failed.
+    #[error("cannot read manifest: {0}")]
+    Backend(#[from] object_store::Error),
+}
+
+impl Store {
+    /// Opens an existing store: a directory path, `file:///dir`, `memory://`, or (with the
+    /// matching feature) `s3://`, `gs://`, `az://` URLs configured from the environment.
+    pub async fn open(location: &str) -> Result<Self, OpenError> {
+        Self::open_with(location, StoreConfig::default(), false).await
+    }
+
+    /// Opens a store, creating it (and a local directory) if it does not exist.
+    pub async fn open_or_create(location: &str) -> Result<Self, OpenError> {
+        Self::open_with(location, StoreConfig::default(), true).await
+    }
+
+    /// A fresh in-memory store, for tests and simulations.
+    pub async fn memory() -> Self {
+        Self::open_or_create("memory://")
+            .await
+            .expect("in-memory store always opens")
+    }
+
+    /// Opens with explicit tunables.
+    pub async fn open_with(
+        location: &str,
+        config: StoreConfig,
+        create: bool,
+    ) -> Result<Self, OpenError> {
+        let os = backend(location, create)?;
+        let store = Self {
+            os,
+            location: location.to_owned(),
+            index: RwLock::new(Arc::new(ChunkIndex::default())),
+            config,
+        };
+        store.check_marker(create).await?;
+        let idx = store.load_index().await?;
+        *store.index.write().expect("index lock poisoned") = Arc::new(idx);
+        Ok(store)
+    }
+
+    /// The location this store was opened from.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Tunables of this handle.
+    pub fn config(&self) -> StoreConfig {
+        self.config
+    }
+
+    /// A snapshot of the chunk index.
+    pub fn index(&self) -> Arc<ChunkIndex> {
+        self.index.read().expect("index lock poisoned").clone()
+    }
+
+    fn backend_err(&self, source: object_store::Error) -> OpenError {
+        OpenError::Backend {
+            location: self.location.clone(),
+            source,
+        }
+    }
+
+    async fn check_marker(&self, create: bool) -> Result<(), OpenError> {
+        let path = Path::from(MARKER);
+        match self.os.get(&path).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| self.backend_err(e))?;
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                match v.get("format").and_then(|f| f.as_u64()) {
+                    Some(STORE_FORMAT) => Ok(()),
+                    _ => Err(OpenError::UnknownFormat {
+                        location: self.location.clone(),
+                        found: String::from_utf8_lossy(&bytes).chars().take(80).collect(),
+                    }),
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) if create => {
+                let body = serde_json::json!({ "format": STORE_FORMAT, "created_by": "prewarm" });
+                let put = self
+                    .os
+                    .put_opts(
+                        &path,
+                        PutPayload::from(body.to_string()),
+                        object_store::PutMode::Create.into(),
+                    )
+                    .await;
+                match put {
+                    Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+                    Err(e) => Err(self.backend_err(e)),
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => Err(OpenError::NotAStore {
+                location: self.location.clone(),
+            }),
+            Err(e) => Err(self.backend_err(e)),
+        }
+    }
+
+    /// Lists and merges every index object.
+    pub(crate) async fn load_index(&self) -> Result<ChunkIndex, OpenError> {
+        let mut idx = ChunkIndex::default();
+        for path in self
+            .index_objects()
+            .await
+            .map_err(|e| self.backend_err(e))?
+        {
+            let bytes = self
+                .os
+                .get(&path)
+                .await
+                .map_err(|e| self.backend_err(e))?
+                .bytes()
+                .await
+                .map_err(|e| self.backend_err(e))?;
+            let part = ChunkIndex::decode(&bytes).map_err(|source| OpenError::Index {
+                location: self.location.clone(),
+                object: path.to_string(),
+                source,
+            })?;
+            idx.merge(part);
+        }
+        Ok(idx)
+    }
+
+    pub(crate) async fn index_objects(&self) -> Result<Vec<Path>, object_store::Error> {
+        let prefix = Path::from("index");
+        let metas: Vec<_> = self.os.list(Some(&prefix)).try_collect().await?;
+        Ok(metas.into_iter().map(|m| m.location).collect())
+    }
+
+    /// Versions of `resource`, oldest first.
+    pub async fn versions(
+        &self,
+        resource: &ResourceId,
+    ) -> Result<Vec<Version>, object_store::Error> {
+        let prefix = versions_dir(resource);
+        let listing = self.os.list_with_delimiter(Some(&prefix)).await?;
+        let mut out: Vec<Version> = listing
+            .objects
+            .iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()?
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(Version::new)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The newest version of `resource`, if any.
+    pub async fn latest(
+        &self,
+        resource: &ResourceId,
+    ) -> Result<Option<Version>, object_store::Error> {
+        Ok(self.versions(resource).await?.pop())
+    }
+
+    /// Every resource with at least one version.
+    pub async fn resources(&self) -> Result<Vec<ResourceId>, object_store::Error> {
+        let prefix = Path::from("manifests");
+        let metas: Vec<_> = self.os.list(Some(&prefix)).try_collect().await?;
+        let mut out: Vec<ResourceId> = metas
+            .iter()
+            .filter_map(|m| {
+                let parts: Vec<_> = m.location.parts().map(|p| p.as_ref().to_owned()).collect();
+                let n = parts.len();
+                (n >= 4 && parts[n - 2] == "@v")
+                    .then(|| ResourceId::new(parts[1..n - 2].join("/")).ok())?
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Reads and validates one manifest.
+    pub async fn manifest(&self, state: &StateRef) -> Result<Manifest, ReadManifestError> {
+        let bytes = match self.os.get(&manifest_path(state)).await {
+            Ok(r) => r.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(match self.latest(&state.resource).await? {
+                    Some(latest) => ReadManifestError::UnknownVersion {
+                        state: state.clone(),
+                        latest: latest.to_string(),
+                    },
+                    None => ReadManifestError::UnknownResource(state.resource.clone()),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let m = Manifest::decode(&bytes).map_err(|source| ReadManifestError::Corrupt {
+            state: state.clone(),
+            source,
+        })?;
+        if &m.state != state {
+            return Err(ReadManifestError::Corrupt {
+                state: state.clone(),
+                source: ManifestError::Invalid(format!("it describes {} instead", m.state)),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Reads the manifest of `version`, or of the latest version when `None`.
+    pub async fn resolve(
+        &self,
+        resource: &ResourceId,
+        version: Option<Version>,
+    ) -> Result<Manifest, ReadManifestError> {
+        let version = match version {
+            Some(v) => v,
+            None => self
+                .latest(resource)
+                .await?
+                .ok_or_else(|| ReadManifestError::UnknownResource(resource.clone()))?,
+        };
+        self.manifest(&StateRef {
+            resource: resource.clone(),
+            version,
+        })
+        .await
+    }
+}
+
+pub(crate) fn versions_dir(resource: &ResourceId) -> Path {
+    Path::from_iter(
+        ["manifests"]
+            .into_iter()
+            .chain(resource.segments())
+            .chain(["@v"]),
+    )
+}
+
+pub(crate) fn manifest_path(state: &StateRef) -> Path {
+    versions_dir(&state.resource)
+        .clone()
+        .join(format!("{:020}", state.version.get()))
+}
+
+pub(crate) fn pack_path(id: &PackId) -> Path {
+    let hex = id.to_hex();
+    Path::from_iter(["data", &hex[..2], &hex])
+}
+
+pub(crate) fn pack_id_of(path: &Path) -> Option<PackId> {
+    PackId::from_hex(path.filename()?)
+}
+
+fn backend(location: &str, create: bool) -> Result<Arc<dyn ObjectStore>, OpenError> {
+    let bad = |why: String| OpenError::BadLocation {
+        location: location.to_owned(),
+        why,
+    };
+    if location.is_empty() {
+        return Err(bad("empty".into()));
+    }
+    let Some((scheme, _)) = location.split_once("://") else {
+        return local(std::path::Path::new(location), create, location);
+    };
+    match scheme {
+        "memory" => Ok(Arc::new(object_store::memory::InMemory::new())),
+        "file" => {
+            let url = url::Url::parse(location).map_err(|e| bad(e.to_string()))?;
+            let path = url
+                .to_file_path()
+                .map_err(|()| bad("not a local file URL".into()))?;
+            local(&path, create, location)
+        }
+        "s3" | "s3a" => remote(location, "s3", cfg!(feature = "s3")),
+        "gs" => remote(location, "gcs", cfg!(feature = "gcs")),
+        "az" | "abfs" | "abfss" | "azure" => remote(location, "azure", cfg!(feature = "azure")),
+        other => Err(bad(format!(
+            "unknown scheme {other:?} (use a path, file://, memory://, s3://, gs:// or az://)"
+        ))),
+    }
+}
+
+fn local(
+    path: &std::path::Path,
+    create: bool,
+    location: &str,
+) -> Result<Arc<dyn ObjectStore>, OpenError> {
+    if create {
+        std::fs::create_dir_all(path).map_err(|e| OpenError::BadLocation {
+            location: location.to_owned(),
+            why: format!("cannot create directory: {e}"),
+        })?;
+    } else if !path.is_dir() {
+        return Err(OpenError::NotAStore {
+            location: location.to_owned(),
+        });
+    }
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
+        .map_err(|source| OpenError::Backend {
+            location: location.to_owned(),
+            source,
+        })?
+        .with_fsync(true);
+    Ok(Arc::new(fs))
+}
+
+#[allow(unused_variables)]
+fn remote(
+    location: &str,
+    feature: &'static str,
+    compiled: bool,
+) -> Result<Arc<dyn ObjectStore>, OpenError> {
+    let scheme = location.split("://").next().unwrap_or_default().to_owned();
+    if !compiled {
+        return Err(OpenError::NotCompiled { scheme, feature });
+    }
+    #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+    {
+        let url = url::Url::parse(location).map_err(|e| OpenError::BadLocation {
+            location: location.to_owned(),
+            why: e.to_string(),
+        })?;
+        let opts = std::env::vars().map(|(k, v)| (k.to_ascii_lowercase(), v));
+        let (store, prefix) =
+            object_store::parse_url_opts(&url, opts).map_err(|source| OpenError::Backend {
+                location: location.to_owned(),
+                source,
+            })?;
+        let store: Arc<dyn ObjectStore> = Arc::from(store);
+        return Ok(if prefix.as_ref().is_empty() {
+            store
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        });
+    }
+    #[allow(unreachable_code)]
+    Err(OpenError::NotCompiled { scheme, feature })
+}

@@ -1,0 +1,299 @@
+//! Writing a snapshot: [`Store::write`] stores the chunks of a stream (packs uploaded while
+//! the CPU keeps cutting and compressing), then [`Store::commit`] publishes it.
+//!
+//! Commit order is the crash-safety argument: packs → index → manifest. A manifest is only
+//! written after every chunk it names is durable, so a crash leaves at worst unreferenced
+//! packs (collected by `gc`), never a manifest pointing at a missing chunk. The manifest put
+//! is conditional (`PutMode::Create`), so two writers racing for the same version number
+//! cannot overwrite each other: the loser takes the next number.
+
+use std::collections::HashSet;
+
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutPayload};
+use prewarm_core::{ResourceId, StateRef, Version};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::chunker::{Processed, Producer, Segment, SegmentReadError};
+use crate::index::ChunkIndex;
+use crate::manifest::{ChunkRef, ChunkerParams, Manifest, SourceKind, TreeEntry};
+use crate::pack::{PackBuilder, PackId, PackedBlob};
+use crate::store::{Store, manifest_path, pack_path};
+
+/// Counters of one write.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Bytes in the logical stream.
+    pub logical_bytes: u64,
+    /// Chunks in the stream.
+    pub chunks: u64,
+    /// Chunks the store did not have.
+    pub new_chunks: u64,
+    /// Their uncompressed bytes.
+    pub new_raw_bytes: u64,
+    /// Their stored (compressed) bytes: what this write added to the store.
+    pub new_stored_bytes: u64,
+    /// Chunks already stored (any version, any resource) and reused.
+    pub reused_chunks: u64,
+    /// Their uncompressed bytes.
+    pub reused_bytes: u64,
+    /// Pack objects uploaded.
+    pub packs_written: u64,
+}
+
+/// Chunks stored, not yet published under a version.
+pub struct Staged {
+    /// The stream's chunks in order.
+    pub chunks: Vec<ChunkRef>,
+    /// Each segment's length as read.
+    pub segment_lens: Vec<u64>,
+    /// Counters.
+    pub stats: WriteStats,
+    chunker: ChunkerParams,
+    new_packs: Vec<(PackId, Vec<PackedBlob>)>,
+    reused_packs: HashSet<PackId>,
+}
+
+/// Why storing chunks failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A source could not be read.
+    #[error(transparent)]
+    Read(#[from] SegmentReadError),
+    /// Invalid chunker parameters.
+    #[error("{0}")]
+    Params(String),
+    /// Uploading a pack failed.
+    #[error("cannot upload pack {pack}: {source}")]
+    Upload {
+        /// The pack.
+        pack: PackId,
+        /// The backend's error.
+        source: object_store::Error,
+    },
+    /// The chunking thread died.
+    #[error("chunking worker failed: {0}")]
+    Worker(String),
+}
+
+/// Why publishing a snapshot failed. Nothing was published.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// A pack holding reused chunks disappeared (a concurrent `gc`); retry the snapshot.
+    #[error("pack {0} vanished while this snapshot was written (concurrent gc?); retry")]
+    PackVanished(PackId),
+    /// Racing writers kept taking the next version number.
+    #[error("gave up after {0} attempts to claim a version number")]
+    Contended(u32),
+    /// The manifest built does not validate (a bug; nothing was written).
+    #[error("refusing to write an invalid manifest: {0}")]
+    Invalid(String),
+    /// The backend failed.
+    #[error("store backend: {0}")]
+    Backend(#[from] object_store::Error),
+}
+
+/// A published snapshot.
+#[derive(Clone, Debug, Serialize)]
+pub struct Committed {
+    /// Resource and new version.
+    pub state: StateRef,
+    /// The version it follows.
+    pub parent: Option<Version>,
+    /// Counters, including the manifest's own bytes in `new_stored_bytes`.
+    pub stats: WriteStats,
+    /// The manifest's size.
+    pub manifest_bytes: u64,
+}
+
+/// Packs being uploaded at once while the CPU works on the next ones.
+const PUTS_IN_FLIGHT: usize = 2;
+
+impl Store {
+    /// Chunks, hashes, compresses and stores `segments` as one logical stream.
+    pub async fn write(
+        &self,
+        segments: Vec<Segment>,
+        chunker: ChunkerParams,
+    ) -> Result<Staged, WriteError> {
+        chunker.check().map_err(WriteError::Params)?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Processed>>(2);
+        let mut producer = Producer {
+            params: chunker,
+            known: self.index(),
+            level: self.config.zstd_level,
+            seen: Default::default(),
+        };
+        let worker = tokio::task::spawn_blocking(move || {
+            producer.run(&segments, &mut |batch| tx.blocking_send(batch).is_ok())
+        });
+
+        let mut st = Staged {
+            chunks: Vec::new(),
+            segment_lens: Vec::new(),
+            stats: WriteStats::default(),
+            chunker,
+            new_packs: Vec::new(),
+            reused_packs: HashSet::new(),
+        };
+        let known = self.index();
+        let mut pack = PackBuilder::new(self.config.pack_target);
+        let mut puts: JoinSet<Result<(), WriteError>> = JoinSet::new();
+        let mut offset = 0u64;
+        while let Some(batch) = rx.recv().await {
+            for p in batch {
+                st.chunks.push(ChunkRef {
+                    hash: p.hash,
+                    offset,
+                    length: p.length,
+                    stored_length: p.stored_length,
+                    codec: p.codec,
+                });
+                offset += u64::from(p.length);
+                st.stats.chunks += 1;
+                match p.new_data {
+                    Some(data) => {
+                        st.stats.new_chunks += 1;
+                        st.stats.new_raw_bytes += u64::from(p.length);
+                        st.stats.new_stored_bytes += data.len() as u64;
+                        pack.push(p.hash, p.codec, p.length, &data);
+                    }
+                    None => {
+                        st.stats.reused_chunks += 1;
+                        st.stats.reused_bytes += u64::from(p.length);
+                        if let Some(loc) = known.get(&p.hash) {
+                            st.reused_packs.insert(loc.pack);
+                        }
+                    }
+                }
+                if pack.len() >= self.config.pack_target {
+                    let full =
+                        std::mem::replace(&mut pack, PackBuilder::new(self.config.pack_target));
+                    self.upload(full, &mut st, &mut puts).await?;
+                }
+            }
+        }
+        st.segment_lens = worker
+            .await
+            .map_err(|e| WriteError::Worker(e.to_string()))??;
+        if !pack.is_empty() {
+            self.upload(pack, &mut st, &mut puts).await?;
+        }
+        while let Some(r) = puts.join_next().await {
+            r.map_err(|e| WriteError::Worker(e.to_string()))??;
+        }
+        st.stats.logical_bytes = offset;
+        Ok(st)
+    }
+
+    async fn upload(
+        &self,
+        pack: PackBuilder,
+        st: &mut Staged,
+        puts: &mut JoinSet<Result<(), WriteError>>,
+    ) -> Result<(), WriteError> {
+        while puts.len() >= PUTS_IN_FLIGHT {
+            if let Some(r) = puts.join_next().await {
+                r.map_err(|e| WriteError::Worker(e.to_string()))??;
+            }
+        }
+        let (id, bytes, blobs) = tokio::task::spawn_blocking(move || pack.finish())
+            .await
+            .map_err(|e| WriteError::Worker(e.to_string()))?;
+        st.new_packs.push((id, blobs));
+        st.stats.packs_written += 1;
+        let os = self.os.clone();
+        puts.spawn(async move {
+            os.put(&pack_path(&id), PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|source| WriteError::Upload { pack: id, source })
+        });
+        Ok(())
+    }
+
+    /// Publishes staged chunks as the next version of `resource`.
+    pub async fn commit(
+        &self,
+        staged: Staged,
+        resource: &ResourceId,
+        kind: SourceKind,
+        tree: Vec<TreeEntry>,
+    ) -> Result<Committed, CommitError> {
+        // Reused chunks must still be there: a concurrent gc may have removed their pack.
+        for pack in &staged.reused_packs {
+            match self.os.head(&pack_path(pack)).await {
+                Ok(_) => {}
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(CommitError::PackVanished(*pack));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !staged.new_packs.is_empty() {
+            let body = ChunkIndex::encode(staged.new_packs.iter().map(|(id, b)| (id, b)));
+            let name = blake3::hash(&body).to_hex().to_string();
+            self.os
+                .put(&Path::from_iter(["index", &name]), PutPayload::from(body))
+                .await?;
+        }
+        let created_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        const ATTEMPTS: u32 = 16;
+        for _ in 0..ATTEMPTS {
+            let parent = self.latest(resource).await?;
+            let version = parent.map_or(Version::FIRST, Version::next);
+            let manifest = Manifest {
+                state: StateRef {
+                    resource: resource.clone(),
+                    version,
+                },
+                parent,
+                created_unix_ms,
+                logical_size: staged.stats.logical_bytes,
+                kind,
+                chunks: staged.chunks.clone(),
+                tree: tree.clone(),
+                chunker: staged.chunker,
+            };
+            let bytes = manifest.encode();
+            Manifest::decode(&bytes).map_err(|e| CommitError::Invalid(e.to_string()))?;
+            let manifest_bytes = bytes.len() as u64;
+            let put = self
+                .os
+                .put_opts(
+                    &manifest_path(&manifest.state),
+                    PutPayload::from(bytes),
+                    PutMode::Create.into(),
+                )
+                .await;
+            match put {
+                Ok(_) => {
+                    self.absorb(&staged.new_packs);
+                    let mut stats = staged.stats;
+                    stats.new_stored_bytes += manifest_bytes;
+                    return Ok(Committed {
+                        state: manifest.state,
+                        parent,
+                        stats,
+                        manifest_bytes,
+                    });
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CommitError::Contended(ATTEMPTS))
+    }
+
+    fn absorb(&self, packs: &[(PackId, Vec<PackedBlob>)]) {
+        let mut guard = self.index.write().expect("index lock poisoned");
+        // Copies the index only if a reader still holds the old snapshot.
+        let idx = std::sync::Arc::make_mut(&mut guard);
+        for (id, blobs) in packs {
+            idx.add_pack(*id, blobs.clone());
+        }
+    }
+}
