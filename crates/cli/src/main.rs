@@ -1,1 +1,103 @@
-fn main() {}
+//! The `prewarm` binary: one file per subcommand under `cmd/`, `anyhow` at the top.
+//!
+//! Errors print as one line on stderr with exit code 2; `verify` exits 1 when it finds damage.
+
+mod cmd;
+mod dataset;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+/// prewarm: predictive state transfer for compute capacities.
+#[derive(Parser)]
+#[command(name = "prewarm", version, about, long_about = None)]
+struct Cli {
+    /// Log verbosity for stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Snapshot a file or directory into the store as the resource's next version.
+    Snapshot(cmd::snapshot::Args),
+    /// Restore a version of a resource to a new path.
+    Restore(cmd::restore::Args),
+    /// List a resource's versions (or every resource's latest version).
+    Versions(cmd::versions::Args),
+    /// Re-read and re-hash every referenced chunk; exit 1 if anything is damaged.
+    Verify(cmd::verify::Args),
+    /// Keep the newest N versions per resource and reclaim unreferenced chunks.
+    Gc(cmd::gc::Args),
+    /// Watch a file or directory and snapshot it on an interval and when it changes.
+    Watch(cmd::watch::Args),
+    /// Benchmarks against peer tools, measured in the same run.
+    Bench(cmd::bench::Args),
+    /// The main job: a self-contained demonstration on generated data.
+    Demo(cmd::demo::Args),
+}
+
+fn main() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("prewarm: internal error (a bug, please report it): {info}");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    init_logging(&cli.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    let result = runtime.block_on(run(cli.command));
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("prewarm: error: {}", one_line(&e));
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Snapshot(a) => cmd::snapshot::run(a).await,
+        Command::Restore(a) => cmd::restore::run(a).await,
+        Command::Versions(a) => cmd::versions::run(a).await,
+        Command::Verify(a) => cmd::verify::run(a).await,
+        Command::Gc(a) => cmd::gc::run(a).await,
+        Command::Watch(a) => cmd::watch::run(a).await,
+        Command::Bench(a) => cmd::bench::run(a).await,
+        Command::Demo(a) => cmd::demo::run(a).await,
+    }
+}
+
+/// The error chain on one line: "outer: inner: root cause".
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string().replace('\n', " ");
+        if !parts.last().is_some_and(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+fn init_logging(level: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}

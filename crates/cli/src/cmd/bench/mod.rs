@@ -1,0 +1,24 @@
+//! `prewarm bench …`: benchmarks that measure prewarm and its peers in the same run and
+//! report ratios. Results are recorded in BENCHMARKS.md with the command that produced them.
+
+mod snapshot;
+
+/// Arguments of `prewarm bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Which {
+    /// Full and incremental snapshot and verified restore vs `tar | zstd` and restic.
+    Snapshot(snapshot::Args),
+}
+
+/// Runs the chosen benchmark.
+pub async fn run(a: Args) -> anyhow::Result<i32> {
+    match a.which {
+        Which::Snapshot(a) => snapshot::run(a).await,
+    }
+}

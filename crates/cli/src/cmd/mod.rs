@@ -1,0 +1,61 @@
+//! One module per subcommand, plus the arguments they share.
+
+pub mod bench;
+pub mod demo;
+pub mod gc;
+pub mod restore;
+pub mod snapshot;
+pub mod verify;
+pub mod versions;
+pub mod watch;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use prewarm_core::ResourceId;
+use prewarm_store::Store;
+
+/// `--store` and `--resource`, shared by most commands.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StoreArg {
+    /// Store location: a directory, file:///dir, memory://, or s3:// gs:// az:// (with features).
+    #[arg(long, value_name = "DIR|URL")]
+    pub store: String,
+}
+
+impl StoreArg {
+    /// Opens an existing store.
+    pub async fn open(&self) -> anyhow::Result<Arc<Store>> {
+        Ok(Arc::new(
+            Store::open(&self.store)
+                .await
+                .context("opening the store")?,
+        ))
+    }
+
+    /// Opens the store, creating it if missing.
+    pub async fn open_or_create(&self) -> anyhow::Result<Arc<Store>> {
+        Ok(Arc::new(
+            Store::open_or_create(&self.store)
+                .await
+                .context("opening the store")?,
+        ))
+    }
+}
+
+/// Parses and validates a resource id for clap.
+pub fn parse_resource(s: &str) -> Result<ResourceId, String> {
+    ResourceId::new(s).map_err(|e| e.to_string())
+}
+
+/// Parses a byte size for clap.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<prewarm_core::ByteSize>()
+        .map(|b| b.0)
+        .map_err(|e| e.to_string())
+}
+
+/// Parses a duration for clap.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    prewarm_core::parse_duration(s).map_err(|e| e.to_string())
+}
