@@ -5,6 +5,7 @@
 //! refused with an error naming it. File contents form one logical stream, each file chunked
 //! on its own so it starts on a chunk boundary.
 
+use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -13,8 +14,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use prewarm_core::ResourceId;
 use prewarm_store::{
-    ChunkerParams, CommitError, Committed, EntryKind, Segment, SourceKind, Store, TreeEntry,
-    WriteError,
+    ChunkerParams, CommitError, Committed, EntryKind, Manifest, Segment, SourceKind, Store,
+    TreeEntry, WriteError,
 };
 
 /// Why a snapshot failed. Nothing was published.
@@ -97,7 +98,7 @@ impl Snapshotter {
         self.run(
             resource,
             SourceKind::Buffer,
-            vec![Segment::Bytes(bytes)],
+            vec![Segment::bytes(bytes)],
             Vec::new(),
         )
         .await
@@ -121,13 +122,13 @@ impl Snapshotter {
                 self.run(
                     resource,
                     SourceKind::File,
-                    vec![Segment::File(p)],
+                    vec![Segment::file(p)],
                     Vec::new(),
                 )
                 .await
             }
             Walked::Tree(tree, files) => {
-                let segments = files.into_iter().map(Segment::File).collect();
+                let segments = files.into_iter().map(Segment::file).collect();
                 self.run(resource, SourceKind::Directory, segments, tree)
                     .await
             }
@@ -141,6 +142,24 @@ impl Snapshotter {
         segments: Vec<Segment>,
         mut tree: Vec<TreeEntry>,
     ) -> Result<SnapshotOutcome, SnapshotError> {
+        // The latest version, when cut the same way, tells the writer which regions to check
+        // by fingerprint instead of re-hashing and re-chunking them.
+        let latest = match self
+            .store
+            .latest(resource)
+            .await
+            .map_err(CommitError::from)?
+        {
+            Some(v) => self.store.resolve(resource, Some(v)).await.ok(),
+            None => None,
+        };
+        let mut segments = segments;
+        if let Some(m) = latest
+            .as_ref()
+            .filter(|m| m.chunker == self.chunker && m.kind == kind)
+        {
+            attach_previous(m, &tree, &mut segments);
+        }
         let staged = self.store.write(segments, self.chunker).await?;
         // Files may have changed size while being read: record what was actually read.
         let mut offset = 0;
@@ -150,35 +169,26 @@ impl Snapshotter {
             e.size = *lens.next().expect("one segment per file");
             offset += e.size;
         }
-        if self.skip_unchanged {
-            if let Some(latest) = self
-                .store
-                .latest(resource)
-                .await
-                .map_err(CommitError::from)?
-            {
-                if let Ok(m) = self.store.resolve(resource, Some(latest)).await {
-                    let same = m.kind == kind
-                        && m.chunks.len() == staged.chunks.len()
-                        && m.chunks
-                            .iter()
-                            .zip(&staged.chunks)
-                            .all(|(a, b)| a.hash == b.hash && a.length == b.length)
-                        && m.tree == tree;
-                    if same {
-                        let mut stats = staged.stats;
-                        stats.new_stored_bytes = 0;
-                        return Ok(SnapshotOutcome {
-                            committed: Committed {
-                                state: m.state,
-                                parent: m.parent,
-                                stats,
-                                manifest_bytes: 0,
-                            },
-                            unchanged: true,
-                        });
-                    }
-                }
+        if let Some(m) = latest.filter(|_| self.skip_unchanged) {
+            let same = m.kind == kind
+                && m.chunks.len() == staged.chunks.len()
+                && m.chunks
+                    .iter()
+                    .zip(&staged.chunks)
+                    .all(|(a, b)| a.hash == b.hash && a.length == b.length)
+                && m.tree == tree;
+            if same {
+                let mut stats = staged.stats;
+                stats.new_stored_bytes = 0;
+                return Ok(SnapshotOutcome {
+                    committed: Committed {
+                        state: m.state,
+                        parent: m.parent,
+                        stats,
+                        manifest_bytes: 0,
+                    },
+                    unchanged: true,
+                });
             }
         }
         let committed = self.store.commit(staged, resource, kind, tree).await?;
@@ -186,6 +196,31 @@ impl Snapshotter {
             committed,
             unchanged: false,
         })
+    }
+}
+
+/// Gives each segment the chunks its counterpart (same path) had in `m`.
+fn attach_previous(m: &Manifest, tree: &[TreeEntry], segments: &mut [Segment]) {
+    match m.kind {
+        SourceKind::File | SourceKind::Buffer => {
+            if let Some(seg) = segments.first_mut() {
+                seg.previous = m.chunks.clone();
+            }
+        }
+        SourceKind::Directory => {
+            let old: HashMap<&[u8], &TreeEntry> = m
+                .tree
+                .iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .map(|e| (e.path.as_slice(), e))
+                .collect();
+            let files = tree.iter().filter(|e| e.kind == EntryKind::File);
+            for (seg, e) in segments.iter_mut().zip(files) {
+                if let Some(o) = old.get(e.path.as_slice()) {
+                    seg.previous = m.chunks_in(o.offset, o.size).to_vec();
+                }
+            }
+        }
     }
 }
 

@@ -11,26 +11,80 @@ use prewarm_core::ChunkHash;
 use rayon::prelude::*;
 
 use crate::index::ChunkIndex;
-use crate::{ChunkerParams, Codec, codec};
+use crate::pack::{PackBuilder, PackId, PackedBlob};
+use crate::{ChunkRef, ChunkerParams, Codec, codec};
 
-/// One independently chunked piece of a logical stream. Chunks never span segments, so a
-/// directory snapshot's files each start on a chunk boundary.
+/// Where a segment's bytes come from.
 #[derive(Clone, Debug)]
-pub enum Segment {
+pub enum Source {
     /// A file read from disk.
     File(std::path::PathBuf),
     /// Bytes already in memory.
     Bytes(Bytes),
 }
 
-/// A chunk after hashing (and compression, when new).
-pub(crate) struct Processed {
+/// One independently chunked piece of a logical stream. Chunks never span segments, so a
+/// directory snapshot's files each start on a chunk boundary.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    /// The bytes.
+    pub source: Source,
+    /// The same segment's chunks in the previous version, if known and cut with the same
+    /// parameters: regions whose fingerprint is unchanged are reused without BLAKE3 or CDC.
+    pub previous: Vec<ChunkRef>,
+}
+
+impl Segment {
+    /// A file.
+    pub fn file(path: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            source: Source::File(path.into()),
+            previous: Vec::new(),
+        }
+    }
+
+    /// An in-memory buffer.
+    pub fn bytes(b: Bytes) -> Self {
+        Self {
+            source: Source::Bytes(b),
+            previous: Vec::new(),
+        }
+    }
+
+    /// Adds the previous version's chunks of this segment.
+    pub fn with_previous(mut self, previous: Vec<ChunkRef>) -> Self {
+        self.previous = previous;
+        self
+    }
+}
+
+/// One cut: where the chunk lies in its batch and, when its fingerprint matched the previous
+/// version, the address and fingerprint it had there.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cut {
+    pub start: usize,
+    pub len: usize,
+    pub known: Option<(ChunkHash, u64)>,
+}
+
+/// A chunk after hashing: what the manifest needs to know about it.
+pub(crate) struct ChunkMeta {
     pub hash: ChunkHash,
     pub length: u32,
     pub stored_length: u32,
     pub codec: Codec,
-    /// Stored bytes, when this is the first time the store sees the chunk.
-    pub new_data: Option<Vec<u8>>,
+    /// XXH3-64 of the bytes.
+    pub fingerprint: u64,
+    /// True when this write stored it (first time the store sees it).
+    pub new: bool,
+}
+
+/// What the hashing stage hands to the uploader, in stream order.
+pub(crate) enum Hashed {
+    /// Chunks of one batch.
+    Chunks(Vec<ChunkMeta>),
+    /// A sealed pack, ready to upload.
+    Pack(PackId, Vec<u8>, Vec<PackedBlob>),
 }
 
 /// Why reading a segment failed.
@@ -46,36 +100,60 @@ pub struct SegmentReadError {
 /// Bytes cut per batch before hashing and compressing it in parallel.
 const BATCH_BYTES: usize = 8 << 20;
 
-pub(crate) struct Producer {
+/// A batch of cut chunks: the bytes and the (start, length) of each chunk in them.
+pub(crate) struct CutBatch {
+    pub data: Vec<u8>,
+    pub cuts: Vec<Cut>,
+}
+
+/// Stage 1 of the write pipeline: reads segments and cuts them into chunks.
+pub(crate) struct Cutter {
     pub params: ChunkerParams,
+    /// Batch buffers handed back by the hashing stage, reused to avoid fresh page faults.
+    pub spare: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+/// Stage 2 of the write pipeline: hashes chunks, compresses the new ones (on all cores) and
+/// packs them.
+pub(crate) struct Hasher {
     pub known: Arc<ChunkIndex>,
     pub level: i32,
     /// Chunks new in this write: hash → (stored length, codec).
     pub seen: HashMap<ChunkHash, (u32, Codec)>,
+    pub pack: PackBuilder,
+    pub pack_target: usize,
 }
 
-impl Producer {
+impl Cutter {
     /// Cuts all segments, calling `emit` per batch in stream order; returns each segment's
     /// length as actually read (a file may change size while being read).
     pub fn run(
         &mut self,
         segments: &[Segment],
-        emit: &mut dyn FnMut(Vec<Processed>) -> bool,
+        emit: &mut dyn FnMut(CutBatch) -> bool,
     ) -> Result<Vec<u64>, SegmentReadError> {
         let window = (BATCH_BYTES).max(2 * self.params.max_size as usize);
         let mut buf: Vec<u8> = Vec::with_capacity(BATCH_BYTES + window);
-        let mut cuts: Vec<(usize, usize)> = Vec::new();
+        let mut cuts: Vec<Cut> = Vec::new();
         let mut lens = Vec::with_capacity(segments.len());
         for seg in segments {
             let mut len = 0u64;
-            match seg {
-                Segment::Bytes(b) => {
+            let mut cursor = CutCursor::new(&seg.previous);
+            let alive = match &seg.source {
+                Source::Bytes(b) => {
                     len = b.len() as u64;
-                    // Cut in windows too, so batches stay bounded for huge buffers.
                     let mut rest: &[u8] = b;
-                    self.cut_reader(&mut rest, "buffer", window, &mut buf, &mut cuts, emit)?;
+                    self.cut_reader(
+                        &mut rest,
+                        "buffer",
+                        window,
+                        &mut buf,
+                        &mut cuts,
+                        &mut cursor,
+                        emit,
+                    )?
                 }
-                Segment::File(path) => {
+                Source::File(path) => {
                     let name = path.display().to_string();
                     let err = |source| SegmentReadError {
                         path: name.clone(),
@@ -86,84 +164,176 @@ impl Producer {
                         inner: &mut f,
                         n: &mut len,
                     };
-                    self.cut_reader(&mut counting, &name, window, &mut buf, &mut cuts, emit)?;
+                    self.cut_reader(
+                        &mut counting,
+                        &name,
+                        window,
+                        &mut buf,
+                        &mut cuts,
+                        &mut cursor,
+                        emit,
+                    )?
                 }
+            };
+            if !alive {
+                return Ok(lens); // the consumer is gone; it reports why
             }
             lens.push(len);
         }
         if !cuts.is_empty() {
-            let out = self.process(&buf, &cuts);
-            emit(out);
+            emit(CutBatch { data: buf, cuts });
         }
         Ok(lens)
     }
 
+    /// Cuts one segment. In step with the previous version's boundaries, a chunk whose
+    /// fingerprint still matches is taken whole; elsewhere FastCDC cuts one chunk at a time
+    /// until a cut lands on a previous boundary again. CDC is deterministic from any cut
+    /// point, so the result equals cutting the whole segment afresh.
+    #[allow(clippy::too_many_arguments)]
     fn cut_reader(
         &mut self,
         r: &mut dyn Read,
         name: &str,
         window: usize,
         buf: &mut Vec<u8>,
-        cuts: &mut Vec<(usize, usize)>,
-        emit: &mut dyn FnMut(Vec<Processed>) -> bool,
-    ) -> Result<(), SegmentReadError> {
+        cuts: &mut Vec<Cut>,
+        cursor: &mut CutCursor<'_>,
+        emit: &mut dyn FnMut(CutBatch) -> bool,
+    ) -> Result<bool, SegmentReadError> {
         let p = self.params;
         let mut pending = buf.len();
         let mut eof = false;
-        while !eof {
-            // Fill until a full window lies past the first uncut byte, or EOF.
-            while buf.len() - pending < window {
-                let old = buf.len();
-                buf.resize(old + (window - (old - pending)).max(64 << 10), 0);
-                let n = read_full(r, &mut buf[old..]).map_err(|source| SegmentReadError {
-                    path: name.to_owned(),
-                    source,
-                })?;
-                buf.truncate(old + n);
-                if n == 0 {
-                    eof = true;
-                    break;
-                }
+        loop {
+            // Keep a full window past the first uncut byte, or everything up to EOF.
+            while !eof && buf.len() - pending < window {
+                let want = (window - (buf.len() - pending)).max(64 << 10);
+                // read_to_end fills spare capacity without zeroing it first.
+                let n =
+                    r.take(want as u64)
+                        .read_to_end(buf)
+                        .map_err(|source| SegmentReadError {
+                            path: name.to_owned(),
+                            source,
+                        })?;
+                eof = n == 0;
             }
             let data = &buf[pending..];
             if data.is_empty() {
-                break;
+                return Ok(true);
             }
-            let mut last_end = 0;
-            let cdc = fastcdc::v2020::FastCDC::new(
-                data,
-                p.min_size as usize,
-                p.avg_size as usize,
-                p.max_size as usize,
-            );
-            for c in cdc {
-                let end = c.offset + c.length;
-                if !eof && end == data.len() {
-                    break; // cut short by the window, not by content: cut again after more data
+            let cut = match cursor.matching(data, eof) {
+                Some(known) => known,
+                None => {
+                    let c = fastcdc::v2020::FastCDC::new(
+                        data,
+                        p.min_size as usize,
+                        p.avg_size as usize,
+                        p.max_size as usize,
+                    )
+                    .next()
+                    .expect("FastCDC yields a chunk for non-empty input");
+                    Cut {
+                        start: 0,
+                        len: c.length,
+                        known: None,
+                    }
                 }
-                cuts.push((pending + c.offset, c.length));
-                last_end = end;
-            }
-            pending += last_end;
+            };
+            cuts.push(Cut {
+                start: pending,
+                ..cut
+            });
+            pending += cut.len;
+            cursor.advance(cut.len as u64);
             if pending >= BATCH_BYTES {
-                let out = self.process(buf, cuts);
-                cuts.clear();
-                buf.drain(..pending);
+                // Hand the cut bytes over; keep only the uncut tail.
+                let mut next = self.spare.try_recv().unwrap_or_default();
+                next.clear();
+                next.reserve(BATCH_BYTES + window);
+                next.extend_from_slice(&buf[pending..]);
+                buf.truncate(pending);
+                let batch = CutBatch {
+                    data: std::mem::replace(buf, next),
+                    cuts: std::mem::take(cuts),
+                };
                 pending = 0;
-                if !emit(out) {
-                    return Ok(()); // the consumer is gone; it reports why
+                if !emit(batch) {
+                    return Ok(false);
                 }
             }
         }
-        Ok(())
+    }
+}
+
+/// Walks the previous version's chunk boundaries alongside the new stream.
+pub(crate) struct CutCursor<'a> {
+    previous: &'a [ChunkRef],
+    /// Index of the first previous chunk starting at or after `pos`.
+    next: usize,
+    /// Segment-relative start of `previous[next]`.
+    next_start: u64,
+    /// Segment-relative position of the next byte to cut.
+    pos: u64,
+}
+
+impl<'a> CutCursor<'a> {
+    fn new(previous: &'a [ChunkRef]) -> Self {
+        Self {
+            previous,
+            next: 0,
+            next_start: 0,
+            pos: 0,
+        }
     }
 
-    /// Hashes a batch in parallel, then compresses the chunks nobody has stored yet.
-    fn process(&mut self, buf: &[u8], cuts: &[(usize, usize)]) -> Vec<Processed> {
-        let hashes: Vec<ChunkHash> = cuts
+    /// If the stream is on a previous boundary and the previous chunk there has the same
+    /// fingerprint as the bytes at hand, that chunk, known.
+    fn matching(&self, data: &[u8], eof: bool) -> Option<Cut> {
+        let old = self.previous.get(self.next)?;
+        let len = old.length as usize;
+        if self.pos != self.next_start || old.fingerprint == 0 || data.len() < len {
+            return None;
+        }
+        // The previous last chunk was cut by the end of the stream, not by its content:
+        // it only stands if the stream still ends there.
+        if self.next + 1 == self.previous.len() && !(eof && data.len() == len) {
+            return None;
+        }
+        (xxhash_rust::xxh3::xxh3_64(&data[..len]) == old.fingerprint).then_some(Cut {
+            start: 0,
+            len,
+            known: Some((old.hash, old.fingerprint)),
+        })
+    }
+
+    fn advance(&mut self, by: u64) {
+        self.pos += by;
+        while self.next < self.previous.len() && self.next_start < self.pos {
+            self.next_start += u64::from(self.previous[self.next].length);
+            self.next += 1;
+        }
+    }
+}
+
+impl Hasher {
+    /// Hashes a batch in parallel, compresses the chunks nobody has stored yet, appends them
+    /// to the current pack and emits the batch's chunks (and any pack that filled up).
+    pub fn process(&mut self, batch: &CutBatch, emit: &mut dyn FnMut(Hashed) -> bool) -> bool {
+        let (buf, cuts) = (&batch.data[..], &batch.cuts[..]);
+        // Known chunks (fingerprint matched the previous version) skip BLAKE3, unless the
+        // store lost them: then they are hashed and stored like new ones.
+        let ids: Vec<(ChunkHash, u64)> = cuts
             .par_iter()
-            .map(|&(s, l)| ChunkHash::of(&buf[s..s + l]))
+            .map(|c| match c.known {
+                Some(k) if self.known.contains(&k.0) => k,
+                _ => {
+                    let d = &buf[c.start..c.start + c.len];
+                    (ChunkHash::of(d), xxhash_rust::xxh3::xxh3_64(d))
+                }
+            })
             .collect();
+        let hashes: Vec<ChunkHash> = ids.iter().map(|&(h, _)| h).collect();
         let mut todo = Vec::new();
         let mut first_in_batch: HashMap<ChunkHash, usize> = HashMap::new();
         for (i, h) in hashes.iter().enumerate() {
@@ -176,55 +346,58 @@ impl Producer {
             }
         }
         let level = self.level;
-        let encoded: Vec<(Codec, Vec<u8>)> = todo
+        let encoded: Vec<Option<Vec<u8>>> = todo
             .par_iter()
             .map_init(
                 || zstd::bulk::Compressor::new(level).expect("zstd compressor for a valid level"),
-                |c, &i| {
-                    let (s, l) = cuts[i];
-                    codec::encode(c, &buf[s..s + l])
-                },
+                |c, &i| codec::encode(c, &buf[cuts[i].start..cuts[i].start + cuts[i].len]),
             )
             .collect();
-        let mut new_data: HashMap<usize, Vec<u8>> = HashMap::with_capacity(todo.len());
-        for (&i, (codec, data)) in todo.iter().zip(encoded) {
-            self.seen.insert(hashes[i], (data.len() as u32, codec));
-            new_data.insert(i, data);
+        let mut is_new = vec![false; cuts.len()];
+        for (&i, compressed) in todo.iter().zip(encoded) {
+            let (s, l) = (cuts[i].start, cuts[i].len);
+            let (codec, stored): (Codec, &[u8]) = match &compressed {
+                Some(c) => (Codec::Zstd, c),
+                None => (Codec::Raw, &buf[s..s + l]),
+            };
+            self.seen.insert(hashes[i], (stored.len() as u32, codec));
+            self.pack.push(hashes[i], codec, l as u32, stored);
+            is_new[i] = true;
+            if self.pack.len() >= self.pack_target && !self.flush(emit) {
+                return false;
+            }
         }
-        cuts.iter()
-            .zip(hashes)
-            .enumerate()
-            .map(|(i, (&(_, l), hash))| {
+        let metas = cuts
+            .iter()
+            .zip(ids)
+            .zip(is_new)
+            .map(|((c, (hash, fingerprint)), new)| {
                 let (stored_length, codec) = match self.known.get(&hash) {
                     Some(loc) => (loc.stored_length, loc.codec),
                     None => self.seen[&hash],
                 };
-                Processed {
+                ChunkMeta {
                     hash,
-                    length: l as u32,
+                    length: c.len as u32,
                     stored_length,
                     codec,
-                    new_data: new_data.remove(&i),
+                    fingerprint,
+                    new,
                 }
             })
-            .collect()
+            .collect();
+        emit(Hashed::Chunks(metas))
     }
-}
 
-fn read_full(r: &mut dyn Read, mut out: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while !out.is_empty() {
-        match r.read(out) {
-            Ok(0) => break,
-            Ok(k) => {
-                n += k;
-                out = &mut out[k..];
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    /// Seals the current pack (if it holds anything) and emits it.
+    pub fn flush(&mut self, emit: &mut dyn FnMut(Hashed) -> bool) -> bool {
+        if self.pack.is_empty() {
+            return true;
         }
+        let full = std::mem::replace(&mut self.pack, PackBuilder::new(self.pack_target));
+        let (id, bytes, blobs) = full.finish();
+        emit(Hashed::Pack(id, bytes, blobs))
     }
-    Ok(n)
 }
 
 struct CountingReader<'a> {

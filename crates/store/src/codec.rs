@@ -8,13 +8,46 @@ use crate::Codec;
 /// decompressing costs time on every restore, so a marginal saving is not worth it.
 const MIN_SAVING_DIVISOR: usize = 32;
 
-/// Compresses one chunk with a reusable compressor; returns the codec and stored bytes.
-pub fn encode(compressor: &mut zstd::bulk::Compressor<'_>, raw: &[u8]) -> (Codec, Vec<u8>) {
+/// Bytes sampled by the incompressibility test.
+const SAMPLE: usize = 4096;
+/// Order-0 entropy (bits per byte) above which a sample is taken for random data. A 4 KiB
+/// sample of uniform random bytes measures ~7.95; text and most binaries measure far below 7.
+const RANDOM_ENTROPY: f64 = 7.9;
+
+/// True when a sample of `raw` has the byte statistics of random (or already compressed or
+/// encrypted) data, so trying zstd on it would waste CPU. The cost is a 4 KiB histogram.
+pub fn looks_incompressible(raw: &[u8]) -> bool {
+    if raw.len() < 2 * SAMPLE {
+        return false;
+    }
+    let start = (raw.len() - SAMPLE) / 2;
+    let mut hist = [0u32; 256];
+    for &b in &raw[start..start + SAMPLE] {
+        hist[b as usize] += 1;
+    }
+    let n = SAMPLE as f64;
+    let entropy: f64 = hist
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    entropy > RANDOM_ENTROPY
+}
+
+/// Compresses one chunk with a reusable compressor; returns the codec, or `None` for "store
+/// raw", with the compressed bytes.
+pub fn encode(compressor: &mut zstd::bulk::Compressor<'_>, raw: &[u8]) -> Option<Vec<u8>> {
+    if looks_incompressible(raw) {
+        return None;
+    }
     let bound = raw.len() - raw.len() / MIN_SAVING_DIVISOR;
     let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
     match compressor.compress_to_buffer(raw, &mut out) {
-        Ok(n) if n < bound => (Codec::Zstd, out),
-        _ => (Codec::Raw, raw.to_vec()),
+        Ok(n) if n < bound => Some(out),
+        _ => None,
     }
 }
 
@@ -86,25 +119,43 @@ mod tests {
     fn compressible_and_incompressible() {
         let mut c = zstd::bulk::Compressor::new(3).unwrap();
         let text = b"the quick brown fox ".repeat(500);
-        let (codec, stored) = encode(&mut c, &text);
-        assert_eq!(codec, Codec::Zstd);
+        let stored = encode(&mut c, &text).expect("text compresses");
         assert!(stored.len() < text.len() / 10);
-        assert_eq!(decode(codec, &stored, text.len()).unwrap(), text);
+        assert_eq!(decode(Codec::Zstd, &stored, text.len()).unwrap(), text);
 
         let noise: Vec<u8> = (0..10_000u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
-        let (codec, stored) = encode(&mut c, &noise);
-        assert_eq!(codec, Codec::Raw);
-        assert_eq!(stored, noise);
+        assert!(encode(&mut c, &noise).is_none());
+    }
+
+    #[test]
+    fn entropy_test_tells_random_from_structured() {
+        let mut x = 88172645463325252u64;
+        let random: Vec<u8> = (0..20_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert!(looks_incompressible(&random));
+        let text = b"the quick brown fox jumps over the lazy dog 0123456789 ".repeat(400);
+        assert!(!looks_incompressible(&text));
+        assert!(!looks_incompressible(&[0u8; 20_000]));
+        assert!(
+            !looks_incompressible(&random[..100]),
+            "short chunks are always tried"
+        );
     }
 
     #[test]
     fn decode_rejects_wrong_length_and_garbage() {
         let mut c = zstd::bulk::Compressor::new(3).unwrap();
         let text = b"abcabcabc".repeat(100);
-        let (codec, stored) = encode(&mut c, &text);
-        assert!(decode(codec, &stored, text.len() - 1).is_err());
+        let stored = encode(&mut c, &text).unwrap();
+        assert!(decode(Codec::Zstd, &stored, text.len() - 1).is_err());
         assert!(decode(Codec::Zstd, b"garbage!", 8).is_err());
         assert!(decode(Codec::Raw, b"abc", 4).is_err());
     }

@@ -19,7 +19,7 @@ mod store;
 mod verify;
 mod write;
 
-pub use chunker::{Segment, SegmentReadError};
+pub use chunker::{Segment, SegmentReadError, Source};
 pub use envelope::EnvelopeError;
 pub use gc::{GcError, GcReport};
 pub use index::ChunkIndex;

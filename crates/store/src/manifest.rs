@@ -59,6 +59,9 @@ pub struct ChunkRef {
     pub stored_length: u32,
     /// How it is stored.
     pub codec: Codec,
+    /// XXH3-64 of the uncompressed bytes (0 when unknown): lets the next snapshot of the same
+    /// source skip BLAKE3 and CDC over unchanged regions.
+    pub fingerprint: u64,
 }
 
 /// Content-defined chunking parameters.
@@ -209,6 +212,7 @@ impl Manifest {
                     length: c.length,
                     stored_length: c.stored_length,
                     codec: c.codec.to_pb(),
+                    fingerprint: c.fingerprint,
                 })
                 .collect(),
             tree: self.tree.iter().map(entry_to_pb).collect(),
@@ -312,6 +316,7 @@ fn from_pb(m: pb::Manifest) -> Result<Manifest, String> {
             length: c.length,
             stored_length: c.stored_length,
             codec,
+            fingerprint: c.fingerprint,
         });
     }
     if next != m.logical_size {
@@ -461,6 +466,7 @@ mod tests {
             length: len,
             stored_length: len,
             codec: Codec::Raw,
+            fingerprint: offset,
         }
     }
 

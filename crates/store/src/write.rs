@@ -15,7 +15,7 @@ use prewarm_core::{ResourceId, StateRef, Version};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::chunker::{Processed, Producer, Segment, SegmentReadError};
+use crate::chunker::{CutBatch, Cutter, Hashed, Hasher, Segment, SegmentReadError};
 use crate::index::ChunkIndex;
 use crate::manifest::{ChunkRef, ChunkerParams, Manifest, SourceKind, TreeEntry};
 use crate::pack::{PackBuilder, PackId, PackedBlob};
@@ -118,15 +118,34 @@ impl Store {
         chunker: ChunkerParams,
     ) -> Result<Staged, WriteError> {
         chunker.check().map_err(WriteError::Params)?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Processed>>(2);
-        let mut producer = Producer {
+        // Three stages overlap: cutting (one thread) → hashing, compressing and packing
+        // (rayon, all cores) → uploading (async, below).
+        let (cut_tx, cut_rx) = std::sync::mpsc::sync_channel::<CutBatch>(1);
+        let (spare_tx, spare_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Hashed>(4);
+        let mut cutter = Cutter {
             params: chunker,
+            spare: spare_rx,
+        };
+        let worker = tokio::task::spawn_blocking(move || {
+            cutter.run(&segments, &mut |batch| cut_tx.send(batch).is_ok())
+        });
+        let mut hasher = Hasher {
             known: self.index(),
             level: self.config.zstd_level,
             seen: Default::default(),
+            pack: PackBuilder::new(self.config.pack_target),
+            pack_target: self.config.pack_target,
         };
-        let worker = tokio::task::spawn_blocking(move || {
-            producer.run(&segments, &mut |batch| tx.blocking_send(batch).is_ok())
+        let hashing = tokio::task::spawn_blocking(move || {
+            let mut emit = |h| tx.blocking_send(h).is_ok();
+            while let Ok(batch) = cut_rx.recv() {
+                if !hasher.process(&batch, &mut emit) {
+                    return;
+                }
+                let _ = spare_tx.try_send(batch.data);
+            }
+            hasher.flush(&mut emit);
         });
 
         let mut st = Staged {
@@ -138,48 +157,46 @@ impl Store {
             reused_packs: HashSet::new(),
         };
         let known = self.index();
-        let mut pack = PackBuilder::new(self.config.pack_target);
         let mut puts: JoinSet<Result<(), WriteError>> = JoinSet::new();
         let mut offset = 0u64;
-        while let Some(batch) = rx.recv().await {
-            for p in batch {
-                st.chunks.push(ChunkRef {
-                    hash: p.hash,
-                    offset,
-                    length: p.length,
-                    stored_length: p.stored_length,
-                    codec: p.codec,
-                });
-                offset += u64::from(p.length);
-                st.stats.chunks += 1;
-                match p.new_data {
-                    Some(data) => {
-                        st.stats.new_chunks += 1;
-                        st.stats.new_raw_bytes += u64::from(p.length);
-                        st.stats.new_stored_bytes += data.len() as u64;
-                        pack.push(p.hash, p.codec, p.length, &data);
-                    }
-                    None => {
-                        st.stats.reused_chunks += 1;
-                        st.stats.reused_bytes += u64::from(p.length);
-                        if let Some(loc) = known.get(&p.hash) {
-                            st.reused_packs.insert(loc.pack);
+        while let Some(h) = rx.recv().await {
+            match h {
+                Hashed::Chunks(metas) => {
+                    for p in metas {
+                        st.chunks.push(ChunkRef {
+                            hash: p.hash,
+                            offset,
+                            length: p.length,
+                            stored_length: p.stored_length,
+                            codec: p.codec,
+                            fingerprint: p.fingerprint,
+                        });
+                        offset += u64::from(p.length);
+                        st.stats.chunks += 1;
+                        if p.new {
+                            st.stats.new_chunks += 1;
+                            st.stats.new_raw_bytes += u64::from(p.length);
+                            st.stats.new_stored_bytes += u64::from(p.stored_length);
+                        } else {
+                            st.stats.reused_chunks += 1;
+                            st.stats.reused_bytes += u64::from(p.length);
+                            if let Some(loc) = known.get(&p.hash) {
+                                st.reused_packs.insert(loc.pack);
+                            }
                         }
                     }
                 }
-                if pack.len() >= self.config.pack_target {
-                    let full =
-                        std::mem::replace(&mut pack, PackBuilder::new(self.config.pack_target));
-                    self.upload(full, &mut st, &mut puts).await?;
+                Hashed::Pack(id, bytes, blobs) => {
+                    self.upload(id, bytes, blobs, &mut st, &mut puts).await?
                 }
             }
         }
         st.segment_lens = worker
             .await
             .map_err(|e| WriteError::Worker(e.to_string()))??;
-        if !pack.is_empty() {
-            self.upload(pack, &mut st, &mut puts).await?;
-        }
+        hashing
+            .await
+            .map_err(|e| WriteError::Worker(e.to_string()))?;
         while let Some(r) = puts.join_next().await {
             r.map_err(|e| WriteError::Worker(e.to_string()))??;
         }
@@ -189,7 +206,9 @@ impl Store {
 
     async fn upload(
         &self,
-        pack: PackBuilder,
+        id: PackId,
+        bytes: Vec<u8>,
+        blobs: Vec<PackedBlob>,
         st: &mut Staged,
         puts: &mut JoinSet<Result<(), WriteError>>,
     ) -> Result<(), WriteError> {
@@ -198,9 +217,6 @@ impl Store {
                 r.map_err(|e| WriteError::Worker(e.to_string()))??;
             }
         }
-        let (id, bytes, blobs) = tokio::task::spawn_blocking(move || pack.finish())
-            .await
-            .map_err(|e| WriteError::Worker(e.to_string()))?;
         st.new_packs.push((id, blobs));
         st.stats.packs_written += 1;
         let os = self.os.clone();

@@ -33,6 +33,12 @@ pub struct Args {
     /// Average chunk sizes for the granularity sweep (empty to skip).
     #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "4KiB,8KiB,16KiB,32KiB,64KiB")]
     sweep: Vec<u64>,
+    /// Repetitions of each measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Skip the granularity sweep.
+    #[arg(long)]
+    no_sweep: bool,
     /// Skip the peer tools.
     #[arg(long)]
     no_peers: bool,
@@ -94,6 +100,11 @@ fn sh(cmd: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Flushes dirty pages so one measurement does not pay for the previous step's writeback.
+fn settle() -> anyhow::Result<()> {
+    sh("sync", &[])
+}
+
 fn have(tool: &str) -> bool {
     Command::new("sh")
         .arg("-c")
@@ -106,8 +117,14 @@ async fn prewarm_snapshot(
     store_dir: &Path,
     data: &Path,
     avg: u32,
+    fsync: bool,
 ) -> anyhow::Result<(prewarm_snapshot::SnapshotOutcome, f64)> {
-    let store = Arc::new(Store::open_or_create(store_dir.to_str().context("utf-8 path")?).await?);
+    let config = prewarm_store::StoreConfig {
+        fsync,
+        ..Default::default()
+    };
+    let store =
+        Arc::new(Store::open_with(store_dir.to_str().context("utf-8 path")?, config, true).await?);
     let snap = Snapshotter::new(store)
         .with_chunker(ChunkerParams::with_avg(avg).map_err(anyhow::Error::msg)?);
     let t = Instant::now();
@@ -115,6 +132,50 @@ async fn prewarm_snapshot(
         .snapshot_path(&ResourceId::new("bench/data")?, data)
         .await?;
     Ok((out, t.elapsed().as_secs_f64()))
+}
+
+struct Round {
+    full_s: f64,
+    full_stored_bytes: u64,
+    incr_s: f64,
+    incr_stored_bytes: u64,
+    chunks: u64,
+}
+
+/// Fresh store: full snapshot, edits, incremental snapshot; edits undone afterwards. The
+/// store is left at `work/store`.
+async fn prewarm_round(
+    work: &Path,
+    data: &Path,
+    files: &[GenFile],
+    avg: u32,
+    fsync: bool,
+    a: &Args,
+) -> anyhow::Result<Round> {
+    let store_dir = work.join("store");
+    let _ = std::fs::remove_dir_all(&store_dir);
+    settle()?;
+    let (full, full_s) = prewarm_snapshot(&store_dir, data, avg, fsync).await?;
+    let full_stored_bytes = dataset::du(&store_dir);
+    let edits = dataset::apply_edits(files, a.edit_fraction, a.edit_size, 7)?;
+    settle()?;
+    let (_, incr_s) = prewarm_snapshot(&store_dir, data, avg, fsync).await?;
+    let incr_stored_bytes = dataset::du(&store_dir) - full_stored_bytes;
+    dataset::undo_edits(files, &edits)?;
+    settle()?;
+    Ok(Round {
+        full_s,
+        full_stored_bytes,
+        incr_s,
+        incr_stored_bytes,
+        chunks: full.committed.stats.chunks,
+    })
+}
+
+fn median(xs: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = xs.collect();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
 /// Runs the benchmark.
@@ -143,52 +204,71 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     );
     let files = dataset::generate(&data, a.size, 42)?;
     let logical: u64 = files.iter().map(|f| f.size).sum();
+    settle()?;
     let mut tools = Vec::new();
+    let mut restore_verified = true;
 
-    // prewarm, default chunk size.
-    eprintln!("prewarm: full snapshot …");
-    let store_dir = work.join("store");
-    let _ = std::fs::remove_dir_all(&store_dir);
-    let (full, full_s) =
-        prewarm_snapshot(&store_dir, &data, prewarm_store::DEFAULT_AVG_CHUNK).await?;
-    let full_stored = dataset::du(&store_dir);
-    let edits = dataset::apply_edits(&files, a.edit_fraction, a.edit_size, 7)?;
-    eprintln!(
-        "prewarm: incremental snapshot after {} edits …",
-        edits.len()
-    );
-    let (incr, incr_s) =
-        prewarm_snapshot(&store_dir, &data, prewarm_store::DEFAULT_AVG_CHUNK).await?;
-    let incr_stored = dataset::du(&store_dir) - full_stored;
-    eprintln!("prewarm: verified restore …");
-    let restored = work.join("restore-prewarm");
-    let _ = std::fs::remove_dir_all(&restored);
-    let store = Store::open(store_dir.to_str().context("utf-8 path")?).await?;
-    let m = store
-        .resolve(
-            &incr.committed.state.resource,
-            Some(incr.committed.state.version),
-        )
-        .await?;
-    let t = Instant::now();
-    prewarm_snapshot::restore(&store, &m, &restored).await?;
-    let restore_s = t.elapsed().as_secs_f64();
-    let restore_verified = dataset::tree_digest(&restored)? == dataset::tree_digest(&data)?;
-    std::fs::remove_dir_all(&restored)?;
-    tools.push(ToolResult {
-        tool: "prewarm".into(),
-        full_s,
-        full_stored_bytes: full_stored,
-        incr_s,
-        incr_stored_bytes: incr_stored,
-        restore_s,
-    });
-    let _ = full;
+    for fsync in [true, false] {
+        let name = if fsync {
+            "prewarm (fsync)"
+        } else {
+            "prewarm (no fsync)"
+        };
+        eprintln!(
+            "{name}: {} rounds of full snapshot, edits, incremental snapshot …",
+            a.reps
+        );
+        let mut rounds = Vec::new();
+        for _ in 0..a.reps {
+            rounds.push(
+                prewarm_round(
+                    &work,
+                    &data,
+                    &files,
+                    prewarm_store::DEFAULT_AVG_CHUNK,
+                    fsync,
+                    &a,
+                )
+                .await?,
+            );
+        }
+        let store_dir = work.join("store");
+        let edits = dataset::apply_edits(&files, a.edit_fraction, a.edit_size, 7)?;
+        settle()?;
+        let (incr, _) =
+            prewarm_snapshot(&store_dir, &data, prewarm_store::DEFAULT_AVG_CHUNK, fsync).await?;
+        eprintln!("{name}: {} verified restores …", a.reps);
+        let store = Store::open(store_dir.to_str().context("utf-8 path")?).await?;
+        let m = store.manifest(&incr.committed.state).await?;
+        let restored = work.join("restore-prewarm");
+        let mut restore_times = Vec::new();
+        for _ in 0..a.reps {
+            let _ = std::fs::remove_dir_all(&restored);
+            settle()?;
+            let t = Instant::now();
+            prewarm_snapshot::restore(&store, &m, &restored).await?;
+            restore_times.push(t.elapsed().as_secs_f64());
+        }
+        restore_verified &= dataset::tree_digest(&restored)? == dataset::tree_digest(&data)?;
+        std::fs::remove_dir_all(&restored)?;
+        std::fs::remove_dir_all(&store_dir)?;
+        dataset::undo_edits(&files, &edits)?;
+        settle()?;
+        tools.push(ToolResult {
+            tool: name.into(),
+            full_s: median(rounds.iter().map(|r| r.full_s)),
+            full_stored_bytes: rounds[0].full_stored_bytes,
+            incr_s: median(rounds.iter().map(|r| r.incr_s)),
+            incr_stored_bytes: rounds[0].incr_stored_bytes,
+            restore_s: median(restore_times.into_iter()),
+        });
+    }
 
     if !a.no_peers {
-        dataset::undo_edits(&files, &edits)?;
         if have("zstd") && have("tar") {
-            tools.push(peer_tar_zstd(&work, &data, &files, &a)?);
+            for sync in [false, true] {
+                tools.push(peer_tar_zstd(&work, &data, &files, &a, sync)?);
+            }
         }
         if have("restic") {
             tools.push(peer_restic(&work, &data, &files, &a)?);
@@ -196,36 +276,33 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     }
 
     let mut sweep = Vec::new();
-    for &avg in &a.sweep {
+    let sweep_sizes = if a.no_sweep { &[][..] } else { &a.sweep[..] };
+    for &avg in sweep_sizes {
         eprintln!("sweep: average chunk {} …", output::bytes(avg));
-        dataset::undo_edits(&files, &edits)?;
-        let dir = work.join(format!("store-sweep-{avg}"));
-        let _ = std::fs::remove_dir_all(&dir);
         let avg32 = u32::try_from(avg).context("chunk size")?;
-        let (f, fs) = prewarm_snapshot(&dir, &data, avg32).await?;
-        let fb = dataset::du(&dir);
-        let e = dataset::apply_edits(&files, a.edit_fraction, a.edit_size, 7)?;
-        let (_, is) = prewarm_snapshot(&dir, &data, avg32).await?;
-        let ib = dataset::du(&dir) - fb;
-        drop(e);
-        std::fs::remove_dir_all(&dir)?;
+        let mut rounds = Vec::new();
+        for _ in 0..a.reps {
+            rounds.push(prewarm_round(&work, &data, &files, avg32, false, &a).await?);
+            std::fs::remove_dir_all(work.join("store"))?;
+        }
+        let r = &rounds[0];
+        let fs = median(rounds.iter().map(|r| r.full_s));
         sweep.push(SweepRow {
             avg_chunk: avg,
             full_s: fs,
             full_mib_s: logical as f64 / fs / (1 << 20) as f64,
-            full_stored_bytes: fb,
-            incr_s: is,
-            incr_stored_bytes: ib,
-            incr_share_of_full: ib as f64 / fb as f64,
-            chunks: f.committed.stats.chunks,
+            full_stored_bytes: r.full_stored_bytes,
+            incr_s: median(rounds.iter().map(|r| r.incr_s)),
+            incr_stored_bytes: r.incr_stored_bytes,
+            incr_share_of_full: r.incr_stored_bytes as f64 / r.full_stored_bytes as f64,
+            chunks: r.chunks,
         });
     }
-    let _ = std::fs::remove_dir_all(&store_dir);
 
     let report = Report {
         logical_bytes: logical,
         files: files.len(),
-        edits: edits.len(),
+        edits: ((logical as f64 * a.edit_fraction) / a.edit_size as f64).round() as usize,
         tools,
         sweep,
         restore_verified,
@@ -238,42 +315,61 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     Ok(if restore_verified { 0 } else { 1 })
 }
 
+/// Runs `f` `reps` times (settling before each) and returns the median time.
+fn timed(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let mut times = Vec::new();
+    for _ in 0..reps {
+        settle()?;
+        let ((), s) = secs(&mut f)?;
+        times.push(s);
+    }
+    Ok(median(times.into_iter()))
+}
+
 fn peer_tar_zstd(
     work: &Path,
     data: &Path,
     files: &[GenFile],
     a: &Args,
+    sync: bool,
 ) -> anyhow::Result<ToolResult> {
-    eprintln!("tar | zstd -T0 -3: full, incremental (a full re-run), restore …");
+    let suffix = if sync { " ; sync" } else { "" };
+    eprintln!("tar | zstd -T0 -3{suffix}: full, incremental (a full re-run), restore …");
     let out = work.join("data.tar.zst");
     let d = data.display();
     let cmd = format!(
-        "tar -cf - -C {d} . | zstd -T0 -3 -q -f -o {}",
+        "tar -cf - -C {d} . | zstd -T0 -3 -q -f -o {}{suffix}",
         out.display()
     );
-    let ((), full_s) = secs(|| sh(&cmd, &[]))?;
+    let full_s = timed(a.reps, || {
+        let _ = std::fs::remove_file(&out);
+        sh(&cmd, &[])
+    })?;
     let full_stored = std::fs::metadata(&out)?.len();
     let edits = dataset::apply_edits(files, a.edit_fraction, a.edit_size, 7)?;
-    let ((), incr_s) = secs(|| sh(&cmd, &[]))?;
+    settle()?;
+    let incr_s = timed(a.reps, || {
+        let _ = std::fs::remove_file(&out);
+        sh(&cmd, &[])
+    })?;
     let incr_stored = std::fs::metadata(&out)?.len();
     let dest = work.join("restore-tar");
-    let _ = std::fs::remove_dir_all(&dest);
-    std::fs::create_dir_all(&dest)?;
-    let ((), restore_s) = secs(|| {
-        sh(
-            &format!(
-                "zstd -d -q -c {} | tar -xf - -C {}",
-                out.display(),
-                dest.display()
-            ),
-            &[],
-        )
+    let restore = format!(
+        "zstd -d -q -c {} | tar -xf - -C {}{suffix}",
+        out.display(),
+        dest.display()
+    );
+    let restore_s = timed(a.reps, || {
+        let _ = std::fs::remove_dir_all(&dest);
+        std::fs::create_dir_all(&dest)?;
+        sh(&restore, &[])
     })?;
     std::fs::remove_dir_all(&dest)?;
     std::fs::remove_file(&out)?;
     dataset::undo_edits(files, &edits)?;
+    settle()?;
     Ok(ToolResult {
-        tool: "tar | zstd -T0 -3".into(),
+        tool: format!("tar | zstd -T0 -3{suffix}"),
         full_s,
         full_stored_bytes: full_stored,
         incr_s,
@@ -299,22 +395,23 @@ fn peer_restic(
     sh("restic init -q", &env)?;
     let base = dataset::du(&repo);
     let backup = format!("cd {} && restic backup -q .", data.display());
+    settle()?;
     let ((), full_s) = secs(|| sh(&backup, &env))?;
     let full_stored = dataset::du(&repo) - base;
     let edits = dataset::apply_edits(files, a.edit_fraction, a.edit_size, 7)?;
+    settle()?;
     let ((), incr_s) = secs(|| sh(&backup, &env))?;
     let incr_stored = dataset::du(&repo) - base - full_stored;
     let dest = work.join("restore-restic");
-    let _ = std::fs::remove_dir_all(&dest);
-    let ((), restore_s) = secs(|| {
-        sh(
-            &format!("restic restore -q latest --target {}", dest.display()),
-            &env,
-        )
+    let restore = format!("restic restore -q latest --target {}", dest.display());
+    let restore_s = timed(a.reps, || {
+        let _ = std::fs::remove_dir_all(&dest);
+        sh(&restore, &env)
     })?;
     std::fs::remove_dir_all(&dest)?;
     std::fs::remove_dir_all(&repo)?;
     dataset::undo_edits(files, &edits)?;
+    settle()?;
     Ok(ToolResult {
         tool: "restic".into(),
         full_s,

@@ -1,0 +1,348 @@
+//! The `prewarm` binary as a user runs it: real processes, real directories, exit codes,
+//! one-line errors and `--json` output.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn prewarm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .args(args)
+        .output()
+        .expect("prewarm runs")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON on stdout")
+}
+
+/// Asserts exit code 2 and a single-line error that mentions `want`.
+fn bad_input(out: &Output, want: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains(want), "{err:?} should mention {want:?}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+fn make_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("a.txt"), "hello world\n".repeat(10_000)).unwrap();
+    std::fs::write(
+        root.join("sub/b.bin"),
+        (0..200_000u32)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn snapshot_versions_restore_verify_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, store) = (dir.path().join("src"), dir.path().join("store"));
+    make_tree(&src);
+    let s = store.to_str().unwrap();
+    let v1 = json(&prewarm(&[
+        "snapshot",
+        "--store",
+        s,
+        "--resource",
+        "app/state",
+        "--json",
+        src.to_str().unwrap(),
+    ]));
+    assert_eq!(v1["version"], 1);
+    assert!(v1["stats"]["new_stored_bytes"].as_u64().unwrap() > 0);
+    std::fs::write(src.join("a.txt"), "hello there\n".repeat(10_000)).unwrap();
+    let v2 = json(&prewarm(&[
+        "snapshot",
+        "--store",
+        s,
+        "--resource",
+        "app/state",
+        "--json",
+        src.to_str().unwrap(),
+    ]));
+    assert_eq!(v2["version"], 2);
+    assert_eq!(v2["parent"], 1);
+    let same = json(&prewarm(&[
+        "snapshot",
+        "--store",
+        s,
+        "--resource",
+        "app/state",
+        "--json",
+        src.to_str().unwrap(),
+    ]));
+    assert_eq!(same["unchanged"], true);
+
+    let versions = json(&prewarm(&[
+        "versions",
+        "--store",
+        s,
+        "--resource",
+        "app/state",
+        "--json",
+    ]));
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+
+    let dest = dir.path().join("restored");
+    let r = json(&prewarm(&[
+        "restore",
+        "--store",
+        s,
+        "--resource",
+        "app/state",
+        "--version",
+        "1",
+        "--json",
+        dest.to_str().unwrap(),
+    ]));
+    assert_eq!(r["version"], 1);
+    assert_eq!(
+        std::fs::read(dest.join("a.txt")).unwrap(),
+        "hello world\n".repeat(10_000).into_bytes()
+    );
+    assert_eq!(
+        std::fs::read(dest.join("sub/b.bin")).unwrap(),
+        std::fs::read(src.join("sub/b.bin")).unwrap()
+    );
+
+    let v = json(&prewarm(&["verify", "--store", s, "--json"]));
+    assert_eq!(v["ok"], true);
+    let g = json(&prewarm(&[
+        "gc", "--store", s, "--keep", "1", "--grace", "0s", "--json",
+    ]));
+    assert_eq!(g["manifests_deleted"], 1);
+    let v = json(&prewarm(&[
+        "verify",
+        "--store",
+        s,
+        "--resource",
+        "app/state",
+        "--json",
+    ]));
+    assert_eq!(v["report"]["manifests"], 1);
+}
+
+#[test]
+fn invalid_resource_ids_are_refused_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("store");
+    let long = "a".repeat(300);
+    for (id, want) in [
+        ("../x", "invalid segment"),
+        ("/abs", "invalid segment"),
+        ("a//b", "invalid segment"),
+        ("", "empty"),
+        (long.as_str(), "300 bytes"),
+    ] {
+        let out = prewarm(&[
+            "snapshot",
+            "--store",
+            s.to_str().unwrap(),
+            "--resource",
+            id,
+            dir.path().to_str().unwrap(),
+        ]);
+        bad_input(&out, want);
+    }
+    // Non-UTF-8 arguments are refused by the argument parser with exit 2 too.
+    use std::os::unix::ffi::OsStrExt;
+    let out = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .args(["versions", "--store", s.to_str().unwrap(), "--resource"])
+        .arg(std::ffi::OsStr::from_bytes(b"caf\xe9"))
+        .output()
+        .unwrap();
+    bad_input(&out, "UTF-8");
+    assert!(!s.exists(), "nothing was created for bad input");
+}
+
+#[test]
+fn store_and_version_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    bad_input(
+        &prewarm(&["versions", "--store", missing.to_str().unwrap()]),
+        "not a prewarm store",
+    );
+    bad_input(
+        &prewarm(&["verify", "--store", "ftp://host/x"]),
+        "unknown scheme",
+    );
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"some state").unwrap();
+    json(&prewarm(&[
+        "snapshot",
+        "--store",
+        s,
+        "--resource",
+        "r",
+        "--json",
+        file.to_str().unwrap(),
+    ]));
+    bad_input(
+        &prewarm(&[
+            "restore",
+            "--store",
+            s,
+            "--resource",
+            "r",
+            "--version",
+            "7",
+            "/tmp/x-never",
+        ]),
+        "r@7 does not exist",
+    );
+    bad_input(
+        &prewarm(&[
+            "restore",
+            "--store",
+            s,
+            "--resource",
+            "r",
+            "--version",
+            "0",
+            "/tmp/x-never",
+        ]),
+        "version 0",
+    );
+    bad_input(
+        &prewarm(&[
+            "restore",
+            "--store",
+            s,
+            "--resource",
+            "other",
+            "/tmp/x-never",
+        ]),
+        "no versions",
+    );
+    bad_input(
+        &prewarm(&[
+            "restore",
+            "--store",
+            s,
+            "--resource",
+            "r",
+            file.to_str().unwrap(),
+        ]),
+        "already exists",
+    );
+    bad_input(
+        &prewarm(&[
+            "snapshot",
+            "--store",
+            s,
+            "--resource",
+            "r",
+            "/definitely/missing",
+        ]),
+        "cannot read",
+    );
+    bad_input(&prewarm(&["gc", "--store", s, "--keep", "0"]), "at least 1");
+    std::fs::write(store.join("prewarm-store.json"), b"{\"format\": 99}").unwrap();
+    bad_input(&prewarm(&["versions", "--store", s]), "format");
+}
+
+#[test]
+fn verify_exits_1_on_a_flipped_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let file = dir.path().join("f");
+    std::fs::write(&file, "abc".repeat(100_000)).unwrap();
+    let s = store.to_str().unwrap();
+    json(&prewarm(&[
+        "snapshot",
+        "--store",
+        s,
+        "--resource",
+        "r",
+        "--json",
+        file.to_str().unwrap(),
+    ]));
+    let sub = std::fs::read_dir(store.join("data"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let pack = std::fs::read_dir(sub)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut b = std::fs::read(&pack).unwrap();
+    b[20] ^= 0x10;
+    std::fs::write(&pack, b).unwrap();
+    let out = prewarm(&["verify", "--store", s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DAMAGED"));
+    let dest = dir.path().join("out");
+    bad_input(
+        &prewarm(&[
+            "restore",
+            "--store",
+            s,
+            "--resource",
+            "r",
+            dest.to_str().unwrap(),
+        ]),
+        "corrupt",
+    );
+    assert!(!dest.exists());
+}
+
+#[test]
+fn watch_commits_on_interval_after_a_change_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, store) = (dir.path().join("src"), dir.path().join("store"));
+    make_tree(&src);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .args([
+            "watch",
+            "--store",
+            store.to_str().unwrap(),
+            "--resource",
+            "w",
+            "--interval",
+            "200ms",
+            "--json",
+            src.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["version"], 1);
+    std::fs::write(src.join("new.txt"), b"fresh state").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got_v2 = false;
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["version"] == 2 && v["unchanged"] == false {
+            got_v2 = true;
+            break;
+        }
+    }
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(got_v2, "a second version was committed after the change");
+    assert!(status.success(), "watch exits cleanly on SIGTERM: {status}");
+}

@@ -1,0 +1,109 @@
+//! The fingerprint fast path must be invisible: a snapshot taken with the previous version's
+//! fingerprints yields exactly the chunks a from-scratch snapshot of the same bytes yields.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prewarm_core::ResourceId;
+use prewarm_snapshot::Snapshotter;
+use prewarm_store::{ChunkerParams, Store};
+
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn chunks_of(store: &Store, r: &ResourceId) -> Vec<(prewarm_core::ChunkHash, u32, u64)> {
+    let m = store.resolve(r, None).await.unwrap();
+    m.chunks
+        .iter()
+        .map(|c| (c.hash, c.length, c.fingerprint))
+        .collect()
+}
+
+/// Snapshots `before` then `after` into one store (the second uses fingerprints), and
+/// `after` alone into a fresh store; the chunk lists must match.
+async fn check(before: Vec<u8>, after: Vec<u8>) -> (u64, u64) {
+    let params = ChunkerParams::with_avg(2048).unwrap();
+    let r = ResourceId::new("x").unwrap();
+    let a = Arc::new(Store::memory().await);
+    let snap = Snapshotter::new(a.clone()).with_chunker(params);
+    snap.commit_bytes(&r, Bytes::from(before)).await.unwrap();
+    let out = snap
+        .commit_bytes(&r, Bytes::from(after.clone()))
+        .await
+        .unwrap()
+        .committed;
+    let b = Arc::new(Store::memory().await);
+    Snapshotter::new(b.clone())
+        .with_chunker(params)
+        .commit_bytes(&r, Bytes::from(after))
+        .await
+        .unwrap();
+    assert_eq!(chunks_of(&a, &r).await, chunks_of(&b, &r).await);
+    (out.stats.new_chunks, out.stats.chunks)
+}
+
+#[tokio::test]
+async fn in_place_edits_match_a_fresh_cut() {
+    let base = noise(1, 400_000);
+    let mut edited = base.clone();
+    for off in [0, 50_000, 123_456, 399_000] {
+        edited[off..off + 500].fill(7);
+    }
+    let (new, total) = check(base, edited).await;
+    assert!(new * 10 < total, "{new} of {total} chunks new");
+}
+
+#[tokio::test]
+async fn insertions_deletions_appends_and_truncation_match_a_fresh_cut() {
+    let base = noise(2, 300_000);
+    let mut inserted = base.clone();
+    inserted.splice(100_000..100_000, noise(3, 777));
+    check(base.clone(), inserted).await;
+    let mut deleted = base.clone();
+    deleted.drain(200_000..201_234);
+    check(base.clone(), deleted).await;
+    let mut appended = base.clone();
+    appended.extend(noise(4, 10_000));
+    check(base.clone(), appended).await;
+    check(base.clone(), base[..150_000].to_vec()).await;
+    check(base.clone(), Vec::new()).await;
+    check(Vec::new(), base).await;
+}
+
+#[tokio::test]
+async fn directory_edits_use_per_file_fingerprints() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..5u64 {
+        std::fs::write(src.join(format!("f{i}")), noise(10 + i, 200_000)).unwrap();
+    }
+    let r = ResourceId::new("tree").unwrap();
+    let params = ChunkerParams::with_avg(4096).unwrap();
+    let a = Arc::new(Store::memory().await);
+    let snap = Snapshotter::new(a.clone()).with_chunker(params);
+    snap.snapshot_path(&r, &src).await.unwrap();
+    let mut f2 = std::fs::read(src.join("f2")).unwrap();
+    f2[1000..1100].fill(0);
+    std::fs::write(src.join("f2"), f2).unwrap();
+    std::fs::remove_file(src.join("f4")).unwrap();
+    std::fs::write(src.join("f5"), noise(99, 50_000)).unwrap();
+    let out = snap.snapshot_path(&r, &src).await.unwrap().committed;
+    let b = Arc::new(Store::memory().await);
+    Snapshotter::new(b.clone())
+        .with_chunker(params)
+        .snapshot_path(&r, &src)
+        .await
+        .unwrap();
+    assert_eq!(chunks_of(&a, &r).await, chunks_of(&b, &r).await);
+    assert!(out.stats.new_raw_bytes < 70_000, "{:?}", out.stats);
+}
