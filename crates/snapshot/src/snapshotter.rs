@@ -144,6 +144,7 @@ impl Snapshotter {
     ) -> Result<SnapshotOutcome, SnapshotError> {
         // The latest version, when cut the same way, tells the writer which regions to check
         // by fingerprint instead of re-hashing and re-chunking them.
+        let t0 = std::time::Instant::now();
         let latest = match self
             .store
             .latest(resource)
@@ -160,7 +161,9 @@ impl Snapshotter {
         {
             attach_previous(m, &tree, &mut segments);
         }
+        let t1 = std::time::Instant::now();
         let staged = self.store.write(segments, self.chunker).await?;
+        let t2 = std::time::Instant::now();
         // Files may have changed size while being read: record what was actually read.
         let mut offset = 0;
         let mut lens = staged.segment_lens.iter();
@@ -192,6 +195,13 @@ impl Snapshotter {
             }
         }
         let committed = self.store.commit(staged, resource, kind, tree).await?;
+        tracing::debug!(
+            %resource,
+            latest_ms = (t1 - t0).as_secs_f64() * 1e3,
+            write_ms = (t2 - t1).as_secs_f64() * 1e3,
+            commit_ms = t2.elapsed().as_secs_f64() * 1e3,
+            "snapshot phases"
+        );
         Ok(SnapshotOutcome {
             committed,
             unchanged: false,

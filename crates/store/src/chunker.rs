@@ -99,6 +99,8 @@ pub struct SegmentReadError {
 
 /// Bytes cut per batch before hashing and compressing it in parallel.
 const BATCH_BYTES: usize = 8 << 20;
+/// Bytes read per system call (at least).
+const READ_STEP: usize = 256 << 10;
 
 /// A batch of cut chunks: the bytes and the (start, length) of each chunk in them.
 pub(crate) struct CutBatch {
@@ -132,16 +134,16 @@ impl Cutter {
         segments: &[Segment],
         emit: &mut dyn FnMut(CutBatch) -> bool,
     ) -> Result<Vec<u64>, SegmentReadError> {
-        let window = (BATCH_BYTES).max(2 * self.params.max_size as usize);
-        let mut buf: Vec<u8> = Vec::with_capacity(BATCH_BYTES + window);
+        // Look-ahead past the first uncut byte: two maximal chunks decide the next cut. Kept
+        // small, because the look-ahead is what gets copied into the next batch's buffer.
+        let window = 2 * self.params.max_size as usize + 1;
+        let mut buf: Vec<u8> = Vec::with_capacity(BATCH_BYTES + window + READ_STEP);
         let mut cuts: Vec<Cut> = Vec::new();
         let mut lens = Vec::with_capacity(segments.len());
         for seg in segments {
-            let mut len = 0u64;
             let mut cursor = CutCursor::new(&seg.previous);
-            let alive = match &seg.source {
+            let (alive, len) = match &seg.source {
                 Source::Bytes(b) => {
-                    len = b.len() as u64;
                     let mut rest: &[u8] = b;
                     self.cut_reader(
                         &mut rest,
@@ -159,13 +161,11 @@ impl Cutter {
                         path: name.clone(),
                         source,
                     };
+                    // Passed as is: File reads into uninitialised spare capacity; a wrapper
+                    // without `read_buf` would make std zero every buffer before each read.
                     let mut f = std::fs::File::open(path).map_err(err)?;
-                    let mut counting = CountingReader {
-                        inner: &mut f,
-                        n: &mut len,
-                    };
                     self.cut_reader(
-                        &mut counting,
+                        &mut f,
                         &name,
                         window,
                         &mut buf,
@@ -200,14 +200,15 @@ impl Cutter {
         cuts: &mut Vec<Cut>,
         cursor: &mut CutCursor<'_>,
         emit: &mut dyn FnMut(CutBatch) -> bool,
-    ) -> Result<bool, SegmentReadError> {
+    ) -> Result<(bool, u64), SegmentReadError> {
         let p = self.params;
         let mut pending = buf.len();
         let mut eof = false;
+        let mut total = 0u64;
         loop {
             // Keep a full window past the first uncut byte, or everything up to EOF.
             while !eof && buf.len() - pending < window {
-                let want = (window - (buf.len() - pending)).max(64 << 10);
+                let want = (window - (buf.len() - pending)).max(READ_STEP);
                 // read_to_end fills spare capacity without zeroing it first.
                 let n =
                     r.take(want as u64)
@@ -217,10 +218,11 @@ impl Cutter {
                             source,
                         })?;
                 eof = n == 0;
+                total += n as u64;
             }
             let data = &buf[pending..];
             if data.is_empty() {
-                return Ok(true);
+                return Ok((true, total));
             }
             let cut = match cursor.matching(data, eof) {
                 Some(known) => known,
@@ -250,7 +252,7 @@ impl Cutter {
                 // Hand the cut bytes over; keep only the uncut tail.
                 let mut next = self.spare.try_recv().unwrap_or_default();
                 next.clear();
-                next.reserve(BATCH_BYTES + window);
+                next.reserve(BATCH_BYTES + window + READ_STEP);
                 next.extend_from_slice(&buf[pending..]);
                 buf.truncate(pending);
                 let batch = CutBatch {
@@ -259,7 +261,7 @@ impl Cutter {
                 };
                 pending = 0;
                 if !emit(batch) {
-                    return Ok(false);
+                    return Ok((false, total));
                 }
             }
         }
@@ -397,18 +399,5 @@ impl Hasher {
         let full = std::mem::replace(&mut self.pack, PackBuilder::new(self.pack_target));
         let (id, bytes, blobs) = full.finish();
         emit(Hashed::Pack(id, bytes, blobs))
-    }
-}
-
-struct CountingReader<'a> {
-    inner: &'a mut dyn Read,
-    n: &'a mut u64,
-}
-
-impl Read for CountingReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let k = self.inner.read(buf)?;
-        *self.n += k as u64;
-        Ok(k)
     }
 }

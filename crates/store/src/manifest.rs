@@ -203,18 +203,7 @@ impl Manifest {
             created_unix_ms: self.created_unix_ms,
             logical_size: self.logical_size,
             kind: kind as i32,
-            chunks: self
-                .chunks
-                .iter()
-                .map(|c| pb::ChunkRef {
-                    hash: c.hash.as_bytes().to_vec().into(),
-                    offset: c.offset,
-                    length: c.length,
-                    stored_length: c.stored_length,
-                    codec: c.codec.to_pb(),
-                    fingerprint: c.fingerprint,
-                })
-                .collect(),
+            chunks: Some(chunks_to_pb(&self.chunks)),
             tree: self.tree.iter().map(entry_to_pb).collect(),
             chunker: Some(pb::ChunkerParams {
                 min_size: self.chunker.min_size,
@@ -239,6 +228,71 @@ impl Manifest {
         let end = self.chunks.partition_point(|c| c.offset < offset + len);
         &self.chunks[start..end]
     }
+}
+
+fn chunks_to_pb(chunks: &[ChunkRef]) -> pb::ChunkList {
+    let mut hashes = Vec::with_capacity(chunks.len() * 32);
+    for c in chunks {
+        hashes.extend_from_slice(c.hash.as_bytes());
+    }
+    pb::ChunkList {
+        hashes: hashes.into(),
+        lengths: chunks.iter().map(|c| c.length).collect(),
+        stored_lengths: chunks.iter().map(|c| c.stored_length).collect(),
+        codecs: chunks
+            .iter()
+            .map(|c| c.codec.to_pb() as u8)
+            .collect::<Vec<u8>>()
+            .into(),
+        fingerprints: chunks.iter().map(|c| c.fingerprint).collect(),
+    }
+}
+
+/// Rebuilds chunk refs from the columns; returns them and the stream length they cover.
+fn chunks_from_pb(l: pb::ChunkList) -> Result<(Vec<ChunkRef>, u64), String> {
+    let n = l.lengths.len();
+    if n > MAX_CHUNKS {
+        return Err(format!("{n} chunks exceed the limit of {MAX_CHUNKS}"));
+    }
+    if l.hashes.len() != 32 * n || l.stored_lengths.len() != n || l.codecs.len() != n {
+        return Err(format!(
+            "chunk list columns disagree: {n} lengths, {} hash bytes, {} stored lengths, {} codecs",
+            l.hashes.len(),
+            l.stored_lengths.len(),
+            l.codecs.len()
+        ));
+    }
+    if !l.fingerprints.is_empty() && l.fingerprints.len() != n {
+        return Err(format!(
+            "{} fingerprints for {n} chunks",
+            l.fingerprints.len()
+        ));
+    }
+    let mut chunks = Vec::with_capacity(n);
+    let mut offset = 0u64;
+    for i in 0..n {
+        let (length, stored_length) = (l.lengths[i], l.stored_lengths[i]);
+        let codec = Codec::from_pb(i32::from(l.codecs[i]))
+            .ok_or_else(|| format!("chunk {i}: unknown codec {}", l.codecs[i]))?;
+        if length == 0 || length > MAX_CHUNK_LEN {
+            return Err(format!("chunk {i}: length {length} out of range"));
+        }
+        if u64::from(stored_length) > crate::max_stored_len(length) {
+            return Err(format!(
+                "chunk {i}: stored length {stored_length} is impossible for {length} bytes"
+            ));
+        }
+        chunks.push(ChunkRef {
+            hash: ChunkHash::from_slice(&l.hashes[32 * i..32 * (i + 1)]).expect("32-byte slice"),
+            offset,
+            length,
+            stored_length,
+            codec,
+            fingerprint: l.fingerprints.get(i).copied().unwrap_or(0),
+        });
+        offset += u64::from(length);
+    }
+    Ok((chunks, offset))
 }
 
 fn entry_to_pb(e: &TreeEntry) -> pb::TreeEntry {
@@ -281,44 +335,7 @@ fn from_pb(m: pb::Manifest) -> Result<Manifest, String> {
         max_size: c.max_size,
     };
     chunker.check()?;
-    if m.chunks.len() > MAX_CHUNKS {
-        return Err(format!(
-            "{} chunks exceed the limit of {MAX_CHUNKS}",
-            m.chunks.len()
-        ));
-    }
-    let mut chunks = Vec::with_capacity(m.chunks.len());
-    let mut next = 0u64;
-    for (i, c) in m.chunks.into_iter().enumerate() {
-        let hash = ChunkHash::from_slice(&c.hash)
-            .ok_or_else(|| format!("chunk {i}: hash is not 32 bytes"))?;
-        let codec = Codec::from_pb(c.codec)
-            .ok_or_else(|| format!("chunk {i}: unknown codec {}", c.codec))?;
-        if c.offset != next {
-            return Err(format!(
-                "chunk {i}: offset {} but the stream is at {next}",
-                c.offset
-            ));
-        }
-        if c.length == 0 || c.length > MAX_CHUNK_LEN {
-            return Err(format!("chunk {i}: length {} out of range", c.length));
-        }
-        if u64::from(c.stored_length) > crate::max_stored_len(c.length) {
-            return Err(format!(
-                "chunk {i}: stored length {} is impossible for {} bytes",
-                c.stored_length, c.length
-            ));
-        }
-        next += u64::from(c.length);
-        chunks.push(ChunkRef {
-            hash,
-            offset: c.offset,
-            length: c.length,
-            stored_length: c.stored_length,
-            codec,
-            fingerprint: c.fingerprint,
-        });
-    }
+    let (chunks, next) = chunks_from_pb(m.chunks.unwrap_or_default())?;
     if next != m.logical_size {
         return Err(format!(
             "chunks cover {next} bytes but the logical size is {}",
@@ -549,8 +566,8 @@ mod tests {
     #[test]
     fn rejects_inconsistent_chunks() {
         let mut m = manifest(vec![file("x", 0, 300)]);
-        m.chunks[1].offset = 99;
-        check_invalid(m, "offset 99");
+        m.chunks[1].length = 0;
+        check_invalid(m, "out of range");
         let mut m = manifest(vec![file("x", 0, 300)]);
         m.logical_size = 301;
         check_invalid(m, "logical size");

@@ -50,6 +50,10 @@ impl Default for StoreConfig {
 /// A content-addressed snapshot store.
 pub struct Store {
     pub(crate) os: Arc<dyn ObjectStore>,
+    /// Where packs go: like `os`, but a local store defers their fsync to `sync_packs`.
+    pub(crate) bulk: Arc<dyn ObjectStore>,
+    /// Local stores with durability on: the directory whose pack files `sync_packs` flushes.
+    local_root: Option<std::path::PathBuf>,
     /// Human-readable location, for messages.
     location: String,
     /// Everything the store holds, as of open or the last commit by this handle.
@@ -162,9 +166,11 @@ impl Store {
         config: StoreConfig,
         create: bool,
     ) -> Result<Self, OpenError> {
-        let os = backend(location, create, config.fsync)?;
+        let b = backend(location, create, config.fsync)?;
         let store = Self {
-            os,
+            os: b.meta,
+            bulk: b.bulk,
+            local_root: b.local_root,
             location: location.to_owned(),
             index: RwLock::new(Arc::new(ChunkIndex::default())),
             config,
@@ -362,6 +368,55 @@ impl Store {
     }
 }
 
+impl Store {
+    /// With durability on, the local directory whose pack files upload tasks flush.
+    pub(crate) fn pack_sync_root(&self) -> Option<std::path::PathBuf> {
+        self.local_root.clone()
+    }
+
+    /// With durability on, flushes the directories that received new packs.
+    pub(crate) async fn sync_pack_dirs(&self, packs: &[PackId]) -> Result<(), object_store::Error> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(());
+        };
+        let mut dirs: std::collections::BTreeSet<_> = packs
+            .iter()
+            .map(|id| root.join("data").join(&id.to_hex()[..2]))
+            .collect();
+        dirs.insert(root.join("data"));
+        blocking_io(move || {
+            dirs.iter()
+                .try_for_each(|d| std::fs::File::open(d)?.sync_all())
+        })
+        .await
+    }
+}
+
+/// Flushes one pack file written through `bulk` (called by the upload task right after its
+/// put, so flushes overlap with the CPU work instead of following it).
+pub(crate) async fn sync_pack(
+    root: Option<std::path::PathBuf>,
+    id: PackId,
+) -> Result<(), object_store::Error> {
+    let Some(root) = root else {
+        return Ok(());
+    };
+    blocking_io(move || std::fs::File::open(root.join(pack_path(&id).as_ref()))?.sync_all()).await
+}
+
+async fn blocking_io(
+    f: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> Result<(), object_store::Error> {
+    let generic = |e: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
+        store: "local",
+        source: e,
+    };
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| generic(e.into()))?
+        .map_err(|e| generic(e.into()))
+}
+
 pub(crate) fn versions_dir(resource: &ResourceId) -> Path {
     Path::from_iter(
         ["manifests"]
@@ -386,7 +441,27 @@ pub(crate) fn pack_id_of(path: &Path) -> Option<PackId> {
     PackId::from_hex(path.filename()?)
 }
 
-fn backend(location: &str, create: bool, fsync: bool) -> Result<Arc<dyn ObjectStore>, OpenError> {
+/// The object stores behind a [`Store`].
+struct Backends {
+    /// Metadata objects: fsynced on write when durability is on.
+    meta: Arc<dyn ObjectStore>,
+    /// Packs: written without per-object fsync, flushed in one batch at commit.
+    bulk: Arc<dyn ObjectStore>,
+    /// The directory of a local store, for that batched flush.
+    local_root: Option<std::path::PathBuf>,
+}
+
+impl Backends {
+    fn same(os: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            meta: os.clone(),
+            bulk: os,
+            local_root: None,
+        }
+    }
+}
+
+fn backend(location: &str, create: bool, fsync: bool) -> Result<Backends, OpenError> {
     let bad = |why: String| OpenError::BadLocation {
         location: location.to_owned(),
         why,
@@ -398,7 +473,9 @@ fn backend(location: &str, create: bool, fsync: bool) -> Result<Arc<dyn ObjectSt
         return local(std::path::Path::new(location), create, fsync, location);
     };
     match scheme {
-        "memory" => Ok(Arc::new(object_store::memory::InMemory::new())),
+        "memory" => Ok(Backends::same(Arc::new(
+            object_store::memory::InMemory::new(),
+        ))),
         "file" => {
             let url = url::Url::parse(location).map_err(|e| bad(e.to_string()))?;
             let path = url
@@ -406,9 +483,11 @@ fn backend(location: &str, create: bool, fsync: bool) -> Result<Arc<dyn ObjectSt
                 .map_err(|()| bad("not a local file URL".into()))?;
             local(&path, create, fsync, location)
         }
-        "s3" | "s3a" => remote(location, "s3", cfg!(feature = "s3")),
-        "gs" => remote(location, "gcs", cfg!(feature = "gcs")),
-        "az" | "abfs" | "abfss" | "azure" => remote(location, "azure", cfg!(feature = "azure")),
+        "s3" | "s3a" => remote(location, "s3", cfg!(feature = "s3")).map(Backends::same),
+        "gs" => remote(location, "gcs", cfg!(feature = "gcs")).map(Backends::same),
+        "az" | "abfs" | "abfss" | "azure" => {
+            remote(location, "azure", cfg!(feature = "azure")).map(Backends::same)
+        }
         other => Err(bad(format!(
             "unknown scheme {other:?} (use a path, file://, memory://, s3://, gs:// or az://)"
         ))),
@@ -420,7 +499,7 @@ fn local(
     create: bool,
     fsync: bool,
     location: &str,
-) -> Result<Arc<dyn ObjectStore>, OpenError> {
+) -> Result<Backends, OpenError> {
     if create {
         std::fs::create_dir_all(path).map_err(|e| OpenError::BadLocation {
             location: location.to_owned(),
@@ -431,13 +510,19 @@ fn local(
             location: location.to_owned(),
         });
     }
-    let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
-        .map_err(|source| OpenError::Backend {
-            location: location.to_owned(),
-            source,
-        })?
-        .with_fsync(fsync);
-    Ok(Arc::new(fs))
+    let open = |fsync: bool| {
+        object_store::local::LocalFileSystem::new_with_prefix(path)
+            .map(|fs| Arc::new(fs.with_fsync(fsync)) as Arc<dyn ObjectStore>)
+            .map_err(|source| OpenError::Backend {
+                location: location.to_owned(),
+                source,
+            })
+    };
+    Ok(Backends {
+        meta: open(fsync)?,
+        bulk: open(false)?,
+        local_root: fsync.then(|| path.to_owned()),
+    })
 }
 
 #[allow(unused_variables)]

@@ -108,7 +108,7 @@ pub struct Committed {
 }
 
 /// Packs being uploaded at once while the CPU works on the next ones.
-const PUTS_IN_FLIGHT: usize = 2;
+const PUTS_IN_FLIGHT: usize = 4;
 
 impl Store {
     /// Chunks, hashes, compresses and stores `segments` as one logical stream.
@@ -200,6 +200,15 @@ impl Store {
         while let Some(r) = puts.join_next().await {
             r.map_err(|e| WriteError::Worker(e.to_string()))??;
         }
+        let ids: Vec<PackId> = st.new_packs.iter().map(|(id, _)| *id).collect();
+        if let Some(first) = ids.first().copied() {
+            self.sync_pack_dirs(&ids)
+                .await
+                .map_err(|source| WriteError::Upload {
+                    pack: first,
+                    source,
+                })?;
+        }
         st.stats.logical_bytes = offset;
         Ok(st)
     }
@@ -219,12 +228,14 @@ impl Store {
         }
         st.new_packs.push((id, blobs));
         st.stats.packs_written += 1;
-        let os = self.os.clone();
+        let os = self.bulk.clone();
+        let sync_root = self.pack_sync_root();
         puts.spawn(async move {
+            let upload = |source| WriteError::Upload { pack: id, source };
             os.put(&pack_path(&id), PutPayload::from(bytes))
                 .await
-                .map(|_| ())
-                .map_err(|source| WriteError::Upload { pack: id, source })
+                .map_err(upload)?;
+            crate::store::sync_pack(sync_root, id).await.map_err(upload)
         });
         Ok(())
     }
