@@ -350,10 +350,7 @@ impl Hasher {
         let level = self.level;
         let encoded: Vec<Option<Vec<u8>>> = todo
             .par_iter()
-            .map_init(
-                || zstd::bulk::Compressor::new(level).expect("zstd compressor for a valid level"),
-                |c, &i| codec::encode(c, &buf[cuts[i].start..cuts[i].start + cuts[i].len]),
-            )
+            .map(|&i| codec::encode_level(level, &buf[cuts[i].start..cuts[i].start + cuts[i].len]))
             .collect();
         let mut is_new = vec![false; cuts.len()];
         for (&i, compressed) in todo.iter().zip(encoded) {

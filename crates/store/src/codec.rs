@@ -8,33 +8,65 @@ use crate::Codec;
 /// decompressing costs time on every restore, so a marginal saving is not worth it.
 const MIN_SAVING_DIVISOR: usize = 32;
 
-/// Bytes sampled by the incompressibility test.
-const SAMPLE: usize = 4096;
-/// Order-0 entropy (bits per byte) above which a sample is taken for random data. A 4 KiB
-/// sample of uniform random bytes measures ~7.95; text and most binaries measure far below 7.
-const RANDOM_ENTROPY: f64 = 7.9;
+/// Bytes sampled by the incompressibility test; chunks smaller than this are always tried.
+const SAMPLE: usize = 1024;
 
-/// True when a sample of `raw` has the byte statistics of random (or already compressed or
-/// encrypted) data, so trying zstd on it would waste CPU. The cost is a 4 KiB histogram.
+/// `c · log2(c)` for every count a sample can produce, so the entropy needs no logarithms.
+fn c_log2_c() -> &'static [f64; SAMPLE + 1] {
+    static TABLE: std::sync::OnceLock<[f64; SAMPLE + 1]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = [0.0; SAMPLE + 1];
+        for (c, v) in t.iter_mut().enumerate().skip(1) {
+            *v = c as f64 * (c as f64).log2();
+        }
+        t
+    })
+}
+
+/// True when a 1 KiB sample of `raw` has the byte statistics of random (or already
+/// compressed or encrypted) data, so trying zstd on it would waste CPU.
+///
+/// The empirical order-0 entropy of n uniformly random bytes is about
+/// 8 − 255 / (2 n ln 2) bits (7.82 for n = 1024); a sample within 0.1 bit of that is called
+/// random. Text and most binaries measure far lower (text ≈ 4.5–6).
 pub fn looks_incompressible(raw: &[u8]) -> bool {
-    if raw.len() < 2 * SAMPLE {
+    if raw.len() < SAMPLE {
         return false;
     }
     let start = (raw.len() - SAMPLE) / 2;
-    let mut hist = [0u32; 256];
+    let mut hist = [0u16; 256];
     for &b in &raw[start..start + SAMPLE] {
         hist[b as usize] += 1;
     }
+    let table = c_log2_c();
     let n = SAMPLE as f64;
-    let entropy: f64 = hist
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = f64::from(c) / n;
-            -p * p.log2()
-        })
-        .sum();
-    entropy > RANDOM_ENTROPY
+    // H = log2(n) − (1/n) Σ c log2 c
+    let sum: f64 = hist.iter().map(|&c| table[c as usize]).sum();
+    let entropy = n.log2() - sum / n;
+    let expected_random = 8.0 - 255.0 / (2.0 * n * std::f64::consts::LN_2);
+    entropy > expected_random - 0.1
+}
+
+thread_local! {
+    /// One compression context per thread (and level), reused across chunks.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses one chunk at `level` with this thread's reusable context; `None` means "store
+/// raw" (random-looking, or compression saves under ~3%).
+pub fn encode_level(level: i32, raw: &[u8]) -> Option<Vec<u8>> {
+    if looks_incompressible(raw) {
+        return None;
+    }
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, c) = slot.as_mut()?;
+        encode(c, raw)
+    })
 }
 
 /// Compresses one chunk with a reusable compressor; returns the codec, or `None` for "store
