@@ -1,6 +1,8 @@
 //! The `prewarm` binary as a user runs it: real processes, real directories, exit codes,
 //! one-line errors and `--json` output.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

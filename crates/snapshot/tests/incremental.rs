@@ -1,6 +1,8 @@
 //! The fingerprint fast path must be invisible: a snapshot taken with the previous version's
 //! fingerprints yields exactly the chunks a from-scratch snapshot of the same bytes yields.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::sync::Arc;
 
 use bytes::Bytes;

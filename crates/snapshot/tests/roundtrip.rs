@@ -1,6 +1,8 @@
 //! Snapshot → store → restore round trips on real files, and every damaged-input case the
 //! store must refuse without writing anything partial.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
