@@ -517,3 +517,47 @@ async fn concurrent_writers_get_distinct_versions() {
     versions.sort();
     assert_eq!(versions, vec![1, 2, 3, 4]);
 }
+
+#[tokio::test]
+async fn small_changes_store_delta_manifests_and_gc_rewrites_them() {
+    let f = fixture().await;
+    let mut data = noise(5, 400_000);
+    let r = rid("chain");
+    for i in 0..5 {
+        data[i * 50_000..i * 50_000 + 10].fill(i as u8);
+        f.snap
+            .commit_bytes(&r, Bytes::from(data.clone()))
+            .await
+            .unwrap();
+    }
+    let latest = f.store.resolve(&r, None).await.unwrap();
+    assert_eq!(latest.chain_depth, 4, "versions 2..5 were stored as deltas");
+    let mf = f
+        .dir
+        .path()
+        .join("store/manifests/chain/@v")
+        .join(format!("{:020}", 5));
+    let v1 = f
+        .dir
+        .path()
+        .join("store/manifests/chain/@v")
+        .join(format!("{:020}", 1));
+    assert!(std::fs::metadata(&mf).unwrap().len() * 5 < std::fs::metadata(&v1).unwrap().len());
+
+    let rep = f.store.gc(2, Duration::ZERO).await.unwrap();
+    assert_eq!((rep.manifests_deleted, rep.manifests_rewritten), (3, 1));
+    let reopened = Store::open(f.dir.path().join("store").to_str().unwrap())
+        .await
+        .unwrap();
+    let m4 = reopened.resolve(&r, Version::new(4)).await.unwrap();
+    assert_eq!(
+        m4.chain_depth, 0,
+        "the oldest kept version is now stored in full"
+    );
+    let m5 = reopened.resolve(&r, None).await.unwrap();
+    assert_eq!(
+        restore_to_bytes(&reopened, &m5, u64::MAX).await.unwrap(),
+        data
+    );
+    assert!(reopened.verify(None).await.unwrap().ok());
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
-use prewarm_core::{ChunkHash, StateRef};
+use prewarm_core::{ChunkHash, StateRef, Version};
 use serde::Serialize;
 
 use crate::index::ChunkIndex;
@@ -31,6 +31,8 @@ const REPACK_DEAD_SHARE: f64 = 0.25;
 pub struct GcReport {
     /// Manifests removed by retention.
     pub manifests_deleted: u64,
+    /// Kept manifests rewritten in full because their delta base was removed.
+    pub manifests_rewritten: u64,
     /// Packs deleted (dead, orphaned or repacked).
     pub packs_deleted: u64,
     /// Packs whose live chunks were copied into new packs.
@@ -81,24 +83,35 @@ impl Store {
         for r in self.resources().await.map_err(be)? {
             let versions = self.versions(&r).await.map_err(be)?;
             let cut = versions.len().saturating_sub(keep);
-            for (i, v) in versions.into_iter().enumerate() {
-                let state = StateRef {
-                    resource: r.clone(),
-                    version: v,
-                };
-                if i < cut {
-                    self.os.delete(&manifest_path(&state)).await.map_err(be)?;
-                    report.manifests_deleted += 1;
-                    continue;
+            let state = |v: Version| StateRef {
+                resource: r.clone(),
+                version: v,
+            };
+            // Read the kept versions first: a kept delta may need a base about to go.
+            for &v in &versions[cut..] {
+                let m =
+                    self.manifest(&state(v))
+                        .await
+                        .map_err(|e| GcError::UnreadableManifest {
+                            state: state(v),
+                            why: e.to_string(),
+                        })?;
+                if cut > 0 && m.delta_base.is_some_and(|b| b < versions[cut]) {
+                    // Rewritten in full (same content, atomically) before its base is deleted.
+                    self.os
+                        .put(&manifest_path(&state(v)), PutPayload::from(m.encode()))
+                        .await
+                        .map_err(be)?;
+                    report.manifests_rewritten += 1;
                 }
-                let m = self
-                    .manifest(&state)
-                    .await
-                    .map_err(|e| GcError::UnreadableManifest {
-                        state: state.clone(),
-                        why: e.to_string(),
-                    })?;
                 live.extend(m.chunks.iter().map(|c| c.hash));
+            }
+            for &v in &versions[..cut] {
+                self.os
+                    .delete(&manifest_path(&state(v)))
+                    .await
+                    .map_err(be)?;
+                report.manifests_deleted += 1;
             }
         }
 

@@ -2,7 +2,7 @@
 //! validated form of the protobuf messages in `proto/store.proto`; decoding checks every
 //! invariant, so code holding a [`Manifest`] can trust offsets, lengths and paths.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use prewarm_core::{ChunkHash, ResourceId, StateRef, Version};
 use prewarm_proto::{Message, store as pb};
@@ -172,6 +172,36 @@ pub struct Manifest {
     pub tree: Vec<TreeEntry>,
     /// How the stream was cut.
     pub chunker: ChunkerParams,
+    /// The version whose chunk list this manifest's stored form is a delta against (always
+    /// the parent), or `None` when stored in full. The chunk list above is always resolved.
+    pub delta_base: Option<Version>,
+    /// Deltas between this manifest and the nearest full one, as actually resolved (0 when
+    /// stored in full).
+    pub chain_depth: u32,
+}
+
+/// Longest delta chain a writer creates: every 8th version (at most) is stored in full.
+pub const MAX_WRITE_CHAIN: u32 = 8;
+/// Longest delta chain a reader follows.
+pub const MAX_READ_CHAIN: u32 = 64;
+
+/// A manifest whose envelope and protobuf decoded, but whose delta (if any) is unresolved.
+pub struct RawManifest(pb::Manifest);
+
+impl RawManifest {
+    /// The version whose manifest must be supplied to [`RawManifest::resolve`], if any.
+    pub fn base(&self) -> Option<StateRef> {
+        let version = Version::new(self.0.base_version)?;
+        Some(StateRef {
+            resource: ResourceId::new(self.0.resource.clone()).ok()?,
+            version,
+        })
+    }
+
+    /// Validates and, for a delta, applies it to `base`'s chunk list.
+    pub fn resolve(self, base: Option<&Manifest>) -> Result<Manifest, ManifestError> {
+        from_pb(self.0, base).map_err(ManifestError::Invalid)
+    }
 }
 
 /// Why a manifest object could not be decoded.
@@ -189,8 +219,42 @@ pub enum ManifestError {
 }
 
 impl Manifest {
-    /// Encodes into a framed, checksummed object.
+    /// Encodes in full into a framed, checksummed object.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with(Some(chunks_to_pb(&self.chunks)), 0, None, 0)
+    }
+
+    /// Encodes as a delta against `base` (which must be the parent) when that is much
+    /// smaller than the full list and the chain is short enough; `None` otherwise.
+    pub fn encode_delta(&self, base: &Manifest) -> Option<Vec<u8>> {
+        if Some(base.state.version) != self.parent
+            || base.state.resource != self.state.resource
+            || base.chain_depth >= MAX_WRITE_CHAIN
+        {
+            return None;
+        }
+        let delta = diff_chunks(&base.chunks, &self.chunks);
+        // Worth it only below half the full list's size (~45 bytes a chunk, ~16 a step).
+        let inserted = delta.inserted.as_ref().map_or(0, |l| l.lengths.len());
+        let delta_cost = inserted * 45 + delta.copy_start.len() * 16;
+        if delta_cost * 2 > self.chunks.len() * 45 {
+            return None;
+        }
+        Some(self.encode_with(
+            None,
+            base.state.version.get(),
+            Some(delta),
+            base.chain_depth + 1,
+        ))
+    }
+
+    fn encode_with(
+        &self,
+        chunks: Option<pb::ChunkList>,
+        base_version: u64,
+        chunk_delta: Option<pb::ChunkDelta>,
+        chain_depth: u32,
+    ) -> Vec<u8> {
         let kind = match self.kind {
             SourceKind::File => pb::SourceKind::File,
             SourceKind::Directory => pb::SourceKind::Directory,
@@ -203,22 +267,29 @@ impl Manifest {
             created_unix_ms: self.created_unix_ms,
             logical_size: self.logical_size,
             kind: kind as i32,
-            chunks: Some(chunks_to_pb(&self.chunks)),
+            chunks,
             tree: self.tree.iter().map(entry_to_pb).collect(),
             chunker: Some(pb::ChunkerParams {
                 min_size: self.chunker.min_size,
                 avg_size: self.chunker.avg_size,
                 max_size: self.chunker.max_size,
             }),
+            base_version,
+            chunk_delta,
+            chain_depth,
         };
         envelope::seal(MANIFEST_MAGIC, &msg.encode_to_vec())
     }
 
-    /// Decodes and validates a framed manifest object.
+    /// Decodes and validates a framed manifest object stored in full.
     pub fn decode(data: &[u8]) -> Result<Self, ManifestError> {
+        Self::decode_raw(data)?.resolve(None)
+    }
+
+    /// Checks the frame and parses the protobuf; the caller resolves any delta.
+    pub fn decode_raw(data: &[u8]) -> Result<RawManifest, ManifestError> {
         let body = envelope::open(MANIFEST_MAGIC, data, MAX_MANIFEST_BYTES)?;
-        let msg = pb::Manifest::decode(body)?;
-        from_pb(msg).map_err(ManifestError::Invalid)
+        Ok(RawManifest(pb::Manifest::decode(body)?))
     }
 
     /// The chunks holding the bytes `[offset, offset + len)` of the stream (files start on
@@ -312,7 +383,94 @@ fn entry_to_pb(e: &TreeEntry) -> pb::TreeEntry {
     }
 }
 
-fn from_pb(m: pb::Manifest) -> Result<Manifest, String> {
+/// Expresses `new` as copy runs of `base` plus inserted chunks.
+fn diff_chunks(base: &[ChunkRef], new: &[ChunkRef]) -> pb::ChunkDelta {
+    let mut first: HashMap<ChunkHash, usize> = HashMap::with_capacity(base.len());
+    for (i, c) in base.iter().enumerate() {
+        first.entry(c.hash).or_insert(i);
+    }
+    let mut d = pb::ChunkDelta::default();
+    let mut inserted = Vec::new();
+    // The open step: (copy start, copy count, insert count).
+    let mut step: Option<(usize, u32, u32)> = None;
+    for c in new {
+        if let Some((start, count, 0)) = step.as_mut() {
+            let next = *start + *count as usize;
+            if base
+                .get(next)
+                .is_some_and(|b| b.hash == c.hash && b.length == c.length)
+            {
+                *count += 1;
+                continue;
+            }
+        }
+        match first.get(&c.hash).filter(|&&k| base[k].length == c.length) {
+            Some(&k) => {
+                if let Some((s, n, ins)) = step.replace((k, 1, 0)) {
+                    d.copy_start.push(s as u64);
+                    d.copy_count.push(n);
+                    d.insert_count.push(ins);
+                }
+            }
+            None => {
+                step.get_or_insert((0, 0, 0)).2 += 1;
+                inserted.push(*c);
+            }
+        }
+    }
+    if let Some((s, n, ins)) = step {
+        d.copy_start.push(s as u64);
+        d.copy_count.push(n);
+        d.insert_count.push(ins);
+    }
+    d.inserted = Some(chunks_to_pb(&inserted));
+    d
+}
+
+/// Applies a delta to `base`'s chunks; returns the chunks and the stream length.
+fn apply_delta(base: &[ChunkRef], d: pb::ChunkDelta) -> Result<(Vec<ChunkRef>, u64), String> {
+    let steps = d.copy_start.len();
+    if d.copy_count.len() != steps || d.insert_count.len() != steps {
+        return Err("chunk delta columns disagree".into());
+    }
+    let (inserted, _) = chunks_from_pb(d.inserted.unwrap_or_default())?;
+    let mut ins = inserted.into_iter();
+    let mut out: Vec<ChunkRef> = Vec::new();
+    let mut offset = 0u64;
+    for i in 0..steps {
+        let (start, count) = (d.copy_start[i], u64::from(d.copy_count[i]));
+        let end = start
+            .checked_add(count)
+            .filter(|&e| e <= base.len() as u64)
+            .ok_or_else(|| {
+                format!(
+                    "chunk delta step {i} copies {count} chunks from {start}, past the base's {}",
+                    base.len()
+                )
+            })?;
+        if out.len() as u64 + count + u64::from(d.insert_count[i]) > MAX_CHUNKS as u64 {
+            return Err(format!("chunk delta yields more than {MAX_CHUNKS} chunks"));
+        }
+        let copied = base[start as usize..end as usize].iter().copied();
+        let taken: Vec<ChunkRef> = ins.by_ref().take(d.insert_count[i] as usize).collect();
+        if taken.len() != d.insert_count[i] as usize {
+            return Err(format!(
+                "chunk delta step {i} inserts more chunks than the delta holds"
+            ));
+        }
+        for mut c in copied.chain(taken) {
+            c.offset = offset;
+            offset += u64::from(c.length);
+            out.push(c);
+        }
+    }
+    if ins.next().is_some() {
+        return Err("chunk delta holds inserted chunks no step uses".into());
+    }
+    Ok((out, offset))
+}
+
+fn from_pb(m: pb::Manifest, base: Option<&Manifest>) -> Result<Manifest, String> {
     let resource = ResourceId::new(m.resource).map_err(|e| e.to_string())?;
     let version = Version::new(m.version).ok_or("version 0")?;
     let parent = Version::new(m.parent_version);
@@ -335,7 +493,42 @@ fn from_pb(m: pb::Manifest) -> Result<Manifest, String> {
         max_size: c.max_size,
     };
     chunker.check()?;
-    let (chunks, next) = chunks_from_pb(m.chunks.unwrap_or_default())?;
+    let delta_base = Version::new(m.base_version);
+    let (chunks, next) = match (delta_base, m.chunk_delta) {
+        (None, None) => {
+            if m.chain_depth != 0 {
+                return Err("a full manifest claims a delta chain".into());
+            }
+            chunks_from_pb(m.chunks.unwrap_or_default())?
+        }
+        (Some(b), Some(delta)) => {
+            if delta_base != parent {
+                return Err(format!("delta base {b} is not the parent version"));
+            }
+            if m.chunks.as_ref().is_some_and(|c| !c.lengths.is_empty()) {
+                return Err("manifest holds both a chunk list and a delta".into());
+            }
+            let base = base.ok_or_else(|| {
+                format!("stored as a delta of version {b}, which was not supplied")
+            })?;
+            if base.state.version != b || base.state.resource.as_str() != resource.as_str() {
+                return Err(format!(
+                    "delta base supplied is {}, expected {resource}@{b}",
+                    base.state
+                ));
+            }
+            // The stored depth is a hint (a base rewritten in full by gc shortens the chain);
+            // the depth that counts is the one actually followed, bounded by the reader.
+            if base.chain_depth >= MAX_READ_CHAIN {
+                return Err(format!("delta chain longer than {MAX_READ_CHAIN}"));
+            }
+            if base.chunker != chunker {
+                return Err("delta base was cut with other chunker parameters".into());
+            }
+            apply_delta(&base.chunks, delta)?
+        }
+        _ => return Err("base version and chunk delta must come together".into()),
+    };
     if next != m.logical_size {
         return Err(format!(
             "chunks cover {next} bytes but the logical size is {}",
@@ -352,6 +545,10 @@ fn from_pb(m: pb::Manifest) -> Result<Manifest, String> {
         chunks,
         tree,
         chunker,
+        delta_base,
+        chain_depth: base
+            .filter(|_| delta_base.is_some())
+            .map_or(0, |b| b.chain_depth + 1),
     })
 }
 
@@ -520,7 +717,87 @@ mod tests {
             chunks: vec![chunk(0, 100), chunk(100, 200)],
             tree,
             chunker: ChunkerParams::with_avg(4096).unwrap(),
+            delta_base: None,
+            chain_depth: 0,
         }
+    }
+
+    /// A buffer manifest over `n` distinct chunks of 100 bytes, version `v`.
+    fn flat(v: u64, hashes: &[u64]) -> Manifest {
+        let chunks: Vec<ChunkRef> = hashes
+            .iter()
+            .enumerate()
+            .map(|(i, h)| ChunkRef {
+                hash: ChunkHash::of(&h.to_le_bytes()),
+                offset: 100 * i as u64,
+                length: 100,
+                stored_length: 100,
+                codec: Codec::Raw,
+                fingerprint: *h,
+            })
+            .collect();
+        Manifest {
+            state: StateRef {
+                resource: ResourceId::new("r").unwrap(),
+                version: Version::new(v).unwrap(),
+            },
+            parent: Version::new(v - 1),
+            logical_size: 100 * hashes.len() as u64,
+            kind: SourceKind::Buffer,
+            chunks,
+            tree: vec![],
+            ..manifest(vec![])
+        }
+    }
+
+    #[test]
+    fn deltas_round_trip_and_stay_small() {
+        let old: Vec<u64> = (0..1000).collect();
+        let mut new = old.clone();
+        new[10] = 5000; // changed
+        new.insert(500, 6000); // inserted
+        new.remove(900); // deleted
+        new.push(7); // repeated from the base
+        let base = flat(1, &old);
+        let m = flat(2, &new);
+        let full = m.encode();
+        let delta = m
+            .encode_delta(&base)
+            .expect("a small change is worth a delta");
+        assert!(
+            delta.len() * 10 < full.len(),
+            "{} vs {}",
+            delta.len(),
+            full.len()
+        );
+        let back = Manifest::decode_raw(&delta).unwrap();
+        assert_eq!(back.base().unwrap().version.get(), 1);
+        let back = back.resolve(Some(&base)).unwrap();
+        assert_eq!(back.chunks, m.chunks);
+        assert_eq!((back.delta_base, back.chain_depth), (Version::new(1), 1));
+        // A delta cannot be read without its base, nor against the wrong one.
+        let e = Manifest::decode(&delta).unwrap_err().to_string();
+        assert!(e.contains("not supplied"), "{e}");
+        let e = Manifest::decode_raw(&delta)
+            .unwrap()
+            .resolve(Some(&flat(1, &[1, 2])))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("past the base"), "{e}");
+        // A total rewrite is stored in full.
+        let other: Vec<u64> = (10_000..11_000).collect();
+        assert!(flat(2, &other).encode_delta(&base).is_none());
+    }
+
+    #[test]
+    fn delta_chains_are_bounded() {
+        let hashes: Vec<u64> = (0..100).collect();
+        let mut base = flat(1, &hashes);
+        base.chain_depth = MAX_WRITE_CHAIN;
+        assert!(
+            flat(2, &hashes).encode_delta(&base).is_none(),
+            "chain full: write in full"
+        );
     }
 
     #[test]

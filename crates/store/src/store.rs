@@ -319,32 +319,66 @@ impl Store {
         Ok(out)
     }
 
-    /// Reads and validates one manifest.
+    /// Reads and validates one manifest (resolving a delta against its base chain).
     pub async fn manifest(&self, state: &StateRef) -> Result<Manifest, ReadManifestError> {
-        let bytes = match self.os.get(&manifest_path(state)).await {
-            Ok(r) => r.bytes().await?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(match self.latest(&state.resource).await? {
-                    Some(latest) => ReadManifestError::UnknownVersion {
-                        state: state.clone(),
-                        latest: latest.to_string(),
-                    },
-                    None => ReadManifestError::UnknownResource(state.resource.clone()),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let m = Manifest::decode(&bytes).map_err(|source| ReadManifestError::Corrupt {
-            state: state.clone(),
-            source,
-        })?;
-        if &m.state != state {
-            return Err(ReadManifestError::Corrupt {
+        self.manifest_in_chain(state, 0).await
+    }
+
+    fn manifest_in_chain<'a>(
+        &'a self,
+        state: &'a StateRef,
+        depth: u32,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Manifest, ReadManifestError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let corrupt = |source| ReadManifestError::Corrupt {
                 state: state.clone(),
-                source: ManifestError::Invalid(format!("it describes {} instead", m.state)),
-            });
-        }
-        Ok(m)
+                source,
+            };
+            if depth > crate::manifest::MAX_READ_CHAIN {
+                return Err(corrupt(ManifestError::Invalid(
+                    "delta chain too long".into(),
+                )));
+            }
+            let bytes = match self.os.get(&manifest_path(state)).await {
+                Ok(r) => r.bytes().await?,
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(match self.latest(&state.resource).await? {
+                        Some(latest) => ReadManifestError::UnknownVersion {
+                            state: state.clone(),
+                            latest: latest.to_string(),
+                        },
+                        None => ReadManifestError::UnknownResource(state.resource.clone()),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let raw = Manifest::decode_raw(&bytes).map_err(corrupt)?;
+            let base = match raw.base() {
+                Some(b) if b.resource == state.resource && b.version < state.version => {
+                    Some(self.manifest_in_chain(&b, depth + 1).await.map_err(|e| {
+                        corrupt(ManifestError::Invalid(format!(
+                            "its delta base {b} is unreadable: {e}"
+                        )))
+                    })?)
+                }
+                Some(b) => {
+                    return Err(corrupt(ManifestError::Invalid(format!(
+                        "delta base {b} is not an older version"
+                    ))));
+                }
+                None => None,
+            };
+            let m = raw.resolve(base.as_ref()).map_err(corrupt)?;
+            if &m.state != state {
+                return Err(corrupt(ManifestError::Invalid(format!(
+                    "it describes {} instead",
+                    m.state
+                ))));
+            }
+            Ok(m)
+        })
     }
 
     /// Reads the manifest of `version`, or of the latest version when `None`.

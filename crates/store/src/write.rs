@@ -284,9 +284,33 @@ impl Store {
                 chunks: staged.chunks.clone(),
                 tree: tree.clone(),
                 chunker: staged.chunker,
+                delta_base: None,
+                chain_depth: 0,
             };
-            let bytes = manifest.encode();
-            Manifest::decode(&bytes).map_err(|e| CommitError::Invalid(e.to_string()))?;
+            // Store the chunk list as a delta of the parent's when that is much smaller.
+            let base = match parent {
+                Some(p) => self
+                    .manifest(&StateRef {
+                        resource: resource.clone(),
+                        version: p,
+                    })
+                    .await
+                    .ok(),
+                None => None,
+            };
+            let delta = base.as_ref().and_then(|b| manifest.encode_delta(b));
+            let bytes = delta.unwrap_or_else(|| manifest.encode());
+            // Never write what cannot be read back.
+            let check = Manifest::decode_raw(&bytes).and_then(|raw| raw.resolve(base.as_ref()));
+            match check {
+                Ok(back) if back.chunks == manifest.chunks && back.tree == manifest.tree => {}
+                Ok(_) => {
+                    return Err(CommitError::Invalid(
+                        "manifest does not read back as written".into(),
+                    ));
+                }
+                Err(e) => return Err(CommitError::Invalid(e.to_string())),
+            }
             let manifest_bytes = bytes.len() as u64;
             let put = self
                 .os
