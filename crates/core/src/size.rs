@@ -25,13 +25,8 @@ impl FromStr for ByteSize {
             what: "byte size",
             examples: "4096, 64KiB, 16MiB, 1.5GB",
         };
-        let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: f64 = num.parse().map_err(|_| err())?;
-        let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        let (n, unit) = number_and_unit(s).ok_or_else(err)?;
+        let mult: f64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1.0,
             "k" | "kib" => 1024.0,
             "kb" => 1e3,
@@ -68,6 +63,16 @@ impl fmt::Display for ByteSize {
     }
 }
 
+/// Splits `"1.5GiB"` into `(1.5, "GiB")`; the unit is trimmed, the number must parse.
+fn number_and_unit(s: &str) -> Option<(f64, &str)> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    Some((num.parse().ok()?, unit.trim()))
+}
+
 /// Parses `500ms`, `10s`, `2m`, `1h`, `1.5s` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, ParseSizeError> {
     let err = || ParseSizeError {
@@ -75,12 +80,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, ParseSizeError> {
         what: "duration",
         examples: "500ms, 10s, 2m, 1h",
     };
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| err())?;
+    let (n, unit) = number_and_unit(s).ok_or_else(err)?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "" | "s" => n,

@@ -6,21 +6,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+mod common;
+use common::noise;
 use prewarm_core::ResourceId;
 use prewarm_snapshot::Snapshotter;
 use prewarm_store::{ChunkerParams, Store};
-
-fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 async fn chunks_of(store: &Store, r: &ResourceId) -> Vec<(prewarm_core::ChunkHash, u32, u64)> {
     let m = store.resolve(r, None).await.unwrap();

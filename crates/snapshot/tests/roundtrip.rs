@@ -10,25 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+mod common;
+use common::noise;
 use prewarm_core::{ResourceId, StateRef, Version};
 use prewarm_snapshot::{RestoreError, SnapshotError, Snapshotter, restore, restore_to_bytes};
 use prewarm_store::{ChunkerParams, OpenError, ReadManifestError, Store};
 
 fn rid(s: &str) -> ResourceId {
     ResourceId::new(s).unwrap()
-}
-
-/// Deterministic pseudo-random bytes (xorshift), incompressible.
-fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn text(n: usize) -> Vec<u8> {

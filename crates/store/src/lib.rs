@@ -35,7 +35,7 @@ pub use write::{CommitError, Committed, Staged, WriteError, WriteStats};
 
 /// Default average chunk size: the state-granularity knob (see BENCHMARKS.md for the table
 /// it was chosen from).
-pub const DEFAULT_AVG_CHUNK: u32 = 16 << 10;
+pub const DEFAULT_AVG_CHUNK: u32 = 8 << 10;
 /// Default zstd level for chunks.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 

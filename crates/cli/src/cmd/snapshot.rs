@@ -19,7 +19,7 @@ pub struct Args {
     #[arg(long, value_parser = parse_resource)]
     resource: ResourceId,
     /// Average chunk size (the transfer granularity), 1KiB-4MiB.
-    #[arg(long, value_parser = parse_size, default_value = "16KiB")]
+    #[arg(long, value_parser = parse_size, default_value_t = u64::from(prewarm_store::DEFAULT_AVG_CHUNK))]
     chunk_size: u64,
     /// Commit a new version even if nothing changed since the latest one.
     #[arg(long)]

@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, value_parser = parse_size, default_value = "64MiB")]
     dirty_threshold: u64,
     /// Average chunk size.
-    #[arg(long, value_parser = parse_size, default_value = "16KiB")]
+    #[arg(long, value_parser = parse_size, default_value_t = u64::from(prewarm_store::DEFAULT_AVG_CHUNK))]
     chunk_size: u64,
     /// Print one JSON object per line.
     #[arg(long)]
