@@ -116,7 +116,7 @@ pub async fn restore<S: ChunkSource>(
         let path = path.to_owned();
         move |source| RestoreError::Io { path, source }
     };
-    let files: Vec<(PathBuf, u64, u64)> = match manifest.kind {
+    let files: Vec<OutFile> = match manifest.kind {
         SourceKind::Directory => {
             std::fs::create_dir(&tmp).map_err(io(&tmp))?;
             for e in manifest.tree.iter().filter(|e| e.kind == EntryKind::Dir) {
@@ -127,16 +127,20 @@ pub async fn restore<S: ChunkSource>(
                 .tree
                 .iter()
                 .filter(|e| e.kind == EntryKind::File)
-                .map(|e| {
-                    (
-                        tmp.join(std::ffi::OsStr::from_bytes(&e.path)),
-                        e.offset,
-                        e.size,
-                    )
+                .map(|e| OutFile {
+                    path: tmp.join(std::ffi::OsStr::from_bytes(&e.path)),
+                    offset: e.offset,
+                    size: e.size,
+                    meta: Some((e.mode, e.mtime_unix_ms)),
                 })
                 .collect()
         }
-        SourceKind::File | SourceKind::Buffer => vec![(tmp.clone(), 0, manifest.logical_size)],
+        SourceKind::File | SourceKind::Buffer => vec![OutFile {
+            path: tmp.clone(),
+            offset: 0,
+            size: manifest.logical_size,
+            meta: None,
+        }],
     };
     let mut writer = StreamWriter {
         files,
@@ -223,10 +227,19 @@ fn windows(chunks: &[ChunkRef]) -> Vec<&[ChunkRef]> {
     out
 }
 
+/// One file to write: where, which bytes of the stream, and its mode and mtime.
+struct OutFile {
+    path: PathBuf,
+    offset: u64,
+    size: u64,
+    /// Mode and modification time (Unix ms) to set on close; none for single-file states.
+    meta: Option<(u32, i64)>,
+}
+
 /// Writes the logical stream into the files that tile it, in order.
 struct StreamWriter {
     /// (path, offset in stream, size), in stream order.
-    files: Vec<(PathBuf, u64, u64)>,
+    files: Vec<OutFile>,
     /// The file being written or next to write.
     pos: usize,
     cur: Option<std::io::BufWriter<File>>,
@@ -238,21 +251,21 @@ impl StreamWriter {
         for (r, bytes) in refs.iter().zip(data) {
             // Close files that end at or before this chunk (including empty ones).
             while self.pos < self.files.len() {
-                let (_, off, size) = self.files[self.pos];
+                let (off, size) = (self.files[self.pos].offset, self.files[self.pos].size);
                 if off + size > r.offset {
                     break;
                 }
                 self.close_current()?;
             }
             if self.cur.is_none() {
-                let path = &self.files[self.pos].0;
+                let path = &self.files[self.pos].path;
                 let f = File::create(path).map_err(|source| RestoreError::Io {
                     path: path.clone(),
                     source,
                 })?;
                 self.cur = Some(std::io::BufWriter::with_capacity(1 << 20, f));
             }
-            let path = &self.files[self.pos].0;
+            let path = &self.files[self.pos].path;
             self.cur
                 .as_mut()
                 .expect("opened above")
@@ -269,18 +282,24 @@ impl StreamWriter {
 
     /// Flushes the current file (creating it if empty) and moves to the next.
     fn close_current(&mut self) -> Result<(), RestoreError> {
-        let path = self.files[self.pos].0.clone();
+        use std::os::unix::fs::PermissionsExt;
+        let out = &self.files[self.pos];
         let err = |source| RestoreError::Io {
-            path: path.clone(),
+            path: out.path.clone(),
             source,
         };
-        match self.cur.take() {
-            Some(w) => {
-                w.into_inner().map_err(|e| err(e.into_error()))?;
+        let file = match self.cur.take() {
+            Some(w) => w.into_inner().map_err(|e| err(e.into_error()))?,
+            None => File::create(&out.path).map_err(err)?,
+        };
+        // Set on the open handle: no second path lookup per file.
+        if let Some((mode, mtime_ms)) = out.meta {
+            if let Ok(ms) = u64::try_from(mtime_ms) {
+                file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+                    .map_err(err)?;
             }
-            None => {
-                File::create(&path).map_err(err)?;
-            }
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(err)?;
         }
         self.report.files += 1;
         self.pos += 1;
@@ -295,7 +314,7 @@ impl StreamWriter {
     }
 }
 
-/// Symlinks, file modes and mtimes, then directory modes deepest first (a read-only
+/// Symlinks, then directory modes deepest first (a read-only
 /// directory must not block writing its children).
 fn finish_tree(manifest: &Manifest, root: &Path) -> Result<(), RestoreError> {
     use std::os::unix::fs::PermissionsExt;
@@ -310,17 +329,7 @@ fn finish_tree(manifest: &Manifest, root: &Path) -> Result<(), RestoreError> {
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&e.symlink_target), &p)
                     .map_err(io(&p))?;
             }
-            EntryKind::File => {
-                let f = File::options().write(true).open(&p).map_err(io(&p))?;
-                if let Some(t) = u64::try_from(e.mtime_unix_ms)
-                    .ok()
-                    .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-                {
-                    f.set_modified(t).map_err(io(&p))?;
-                }
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode))
-                    .map_err(io(&p))?;
-            }
+            EntryKind::File => {} // mode and mtime were set when the file was closed
             EntryKind::Dir => {}
         }
     }
