@@ -31,6 +31,8 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Keep the newest N versions per resource and reclaim unreferenced chunks.
     Gc(cmd::gc::Args),
+    /// Import a real trace (Azure Functions, web logs, any CSV) as history records.
+    Import(cmd::import::Args),
     /// Watch a file or directory and snapshot it on an interval and when it changes.
     Watch(cmd::watch::Args),
     /// Benchmarks against peer tools, measured in the same run.
@@ -73,6 +75,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         Command::Versions(a) => cmd::versions::run(a).await,
         Command::Verify(a) => cmd::verify::run(a).await,
         Command::Gc(a) => cmd::gc::run(a).await,
+        Command::Import(a) => cmd::import::run(a).await,
         Command::Watch(a) => cmd::watch::run(a).await,
         Command::Bench(a) => cmd::bench::run(a).await,
         Command::Demo(a) => cmd::demo::run(a).await,

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod demo;
 pub mod gc;
+pub mod import;
 pub mod restore;
 pub mod snapshot;
 pub mod verify;

@@ -1,0 +1,59 @@
+//! Azure Functions 2021: `app,func,end_timestamp,duration` (seconds), one row per invocation.
+//! The start is `end − duration` (clamped at 0); the key is the app; the resource is
+//! `fn/<func>`.
+
+use std::path::Path;
+
+use super::{ImportError, Sink, read_file, record, resource_for};
+
+pub fn import(path: &Path, sink: &mut Sink) -> Result<(), ImportError> {
+    let data = read_file(path)?;
+    let mut rd = csv::ReaderBuilder::new().from_reader(&data[..]);
+    let header = rd
+        .headers()
+        .map_err(|e| ImportError::Format(format!("{}: {e}", path.display())))?
+        .clone();
+    let col = |name: &str| {
+        header.iter().position(|h| h == name).ok_or_else(|| {
+            ImportError::Format(format!(
+                "{}: no column {name:?} (expected app,func,end_timestamp,duration)",
+                path.display()
+            ))
+        })
+    };
+    let (a, f, e, d) = (
+        col("app")?,
+        col("func")?,
+        col("end_timestamp")?,
+        col("duration")?,
+    );
+    for (i, row) in rd.records().enumerate() {
+        let line = i as u64 + 2;
+        let parsed = row.ok().and_then(|r| {
+            let end: f64 = r.get(e)?.parse().ok()?;
+            let dur: f64 = r.get(d)?.parse().ok()?;
+            Some((r.get(a)?.to_owned(), r.get(f)?.to_owned(), end, dur))
+        });
+        match parsed {
+            Some((app, func, end, dur))
+                if end.is_finite() && dur.is_finite() && dur >= 0.0 && !app.is_empty() =>
+            {
+                let start = (end - dur).max(0.0);
+                sink.push(record(
+                    start,
+                    "invoke",
+                    app,
+                    resource_for("fn", func.as_bytes()),
+                    0,
+                    dur,
+                ));
+            }
+            _ => sink.malformed(
+                path,
+                line,
+                "expected app,func,end_timestamp,duration with numeric times",
+            )?,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Importers: real traces → history records (`prewarm_core::HistoryRecord`), sorted by time.
+//!
+//! | format | input | event | key | resource |
+//! |---|---|---|---|---|
+//! | `azure2019` | `*_inv.csv` (+ `*_run.csv`, `*_mem.csv`) per-minute counts | `invoke` | app | `fn/<function>` |
+//! | `azure2021` | `app,func,end_timestamp,duration` | `invoke` | app | `fn/<func>` |
+//! | `clf` | Common/Combined Log Format, or NASA's tab-separated variant | `http` | host | `url/<path>` |
+//! | `csv` | any CSV, columns mapped by flags | `--type-col` or `request` | `--key-col` | `<ns>/<value>` |
+//!
+//! Malformed rows are counted and reported with file and line; `strict` makes the first one
+//! fatal. Raw names become resource ids through [`resource_for`].
+
+mod azure2019;
+mod azure2021;
+mod clf;
+mod csvmap;
+mod resource;
+
+use std::path::{Path, PathBuf};
+
+use prewarm_core::HistoryRecord;
+use serde::Serialize;
+
+pub use csvmap::{ColRef, CsvMapping, TimeFormat};
+pub use resource::resource_for;
+
+/// A trace format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Azure Functions 2019: per-minute invocation counts, optional duration and memory files.
+    Azure2019,
+    /// Azure Functions 2021: one row per invocation.
+    Azure2021,
+    /// Web server logs: Common/Combined Log Format, or the NASA tab-separated variant.
+    Clf,
+    /// Any CSV with a column mapping.
+    Csv,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "azure2019" => Ok(Self::Azure2019),
+            "azure2021" => Ok(Self::Azure2021),
+            "clf" | "nasa" => Ok(Self::Clf),
+            "csv" => Ok(Self::Csv),
+            _ => Err(format!(
+                "unknown format {s:?} (azure2019, azure2021, clf, csv)"
+            )),
+        }
+    }
+}
+
+/// How to import.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// The first malformed row is an error instead of a skipped, counted row.
+    pub strict: bool,
+    /// Column mapping, for the `csv` format.
+    pub csv: Option<CsvMapping>,
+}
+
+/// One skipped row.
+#[derive(Clone, Debug, Serialize)]
+pub struct Malformed {
+    /// The file.
+    pub file: String,
+    /// 1-based line number.
+    pub line: u64,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// What an import read.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ImportReport {
+    /// Records produced.
+    pub records: u64,
+    /// Rows skipped as malformed.
+    pub malformed: u64,
+    /// The first skipped rows (at most 20), for the message.
+    pub examples: Vec<Malformed>,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Distinct resources.
+    pub resources: u64,
+    /// Time span covered, seconds.
+    pub span_s: f64,
+}
+
+/// Why an import failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// An input could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// A malformed row under `strict`.
+    #[error("{file} line {line}: {reason}")]
+    Strict {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The inputs do not fit the format (missing columns, missing mapping…).
+    #[error("{0}")]
+    Format(String),
+}
+
+/// Collects rows and skips, enforcing `strict`.
+pub(crate) struct Sink {
+    strict: bool,
+    pub records: Vec<HistoryRecord>,
+    pub report: ImportReport,
+}
+
+impl Sink {
+    fn new(strict: bool) -> Self {
+        Self {
+            strict,
+            records: Vec::new(),
+            report: ImportReport::default(),
+        }
+    }
+
+    /// Records a malformed row: an error under `strict`, else counted.
+    pub fn malformed(
+        &mut self,
+        file: &Path,
+        line: u64,
+        reason: impl Into<String>,
+    ) -> Result<(), ImportError> {
+        let m = Malformed {
+            file: file.display().to_string(),
+            line,
+            reason: reason.into(),
+        };
+        if self.strict {
+            return Err(ImportError::Strict {
+                file: m.file,
+                line: m.line,
+                reason: m.reason,
+            });
+        }
+        self.report.malformed += 1;
+        if self.report.examples.len() < 20 {
+            self.report.examples.push(m);
+        }
+        Ok(())
+    }
+
+    pub fn push(&mut self, r: HistoryRecord) {
+        self.records.push(r);
+    }
+}
+
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ImportError> {
+    std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Imports `inputs` in `format`; the records come back sorted by time (stable).
+pub fn import(
+    format: Format,
+    inputs: &[PathBuf],
+    opts: &ImportOptions,
+) -> Result<(Vec<HistoryRecord>, ImportReport), ImportError> {
+    if inputs.is_empty() {
+        return Err(ImportError::Format("no input files".into()));
+    }
+    let mut sink = Sink::new(opts.strict);
+    match format {
+        Format::Azure2019 => azure2019::import(inputs, &mut sink)?,
+        Format::Azure2021 => {
+            for p in inputs {
+                azure2021::import(p, &mut sink)?;
+            }
+        }
+        Format::Clf => {
+            for p in inputs {
+                clf::import(p, &mut sink)?;
+            }
+        }
+        Format::Csv => {
+            let mapping = opts.csv.as_ref().ok_or_else(|| {
+                ImportError::Format(
+                    "the csv format needs a column mapping (--time-col, --resource-col …)".into(),
+                )
+            })?;
+            for p in inputs {
+                csvmap::import(p, mapping, &mut sink)?;
+            }
+        }
+    }
+    let Sink {
+        mut records,
+        mut report,
+        ..
+    } = sink;
+    records.sort_by(|a, b| a.ts.total_cmp(&b.ts));
+    report.records = records.len() as u64;
+    let keys: std::collections::HashSet<&str> =
+        records.iter().map(|r| r.event.key.as_str()).collect();
+    let resources: std::collections::HashSet<&str> = records
+        .iter()
+        .flat_map(|r| r.reads.iter().map(|x| x.resource.as_str()))
+        .collect();
+    report.keys = keys.len() as u64;
+    report.resources = resources.len() as u64;
+    report.span_s = match (records.first(), records.last()) {
+        (Some(a), Some(b)) => b.ts - a.ts,
+        _ => 0.0,
+    };
+    Ok((records, report))
+}
+
+/// A record for one execution that read one resource.
+pub(crate) fn record(
+    ts: f64,
+    kind: &str,
+    key: String,
+    resource: prewarm_core::ResourceId,
+    bytes: u64,
+    duration_s: f64,
+) -> HistoryRecord {
+    HistoryRecord {
+        ts,
+        event: prewarm_core::Event {
+            kind: kind.to_owned(),
+            key,
+            attrs: Default::default(),
+        },
+        capacity: None,
+        reads: vec![prewarm_core::ReadAccess {
+            resource,
+            version: None,
+            bytes,
+        }],
+        writes: Vec::new(),
+        duration_s,
+    }
+}

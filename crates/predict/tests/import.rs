@@ -1,0 +1,170 @@
+//! Importers on the real traces in `../shared/traces` (beside the checkout, as in CI) and on
+//! small synthetic files with malformed rows.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::path::{Path, PathBuf};
+
+use prewarm_predict::import::{
+    ColRef, CsvMapping, Format, ImportError, ImportOptions, TimeFormat, import,
+};
+
+/// The shared traces, or `None` (with a note) when this checkout has none beside it.
+fn traces() -> Option<PathBuf> {
+    let p = std::env::var_os("PREWARM_TRACES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces"));
+    if p.is_dir() {
+        Some(p)
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide the shared traces at {}",
+            p.display()
+        );
+        eprintln!("no traces at {}: skipping", p.display());
+        None
+    }
+}
+
+fn sorted(records: &[prewarm_core::HistoryRecord]) -> bool {
+    records.windows(2).all(|w| w[0].ts <= w[1].ts)
+}
+
+#[test]
+fn nasa_matches_the_reference_counts() {
+    let Some(t) = traces() else { return };
+    let (recs, rep) = import(
+        Format::Clf,
+        &[t.join("nasa1995/nasa_19950701.tsv")],
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        (rep.records, rep.keys, rep.resources, rep.malformed),
+        (9_999, 936, 1_165, 0)
+    );
+    assert!(sorted(&recs));
+    assert!(
+        recs.iter()
+            .all(|r| r.event.kind == "http" && r.reads.len() == 1)
+    );
+}
+
+#[test]
+fn worldcup_imports_with_column_flags_alone() {
+    let Some(t) = traces() else { return };
+    let mapping = CsvMapping {
+        time_cols: vec![ColRef::Index(1), ColRef::Index(2)],
+        time_format: "%d/%b/%Y %H:%M:%S".parse().unwrap(),
+        key_col: Some(ColRef::Index(0)),
+        resource_col: ColRef::Index(3),
+        namespace: "url".into(),
+        bytes_col: Some(ColRef::Index(5)),
+        duration_col: None,
+        type_col: None,
+        header: false,
+        delimiter: b',',
+    };
+    let opts = ImportOptions {
+        strict: false,
+        csv: Some(mapping),
+    };
+    let (recs, rep) = import(
+        Format::Csv,
+        &[t.join("worldcup98/wc_day6_1_sample.csv")],
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(
+        (rep.records, rep.keys, rep.resources),
+        (200_000, 17_506, 2_731)
+    );
+    assert!(
+        sorted(&recs),
+        "the sample is unsorted on disk; the output is sorted"
+    );
+}
+
+#[test]
+fn azure_traces_import() {
+    let Some(t) = traces() else { return };
+    let a19 = t.join("azure2019");
+    let inputs = [
+        a19.join("1350_inv.csv"),
+        a19.join("1350_run.csv"),
+        a19.join("1350_mem.csv"),
+    ];
+    let (recs, rep) = import(Format::Azure2019, &inputs, &ImportOptions::default()).unwrap();
+    assert_eq!(
+        (rep.records, rep.resources, rep.malformed),
+        (927_272, 1_350, 0)
+    );
+    assert!(sorted(&recs));
+    assert!(recs[0].ts >= 0.0 && recs.last().unwrap().ts < 86_400.0);
+    assert!(recs.iter().any(|r| r.reads[0].bytes > 0), "memory joined");
+    assert!(recs.iter().any(|r| r.duration_s > 0.0), "durations joined");
+
+    let (recs, rep) = import(
+        Format::Azure2021,
+        &[t.join("azure2021/Azure2021_200.csv")],
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(rep.records, 199);
+    assert!(sorted(&recs));
+}
+
+#[test]
+fn malformed_rows_are_counted_or_fatal_under_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("log.csv");
+    std::fs::write(
+        &p,
+        "t,user,item,size\n10,u1,a,5\nnoon,u2,b,1\n11,u1,,3\n12,u3,c,-4\n9,u2,d,7\n",
+    )
+    .unwrap();
+    let mapping = CsvMapping {
+        time_cols: vec![ColRef::Name("t".into())],
+        time_format: TimeFormat::Unix,
+        key_col: Some(ColRef::Name("user".into())),
+        resource_col: ColRef::Name("item".into()),
+        namespace: "items".into(),
+        bytes_col: Some(ColRef::Name("size".into())),
+        duration_col: None,
+        type_col: None,
+        header: true,
+        delimiter: b',',
+    };
+    let mut opts = ImportOptions {
+        strict: false,
+        csv: Some(mapping.clone()),
+    };
+    let (recs, rep) = import(Format::Csv, std::slice::from_ref(&p), &opts).unwrap();
+    assert_eq!((rep.records, rep.malformed), (2, 3));
+    assert_eq!(
+        rep.examples.iter().map(|m| m.line).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert_eq!(recs[0].ts, 9.0, "sorted by time");
+    opts.strict = true;
+    let e = import(Format::Csv, std::slice::from_ref(&p), &opts).unwrap_err();
+    assert!(matches!(e, ImportError::Strict { line: 3, .. }), "{e}");
+
+    let bad_col = ImportOptions {
+        strict: false,
+        csv: Some(CsvMapping {
+            resource_col: ColRef::Name("nope".into()),
+            ..mapping
+        }),
+    };
+    let e = import(Format::Csv, &[p], &bad_col).unwrap_err().to_string();
+    assert!(e.contains("no column \"nope\""), "{e}");
+    let e = import(
+        Format::Azure2021,
+        &[dir.path().join("missing.csv")],
+        &ImportOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ImportError::Io { .. }));
+}
