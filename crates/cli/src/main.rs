@@ -33,6 +33,8 @@ enum Command {
     Gc(cmd::gc::Args),
     /// Import a real trace (Azure Functions, web logs, any CSV) as history records.
     Import(cmd::import::Args),
+    /// Evaluate predictors online on a history (top-1/top-5, log-loss, latency).
+    Eval(cmd::eval::Args),
     /// Watch a file or directory and snapshot it on an interval and when it changes.
     Watch(cmd::watch::Args),
     /// Benchmarks against peer tools, measured in the same run.
@@ -76,6 +78,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         Command::Verify(a) => cmd::verify::run(a).await,
         Command::Gc(a) => cmd::gc::run(a).await,
         Command::Import(a) => cmd::import::run(a).await,
+        Command::Eval(a) => cmd::eval::run(a).await,
         Command::Watch(a) => cmd::watch::run(a).await,
         Command::Bench(a) => cmd::bench::run(a).await,
         Command::Demo(a) => cmd::demo::run(a).await,

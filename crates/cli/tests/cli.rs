@@ -348,3 +348,74 @@ fn watch_commits_on_interval_after_a_change_and_stops_on_sigterm() {
     assert!(got_v2, "a second version was committed after the change");
     assert!(status.success(), "watch exits cleanly on SIGTERM: {status}");
 }
+
+#[test]
+fn import_and_eval_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.csv");
+    std::fs::write(&log, "t,user,item\n1,a,x\nnoon,b,y\n2,a,z\n").unwrap();
+    let out = dir.path().join("h.jsonl");
+    let args = |strict: bool| {
+        let mut v = vec![
+            "import",
+            "--format",
+            "csv",
+            "--time-col",
+            "t",
+            "--key-col",
+            "user",
+            "--resource-col",
+            "item",
+            "-o",
+            out.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ];
+        if strict {
+            v.push("--strict");
+        }
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| {
+        Command::new(env!("CARGO_BIN_EXE_prewarm"))
+            .args(a)
+            .output()
+            .unwrap()
+    };
+    bad_input(&run(args(true)), "line 3");
+    assert!(!out.exists(), "a failed import writes nothing");
+    let ok = run(args(false));
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("imported 2 records"));
+    let e = prewarm(&["eval", "--history", out.to_str().unwrap(), "--json"]);
+    let rows = json(&e);
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    bad_input(
+        &prewarm(&["eval", "--history", empty.to_str().unwrap()]),
+        "no history records",
+    );
+    let unordered = dir.path().join("u.jsonl");
+    std::fs::write(&unordered, "{\"ts\": 5, \"event\": {\"type\": \"t\", \"key\": \"k\"}}\n{\"ts\": 1, \"event\": {\"type\": \"t\", \"key\": \"k\"}}\n").unwrap();
+    bad_input(
+        &prewarm(&["eval", "--history", unordered.to_str().unwrap()]),
+        "out of time order",
+    );
+    let broken = dir.path().join("b.jsonl");
+    std::fs::write(&broken, "{\"ts\": NaN}\n").unwrap();
+    bad_input(
+        &prewarm(&["eval", "--history", broken.to_str().unwrap()]),
+        "line 1",
+    );
+    bad_input(
+        &prewarm(&[
+            "eval",
+            "--history",
+            out.to_str().unwrap(),
+            "--models",
+            "crystal-ball",
+        ]),
+        "unknown model",
+    );
+}

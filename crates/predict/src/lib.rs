@@ -1,4 +1,10 @@
-//! The predictive side of prewarm: turning real traces into history records (`import`), and
-//! (as issue 4 lands) predictors behind one trait, training and evaluation.
+//! The predictive side of prewarm: real traces into history records ([`import`]), predictors
+//! behind one trait ([`Predictor`]: baselines now, learned models as issue 4 lands), and
+//! online evaluation ([`eval`]).
 
+pub mod baselines;
+pub mod eval;
 pub mod import;
+mod predictor;
+
+pub use predictor::{Context, Prediction, Predictor, VersionPolicy};

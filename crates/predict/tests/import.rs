@@ -168,3 +168,24 @@ fn malformed_rows_are_counted_or_fatal_under_strict() {
     .unwrap_err();
     assert!(matches!(e, ImportError::Io { .. }));
 }
+
+#[test]
+fn baselines_reach_the_reference_level_on_nasa() {
+    use prewarm_predict::baselines::{Frequency, Markov, Oracle};
+    use prewarm_predict::eval::evaluate;
+    let Some(t) = traces() else { return };
+    let (recs, _) = import(
+        Format::Clf,
+        &[t.join("nasa1995/nasa_19950701.tsv")],
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    // Reference (guide, independent script): per-key first-order Markov top-1 0.371, top-5
+    // 0.561; global frequency top-5 0.225.
+    let markov = evaluate(&mut Markov::new(2, 3600.0), &recs, 0.5);
+    assert!(markov.top1 > 0.35 && markov.top5 > 0.55, "{markov:?}");
+    let freq = evaluate(&mut Frequency::new(3600.0), &recs, 0.5);
+    assert!((0.18..0.27).contains(&freq.top5), "{freq:?}");
+    let oracle = evaluate(&mut Oracle::new(&recs), &recs, 0.5);
+    assert_eq!((oracle.top1, oracle.events), (1.0, 5000));
+}

@@ -1,0 +1,101 @@
+//! `prewarm eval`: online evaluation of predictors on a history (see `prewarm_predict::eval`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use prewarm_core::HistoryReader;
+use prewarm_predict::Predictor;
+use prewarm_predict::baselines::{Frequency, Markov, Oracle};
+use prewarm_predict::eval::evaluate;
+
+use super::parse_duration;
+use crate::output;
+
+/// Arguments of `prewarm eval`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// History file (JSON Lines), e.g. from `prewarm import`.
+    #[arg(long)]
+    history: PathBuf,
+    /// Predictors to compare: frequency, markov, oracle.
+    #[arg(long, value_delimiter = ',', default_value = "frequency,markov,oracle")]
+    models: Vec<String>,
+    /// Share of the history (the earliest part) used only for training.
+    #[arg(long, default_value_t = 0.5)]
+    warmup: f64,
+    /// Time constant of recency weighting.
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    tau: std::time::Duration,
+    /// Markov order.
+    #[arg(long, default_value_t = 2)]
+    order: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the command.
+pub async fn run(a: Args) -> anyhow::Result<i32> {
+    if !(0.0..1.0).contains(&a.warmup) {
+        bail!("--warmup must be in [0, 1), got {}", a.warmup);
+    }
+    let file = std::fs::File::open(&a.history)
+        .with_context(|| format!("opening {}", a.history.display()))?;
+    let mut records = Vec::new();
+    for r in HistoryReader::new(std::io::BufReader::new(file)) {
+        records.push(r.with_context(|| format!("reading {}", a.history.display()))?);
+    }
+    if records.is_empty() {
+        bail!("{} holds no history records", a.history.display());
+    }
+    if let Some(w) = records.windows(2).position(|w| w[1].ts < w[0].ts) {
+        bail!(
+            "{}: records are out of time order at record {} (import sorts them)",
+            a.history.display(),
+            w + 2
+        );
+    }
+    let tau = a.tau.as_secs_f64();
+    let mut rows = Vec::new();
+    for name in &a.models {
+        let mut p: Box<dyn Predictor> = match name.as_str() {
+            "frequency" => Box::new(Frequency::new(tau)),
+            "markov" => Box::new(Markov::new(a.order, tau)),
+            "oracle" => Box::new(Oracle::new(&records)),
+            other => bail!("unknown model {other:?} (frequency, markov, oracle)"),
+        };
+        let recs = &records;
+        let warmup = a.warmup;
+        rows.push(tokio::task::block_in_place(|| {
+            evaluate(p.as_mut(), recs, warmup)
+        }));
+    }
+    if a.json {
+        output::json(&rows)?;
+    } else {
+        let table: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.model.clone(),
+                    r.events.to_string(),
+                    format!("{:.3}", r.top1),
+                    format!("{:.3}", r.top5),
+                    format!("{:.3}", r.log_loss),
+                    format!("{:.1}", r.p50_us),
+                    format!("{:.1}", r.p99_us),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            output::table(
+                &[
+                    "model", "events", "top-1", "top-5", "log-loss", "p50 µs", "p99 µs"
+                ],
+                &table
+            )
+        );
+    }
+    Ok(0)
+}

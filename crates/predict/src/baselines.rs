@@ -1,0 +1,321 @@
+//! Simple baselines: recency-weighted frequency, PPM-style per-key Markov, and the oracle.
+
+use std::collections::{BTreeSet, HashMap};
+
+use prewarm_core::{HistoryRecord, ResourceId};
+
+use crate::predictor::{Context, Prediction, Predictor, latest};
+
+/// `ln(e^a + e^b)` without overflow.
+fn log_add(a: f64, b: f64) -> f64 {
+    if a == f64::NEG_INFINITY {
+        return b;
+    }
+    let (hi, lo) = if a > b { (a, b) } else { (b, a) };
+    hi + (lo - hi).exp().ln_1p()
+}
+
+/// Totally ordered f64 for ordered sets.
+#[derive(Clone, Copy, PartialEq, Debug)]
+struct Key(f64);
+impl Eq for Key {}
+impl PartialOrd for Key {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Key {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0)
+    }
+}
+
+/// Recency-weighted popularity: every read adds `e^{t/τ}`, so older reads fade with time
+/// constant τ. Scores are kept in log space, where the ranking never changes as time passes;
+/// an ordered set gives the top k in O(k), an update costs O(log R).
+pub struct Frequency {
+    tau: f64,
+    score: HashMap<ResourceId, f64>,
+    ranked: BTreeSet<(Key, ResourceId)>,
+    total: f64,
+}
+
+impl Frequency {
+    /// Popularity with a fading time constant of `tau_s` seconds.
+    pub fn new(tau_s: f64) -> Self {
+        Self {
+            tau: tau_s.max(1e-9),
+            score: HashMap::new(),
+            ranked: BTreeSet::new(),
+            total: f64::NEG_INFINITY,
+        }
+    }
+
+    fn bump(&mut self, r: &ResourceId, ts: f64) {
+        let add = ts / self.tau;
+        let old = self.score.get(r).copied().unwrap_or(f64::NEG_INFINITY);
+        if old != f64::NEG_INFINITY {
+            self.ranked.remove(&(Key(old), r.clone()));
+        }
+        let new = log_add(old, add);
+        self.score.insert(r.clone(), new);
+        self.ranked.insert((Key(new), r.clone()));
+        self.total = log_add(self.total, add);
+    }
+
+    /// The k most popular resources with their shares.
+    pub fn top(&self, k: usize) -> Vec<Prediction> {
+        self.ranked
+            .iter()
+            .rev()
+            .take(k)
+            .map(|(s, r)| latest(r.clone(), (s.0 - self.total).exp()))
+            .collect()
+    }
+
+    /// The share of one resource (0 when never seen).
+    pub fn share(&self, r: &ResourceId) -> f64 {
+        self.score.get(r).map_or(0.0, |s| (s - self.total).exp())
+    }
+}
+
+impl Predictor for Frequency {
+    fn name(&self) -> &str {
+        "frequency"
+    }
+
+    fn observe(&mut self, record: &HistoryRecord) {
+        for read in &record.reads {
+            self.bump(&read.resource, record.ts);
+        }
+    }
+
+    fn predict(&mut self, _ctx: &Context<'_>, k: usize) -> Vec<Prediction> {
+        self.top(k)
+    }
+}
+
+/// Counts of what followed one context.
+#[derive(Default)]
+struct Counts {
+    next: HashMap<ResourceId, u32>,
+    total: u32,
+}
+
+/// Order-k Markov over each key's own sequence of reads, with PPM-C style back-off: the
+/// longest context seen predicts first; the mass it escapes (distinct / (total + distinct))
+/// goes to shorter contexts, and finally to global recency-weighted frequency. Transition
+/// tables are shared by all keys; the state (recent reads) is kept per key.
+pub struct Markov {
+    order: usize,
+    tables: Vec<HashMap<Vec<ResourceId>, Counts>>,
+    history: HashMap<String, Vec<ResourceId>>,
+    fallback: Frequency,
+}
+
+impl Markov {
+    /// Markov of order `order` (≥ 1) backing off to frequency with time constant `tau_s`.
+    pub fn new(order: usize, tau_s: f64) -> Self {
+        let order = order.max(1);
+        Self {
+            order,
+            tables: (0..order).map(|_| HashMap::new()).collect(),
+            history: HashMap::new(),
+            fallback: Frequency::new(tau_s),
+        }
+    }
+}
+
+impl Predictor for Markov {
+    fn name(&self) -> &str {
+        "markov"
+    }
+
+    fn observe(&mut self, record: &HistoryRecord) {
+        self.fallback.observe(record);
+        let hist = self.history.entry(record.event.key.clone()).or_default();
+        for read in &record.reads {
+            for n in 1..=self.order.min(hist.len()) {
+                let ctx = hist[hist.len() - n..].to_vec();
+                let c = self.tables[n - 1].entry(ctx).or_default();
+                *c.next.entry(read.resource.clone()).or_default() += 1;
+                c.total += 1;
+            }
+            hist.push(read.resource.clone());
+            if hist.len() > self.order {
+                hist.remove(0);
+            }
+        }
+    }
+
+    fn predict(&mut self, ctx: &Context<'_>, k: usize) -> Vec<Prediction> {
+        let mut probs: HashMap<ResourceId, f64> = HashMap::new();
+        let mut mass = 1.0;
+        if let Some(hist) = self.history.get(&ctx.event.key) {
+            for n in (1..=self.order.min(hist.len())).rev() {
+                let Some(c) = self.tables[n - 1].get(&hist[hist.len() - n..]) else {
+                    continue;
+                };
+                let distinct = c.next.len() as f64;
+                let denom = f64::from(c.total) + distinct;
+                for (r, &cnt) in &c.next {
+                    *probs.entry(r.clone()).or_default() += mass * f64::from(cnt) / denom;
+                }
+                mass *= distinct / denom;
+            }
+        }
+        for p in self.fallback.top(k.max(8)) {
+            *probs.entry(p.resource).or_default() += mass * p.probability;
+        }
+        let mut out: Vec<Prediction> = probs.into_iter().map(|(r, p)| latest(r, p)).collect();
+        out.sort_by(|a, b| {
+            b.probability
+                .total_cmp(&a.probability)
+                .then_with(|| a.resource.cmp(&b.resource))
+        });
+        out.truncate(k);
+        out
+    }
+}
+
+/// Reads the future: predicts exactly what each execution will read. Only for bounding what
+/// any policy can reach; it must be given the same records, in order, that it observes.
+pub struct Oracle {
+    future: Vec<Vec<ResourceId>>,
+    pos: usize,
+}
+
+impl Oracle {
+    /// An oracle over `records` (the same sequence that will be replayed).
+    pub fn new(records: &[HistoryRecord]) -> Self {
+        Self {
+            future: records
+                .iter()
+                .map(|r| r.reads.iter().map(|x| x.resource.clone()).collect())
+                .collect(),
+            pos: 0,
+        }
+    }
+}
+
+impl Predictor for Oracle {
+    fn name(&self) -> &str {
+        "oracle"
+    }
+
+    fn observe(&mut self, _record: &HistoryRecord) {
+        self.pos += 1;
+    }
+
+    fn predict(&mut self, _ctx: &Context<'_>, k: usize) -> Vec<Prediction> {
+        self.future
+            .get(self.pos)
+            .map(|reads| {
+                reads
+                    .iter()
+                    .take(k)
+                    .map(|r| latest(r.clone(), 1.0))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prewarm_core::{Event, ReadAccess};
+
+    fn rec(ts: f64, key: &str, res: &str) -> HistoryRecord {
+        HistoryRecord {
+            ts,
+            event: Event {
+                kind: "t".into(),
+                key: key.into(),
+                attrs: Default::default(),
+            },
+            capacity: None,
+            reads: vec![ReadAccess {
+                resource: ResourceId::new(res).unwrap(),
+                version: None,
+                bytes: 1,
+            }],
+            writes: vec![],
+            duration_s: 0.0,
+        }
+    }
+
+    fn top1(p: &mut dyn Predictor, r: &HistoryRecord) -> String {
+        p.predict(
+            &Context {
+                ts: r.ts,
+                event: &r.event,
+            },
+            1,
+        )[0]
+        .resource
+        .to_string()
+    }
+
+    #[test]
+    fn frequency_prefers_recent_popularity() {
+        let mut f = Frequency::new(10.0);
+        for i in 0..5 {
+            f.observe(&rec(f64::from(i), "k", "old"));
+        }
+        for i in 0..3 {
+            f.observe(&rec(100.0 + f64::from(i), "k", "new"));
+        }
+        let top = f.top(2);
+        assert_eq!(top[0].resource.as_str(), "new");
+        let sum: f64 = top.iter().map(|p| p.probability).sum();
+        assert!((sum - 1.0).abs() < 1e-9, "shares sum to one: {sum}");
+    }
+
+    #[test]
+    fn markov_learns_per_key_sequences() {
+        let mut m = Markov::new(2, 3600.0);
+        let seq = ["a", "b", "c", "a", "b", "c", "a", "b"];
+        for (i, r) in seq.iter().enumerate() {
+            m.observe(&rec(i as f64, "user1", r));
+            // Another key's noise must not break user1's pattern.
+            m.observe(&rec(i as f64 + 0.5, "user2", "z"));
+        }
+        let next = rec(9.0, "user1", "unknown");
+        assert_eq!(top1(&mut m, &next), "c");
+        let preds = m.predict(
+            &Context {
+                ts: 9.0,
+                event: &next.event,
+            },
+            5,
+        );
+        let sum: f64 = preds.iter().map(|p| p.probability).sum();
+        assert!(sum <= 1.0 + 1e-9 && preds[0].probability > 0.5, "{preds:?}");
+        assert_eq!(
+            top1(&mut m, &rec(9.0, "stranger", "unknown")),
+            "z",
+            "unknown keys back off to popularity"
+        );
+    }
+
+    #[test]
+    fn oracle_reads_the_future() {
+        let recs = vec![rec(0.0, "k", "a"), rec(1.0, "k", "b")];
+        let mut o = Oracle::new(&recs);
+        assert_eq!(top1(&mut o, &recs[0]), "a");
+        o.observe(&recs[0]);
+        assert_eq!(top1(&mut o, &recs[1]), "b");
+        o.observe(&recs[1]);
+        assert!(
+            o.predict(
+                &Context {
+                    ts: 2.0,
+                    event: &recs[1].event
+                },
+                1
+            )
+            .is_empty()
+        );
+    }
+}

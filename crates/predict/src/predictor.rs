@@ -1,0 +1,56 @@
+//! The one trait every predictor implements — baselines, learned models and the oracle — so
+//! the coordinator and the replay simulator use them interchangeably.
+
+use prewarm_core::{Event, HistoryRecord, ResourceId, Version};
+use serde::Serialize;
+
+/// What a prediction is about: the event that just arrived.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    /// Event time, Unix seconds.
+    pub ts: f64,
+    /// The event.
+    pub event: &'a Event,
+}
+
+/// Which versions of a predicted resource would do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionPolicy {
+    /// The newest committed version.
+    Latest,
+    /// Any version at least this recent.
+    AtLeast(Version),
+}
+
+/// One predicted state and how likely the coming execution reads it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Prediction {
+    /// The resource.
+    pub resource: ResourceId,
+    /// Which versions would do.
+    pub version: VersionPolicy,
+    /// Probability in [0, 1].
+    pub probability: f64,
+}
+
+/// A predictor: learns online from completed executions, predicts for arriving events.
+pub trait Predictor: Send {
+    /// A short name for tables (`frequency`, `markov`, …).
+    fn name(&self) -> &str;
+
+    /// Learns from one completed execution; O(1) amortised.
+    fn observe(&mut self, record: &HistoryRecord);
+
+    /// The `k` most likely resources the execution triggered by `ctx` reads, most likely
+    /// first.
+    fn predict(&mut self, ctx: &Context<'_>, k: usize) -> Vec<Prediction>;
+}
+
+pub(crate) fn latest(resource: ResourceId, probability: f64) -> Prediction {
+    Prediction {
+        resource,
+        version: VersionPolicy::Latest,
+        probability: probability.clamp(0.0, 1.0),
+    }
+}
