@@ -388,7 +388,11 @@ fn import_and_eval_refuse_bad_input() {
     assert!(String::from_utf8_lossy(&ok.stdout).contains("imported 2 records"));
     let e = prewarm(&["eval", "--history", out.to_str().unwrap(), "--json"]);
     let rows = json(&e);
-    assert_eq!(rows.as_array().unwrap().len(), 3);
+    assert_eq!(
+        rows.as_array().unwrap().len(),
+        4,
+        "frequency, markov, histogram, oracle"
+    );
 
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();

@@ -4,6 +4,7 @@
 
 pub mod baselines;
 pub mod eval;
+pub mod histogram;
 pub mod import;
 mod predictor;
 

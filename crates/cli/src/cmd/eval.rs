@@ -7,6 +7,7 @@ use prewarm_core::HistoryReader;
 use prewarm_predict::Predictor;
 use prewarm_predict::baselines::{Frequency, Markov, Oracle};
 use prewarm_predict::eval::evaluate;
+use prewarm_predict::histogram::Histogram;
 
 use super::parse_duration;
 use crate::output;
@@ -17,8 +18,12 @@ pub struct Args {
     /// History file (JSON Lines), e.g. from `prewarm import`.
     #[arg(long)]
     history: PathBuf,
-    /// Predictors to compare: frequency, markov, oracle.
-    #[arg(long, value_delimiter = ',', default_value = "frequency,markov,oracle")]
+    /// Predictors to compare: frequency, markov, histogram, oracle.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "frequency,markov,histogram,oracle"
+    )]
     models: Vec<String>,
     /// Share of the history (the earliest part) used only for training.
     #[arg(long, default_value_t = 0.5)]
@@ -61,8 +66,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         let mut p: Box<dyn Predictor> = match name.as_str() {
             "frequency" => Box::new(Frequency::new(tau)),
             "markov" => Box::new(Markov::new(a.order, tau)),
+            "histogram" => Box::new(Histogram::new()),
             "oracle" => Box::new(Oracle::new(&records)),
-            other => bail!("unknown model {other:?} (frequency, markov, oracle)"),
+            other => bail!("unknown model {other:?} (frequency, markov, histogram, oracle)"),
         };
         let recs = &records;
         let warmup = a.warmup;
