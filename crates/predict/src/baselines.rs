@@ -224,25 +224,9 @@ impl Predictor for Oracle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prewarm_core::{Event, ReadAccess};
 
     fn rec(ts: f64, key: &str, res: &str) -> HistoryRecord {
-        HistoryRecord {
-            ts,
-            event: Event {
-                kind: "t".into(),
-                key: key.into(),
-                attrs: Default::default(),
-            },
-            capacity: None,
-            reads: vec![ReadAccess {
-                resource: ResourceId::new(res).unwrap(),
-                version: None,
-                bytes: 1,
-            }],
-            writes: vec![],
-            duration_s: 0.0,
-        }
+        crate::predictor::test_record(ts, key, res)
     }
 
     fn top1(p: &mut dyn Predictor, r: &HistoryRecord) -> String {

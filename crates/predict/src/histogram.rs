@@ -182,25 +182,9 @@ impl Predictor for Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prewarm_core::{Event, ReadAccess};
 
     fn rec(ts: f64, res: &str) -> HistoryRecord {
-        HistoryRecord {
-            ts,
-            event: Event {
-                kind: "timer".into(),
-                key: "app".into(),
-                attrs: Default::default(),
-            },
-            capacity: None,
-            reads: vec![ReadAccess {
-                resource: ResourceId::new(res).unwrap(),
-                version: None,
-                bytes: 1,
-            }],
-            writes: vec![],
-            duration_s: 0.0,
-        }
+        crate::predictor::test_record(ts, "app", res)
     }
 
     #[test]
