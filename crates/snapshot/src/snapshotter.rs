@@ -60,6 +60,8 @@ pub struct Snapshotter {
     store: Arc<Store>,
     chunker: ChunkerParams,
     skip_unchanged: bool,
+    /// Reuse files whose size and mtime did not change without reading them.
+    trust_mtime: bool,
 }
 
 impl Snapshotter {
@@ -69,6 +71,7 @@ impl Snapshotter {
             store,
             chunker: ChunkerParams::default(),
             skip_unchanged: true,
+            trust_mtime: true,
         }
     }
 
@@ -81,6 +84,13 @@ impl Snapshotter {
     /// Whether a source identical to the latest version creates a new version anyway.
     pub fn always_commit(mut self) -> Self {
         self.skip_unchanged = false;
+        self
+    }
+
+    /// Reads every file, even those whose size and mtime say they did not change (for
+    /// sources whose tools restore mtimes after editing).
+    pub fn reread_all(mut self) -> Self {
+        self.trust_mtime = false;
         self
     }
 
@@ -159,7 +169,9 @@ impl Snapshotter {
             .as_ref()
             .filter(|m| m.chunker == self.chunker && m.kind == kind)
         {
-            attach_previous(m, &tree, &mut segments);
+            let trust = (kind == SourceKind::Directory && self.trust_mtime)
+                .then(|| now_unix_ms() - RACY_MS);
+            attach_previous(m, &tree, &mut segments, &self.store.index(), trust);
         }
         let t1 = std::time::Instant::now();
         let staged = self.store.write(segments, self.chunker).await?;
@@ -210,7 +222,21 @@ impl Snapshotter {
 }
 
 /// Gives each segment the chunks its counterpart (same path) had in `m`.
-fn attach_previous(m: &Manifest, tree: &[TreeEntry], segments: &mut [Segment]) {
+/// Files modified this close to the walk may change again within the same mtime tick
+/// ("racily clean", as git calls it): they are always read.
+const RACY_MS: i64 = 2_000;
+
+/// Gives each segment the chunks its counterpart (same path) had in `m`. With
+/// `trust_before_ms`, a file whose size and mtime match its old entry, whose mtime is older
+/// than that instant, and whose chunks the store still holds is marked unchanged: it will not
+/// be read at all.
+fn attach_previous(
+    m: &Manifest,
+    tree: &[TreeEntry],
+    segments: &mut [Segment],
+    index: &prewarm_store::ChunkIndex,
+    trust_before_ms: Option<i64>,
+) {
     match m.kind {
         SourceKind::File | SourceKind::Buffer => {
             if let Some(seg) = segments.first_mut() {
@@ -228,10 +254,20 @@ fn attach_previous(m: &Manifest, tree: &[TreeEntry], segments: &mut [Segment]) {
             for (seg, e) in segments.iter_mut().zip(files) {
                 if let Some(o) = old.get(e.path.as_slice()) {
                     seg.previous = m.chunks_in(o.offset, o.size).to_vec();
+                    seg.unchanged = trust_before_ms.is_some_and(|t| e.mtime_unix_ms < t)
+                        && o.size == e.size
+                        && o.mtime_unix_ms == e.mtime_unix_ms
+                        && seg.previous.iter().all(|c| index.contains(&c.hash));
                 }
             }
         }
     }
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 enum Walked {

@@ -99,3 +99,66 @@ async fn directory_edits_use_per_file_fingerprints() {
     assert_eq!(chunks_of(&a, &r).await, chunks_of(&b, &r).await);
     assert!(out.stats.new_raw_bytes < 70_000, "{:?}", out.stats);
 }
+
+#[tokio::test]
+async fn files_with_unchanged_size_and_mtime_are_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for i in 0..3u64 {
+        let p = src.join(format!("f{i}"));
+        std::fs::write(&p, noise(20 + i, 100_000)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let r = ResourceId::new("tree").unwrap();
+    let store = Arc::new(Store::memory().await);
+    let snap = Snapshotter::new(store.clone());
+    snap.snapshot_path(&r, &src).await.unwrap();
+
+    // Same size, same (old) mtime, different bytes: trusted as unchanged, so not even read.
+    let f0 = src.join("f0");
+    std::fs::write(&f0, noise(99, 100_000)).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&f0)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let out = snap.snapshot_path(&r, &src).await.unwrap();
+    assert!(
+        out.unchanged,
+        "the mtime-preserving edit is invisible without --reread"
+    );
+    let out = snap
+        .clone()
+        .reread_all()
+        .snapshot_path(&r, &src)
+        .await
+        .unwrap();
+    assert!(
+        !out.unchanged && out.committed.stats.new_chunks > 0,
+        "reread_all sees it"
+    );
+
+    // A normal edit moves the mtime and is always seen; untouched files are still reused.
+    std::fs::write(src.join("f1"), noise(77, 100_000)).unwrap();
+    let out = snap.snapshot_path(&r, &src).await.unwrap().committed;
+    assert_eq!(out.state.version.get(), 3);
+    let m = store.resolve(&r, None).await.unwrap();
+    let back = prewarm_snapshot::restore_to_bytes(store.as_ref(), &m, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 300_000);
+    let dest = dir.path().join("out");
+    prewarm_snapshot::restore(store.as_ref(), &m, &dest)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(dest.join("f1")).unwrap(), noise(77, 100_000));
+    assert_eq!(std::fs::read(dest.join("f0")).unwrap(), noise(99, 100_000));
+}

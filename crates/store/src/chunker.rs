@@ -32,6 +32,9 @@ pub struct Segment {
     /// The same segment's chunks in the previous version, if known and cut with the same
     /// parameters: regions whose fingerprint is unchanged are reused without BLAKE3 or CDC.
     pub previous: Vec<ChunkRef>,
+    /// The caller vouches that the bytes equal `previous` (a file whose size and mtime did not
+    /// change): its chunks are reused without reading the file at all.
+    pub unchanged: bool,
 }
 
 impl Segment {
@@ -40,6 +43,7 @@ impl Segment {
         Self {
             source: Source::File(path.into()),
             previous: Vec::new(),
+            unchanged: false,
         }
     }
 
@@ -48,6 +52,7 @@ impl Segment {
         Self {
             source: Source::Bytes(b),
             previous: Vec::new(),
+            unchanged: false,
         }
     }
 
@@ -65,6 +70,8 @@ pub(crate) struct Cut {
     pub start: usize,
     pub len: usize,
     pub known: Option<(ChunkHash, u64)>,
+    /// Reused from an unchanged segment: no bytes in the batch (`known` is set).
+    pub unread: bool,
 }
 
 /// A chunk after hashing: what the manifest needs to know about it.
@@ -124,6 +131,9 @@ pub(crate) struct Hasher {
     pub seen: HashMap<ChunkHash, (u32, Codec)>,
     pub pack: PackBuilder,
     pub pack_target: usize,
+    /// A chunk of an unchanged segment that the store no longer holds (a concurrent gc):
+    /// the write must fail rather than name it.
+    pub vanished: Option<ChunkHash>,
 }
 
 impl Cutter {
@@ -141,6 +151,18 @@ impl Cutter {
         let mut cuts: Vec<Cut> = Vec::new();
         let mut lens = Vec::with_capacity(segments.len());
         for seg in segments {
+            if seg.unchanged {
+                for c in &seg.previous {
+                    cuts.push(Cut {
+                        start: 0,
+                        len: c.length as usize,
+                        known: Some((c.hash, c.fingerprint)),
+                        unread: true,
+                    });
+                }
+                lens.push(seg.previous.iter().map(|c| u64::from(c.length)).sum());
+                continue;
+            }
             let mut cursor = CutCursor::new(&seg.previous);
             let (alive, len) = match &seg.source {
                 Source::Bytes(b) => {
@@ -239,6 +261,7 @@ impl Cutter {
                         start: 0,
                         len: c.length,
                         known: None,
+                        unread: false,
                     }
                 }
             };
@@ -306,6 +329,7 @@ impl<'a> CutCursor<'a> {
             start: 0,
             len,
             known: Some((old.hash, old.fingerprint)),
+            unread: false,
         })
     }
 
@@ -323,12 +347,19 @@ impl Hasher {
     /// to the current pack and emits the batch's chunks (and any pack that filled up).
     pub fn process(&mut self, batch: &CutBatch, emit: &mut dyn FnMut(Hashed) -> bool) -> bool {
         let (buf, cuts) = (&batch.data[..], &batch.cuts[..]);
+        if let Some(c) = cuts
+            .iter()
+            .find(|c| c.unread && c.known.is_none_or(|k| !self.known.contains(&k.0)))
+        {
+            self.vanished = Some(c.known.map_or(ChunkHash::from_array([0; 32]), |k| k.0));
+            return false;
+        }
         // Known chunks (fingerprint matched the previous version) skip BLAKE3, unless the
         // store lost them: then they are hashed and stored like new ones.
         let ids: Vec<(ChunkHash, u64)> = cuts
             .par_iter()
             .map(|c| match c.known {
-                Some(k) if self.known.contains(&k.0) => k,
+                Some(k) if c.unread || self.known.contains(&k.0) => k,
                 _ => {
                     let d = &buf[c.start..c.start + c.len];
                     (ChunkHash::of(d), xxhash_rust::xxh3::xxh3_64(d))

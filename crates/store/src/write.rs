@@ -75,6 +75,11 @@ pub enum WriteError {
     /// The chunking thread died.
     #[error("chunking worker failed: {0}")]
     Worker(String),
+    /// A chunk of a file reused as unchanged is no longer in the store (a concurrent gc).
+    #[error(
+        "chunk {0} of an unchanged file left the store during the snapshot (concurrent gc?); retry"
+    )]
+    Vanished(prewarm_core::ChunkHash),
 }
 
 /// Why publishing a snapshot failed. Nothing was published.
@@ -136,16 +141,18 @@ impl Store {
             seen: Default::default(),
             pack: PackBuilder::new(self.config.pack_target),
             pack_target: self.config.pack_target,
+            vanished: None,
         };
         let hashing = tokio::task::spawn_blocking(move || {
             let mut emit = |h| tx.blocking_send(h).is_ok();
             while let Ok(batch) = cut_rx.recv() {
                 if !hasher.process(&batch, &mut emit) {
-                    return;
+                    return hasher.vanished;
                 }
                 let _ = spare_tx.try_send(batch.data);
             }
             hasher.flush(&mut emit);
+            None
         });
 
         let mut st = Staged {
@@ -194,9 +201,12 @@ impl Store {
         st.segment_lens = worker
             .await
             .map_err(|e| WriteError::Worker(e.to_string()))??;
-        hashing
+        if let Some(hash) = hashing
             .await
-            .map_err(|e| WriteError::Worker(e.to_string()))?;
+            .map_err(|e| WriteError::Worker(e.to_string()))?
+        {
+            return Err(WriteError::Vanished(hash));
+        }
         while let Some(r) = puts.join_next().await {
             r.map_err(|e| WriteError::Worker(e.to_string()))??;
         }

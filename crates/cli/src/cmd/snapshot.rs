@@ -24,6 +24,10 @@ pub struct Args {
     /// Commit a new version even if nothing changed since the latest one.
     #[arg(long)]
     always: bool,
+    /// Read every file, even those whose size and mtime match the latest version (for
+    /// sources edited by tools that restore mtimes).
+    #[arg(long)]
+    reread: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -39,6 +43,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let mut snap = Snapshotter::new(store).with_chunker(chunker);
     if a.always {
         snap = snap.always_commit();
+    }
+    if a.reread {
+        snap = snap.reread_all();
     }
     let t = std::time::Instant::now();
     let out = snap
