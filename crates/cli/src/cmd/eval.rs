@@ -31,6 +31,9 @@ pub struct Args {
     /// Time constant of recency weighting.
     #[arg(long, value_parser = parse_duration, default_value = "1h")]
     tau: std::time::Duration,
+    /// Look-ahead horizon for the recall and precision figures.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    horizon: std::time::Duration,
     /// Markov order.
     #[arg(long, default_value_t = 2)]
     order: usize,
@@ -71,9 +74,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             other => bail!("unknown model {other:?} (frequency, markov, histogram, oracle)"),
         };
         let recs = &records;
-        let warmup = a.warmup;
+        let (warmup, horizon) = (a.warmup, a.horizon.as_secs_f64());
         rows.push(tokio::task::block_in_place(|| {
-            evaluate(p.as_mut(), recs, warmup)
+            evaluate(p.as_mut(), recs, warmup, horizon)
         }));
     }
     if a.json {
@@ -88,20 +91,31 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                     format!("{:.3}", r.top1),
                     format!("{:.3}", r.top5),
                     format!("{:.3}", r.log_loss),
+                    format!("{:.3}", r.recall5_horizon),
+                    format!("{:.3}", r.recall5_key_horizon),
+                    format!("{:.3}", r.precision_p50_horizon),
+                    format!("{:.3}", r.calibration_error),
                     format!("{:.1}", r.p50_us),
                     format!("{:.1}", r.p99_us),
                 ]
             })
             .collect();
-        println!(
-            "{}",
-            output::table(
-                &[
-                    "model", "events", "top-1", "top-5", "log-loss", "p50 µs", "p99 µs"
-                ],
-                &table
-            )
-        );
+        let h = format!("{:.0}s", a.horizon.as_secs_f64());
+        let (r, rk) = (format!("recall@5 {h}"), format!("key recall@5 {h}"));
+        let header = [
+            "model",
+            "events",
+            "top-1",
+            "top-5",
+            "log-loss",
+            &r,
+            &rk,
+            "prec. p≥.5",
+            "calib. err",
+            "p50 µs",
+            "p99 µs",
+        ];
+        println!("{}", output::table(&header, &table));
     }
     Ok(0)
 }
