@@ -49,6 +49,22 @@ impl StoreArg {
     }
 }
 
+/// `--chunk-size`, shared by the commands that take snapshots.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ChunkArg {
+    /// Average chunk size (the transfer granularity), 1KiB-4MiB.
+    #[arg(long = "chunk-size", value_name = "SIZE", value_parser = parse_size, default_value_t = u64::from(prewarm_store::DEFAULT_AVG_CHUNK))]
+    pub avg: u64,
+}
+
+impl ChunkArg {
+    /// The chunker parameters, validated.
+    pub fn params(&self) -> anyhow::Result<prewarm_store::ChunkerParams> {
+        let avg = u32::try_from(self.avg).unwrap_or(u32::MAX);
+        prewarm_store::ChunkerParams::with_avg(avg).map_err(anyhow::Error::msg)
+    }
+}
+
 /// Parses and validates a resource id for clap.
 pub fn parse_resource(s: &str) -> Result<ResourceId, String> {
     ResourceId::new(s).map_err(|e| e.to_string())

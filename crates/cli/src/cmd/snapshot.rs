@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use prewarm_core::ResourceId;
 use prewarm_snapshot::Snapshotter;
-use prewarm_store::ChunkerParams;
 
-use super::{StoreArg, parse_resource, parse_size};
+use super::{ChunkArg, StoreArg, parse_resource};
 use crate::output;
 
 /// Arguments of `prewarm snapshot`.
@@ -18,9 +17,8 @@ pub struct Args {
     /// Resource id: 1-256 bytes of [A-Za-z0-9._/-], '/'-separated, no '.', '..' or empty segment.
     #[arg(long, value_parser = parse_resource)]
     resource: ResourceId,
-    /// Average chunk size (the transfer granularity), 1KiB-4MiB.
-    #[arg(long, value_parser = parse_size, default_value_t = u64::from(prewarm_store::DEFAULT_AVG_CHUNK))]
-    chunk_size: u64,
+    #[command(flatten)]
+    chunk: ChunkArg,
     /// Commit a new version even if nothing changed since the latest one.
     #[arg(long)]
     always: bool,
@@ -37,8 +35,7 @@ pub struct Args {
 
 /// Runs the command.
 pub async fn run(a: Args) -> anyhow::Result<i32> {
-    let chunker = ChunkerParams::with_avg(u32::try_from(a.chunk_size).unwrap_or(u32::MAX))
-        .map_err(anyhow::Error::msg)?;
+    let chunker = a.chunk.params()?;
     let store = a.store.open_or_create().await?;
     let mut snap = Snapshotter::new(store).with_chunker(chunker);
     if a.always {

@@ -8,9 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use prewarm_core::ResourceId;
 use prewarm_snapshot::{Snapshotter, TriggerPolicy};
-use prewarm_store::ChunkerParams;
 
-use super::{StoreArg, parse_duration, parse_resource, parse_size};
+use super::{ChunkArg, StoreArg, parse_duration, parse_resource, parse_size};
 use crate::output;
 
 /// Arguments of `prewarm watch`.
@@ -27,9 +26,8 @@ pub struct Args {
     /// Snapshot when this many bytes were modified.
     #[arg(long, value_parser = parse_size, default_value = "64MiB")]
     dirty_threshold: u64,
-    /// Average chunk size.
-    #[arg(long, value_parser = parse_size, default_value_t = u64::from(prewarm_store::DEFAULT_AVG_CHUNK))]
-    chunk_size: u64,
+    #[command(flatten)]
+    chunk: ChunkArg,
     /// Print one JSON object per line.
     #[arg(long)]
     json: bool,
@@ -39,8 +37,7 @@ pub struct Args {
 
 /// Runs the command.
 pub async fn run(a: Args) -> anyhow::Result<i32> {
-    let chunker = ChunkerParams::with_avg(u32::try_from(a.chunk_size).unwrap_or(u32::MAX))
-        .map_err(anyhow::Error::msg)?;
+    let chunker = a.chunk.params()?;
     if !a.path.exists() {
         anyhow::bail!("{} does not exist", a.path.display());
     }
