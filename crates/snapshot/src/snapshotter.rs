@@ -174,7 +174,7 @@ impl Snapshotter {
             attach_previous(m, &tree, &mut segments, &self.store.index(), trust);
         }
         let t1 = std::time::Instant::now();
-        let staged = self.store.write(segments, self.chunker).await?;
+        let mut staged = self.store.write(segments, self.chunker).await?;
         let t2 = std::time::Instant::now();
         // Files may have changed size while being read: record what was actually read.
         let mut offset = 0;
@@ -184,7 +184,7 @@ impl Snapshotter {
             e.size = *lens.next().expect("one segment per file");
             offset += e.size;
         }
-        if let Some(m) = latest.filter(|_| self.skip_unchanged) {
+        if let Some(m) = latest.as_ref().filter(|_| self.skip_unchanged) {
             let same = m.kind == kind
                 && m.chunks.len() == staged.chunks.len()
                 && m.chunks
@@ -197,7 +197,7 @@ impl Snapshotter {
                 stats.new_stored_bytes = 0;
                 return Ok(SnapshotOutcome {
                     committed: Committed {
-                        state: m.state,
+                        state: m.state.clone(),
                         parent: m.parent,
                         stats,
                         manifest_bytes: 0,
@@ -205,6 +205,9 @@ impl Snapshotter {
                     unchanged: true,
                 });
             }
+        }
+        if let Some(m) = latest {
+            staged.set_parent_hint(m);
         }
         let committed = self.store.commit(staged, resource, kind, tree).await?;
         tracing::debug!(

@@ -53,6 +53,16 @@ pub struct Staged {
     chunker: ChunkerParams,
     new_packs: Vec<(PackId, Vec<PackedBlob>)>,
     reused_packs: HashSet<PackId>,
+    /// The parent manifest, when the caller already holds it (saves re-reading its chain).
+    parent_hint: Option<Manifest>,
+}
+
+impl Staged {
+    /// Hands `commit` the latest manifest the caller already read; used only if it is still
+    /// the latest version when the commit claims its number.
+    pub fn set_parent_hint(&mut self, parent: Manifest) {
+        self.parent_hint = Some(parent);
+    }
 }
 
 /// Why storing chunks failed.
@@ -162,6 +172,7 @@ impl Store {
             chunker,
             new_packs: Vec::new(),
             reused_packs: HashSet::new(),
+            parent_hint: None,
         };
         let known = self.index();
         let mut puts: JoinSet<Result<(), WriteError>> = JoinSet::new();
@@ -298,20 +309,25 @@ impl Store {
                 chain_depth: 0,
             };
             // Store the chunk list as a delta of the parent's when that is much smaller.
-            let base = match parent {
-                Some(p) => self
+            let hint = staged
+                .parent_hint
+                .as_ref()
+                .filter(|m| Some(m.state.version) == parent && &m.state.resource == resource);
+            let loaded = match (parent, hint) {
+                (Some(p), None) => self
                     .manifest(&StateRef {
                         resource: resource.clone(),
                         version: p,
                     })
                     .await
                     .ok(),
-                None => None,
+                _ => None,
             };
-            let delta = base.as_ref().and_then(|b| manifest.encode_delta(b));
+            let base: Option<&Manifest> = hint.or(loaded.as_ref());
+            let delta = base.and_then(|b| manifest.encode_delta(b));
             let bytes = delta.unwrap_or_else(|| manifest.encode());
             // Never write what cannot be read back.
-            let check = Manifest::decode_raw(&bytes).and_then(|raw| raw.resolve(base.as_ref()));
+            let check = Manifest::decode_raw(&bytes).and_then(|raw| raw.resolve(base));
             match check {
                 Ok(back) if back.chunks == manifest.chunks && back.tree == manifest.tree => {}
                 Ok(_) => {
