@@ -423,3 +423,164 @@ fn import_and_eval_refuse_bad_input() {
         "unknown model",
     );
 }
+
+/// A history where each of 8 keys cycles through its own 3 resources.
+fn cyclic_history(path: &Path, n: usize) {
+    let loops = [
+        ["a", "b", "c"],
+        ["d", "e", "f"],
+        ["a", "e", "c"],
+        ["f", "b", "d"],
+    ];
+    let mut s = String::new();
+    for i in 0..n {
+        let key = i % 8;
+        let res = loops[key % 4][(i / 8) % 3];
+        s.push_str(&format!(
+            "{{\"ts\": {i}, \"event\": {{\"type\": \"http\", \"key\": \"k{key}\"}}, \"reads\": [{{\"resource\": \"r/{res}\", \"bytes\": 100}}], \"duration_s\": 0.01}}\n"
+        ));
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+#[test]
+fn train_then_eval_learned_models_and_refuse_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = dir.path().join("h.jsonl");
+    cyclic_history(&h, 1600);
+    let hs = h.to_str().unwrap();
+    for kind in ["gru", "transformer"] {
+        let m = dir.path().join(kind);
+        let summary = json(&prewarm(&[
+            "train",
+            "--history",
+            hs,
+            "--model",
+            kind,
+            "--until",
+            "0.5",
+            "--embed",
+            "16",
+            "--hidden",
+            "24",
+            "--window",
+            "4",
+            "--heads",
+            "2",
+            "--seq-len",
+            "8",
+            "--lr",
+            "0.03",
+            "--epochs",
+            "12",
+            "--out",
+            m.to_str().unwrap(),
+            "--json",
+        ]));
+        assert_eq!(summary["records"], 800);
+        assert!(m.join("config.json").exists() && m.join("model.safetensors").exists());
+    }
+    let rows = json(&prewarm(&[
+        "eval",
+        "--history",
+        hs,
+        "--json",
+        "--models",
+        &format!(
+            "frequency,gru:{},transformer:{}",
+            dir.path().join("gru").display(),
+            dir.path().join("transformer").display()
+        ),
+    ]));
+    let rows = rows.as_array().unwrap();
+    let top1 = |i: usize| rows[i]["top1"].as_f64().unwrap();
+    assert_eq!(rows[1]["model"], "gru");
+    assert!(top1(1) > 0.75 && top1(2) > 0.75, "{rows:?}");
+    assert!(
+        top1(1) > top1(0) + 0.3,
+        "the models use each key's past: {rows:?}"
+    );
+    assert!(rows[1]["memory_bytes"].as_u64().unwrap() > 0);
+
+    // A model scored on records it was trained on is refused.
+    bad_input(
+        &prewarm(&[
+            "eval",
+            "--history",
+            hs,
+            "--warmup",
+            "0.2",
+            "--models",
+            &format!("gru:{}", dir.path().join("gru").display()),
+        ]),
+        "trained on records up to",
+    );
+    // The wrong kind, a missing directory, an empty history.
+    bad_input(
+        &prewarm(&[
+            "eval",
+            "--history",
+            hs,
+            "--models",
+            &format!("transformer:{}", dir.path().join("gru").display()),
+        ]),
+        "holds a gru model",
+    );
+    bad_input(
+        &prewarm(&[
+            "eval",
+            "--history",
+            hs,
+            "--models",
+            "gru:/nonexistent/model",
+        ]),
+        "missing",
+    );
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    bad_input(
+        &prewarm(&[
+            "train",
+            "--history",
+            empty.to_str().unwrap(),
+            "--model",
+            "gru",
+            "--out",
+            dir.path().join("x").to_str().unwrap(),
+        ]),
+        "no history records",
+    );
+    let noreads = dir.path().join("noreads.jsonl");
+    std::fs::write(
+        &noreads,
+        "{\"ts\": 1, \"event\": {\"type\": \"t\", \"key\": \"k\"}}\n",
+    )
+    .unwrap();
+    bad_input(
+        &prewarm(&[
+            "train",
+            "--history",
+            noreads.to_str().unwrap(),
+            "--model",
+            "gru",
+            "--out",
+            dir.path().join("x").to_str().unwrap(),
+        ]),
+        "no record reads a resource",
+    );
+
+    // The inference benchmark runs against the trained model.
+    let bench = json(&prewarm(&[
+        "bench",
+        "predict",
+        "--model",
+        dir.path().join("gru").to_str().unwrap(),
+        "--history",
+        hs,
+        "--events",
+        "500",
+        "--json",
+    ]));
+    assert_eq!(bench.as_array().unwrap().len(), 5);
+    assert!(bench[0]["p50_us"].as_f64().unwrap() > 0.0);
+}

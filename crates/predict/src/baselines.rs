@@ -93,6 +93,15 @@ impl Predictor for Frequency {
     fn predict(&mut self, _ctx: &Context<'_>, k: usize) -> Vec<Prediction> {
         self.top(k)
     }
+
+    fn memory_bytes(&self) -> u64 {
+        self.score.keys().map(|r| 2 * id_bytes(r) + 24).sum()
+    }
+}
+
+/// Rough heap cost of one stored resource id (string plus map entry overhead).
+pub(crate) fn id_bytes(r: &ResourceId) -> u64 {
+    r.as_str().len() as u64 + 48
 }
 
 /// Counts of what followed one context.
@@ -176,23 +185,52 @@ impl Predictor for Markov {
         out.truncate(k);
         out
     }
+
+    fn memory_bytes(&self) -> u64 {
+        let tables: u64 = self
+            .tables
+            .iter()
+            .flat_map(|t| t.iter())
+            .map(|(ctx, c)| {
+                64 + ctx.iter().map(id_bytes).sum::<u64>()
+                    + c.next.keys().map(|r| id_bytes(r) + 8).sum::<u64>()
+            })
+            .sum();
+        let hist: u64 = self
+            .history
+            .iter()
+            .map(|(k, h)| 64 + k.len() as u64 + h.iter().map(id_bytes).sum::<u64>())
+            .sum();
+        tables + hist + self.fallback.memory_bytes()
+    }
 }
 
-/// Reads the future: predicts exactly what each execution will read. Only for bounding what
-/// any policy can reach; it must be given the same records, in order, that it observes.
+/// Reads the future: predicts exactly what each execution will read, then fills the list with
+/// what the same key and then anyone reads within the horizon, soonest first. Only for
+/// bounding what any policy can reach; it must be given the same records, in order, that it
+/// observes.
 pub struct Oracle {
-    future: Vec<Vec<ResourceId>>,
+    future: Vec<(f64, String, Vec<ResourceId>)>,
+    horizon_s: f64,
     pos: usize,
 }
 
+/// The oracle looks at most this many executions ahead for horizon reads.
+const ORACLE_SCAN: usize = 10_000;
+
 impl Oracle {
-    /// An oracle over `records` (the same sequence that will be replayed).
-    pub fn new(records: &[HistoryRecord]) -> Self {
+    /// An oracle over `records` (the same sequence that will be replayed), looking
+    /// `horizon_s` seconds ahead.
+    pub fn new(records: &[HistoryRecord], horizon_s: f64) -> Self {
         Self {
             future: records
                 .iter()
-                .map(|r| r.reads.iter().map(|x| x.resource.clone()).collect())
+                .map(|r| {
+                    let reads = r.reads.iter().map(|x| x.resource.clone()).collect();
+                    (r.ts, r.event.key.clone(), reads)
+                })
                 .collect(),
+            horizon_s,
             pos: 0,
         }
     }
@@ -208,16 +246,39 @@ impl Predictor for Oracle {
     }
 
     fn predict(&mut self, _ctx: &Context<'_>, k: usize) -> Vec<Prediction> {
+        let Some((ts, key, own)) = self.future.get(self.pos) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Prediction> = own.iter().take(k).map(|r| latest(r.clone(), 1.0)).collect();
+        let ahead = || {
+            self.future[self.pos + 1..]
+                .iter()
+                .take(ORACLE_SCAN)
+                .take_while(|(t, _, _)| *t <= ts + self.horizon_s)
+        };
+        for same_key in [true, false] {
+            for (_, kk, reads) in ahead() {
+                if (kk == key) != same_key {
+                    continue;
+                }
+                for r in reads {
+                    if out.len() >= k {
+                        return out;
+                    }
+                    if !out.iter().any(|p| &p.resource == r) {
+                        out.push(latest(r.clone(), 1.0));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn memory_bytes(&self) -> u64 {
         self.future
-            .get(self.pos)
-            .map(|reads| {
-                reads
-                    .iter()
-                    .take(k)
-                    .map(|r| latest(r.clone(), 1.0))
-                    .collect()
-            })
-            .unwrap_or_default()
+            .iter()
+            .map(|(_, k, r)| 64 + k.len() as u64 + r.iter().map(id_bytes).sum::<u64>())
+            .sum()
     }
 }
 
@@ -286,7 +347,7 @@ mod tests {
     #[test]
     fn oracle_reads_the_future() {
         let recs = vec![rec(0.0, "k", "a"), rec(1.0, "k", "b")];
-        let mut o = Oracle::new(&recs);
+        let mut o = Oracle::new(&recs, 0.0);
         assert_eq!(top1(&mut o, &recs[0]), "a");
         o.observe(&recs[0]);
         assert_eq!(top1(&mut o, &recs[1]), "b");

@@ -39,6 +39,8 @@ pub struct EvalRow {
     pub recall5_key_horizon: f64,
     /// Of the predictions with probability ≥ 0.5, the share read within the horizon.
     pub precision_p50_horizon: f64,
+    /// Memory the predictor held at the end, bytes.
+    pub memory_bytes: u64,
     /// Expected calibration error of the top-5 probabilities against the next read
     /// (10 equal-width bins): 0 when probabilities mean what they say.
     pub calibration_error: f64,
@@ -195,5 +197,6 @@ pub fn evaluate(
         recall5_key_horizon: ratio(h.recall_key),
         precision_p50_horizon: ratio((h.precise.0 as f64, h.precise.1)),
         calibration_error,
+        memory_bytes: p.memory_bytes(),
     }
 }

@@ -177,6 +177,13 @@ impl Predictor for Histogram {
             .map(|(s, r)| latest(r.clone(), s / sum))
             .collect()
     }
+
+    fn memory_bytes(&self) -> u64 {
+        self.per
+            .keys()
+            .map(|r| crate::baselines::id_bytes(r) + 4 * BINS as u64 + 64)
+            .sum()
+    }
 }
 
 #[cfg(test)]

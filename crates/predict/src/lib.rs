@@ -6,6 +6,7 @@ pub mod baselines;
 pub mod eval;
 pub mod histogram;
 pub mod import;
+pub mod neural;
 mod predictor;
 
 pub use predictor::{Context, Prediction, Predictor, VersionPolicy};

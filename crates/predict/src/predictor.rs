@@ -45,6 +45,9 @@ pub trait Predictor: Send {
     /// The `k` most likely resources the execution triggered by `ctx` reads, most likely
     /// first.
     fn predict(&mut self, ctx: &Context<'_>, k: usize) -> Vec<Prediction>;
+
+    /// Approximate bytes of memory the predictor holds (weights, tables, per-key state).
+    fn memory_bytes(&self) -> u64;
 }
 
 pub(crate) fn latest(resource: ResourceId, probability: f64) -> Prediction {

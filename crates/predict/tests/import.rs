@@ -194,6 +194,6 @@ fn baselines_reach_the_reference_level_on_nasa() {
         markov.recall5_key_horizon > freq.recall5_key_horizon,
         "{markov:?} vs {freq:?}"
     );
-    let oracle = evaluate(&mut Oracle::new(&recs), &recs, 0.5, 60.0);
+    let oracle = evaluate(&mut Oracle::new(&recs, 60.0), &recs, 0.5, 60.0);
     assert_eq!((oracle.top1, oracle.events), (1.0, 5000));
 }

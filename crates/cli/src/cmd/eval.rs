@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use prewarm_core::HistoryReader;
 use prewarm_predict::Predictor;
 use prewarm_predict::baselines::{Frequency, Markov, Oracle};
 use prewarm_predict::eval::evaluate;
 use prewarm_predict::histogram::Histogram;
+use prewarm_predict::neural::Learned;
 
-use super::parse_duration;
+use super::{parse_duration, read_history};
 use crate::output;
 
 /// Arguments of `prewarm eval`.
@@ -18,7 +18,8 @@ pub struct Args {
     /// History file (JSON Lines), e.g. from `prewarm import`.
     #[arg(long)]
     history: PathBuf,
-    /// Predictors to compare: frequency, markov, histogram, oracle.
+    /// Predictors to compare: frequency, markov, histogram, oracle, and trained models as
+    /// gru:DIR or transformer:DIR (from `prewarm train`).
     #[arg(
         long,
         value_delimiter = ',',
@@ -47,22 +48,8 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     if !(0.0..1.0).contains(&a.warmup) {
         bail!("--warmup must be in [0, 1), got {}", a.warmup);
     }
-    let file = std::fs::File::open(&a.history)
-        .with_context(|| format!("opening {}", a.history.display()))?;
-    let mut records = Vec::new();
-    for r in HistoryReader::new(std::io::BufReader::new(file)) {
-        records.push(r.with_context(|| format!("reading {}", a.history.display()))?);
-    }
-    if records.is_empty() {
-        bail!("{} holds no history records", a.history.display());
-    }
-    if let Some(w) = records.windows(2).position(|w| w[1].ts < w[0].ts) {
-        bail!(
-            "{}: records are out of time order at record {} (import sorts them)",
-            a.history.display(),
-            w + 2
-        );
-    }
+    let records = read_history(&a.history)?;
+    let start = ((records.len() as f64) * a.warmup) as usize;
     let tau = a.tau.as_secs_f64();
     let mut rows = Vec::new();
     for name in &a.models {
@@ -70,8 +57,8 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             "frequency" => Box::new(Frequency::new(tau)),
             "markov" => Box::new(Markov::new(a.order, tau)),
             "histogram" => Box::new(Histogram::new()),
-            "oracle" => Box::new(Oracle::new(&records)),
-            other => bail!("unknown model {other:?} (frequency, markov, histogram, oracle)"),
+            "oracle" => Box::new(Oracle::new(&records, a.horizon.as_secs_f64())),
+            spec => learned(spec, &records, start)?,
         };
         let recs = &records;
         let (warmup, horizon) = (a.warmup, a.horizon.as_secs_f64());
@@ -97,6 +84,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                     format!("{:.3}", r.calibration_error),
                     format!("{:.1}", r.p50_us),
                     format!("{:.1}", r.p99_us),
+                    format!("{:.1}", r.memory_bytes as f64 / (1u64 << 20) as f64),
                 ]
             })
             .collect();
@@ -114,8 +102,43 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             "calib. err",
             "p50 µs",
             "p99 µs",
+            "mem MiB",
         ];
         println!("{}", output::table(&header, &table));
     }
     Ok(0)
+}
+
+/// Loads `gru:DIR` or `transformer:DIR`, refusing a model trained on the records it would be
+/// scored on.
+fn learned(
+    spec: &str,
+    records: &[prewarm_core::HistoryRecord],
+    start: usize,
+) -> anyhow::Result<Box<dyn Predictor>> {
+    let Some((kind, dir)) = spec.split_once(':') else {
+        bail!(
+            "unknown model {spec:?} (frequency, markov, histogram, oracle, gru:DIR, transformer:DIR)"
+        );
+    };
+    if kind != "gru" && kind != "transformer" {
+        bail!("unknown model kind {kind:?} in {spec:?} (gru:DIR or transformer:DIR)");
+    }
+    let p = Learned::load(std::path::Path::new(dir), 1 << 20)
+        .with_context(|| format!("loading model {spec}"))?;
+    let cfg = &p.model().config;
+    if cfg.arch.name() != kind {
+        bail!("{dir} holds a {} model, not a {kind}", cfg.arch.name());
+    }
+    if let Some(first) = records.get(start) {
+        if first.ts < cfg.training.last_ts {
+            bail!(
+                "{spec} was trained on records up to t={} but the scored part starts at t={}: \
+                 train with --until no larger than --warmup, so the model is scored on the future",
+                cfg.training.last_ts,
+                first.ts
+            );
+        }
+    }
+    Ok(Box::new(p))
 }

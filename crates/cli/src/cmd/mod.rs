@@ -7,14 +7,15 @@ pub mod gc;
 pub mod import;
 pub mod restore;
 pub mod snapshot;
+pub mod train;
 pub mod verify;
 pub mod versions;
 pub mod watch;
 
 use std::sync::Arc;
 
-use anyhow::Context;
-use prewarm_core::ResourceId;
+use anyhow::{Context, bail};
+use prewarm_core::{HistoryReader, HistoryRecord, ResourceId};
 use prewarm_store::Store;
 
 /// `--store` and `--resource`, shared by most commands.
@@ -80,4 +81,24 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Parses a duration for clap.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     prewarm_core::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Reads a whole history file, refusing an empty one or one out of time order.
+pub fn read_history(path: &std::path::Path) -> anyhow::Result<Vec<HistoryRecord>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut records = Vec::new();
+    for r in HistoryReader::new(std::io::BufReader::new(file)) {
+        records.push(r.with_context(|| format!("reading {}", path.display()))?);
+    }
+    if records.is_empty() {
+        bail!("{} holds no history records", path.display());
+    }
+    if let Some(w) = records.windows(2).position(|w| w[1].ts < w[0].ts) {
+        bail!(
+            "{}: records are out of time order at record {} (import sorts them)",
+            path.display(),
+            w + 2
+        );
+    }
+    Ok(records)
 }

@@ -1,6 +1,7 @@
 //! `prewarm bench …`: benchmarks that measure prewarm and its peers in the same run and
 //! report ratios. Results are recorded in BENCHMARKS.md with the command that produced them.
 
+mod predict;
 mod snapshot;
 
 /// Arguments of `prewarm bench`.
@@ -14,11 +15,14 @@ pub struct Args {
 enum Which {
     /// Full and incremental snapshot and verified restore vs `tar | zstd` and restic.
     Snapshot(snapshot::Args),
+    /// Inference cost per event of a learned model vs candle and the Markov baseline.
+    Predict(predict::Args),
 }
 
 /// Runs the chosen benchmark.
 pub async fn run(a: Args) -> anyhow::Result<i32> {
     match a.which {
         Which::Snapshot(a) => snapshot::run(a).await,
+        Which::Predict(a) => predict::run(a).await,
     }
 }
