@@ -22,7 +22,34 @@ pub struct Mat {
     rows: usize,
     cols: usize,
     w: Vec<f32>,
+    /// The weights as IEEE half floats, when the half-precision path is on: half the bytes
+    /// to stream per step (a GRU's weights then fit in a 512 KiB L2 cache).
+    h: Vec<u16>,
     b: Vec<f32>,
+}
+
+/// Arithmetic of the serving kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// Weights in f32: equal to the candle graph to rounding.
+    F32,
+    /// Weights stored as f16 and widened in registers (AVX2 + F16C), sums in f32: the
+    /// default where the CPU has them; logits within ~1e-2 of f32.
+    F16,
+}
+
+/// Whether this CPU runs the half-precision path.
+pub fn f16_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Dot product in eight independent lanes, which the compiler vectorises.
@@ -50,62 +77,121 @@ fn matvec_portable(w: &[f32], cols: usize, x: &[f32], b: &[f32], out: &mut [f32]
     }
 }
 
-/// `out = W x + b` with AVX2 FMA intrinsics: four 8-lane accumulators per row.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA; `w` holds `out.len()` rows of `cols` = `x.len()` floats.
+/// Defines an AVX2 matrix-vector product over rows of `$elem`, loaded 8 at a time by
+/// `$load`: four rows at once with two accumulators each (eight independent FMA chains), the
+/// four row sums reduced together (one horizontal reduction per four rows, not per row).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(unsafe_code)]
-unsafe fn matvec_avx2(w: &[f32], cols: usize, x: &[f32], b: &[f32], out: &mut [f32]) {
-    use std::arch::x86_64::{
-        __m256, _mm_add_ps, _mm_cvtss_f32, _mm_hadd_ps, _mm256_add_ps, _mm256_castps256_ps128,
-        _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps,
-    };
-    assert!(x.len() == cols && w.len() >= out.len() * cols && b.len() >= out.len());
-    let full32 = cols / 32 * 32;
-    let full8 = cols / 8 * 8;
-    let xp = x.as_ptr();
-    for (r, o) in out.iter_mut().enumerate() {
-        let row = &w[r * cols..(r + 1) * cols];
-        let rp = row.as_ptr();
-        // SAFETY: every load reads 8 floats at offsets c..c+8 with c + 8 <= cols, inside both
-        // `row` and `x` (checked lengths above); the target features are enabled.
-        let s = unsafe {
-            let mut acc: [__m256; 4] = [_mm256_setzero_ps(); 4];
-            let mut c = 0;
-            while c < full32 {
-                for (k, a) in acc.iter_mut().enumerate() {
-                    let at = c + 8 * k;
-                    *a = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(rp.add(at)),
-                        _mm256_loadu_ps(xp.add(at)),
-                        *a,
+macro_rules! avx_matvec {
+    ($(#[$doc:meta])* $name:ident, $elem:ty, $features:literal, $load:expr, $widen:expr) => {
+        $(#[$doc])*
+        #[target_feature(enable = $features)]
+        #[allow(unsafe_code)]
+        unsafe fn $name(w: &[$elem], cols: usize, x: &[f32], b: &[f32], out: &mut [f32]) {
+            use std::arch::x86_64::{
+                __m256, _mm_add_ps, _mm_cvtss_f32, _mm_hadd_ps, _mm_loadu_ps, _mm_storeu_ps,
+                _mm256_add_ps, _mm256_castps256_ps128, _mm256_extractf128_ps, _mm256_fmadd_ps,
+                _mm256_hadd_ps, _mm256_loadu_ps, _mm256_setzero_ps,
+            };
+            assert!(x.len() == cols && w.len() >= out.len() * cols && b.len() >= out.len());
+            let full16 = cols / 16 * 16;
+            let full8 = cols / 8 * 8;
+            let xp = x.as_ptr();
+            let rows = out.len();
+            let widen = $widen;
+            let tail = |r: usize| -> f32 {
+                w[r * cols + full8..(r + 1) * cols]
+                    .iter()
+                    .zip(&x[full8..])
+                    .map(|(a, b)| widen(*a) * b)
+                    .sum()
+            };
+            let mut r = 0;
+            // SAFETY (whole block): every load reads 8 elements at offsets c..c+8 with
+            // c + 8 <= cols, inside row r < rows (so inside `w`, checked above) and inside
+            // `x`; the bias load reads b[r..r+4] with r + 4 <= rows; the features are on.
+            unsafe {
+                let load = $load;
+                while r + 4 <= rows {
+                    let p: [*const $elem; 4] =
+                        std::array::from_fn(|k| w.as_ptr().add((r + k) * cols));
+                    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                    let mut c = 0;
+                    while c < full16 {
+                        let x0 = _mm256_loadu_ps(xp.add(c));
+                        let x1 = _mm256_loadu_ps(xp.add(c + 8));
+                        for k in 0..4 {
+                            acc[k][0] = _mm256_fmadd_ps(load(p[k].add(c)), x0, acc[k][0]);
+                            acc[k][1] = _mm256_fmadd_ps(load(p[k].add(c + 8)), x1, acc[k][1]);
+                        }
+                        c += 16;
+                    }
+                    if c < full8 {
+                        let x0 = _mm256_loadu_ps(xp.add(c));
+                        for k in 0..4 {
+                            acc[k][0] = _mm256_fmadd_ps(load(p[k].add(c)), x0, acc[k][0]);
+                        }
+                    }
+                    let a: [__m256; 4] =
+                        std::array::from_fn(|k| _mm256_add_ps(acc[k][0], acc[k][1]));
+                    // Pairwise sums give [r0 r0 r1 r1 | …], then [r0 r1 r2 r3 | r0 r1 r2 r3].
+                    let t = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+                    let sums =
+                        _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+                    let mut v = [0f32; 4];
+                    _mm_storeu_ps(
+                        v.as_mut_ptr(),
+                        _mm_add_ps(sums, _mm_loadu_ps(b.as_ptr().add(r))),
                     );
+                    for (k, s) in v.into_iter().enumerate() {
+                        out[r + k] = s + if full8 < cols { tail(r + k) } else { 0.0 };
+                    }
+                    r += 4;
                 }
-                c += 32;
+                while r < rows {
+                    let p = w.as_ptr().add(r * cols);
+                    let mut acc = _mm256_setzero_ps();
+                    let mut c = 0;
+                    while c < full8 {
+                        acc = _mm256_fmadd_ps(load(p.add(c)), _mm256_loadu_ps(xp.add(c)), acc);
+                        c += 8;
+                    }
+                    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+                    let h = _mm_hadd_ps(h, h);
+                    out[r] = _mm_cvtss_f32(_mm_hadd_ps(h, h)) + tail(r) + b[r];
+                    r += 1;
+                }
             }
-            while c < full8 {
-                acc[0] = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(rp.add(c)),
-                    _mm256_loadu_ps(xp.add(c)),
-                    acc[0],
-                );
-                c += 8;
-            }
-            let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-            let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-            let h = _mm_hadd_ps(h, h);
-            _mm_cvtss_f32(_mm_hadd_ps(h, h))
-        };
-        let tail: f32 = row[full8..]
-            .iter()
-            .zip(&x[full8..])
-            .map(|(a, b)| a * b)
-            .sum();
-        *o = s + tail + b[r];
-    }
+        }
+    };
 }
+
+#[cfg(target_arch = "x86_64")]
+avx_matvec!(
+    /// `out = W x + b`, f32 weights, AVX2 + FMA.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    matvec_avx2,
+    f32,
+    "avx2,fma",
+    |p: *const f32| std::arch::x86_64::_mm256_loadu_ps(p),
+    |v: f32| v
+);
+
+#[cfg(target_arch = "x86_64")]
+avx_matvec!(
+    /// `out = W x + b`, f16 weights widened by F16C, f32 sums.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    matvec_f16,
+    u16,
+    "avx2,fma,f16c",
+    |p: *const u16| std::arch::x86_64::_mm256_cvtph_ps(std::arch::x86_64::_mm_loadu_si128(
+        p.cast::<std::arch::x86_64::__m128i>()
+    )),
+    |v: u16| half::f16::from_bits(v).to_f32()
+);
 
 /// `out = W x + b`, with AVX2 and FMA when the CPU has them.
 fn matvec(w: &[f32], cols: usize, x: &[f32], b: &[f32], out: &mut [f32]) {
@@ -126,7 +212,28 @@ impl Mat {
     /// `out = W x + b`.
     pub fn apply(&self, x: &[f32], out: &mut [f32]) {
         debug_assert_eq!(x.len(), self.cols);
+        #[cfg(target_arch = "x86_64")]
+        if !self.h.is_empty() {
+            #[allow(unsafe_code)]
+            // SAFETY: `h` is only filled by `set_precision(F16)` after `f16_supported()`
+            // confirmed AVX2, FMA and F16C; its shape is `w`'s.
+            unsafe {
+                matvec_f16(&self.h, self.cols, x, &self.b, out);
+            }
+            return;
+        }
         matvec(&self.w, self.cols, x, &self.b, out);
+    }
+
+    fn set_precision(&mut self, p: Precision) {
+        self.h = if p == Precision::F16 && f16_supported() {
+            self.w
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_bits())
+                .collect()
+        } else {
+            Vec::new()
+        };
     }
 
     /// Row `i` (an embedding lookup).
@@ -141,7 +248,7 @@ impl Mat {
     }
 
     fn bytes(&self) -> usize {
-        4 * (self.w.len() + self.b.len())
+        4 * (self.w.len() + self.b.len()) + 2 * self.h.len()
     }
 }
 
@@ -184,6 +291,7 @@ impl Loader<'_> {
             rows,
             cols,
             w,
+            h: Vec::new(),
             b: vec![0.0; rows],
         })
     }
@@ -341,14 +449,44 @@ impl Kernel {
         };
         let out = l.mat("out", dims.resources, arch.out_in(), true)?;
         let copy = l.mat("copy", HINTS, arch.out_in(), true)?;
-        Ok(Self {
+        let mut k = Self {
             emb,
             hint,
             body,
             out,
             copy,
             dim: e,
-        })
+        };
+        k.set_precision(Precision::F16);
+        Ok(k)
+    }
+
+    /// Chooses the arithmetic of the matrix products (embeddings stay f32). `F16` falls back
+    /// to `F32` on CPUs without AVX2, FMA and F16C.
+    pub fn set_precision(&mut self, p: Precision) {
+        let mut mats: Vec<&mut Mat> = vec![&mut self.out, &mut self.copy];
+        match &mut self.body {
+            Body::Gru(g) => mats.extend([&mut g.ih, &mut g.hh]),
+            Body::Transformer { blocks, .. } => {
+                for b in blocks {
+                    mats.extend([
+                        &mut b.q, &mut b.k, &mut b.v, &mut b.o, &mut b.ff1, &mut b.ff2,
+                    ]);
+                }
+            }
+        }
+        for m in mats {
+            m.set_precision(p);
+        }
+    }
+
+    /// The arithmetic in use.
+    pub fn precision(&self) -> Precision {
+        if self.out.h.is_empty() {
+            Precision::F32
+        } else {
+            Precision::F16
+        }
     }
 
     /// The state of a key with no history.

@@ -139,6 +139,21 @@ impl Learned {
     }
 }
 
+/// The `want` most probable tokens (never token 0, "none"), in one pass with a small sorted
+/// buffer: cheaper than sorting the vocabulary for the few a prediction needs.
+fn top_tokens(probs: &[f32], want: usize) -> Vec<u32> {
+    let mut top: Vec<(f32, u32)> = Vec::with_capacity(want + 1);
+    for (t, &p) in probs.iter().enumerate().skip(1) {
+        if top.len() == want && top.last().is_some_and(|l| l.0 >= p) {
+            continue;
+        }
+        let at = top.partition_point(|x| x.0 >= p);
+        top.insert(at, (p, t as u32));
+        top.truncate(want);
+    }
+    top.into_iter().map(|(_, t)| t).collect()
+}
+
 impl Predictor for Learned {
     fn name(&self) -> &str {
         &self.name
@@ -220,13 +235,7 @@ impl Predictor for Learned {
         }
         // Candidates: a few more than k, since an empty bucket names no resource.
         let want = (2 * k + 8).min(probs.len() - 1);
-        let mut order: Vec<u32> = (1..probs.len() as u32).collect();
-        if want > 0 && want < order.len() {
-            order.select_nth_unstable_by(want - 1, |a, b| {
-                probs[*b as usize].total_cmp(&probs[*a as usize])
-            });
-            order.truncate(want);
-        }
+        let order = top_tokens(&probs, want);
         let mut cands: Vec<(ResourceId, f64)> = Vec::with_capacity(want);
         for token in order {
             if let Some(r) = self.resource_of(token) {

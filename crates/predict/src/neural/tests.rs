@@ -86,7 +86,8 @@ fn kernel_matches_graph(arch: Arch) {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
         .collect();
-    let kernel = Kernel::new(arch, dims, &tensors).unwrap();
+    let mut kernel = Kernel::new(arch, dims, &tensors).unwrap();
+    kernel.set_precision(super::kernel::Precision::F32);
     let enc = encode(&vocab, &recs, 60.0);
     // One key's first 10 steps (longer than the transformer's window of 4).
     let seq: Vec<usize> = enc.sequences[0].iter().take(10).copied().collect();
@@ -122,18 +123,28 @@ fn kernel_matches_graph(arch: Arch) {
         .unwrap()
         .to_vec2()
         .unwrap();
-    let mut state = kernel.zero_state();
-    let mut out = Vec::new();
-    for (t, &i) in seq.iter().enumerate() {
-        state = kernel.step(&state, &enc.steps[i]);
-        kernel.logits(&state, &enc.steps[i], &mut out);
-        let worst = out
-            .iter()
-            .zip(&graph[t])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-4, "{arch:?} step {t}: max difference {worst}");
-    }
+    let run = |kernel: &Kernel, tolerance: f32| {
+        let mut state = kernel.zero_state();
+        let mut out = Vec::new();
+        for (t, &i) in seq.iter().enumerate() {
+            state = kernel.step(&state, &enc.steps[i]);
+            kernel.logits(&state, &enc.steps[i], &mut out);
+            let worst = out
+                .iter()
+                .zip(&graph[t])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < tolerance,
+                "{arch:?} {:?} step {t}: max difference {worst}",
+                kernel.precision()
+            );
+        }
+    };
+    run(&kernel, 1e-4);
+    // Half-precision weights (where the CPU has F16C): close, not equal.
+    kernel.set_precision(super::kernel::Precision::F16);
+    run(&kernel, 2e-2);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use candle_nn::VarBuilder;
 use prewarm_core::{Event, HistoryRecord, ReadAccess, ResourceId};
 use prewarm_predict::baselines::Markov;
 use prewarm_predict::neural::features::KeyTail;
+use prewarm_predict::neural::kernel::Precision;
 use prewarm_predict::neural::net::{Batch, Dims, Net};
 use prewarm_predict::neural::train::untrained;
 use prewarm_predict::neural::{Arch, Learned, Model};
@@ -148,20 +149,33 @@ fn measure(
     let timed = &records[records.len() - n..];
     let mut rows = Vec::new();
 
-    // 1. The kernel alone: one step and the output layer, one key, hot caches.
+    // 1. The kernel alone: one step and the output layer, one key, hot caches; with the
+    //    default arithmetic (f16 weights where the CPU has F16C) and with f32 weights.
     let tail = KeyTail::default();
     let r0 = &timed[0];
     let step = tail.step(&cfg.vocab, &r0.event.kind, &r0.event.key, r0.ts);
-    let mut state = model.kernel.zero_state();
-    let mut logits = Vec::new();
-    let mut t = Vec::with_capacity(n);
-    for _ in 0..n {
-        let s = Instant::now();
-        state = model.kernel.step(&state, &step);
-        model.kernel.logits(&state, &step, &mut logits);
-        t.push(s.elapsed().as_secs_f64() * 1e6);
+    let mut model = model;
+    let default = model.kernel.precision();
+    for precision in [default, Precision::F32] {
+        model.kernel.set_precision(precision);
+        let mut state = model.kernel.zero_state();
+        let mut logits = Vec::new();
+        let mut t = Vec::with_capacity(n);
+        for _ in 0..n {
+            let s = Instant::now();
+            state = model.kernel.step(&state, &step);
+            model.kernel.logits(&state, &step, &mut logits);
+            t.push(s.elapsed().as_secs_f64() * 1e6);
+        }
+        rows.push(row(
+            &format!("kernel step + output layer ({precision:?})"),
+            t,
+        ));
+        if default == Precision::F32 {
+            break;
+        }
     }
-    rows.push(row("kernel step + output layer", t));
+    model.kernel.set_precision(default);
 
     // 2. The predictor: predict top 5, then observe, across keys.
     let mut p = Learned::new(model, 1 << 20);
