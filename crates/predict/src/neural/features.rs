@@ -30,7 +30,7 @@ pub const GAP_TOKENS: usize = 40;
 /// Number of execution-time tokens (0 = unknown).
 pub const DURATION_TOKENS: usize = 32;
 /// Suggestions of the online Markov model each step sees.
-pub const HINTS: usize = 3;
+pub const HINTS: usize = 5;
 /// Confidence tokens of the first suggestion (0 = none, then tenths of probability).
 pub const CONFIDENCE_TOKENS: usize = 12;
 
