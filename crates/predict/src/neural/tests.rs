@@ -266,7 +266,10 @@ fn unseen_keys_types_and_resources_never_break_the_model() {
         p.observe(&r);
     }
     // Key states are bounded.
-    assert!(p.keys.len() <= 4 + 4 / 8 + 1);
+    assert!(
+        p.keys.len() <= 5,
+        "at most max_keys plus an eighth, rounded"
+    );
     // Unseen resources come back through their hash buckets.
     let r = test_record(2000.0, "k0", "r/a");
     let preds = p.predict(
