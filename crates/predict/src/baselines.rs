@@ -73,6 +73,16 @@ impl Frequency {
             .collect()
     }
 
+    /// The k most popular resources with their shares, borrowed.
+    fn top_ids(&self, k: usize) -> Vec<(&ResourceId, f64)> {
+        self.ranked
+            .iter()
+            .rev()
+            .take(k)
+            .map(|(s, r)| (r, (s.0 - self.total).exp()))
+            .collect()
+    }
+
     /// The share of one resource (0 when never seen).
     pub fn share(&self, r: &ResourceId) -> f64 {
         self.score.get(r).map_or(0.0, |s| (s - self.total).exp())
@@ -158,7 +168,8 @@ impl Predictor for Markov {
     }
 
     fn predict(&mut self, ctx: &Context<'_>, k: usize) -> Vec<Prediction> {
-        let mut probs: HashMap<ResourceId, f64> = HashMap::new();
+        // Borrowed ids while scoring; only the k kept are cloned.
+        let mut probs: HashMap<&ResourceId, f64> = HashMap::new();
         let mut mass = 1.0;
         if let Some(hist) = self.history.get(&ctx.event.key) {
             for n in (1..=self.order.min(hist.len())).rev() {
@@ -168,22 +179,28 @@ impl Predictor for Markov {
                 let distinct = c.next.len() as f64;
                 let denom = f64::from(c.total) + distinct;
                 for (r, &cnt) in &c.next {
-                    *probs.entry(r.clone()).or_default() += mass * f64::from(cnt) / denom;
+                    *probs.entry(r).or_default() += mass * f64::from(cnt) / denom;
                 }
                 mass *= distinct / denom;
             }
         }
-        for p in self.fallback.top(k.max(8)) {
-            *probs.entry(p.resource).or_default() += mass * p.probability;
+        let fallback = self.fallback.top_ids(k.max(8));
+        for (r, p) in &fallback {
+            *probs.entry(r).or_default() += mass * p;
         }
-        let mut out: Vec<Prediction> = probs.into_iter().map(|(r, p)| latest(r, p)).collect();
-        out.sort_by(|a, b| {
-            b.probability
-                .total_cmp(&a.probability)
-                .then_with(|| a.resource.cmp(&b.resource))
-        });
-        out.truncate(k);
-        out
+        let mut scored: Vec<(&ResourceId, f64)> = probs.into_iter().collect();
+        let order = |a: &(&ResourceId, f64), b: &(&ResourceId, f64)| {
+            b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0))
+        };
+        if k > 0 && scored.len() > k {
+            scored.select_nth_unstable_by(k - 1, order);
+            scored.truncate(k);
+        }
+        scored.sort_by(order);
+        scored
+            .into_iter()
+            .map(|(r, p)| latest(r.clone(), p))
+            .collect()
     }
 
     fn memory_bytes(&self) -> u64 {
