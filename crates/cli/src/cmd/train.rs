@@ -197,7 +197,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     } else {
         println!(
             "{} saved to {}: {} records ({} for validation), {} resources ({} named tokens), best epoch {}/{}, \
-validation loss {:.4} → {:.4} calibrated (temperature {:.1}), validation top-1 {:.3} top-5 {:.3}, {:.1} s ({:.0} steps/s)",
+validation loss {:.4}; on {} validation executions: loss {:.4} → {:.4} calibrated (temperature {:.1}), top-1 {:.3}, top-5 {:.3}; {:.1} s ({:.0} steps/s)",
             arch.name(),
             a.out.display(),
             s.records,
@@ -207,6 +207,8 @@ validation loss {:.4} → {:.4} calibrated (temperature {:.1}), validation top-1
             s.best_epoch,
             s.epochs,
             s.validation_loss,
+            s.calibration_sample,
+            s.sample_loss,
             s.calibrated_loss,
             model.config.temperature,
             s.validation_top1,

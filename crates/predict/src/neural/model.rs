@@ -43,11 +43,15 @@ pub struct TrainingSummary {
     pub best_epoch: u32,
     /// Validation loss (cross-entropy, nats) of the kept weights, before calibration.
     pub validation_loss: f64,
-    /// The same after temperature calibration.
+    /// Executions in the calibration sample (at most 20,000, evenly spread over validation).
+    pub calibration_sample: u64,
+    /// Loss on the calibration sample before calibration.
+    pub sample_loss: f64,
+    /// Loss on the calibration sample after temperature calibration.
     pub calibrated_loss: f64,
-    /// Validation top-1 and top-5 accuracy.
+    /// Top-1 accuracy on the calibration sample.
     pub validation_top1: f64,
-    /// Validation top-5 accuracy.
+    /// Top-5 accuracy on the calibration sample.
     pub validation_top5: f64,
     /// Random seed.
     pub seed: u64,

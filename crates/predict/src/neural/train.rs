@@ -39,7 +39,8 @@ pub struct TrainOptions {
     pub validation: f64,
     /// Seed of every random choice.
     pub seed: u64,
-    /// Start no new epoch that would likely end after this much time.
+    /// Start no new epoch that would likely end after this much time (minus a reserve for
+    /// calibration and saving).
     pub time_budget: Option<Duration>,
     /// Look-ahead of the horizon target, seconds.
     pub horizon_s: f64,
@@ -182,6 +183,8 @@ pub(crate) fn init_weights(vm: &VarMap, seed: u64) -> Result<(), TrainError> {
 
 /// Validation executions needed before a softmax temperature is fitted on them.
 const MIN_CALIBRATION: usize = 200;
+/// At most this many validation executions are used to calibrate and report accuracy.
+const CALIBRATION_SAMPLE: usize = 20_000;
 
 /// A training window: record indexes of one key, in order.
 type Window = Vec<usize>;
@@ -424,7 +427,8 @@ pub fn train(
     let mut train_loss_last = f64::NAN;
     for epoch in 1..=o.max_epochs {
         if let Some(b) = o.time_budget {
-            if epoch > 1 && started.elapsed() + last_epoch > b {
+            // The last epoch's length, plus a tenth of it for the final validation pass.
+            if epoch > 1 && started.elapsed() + last_epoch + last_epoch / 10 > b {
                 break;
             }
         }
@@ -491,19 +495,31 @@ pub fn train(
             }
         }
     }
+    // Calibrate and score on an evenly spread sample of at most CALIBRATION_SAMPLE
+    // validation executions: plenty for one scalar, and bounded in time and memory.
+    let total_val: usize = val_batches
+        .iter()
+        .filter_map(|p| p.val.as_ref().map(|v| v.2))
+        .sum();
+    let stride = total_val.div_ceil(CALIBRATION_SAMPLE).max(1);
     let (mut rows, mut targets) = (Vec::new(), Vec::new());
     for p in &val_batches {
-        if let Some((idx, tg, _)) = &p.val {
-            rows.push(rows_at(&net.forward(&p.batch)?, idx)?.detach());
-            targets.push(tg.clone());
+        if let Some((idx, tg, c)) = &p.val {
+            let keep: Vec<u32> = (0..*c as u32).step_by(stride).collect();
+            let keep = Tensor::from_vec(keep.clone(), keep.len(), &Device::Cpu)?;
+            let idx = idx.index_select(&keep, 0)?;
+            rows.push(rows_at(&net.forward(&p.batch)?, &idx)?.detach());
+            targets.push(tg.index_select(&keep, 0)?);
         }
     }
-    let (temperature, calibrated, top1, top5) = if rows.is_empty() {
-        (1.0, best_loss, f64::NAN, f64::NAN)
+    let sample: usize = rows.iter().map(|r| r.dim(0).unwrap_or(0)).sum();
+    let (temperature, sample_loss, calibrated, top1, top5) = if rows.is_empty() {
+        (1.0, best_loss, best_loss, f64::NAN, f64::NAN)
     } else {
         let rows = Tensor::cat(&rows, 0)?;
         let targets = Tensor::cat(&targets, 0)?;
-        let mut best_t = (1.0, tempered_loss(&rows, &targets, 1.0)?);
+        let at_one = tempered_loss(&rows, &targets, 1.0)?;
+        let mut best_t = (1.0, at_one);
         // Fitting a temperature on a handful of executions fits noise: keep 1 then.
         let grid = if rows.dim(0)? >= MIN_CALIBRATION {
             29
@@ -518,7 +534,7 @@ pub fn train(
             }
         }
         let (t1, t5) = top_k_accuracy(&rows, &targets)?;
-        (best_t.0, best_t.1, t1, t5)
+        (best_t.0, at_one, best_t.1, t1, t5)
     };
     let keys: HashSet<&str> = records[..split]
         .iter()
@@ -551,6 +567,8 @@ pub fn train(
             } else {
                 train_loss_last
             },
+            calibration_sample: sample as u64,
+            sample_loss,
             calibrated_loss: calibrated,
             validation_top1: top1,
             validation_top5: top5,
@@ -617,6 +635,8 @@ pub fn untrained(records: &[HistoryRecord], arch: Arch, seed: u64) -> Result<Mod
             epochs: 0,
             best_epoch: 0,
             validation_loss: f64::NAN,
+            calibration_sample: 0,
+            sample_loss: f64::NAN,
             calibrated_loss: f64::NAN,
             validation_top1: f64::NAN,
             validation_top5: f64::NAN,
