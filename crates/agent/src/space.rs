@@ -1,0 +1,518 @@
+//! The local state space: installed states live at `<dir>/states/<resource>/v<version>`, one
+//! directory (or file) per resource version, readable by the application. An index
+//! (`<dir>/index.json`, replaced atomically) records each state's size and last use; on open
+//! it is checked against the disk, so a state deleted behind the agent's back is forgotten and
+//! leftovers of interrupted installs are removed.
+//!
+//! Installing is two-phase: [`StateSpace::begin`] reserves the bytes (evicting least recently
+//! used states that no one leases) and names the path; the caller writes the state there
+//! atomically (`prewarm_snapshot::restore` does: temporary path, verify, rename); then
+//! [`StateSpace::commit`] records it. A [`Slot`] dropped without commit frees its reservation.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use prewarm_core::{ResourceId, Version};
+use serde::{Deserialize, Serialize};
+
+const INDEX: &str = "index.json";
+const STATES: &str = "states";
+
+/// Why the state space refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpaceError {
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The index is not valid JSON of the expected shape.
+    #[error("{path}: damaged index: {msg}")]
+    Index {
+        /// The index file.
+        path: PathBuf,
+        /// Why.
+        msg: String,
+    },
+    /// The budget cannot hold the state even after evicting every unleased state.
+    #[error(
+        "cache full: {need} bytes needed, {free} free after evicting every unleased state ({leased} bytes leased, budget {budget})"
+    )]
+    Full {
+        /// Bytes asked for.
+        need: u64,
+        /// Bytes that could be freed.
+        free: u64,
+        /// Bytes held by leased states.
+        leased: u64,
+        /// The budget.
+        budget: u64,
+    },
+    /// That version is already installed (or being installed).
+    #[error("{0} version {1} is already installed or being installed")]
+    Exists(ResourceId, Version),
+    /// The caller committed a slot whose path holds nothing.
+    #[error("{0}: nothing was installed at the slot's path")]
+    NotInstalled(PathBuf),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpaceError + '_ {
+    move |source| SpaceError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    bytes: u64,
+    /// Logical clock of the last use (larger = more recent).
+    used: u64,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndexFile {
+    clock: u64,
+    states: Vec<(ResourceId, Version, Entry)>,
+}
+
+/// A held state, as the application sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The resource.
+    pub resource: ResourceId,
+    /// Its version.
+    pub version: Version,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// While alive, the state cannot be evicted.
+#[derive(Debug)]
+pub struct Lease(Arc<AtomicUsize>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A reservation for one state being installed.
+#[derive(Debug)]
+pub struct Slot {
+    resource: ResourceId,
+    version: Version,
+    bytes: u64,
+    path: PathBuf,
+    reserved: Arc<AtomicUsize>,
+    done: bool,
+}
+
+impl Slot {
+    /// Where the state must be written (atomically: it must not exist until complete).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if !self.done {
+            // An abandoned install: nothing partial may stay visible.
+            let _ =
+                std::fs::remove_dir_all(&self.path).or_else(|_| std::fs::remove_file(&self.path));
+            self.reserved.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The states one capacity holds, within a byte budget.
+pub struct StateSpace {
+    dir: PathBuf,
+    budget: u64,
+    clock: u64,
+    states: BTreeMap<(ResourceId, Version), (Entry, Arc<AtomicUsize>)>,
+    /// Installs in progress: (resource, version, bytes, alive marker).
+    pending: Vec<(ResourceId, Version, u64, Arc<AtomicUsize>)>,
+}
+
+impl StateSpace {
+    /// Opens (or creates) the state space in `dir` with a budget of `budget` bytes.
+    pub fn open(dir: &Path, budget: u64) -> Result<Self, SpaceError> {
+        let states_dir = dir.join(STATES);
+        std::fs::create_dir_all(&states_dir).map_err(io(&states_dir))?;
+        let ipath = dir.join(INDEX);
+        let index: IndexFile = match std::fs::read(&ipath) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| SpaceError::Index {
+                path: ipath.clone(),
+                msg: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => IndexFile::default(),
+            Err(e) => return Err(io(&ipath)(e)),
+        };
+        let mut space = Self {
+            dir: dir.to_owned(),
+            budget,
+            clock: index.clock,
+            states: BTreeMap::new(),
+            pending: Vec::new(),
+        };
+        for (r, v, e) in index.states {
+            // Forget states that are gone from disk.
+            if std::fs::symlink_metadata(space.path_of(&r, v)).is_ok() {
+                space.states.insert((r, v), (e, Arc::default()));
+            }
+        }
+        space.remove_strays(&states_dir)?;
+        space.save()?;
+        Ok(space)
+    }
+
+    /// Removes entries under `states/` that the index does not know (interrupted installs,
+    /// restore's temporary paths).
+    fn remove_strays(&self, states_dir: &Path) -> Result<(), SpaceError> {
+        let known: std::collections::HashSet<PathBuf> = self
+            .states
+            .keys()
+            .map(|(r, v)| self.path_of(r, *v))
+            .collect();
+        let mut stack = vec![states_dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).map_err(io(&d))? {
+                let p = e.map_err(io(&d))?.path();
+                if known.contains(&p) {
+                    continue;
+                }
+                // A version directory is exactly `v<digits>`; restore's temporaries are
+                // `.v<digits>.prewarm-tmp-…`. Anything else is a resource path segment.
+                let is_version = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    let n = n
+                        .strip_prefix('.')
+                        .map_or(n, |t| t.split(".prewarm-tmp-").next().unwrap_or(t));
+                    n.strip_prefix('v')
+                        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                });
+                if is_version {
+                    let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+                } else if p.is_dir() && !p.is_symlink() {
+                    stack.push(p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn path_of(&self, r: &ResourceId, v: Version) -> PathBuf {
+        self.dir
+            .join(STATES)
+            .join(r.as_str())
+            .join(format!("v{}", v.get()))
+    }
+
+    fn save(&self) -> Result<(), SpaceError> {
+        let index = IndexFile {
+            clock: self.clock,
+            states: self
+                .states
+                .iter()
+                .map(|((r, v), (e, _))| (r.clone(), *v, e.clone()))
+                .collect(),
+        };
+        let path = self.dir.join(INDEX);
+        let tmp = self.dir.join(format!(".{INDEX}.tmp"));
+        let json = serde_json::to_vec(&index).map_err(|e| SpaceError::Index {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+        std::fs::write(&tmp, json).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    fn held(&self, r: &ResourceId, v: Version, e: &Entry) -> Held {
+        Held {
+            resource: r.clone(),
+            version: v,
+            path: self.path_of(r, v),
+            bytes: e.bytes,
+        }
+    }
+
+    /// Bytes installed plus bytes reserved by installs in progress.
+    pub fn used(&self) -> u64 {
+        self.states.values().map(|(e, _)| e.bytes).sum::<u64>()
+            + self
+                .pending
+                .iter()
+                .filter(|p| p.3.load(Ordering::Acquire) > 0)
+                .map(|p| p.2)
+                .sum::<u64>()
+    }
+
+    /// The budget.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Every held state, oldest resource id first.
+    pub fn inventory(&self) -> Vec<Held> {
+        self.states
+            .iter()
+            .map(|((r, v), (e, _))| self.held(r, *v, e))
+            .collect()
+    }
+
+    /// The newest held version of `resource` that is at least `min` (any when `None`), marked
+    /// used, with a lease that keeps it from eviction while the caller uses it.
+    pub fn get(&mut self, resource: &ResourceId, min: Option<Version>) -> Option<(Held, Lease)> {
+        let (key, _) = self
+            .states
+            .range((resource.clone(), Version::new(1)?)..)
+            .take_while(|((r, _), _)| r == resource)
+            .filter(|((_, v), _)| min.is_none_or(|m| *v >= m))
+            .last()?;
+        let key = key.clone();
+        self.clock += 1;
+        let clock = self.clock;
+        let (e, leases) = self.states.get_mut(&key)?;
+        e.used = clock;
+        leases.fetch_add(1, Ordering::AcqRel);
+        let lease = Lease(leases.clone());
+        let e = e.clone();
+        Some((self.held(&key.0, key.1, &e), lease))
+    }
+
+    /// Reserves `bytes` for `resource` version `version`, evicting least recently used
+    /// unleased states if needed; the caller writes the state at the slot's path.
+    pub fn begin(
+        &mut self,
+        resource: &ResourceId,
+        version: Version,
+        bytes: u64,
+    ) -> Result<Slot, SpaceError> {
+        self.pending.retain(|p| p.3.load(Ordering::Acquire) > 0);
+        let key = (resource.clone(), version);
+        if self.states.contains_key(&key)
+            || self.pending.iter().any(|p| p.0 == key.0 && p.1 == key.1)
+        {
+            return Err(SpaceError::Exists(key.0, key.1));
+        }
+        let used = self.used();
+        if used + bytes > self.budget {
+            self.evict(used + bytes - self.budget, bytes)?;
+        }
+        let marker = Arc::new(AtomicUsize::new(1));
+        self.pending
+            .push((resource.clone(), version, bytes, marker.clone()));
+        let path = self.path_of(resource, version);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        Ok(Slot {
+            resource: resource.clone(),
+            version,
+            bytes,
+            path,
+            reserved: marker,
+            done: false,
+        })
+    }
+
+    /// Evicts unleased states, least recently used first, until `need` bytes are freed; frees
+    /// nothing when that is impossible.
+    fn evict(&mut self, need: u64, asked: u64) -> Result<(), SpaceError> {
+        let mut victims: Vec<(u64, (ResourceId, Version), u64)> = self
+            .states
+            .iter()
+            .filter(|(_, (_, l))| l.load(Ordering::Acquire) == 0)
+            .map(|(k, (e, _))| (e.used, k.clone(), e.bytes))
+            .collect();
+        let freeable: u64 = victims.iter().map(|v| v.2).sum();
+        if freeable < need {
+            let leased = self
+                .states
+                .values()
+                .filter(|(_, l)| l.load(Ordering::Acquire) > 0)
+                .map(|(e, _)| e.bytes)
+                .sum();
+            return Err(SpaceError::Full {
+                need: asked,
+                free: self.budget.saturating_sub(self.used()) + freeable,
+                leased,
+                budget: self.budget,
+            });
+        }
+        victims.sort();
+        let mut freed = 0;
+        for (_, key, bytes) in victims {
+            if freed >= need {
+                break;
+            }
+            let path = self.path_of(&key.0, key.1);
+            std::fs::remove_dir_all(&path)
+                .or_else(|_| std::fs::remove_file(&path))
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(e),
+                })
+                .map_err(io(&path))?;
+            self.states.remove(&key);
+            freed += bytes;
+        }
+        self.save()
+    }
+
+    /// Records a completed install.
+    pub fn commit(&mut self, mut slot: Slot) -> Result<Held, SpaceError> {
+        if std::fs::symlink_metadata(&slot.path).is_err() {
+            return Err(SpaceError::NotInstalled(slot.path.clone()));
+        }
+        self.clock += 1;
+        let e = Entry {
+            bytes: slot.bytes,
+            used: self.clock,
+        };
+        let key = (slot.resource.clone(), slot.version);
+        self.states.insert(key.clone(), (e.clone(), Arc::default()));
+        slot.done = true;
+        slot.reserved.fetch_sub(1, Ordering::AcqRel);
+        self.pending.retain(|p| p.3.load(Ordering::Acquire) > 0);
+        self.save()?;
+        Ok(self.held(&key.0, key.1, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn id(s: &str) -> ResourceId {
+        ResourceId::new(s).unwrap()
+    }
+
+    fn v(n: u64) -> Version {
+        Version::new(n).unwrap()
+    }
+
+    fn install(s: &mut StateSpace, r: &str, ver: u64, bytes: u64) -> Result<Held, SpaceError> {
+        let slot = s.begin(&id(r), v(ver), bytes)?;
+        std::fs::write(slot.path(), vec![7u8; bytes as usize]).unwrap();
+        s.commit(slot)
+    }
+
+    #[test]
+    fn installs_serves_newest_recent_enough_and_survives_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = StateSpace::open(d.path(), 1000).unwrap();
+        install(&mut s, "m/a", 1, 100).unwrap();
+        install(&mut s, "m/a", 3, 100).unwrap();
+        let (h, _l) = s.get(&id("m/a"), None).unwrap();
+        assert_eq!(h.version, v(3));
+        assert!(h.path.ends_with("states/m/a/v3"));
+        assert!(s.get(&id("m/a"), Some(v(4))).is_none());
+        assert_eq!(s.get(&id("m/a"), Some(v(2))).unwrap().0.version, v(3));
+        assert!(s.get(&id("m/b"), None).is_none());
+        assert!(matches!(
+            install(&mut s, "m/a", 3, 1),
+            Err(SpaceError::Exists(..))
+        ));
+        drop(s);
+        let mut s = StateSpace::open(d.path(), 1000).unwrap();
+        assert_eq!(s.inventory().len(), 2);
+        assert_eq!(s.used(), 200);
+        assert!(s.get(&id("m/a"), Some(v(3))).is_some());
+    }
+
+    #[test]
+    fn evicts_least_recently_used_but_never_a_leased_state() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = StateSpace::open(d.path(), 300).unwrap();
+        install(&mut s, "a", 1, 100).unwrap();
+        install(&mut s, "b", 1, 100).unwrap();
+        install(&mut s, "c", 1, 100).unwrap();
+        let (_, lease_a) = s.get(&id("a"), None).unwrap(); // a: most recent and leased
+        install(&mut s, "d", 1, 100).unwrap(); // evicts b, the least recently used
+        let names: Vec<String> = s
+            .inventory()
+            .iter()
+            .map(|h| h.resource.to_string())
+            .collect();
+        assert_eq!(names, ["a", "c", "d"]);
+        assert!(!d.path().join("states/b/v1").exists());
+        // 300 bytes would need a gone too, and a is leased: refused.
+        let err = s.begin(&id("e"), v(1), 300).unwrap_err();
+        assert!(matches!(err, SpaceError::Full { leased: 100, .. }), "{err}");
+        assert_eq!(
+            s.inventory().len(),
+            3,
+            "a refused reservation evicts nothing"
+        );
+        drop(lease_a);
+        install(&mut s, "e", 1, 300).unwrap();
+        let names: Vec<String> = s
+            .inventory()
+            .iter()
+            .map(|h| h.resource.to_string())
+            .collect();
+        assert_eq!(names, ["e"]);
+    }
+
+    #[test]
+    fn abandoned_installs_leave_nothing_and_free_their_reservation() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = StateSpace::open(d.path(), 100).unwrap();
+        let slot = s.begin(&id("x"), v(1), 100).unwrap();
+        std::fs::write(slot.path(), b"partial").unwrap();
+        assert!(matches!(
+            s.begin(&id("y"), v(1), 1),
+            Err(SpaceError::Full { .. })
+        ));
+        drop(slot);
+        assert!(!d.path().join("states/x/v1").exists());
+        assert_eq!(s.used(), 0);
+        // Committing a slot with nothing written is refused.
+        let slot = s.begin(&id("y"), v(1), 10).unwrap();
+        assert!(matches!(s.commit(slot), Err(SpaceError::NotInstalled(_))));
+        assert!(s.inventory().is_empty());
+    }
+
+    #[test]
+    fn reopening_forgets_vanished_states_and_removes_leftovers() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = StateSpace::open(d.path(), 1000).unwrap();
+        install(&mut s, "a", 1, 10).unwrap();
+        install(&mut s, "b", 2, 10).unwrap();
+        drop(s);
+        std::fs::remove_file(d.path().join("states/a/v1")).unwrap();
+        // A crash mid-install: a restore temporary and an unindexed version directory.
+        std::fs::create_dir_all(d.path().join("states/c/.v1.prewarm-tmp-9-123")).unwrap();
+        std::fs::create_dir_all(d.path().join("states/c/v1")).unwrap();
+        // A resource whose name looks like a version prefix is not touched while held.
+        let mut s = StateSpace::open(d.path(), 1000).unwrap();
+        install(&mut s, "videos/v", 1, 10).unwrap();
+        drop(s);
+        let s = StateSpace::open(d.path(), 1000).unwrap();
+        let names: Vec<String> = s
+            .inventory()
+            .iter()
+            .map(|h| h.resource.to_string())
+            .collect();
+        assert_eq!(names, ["b", "videos/v"]);
+        assert!(d.path().join("states/videos/v/v1").exists());
+        assert!(!d.path().join("states/c/v1").exists());
+        assert!(!d.path().join("states/c/.v1.prewarm-tmp-9-123").exists());
+        std::fs::write(d.path().join(INDEX), b"{not json").unwrap();
+        let err = StateSpace::open(d.path(), 1000).err().unwrap();
+        assert!(err.to_string().contains("damaged index"), "{err}");
+    }
+}
