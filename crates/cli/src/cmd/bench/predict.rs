@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use prewarm_core::{Event, HistoryRecord, ReadAccess, ResourceId};
 use prewarm_predict::baselines::Markov;
+use prewarm_predict::eval::percentile;
 use prewarm_predict::neural::features::KeyTail;
 use prewarm_predict::neural::kernel::Precision;
 use prewarm_predict::neural::net::{Batch, Dims, Net};
@@ -53,16 +54,11 @@ fn row(what: &str, mut t: Vec<f64>) -> Row {
     let n = t.len();
     let mean = t.iter().sum::<f64>() / n.max(1) as f64;
     t.sort_by(f64::total_cmp);
-    let q = |p: f64| {
-        t.get(((n as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
     Row {
         what: what.into(),
         events: n,
-        p50_us: q(0.5),
-        p99_us: q(0.99),
+        p50_us: percentile(&t, 0.5),
+        p99_us: percentile(&t, 0.99),
         mean_us: mean,
     }
 }
