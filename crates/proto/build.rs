@@ -1,12 +1,21 @@
-//! Compiles `proto/*.proto` with protox (pure Rust), so no system `protoc` is needed.
+//! Compiles `proto/*.proto` with protox (pure Rust), so no system `protoc` is needed. The
+//! control-plane service (`prewarm.proto`) is generated only with the `grpc` feature.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = [root.join("store.proto")];
-    for f in &files {
+    let store = root.join("store.proto");
+    let wire = root.join("prewarm.proto");
+    for f in [&store, &wire] {
         println!("cargo:rerun-if-changed={}", f.display());
     }
-    let fds = protox::compile(&files, [&root])?;
-    prost_build::Config::new().bytes(["."]).compile_fds(fds)?;
+    prost_build::Config::new()
+        .bytes(["."])
+        .compile_fds(protox::compile([&store], [&root])?)?;
+    if std::env::var_os("CARGO_FEATURE_GRPC").is_some() {
+        tonic_prost_build::configure()
+            .build_client(true)
+            .build_server(true)
+            .compile_fds(protox::compile([&wire], [&root])?)?;
+    }
     Ok(())
 }

@@ -1,9 +1,30 @@
-//! The state manager of one compute capacity. So far: its local state space
-//! ([`space::StateSpace`]): which resource versions are installed under the cache directory,
-//! a byte budget with least-recently-used eviction that never evicts a leased state, and an
-//! index that survives restarts. The transfer protocol, the ensure API and the process around
-//! them are issue 3's remaining work.
+//! The state manager of one compute capacity:
+//!
+//! - [`space`]: the local state space (installed versions under the cache dir, byte budget,
+//!   LRU eviction sparing leased states, an index that survives restarts);
+//! - [`install`] + [`layout`] + [`local`]: delta, resumable, verified installs into a staging
+//!   path, published by one rename;
+//! - [`agent`]: loads (dedup'd per state, on-demand ahead of predictive), invalidation,
+//!   staleness; [`ensure`]: the application's call; [`history`]: every call logged as
+//!   training data;
+//! - [`http`]: the application's HTTP API and `/metrics`; [`client`]: a Rust client for it;
+//! - [`control`]: the gRPC side (attach, commands, acknowledgements, inventory reports).
 
+pub mod agent;
+pub mod client;
+pub mod control;
+pub mod ensure;
+pub mod history;
+pub mod http;
+pub mod install;
+pub mod layout;
+pub mod local;
+pub mod metrics;
 pub mod space;
 
+pub use agent::{Agent, AgentConfig, DataPath, LoadError, Priority, Want};
+pub use ensure::{EnsureError, EnsureRequest, Ensured};
 pub use space::{Held, Lease, Slot, SpaceError, StateSpace};
+
+#[cfg(test)]
+mod tests;

@@ -143,6 +143,8 @@ pub struct StateSpace {
     states: BTreeMap<(ResourceId, Version), (Entry, Arc<AtomicUsize>)>,
     /// Installs in progress: (resource, version, bytes, alive marker).
     pending: Vec<(ResourceId, Version, u64, Arc<AtomicUsize>)>,
+    /// States evicted since the last [`StateSpace::take_evicted`].
+    evicted: Vec<(ResourceId, Version)>,
 }
 
 impl StateSpace {
@@ -165,6 +167,7 @@ impl StateSpace {
             clock: index.clock,
             states: BTreeMap::new(),
             pending: Vec::new(),
+            evicted: Vec::new(),
         };
         for (r, v, e) in index.states {
             // Forget states that are gone from disk.
@@ -290,6 +293,33 @@ impl StateSpace {
         Some((self.held(&key.0, key.1, &e), lease))
     }
 
+    /// A lease on exactly `resource@version`, if held (not marked used: for internal reads
+    /// such as delta reuse).
+    pub fn lease(&self, resource: &ResourceId, version: Version) -> Option<Lease> {
+        let (_, leases) = self.states.get(&(resource.clone(), version))?;
+        leases.fetch_add(1, Ordering::AcqRel);
+        Some(Lease(leases.clone()))
+    }
+
+    /// States evicted since the last call (their owners forget them too).
+    pub fn take_evicted(&mut self) -> Vec<(ResourceId, Version)> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Drops a held state that turned out unusable (deletes it) unless it is leased.
+    pub fn remove(&mut self, resource: &ResourceId, version: Version) -> Result<bool, SpaceError> {
+        let key = (resource.clone(), version);
+        match self.states.get(&key) {
+            Some((_, l)) if l.load(Ordering::Acquire) == 0 => {}
+            _ => return Ok(false),
+        }
+        let path = self.path_of(resource, version);
+        let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        self.states.remove(&key);
+        self.save()?;
+        Ok(true)
+    }
+
     /// Reserves `bytes` for `resource` version `version`, evicting least recently used
     /// unleased states if needed; the caller writes the state at the slot's path.
     pub fn begin(
@@ -365,6 +395,7 @@ impl StateSpace {
                 })
                 .map_err(io(&path))?;
             self.states.remove(&key);
+            self.evicted.push(key);
             freed += bytes;
         }
         self.save()

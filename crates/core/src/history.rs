@@ -181,6 +181,11 @@ impl<W: Write> HistoryWriter<W> {
         self.inner.write_all(b"\n")
     }
 
+    /// Flushes buffered records.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+
     /// Flushes and returns the inner writer.
     pub fn into_inner(mut self) -> std::io::Result<W> {
         self.inner.flush()?;

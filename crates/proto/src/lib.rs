@@ -8,4 +8,11 @@ pub mod store {
     include!(concat!(env!("OUT_DIR"), "/prewarm.store.v1.rs"));
 }
 
+/// The control plane: the coordinator's gRPC service and its messages.
+#[cfg(feature = "grpc")]
+#[allow(clippy::all)]
+pub mod wire {
+    include!(concat!(env!("OUT_DIR"), "/prewarm.v1.rs"));
+}
+
 pub use prost::{DecodeError, Message};

@@ -314,9 +314,9 @@ impl StreamWriter {
     }
 }
 
-/// Symlinks, then directory modes deepest first (a read-only
+/// Completes a restored directory tree at `root`: symlinks, then directory modes deepest first (a read-only
 /// directory must not block writing its children).
-fn finish_tree(manifest: &Manifest, root: &Path) -> Result<(), RestoreError> {
+pub fn finish_tree(manifest: &Manifest, root: &Path) -> Result<(), RestoreError> {
     use std::os::unix::fs::PermissionsExt;
     let io = |path: &Path| {
         let path = path.to_owned();

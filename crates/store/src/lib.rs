@@ -28,7 +28,7 @@ pub use manifest::{
     TreeEntry, check_rel_path,
 };
 pub use pack::{BlobLoc, PackId, read_trailer as read_pack_trailer};
-pub use read::{ChunkSource, FetchError, decode_verified};
+pub use read::{ChunkSource, FetchError, VerifyChunkError, decode_verified, verify_stored};
 pub use store::{OpenError, ReadManifestError, Store, StoreConfig};
 pub use verify::{VerifyError, VerifyReport};
 pub use write::{CommitError, Committed, Staged, WriteError, WriteStats};

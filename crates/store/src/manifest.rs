@@ -30,6 +30,23 @@ pub enum Codec {
 }
 
 impl Codec {
+    /// One byte for wire formats: 0 raw, 1 zstd.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            Codec::Raw => 0,
+            Codec::Zstd => 1,
+        }
+    }
+
+    /// The inverse of [`Codec::to_u8`].
+    pub fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Codec::Raw),
+            1 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+
     pub(crate) fn from_pb(v: i32) -> Option<Self> {
         match pb::Codec::try_from(v).ok()? {
             pb::Codec::Raw => Some(Codec::Raw),

@@ -13,7 +13,7 @@ use prewarm_core::ChunkHash;
 use rayon::prelude::*;
 
 use crate::codec;
-use crate::manifest::ChunkRef;
+use crate::manifest::{ChunkRef, Codec};
 use crate::pack::{BlobLoc, PackId};
 use crate::store::{Store, pack_path};
 
@@ -99,6 +99,48 @@ impl Store {
             .collect())
     }
 
+    /// The stored (possibly compressed, unverified) bytes of each chunk with its location, in
+    /// the order given: what a data-plane server sends; the receiver decodes and verifies
+    /// with [`decode_verified`].
+    pub async fn read_stored(
+        &self,
+        hashes: &[ChunkHash],
+    ) -> Result<Vec<(BlobLoc, Bytes)>, FetchError> {
+        let index = self.index();
+        let mut by_pack: BTreeMap<PackId, Vec<(usize, BlobLoc)>> = BTreeMap::new();
+        for (i, h) in hashes.iter().enumerate() {
+            let loc = *index.get(h).ok_or(FetchError::Missing(*h))?;
+            by_pack.entry(loc.pack).or_default().push((i, loc));
+        }
+        let mut out: Vec<Option<(BlobLoc, Bytes)>> = vec![None; hashes.len()];
+        let mut results = futures::stream::iter(by_pack)
+            .map(|(pack, wants)| async move {
+                let ranges: Vec<Range<u64>> = wants
+                    .iter()
+                    .map(|(_, l)| l.offset..l.offset + u64::from(l.stored_length))
+                    .collect();
+                let got = self.os.get_ranges(&pack_path(&pack), &ranges).await;
+                (pack, wants, got)
+            })
+            .buffer_unordered(PACKS_IN_FLIGHT);
+        while let Some((pack, wants, got)) = results.next().await {
+            let got = match got {
+                Ok(v) => v,
+                Err(e) => {
+                    let w: Vec<_> = wants.iter().map(|(i, l)| (*i, hashes[*i], *l)).collect();
+                    return Err(self.explain_read_error(pack, &w, e).await);
+                }
+            };
+            for ((i, loc), b) in wants.into_iter().zip(got) {
+                out[i] = Some((loc, b));
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|b| b.expect("every chunk was read"))
+            .collect())
+    }
+
     /// Reads some blobs of one pack; the outer error is for the pack, the inner per blob.
     pub(crate) async fn read_pack_blobs(
         &self,
@@ -172,4 +214,42 @@ pub fn decode_verified(hash: ChunkHash, loc: &BlobLoc, stored: &[u8]) -> Result<
         return Err(corrupt("BLAKE3 hash mismatch".into()));
     }
     Ok(Bytes::from(raw))
+}
+
+/// Why a received chunk was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyChunkError {
+    /// The bytes do not decompress to the announced length.
+    #[error("chunk {0} does not decode: {1}")]
+    Decode(ChunkHash, String),
+    /// The bytes do not hash to the chunk's address.
+    #[error("chunk {0} fails verification: BLAKE3 mismatch")]
+    Mismatch(ChunkHash),
+}
+
+/// Decodes stored chunk bytes received from elsewhere (a data-plane peer) and checks them
+/// against `hash`; raw chunks are verified in place, without a copy.
+pub fn verify_stored(
+    hash: ChunkHash,
+    codec: Codec,
+    raw_len: u32,
+    stored: Bytes,
+) -> Result<Bytes, VerifyChunkError> {
+    let raw = match codec {
+        Codec::Raw if stored.len() == raw_len as usize => stored,
+        Codec::Raw => {
+            return Err(VerifyChunkError::Decode(
+                hash,
+                format!("raw chunk of {} bytes, announced {raw_len}", stored.len()),
+            ));
+        }
+        Codec::Zstd => Bytes::from(
+            codec::decode(codec, &stored, raw_len as usize)
+                .map_err(|e| VerifyChunkError::Decode(hash, e.to_string()))?,
+        ),
+    };
+    if ChunkHash::of(&raw) != hash {
+        return Err(VerifyChunkError::Mismatch(hash));
+    }
+    Ok(raw)
 }

@@ -196,6 +196,15 @@ impl Store {
         self.index.read().expect("index lock poisoned").clone()
     }
 
+    /// Re-reads the chunk index from the backend, picking up packs committed by other
+    /// processes since this handle was opened (a long-running server calls it when it meets
+    /// a version or chunk it does not know).
+    pub async fn refresh_index(&self) -> Result<(), OpenError> {
+        let idx = self.load_index().await?;
+        *self.index.write().expect("index lock poisoned") = Arc::new(idx);
+        Ok(())
+    }
+
     fn backend_err(&self, source: object_store::Error) -> OpenError {
         OpenError::Backend {
             location: self.location.clone(),

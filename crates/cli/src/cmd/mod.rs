@@ -1,13 +1,17 @@
 //! One module per subcommand, plus the arguments they share.
 
+pub mod agent;
 pub mod bench;
+pub mod coordinator;
 pub mod demo;
 pub mod eval;
 pub mod gc;
 pub mod import;
 pub mod restore;
 pub mod snapshot;
+pub mod status;
 pub mod train;
+pub mod transfer;
 pub mod verify;
 pub mod versions;
 pub mod watch;
@@ -101,4 +105,20 @@ pub fn read_history(path: &std::path::Path) -> anyhow::Result<Vec<HistoryRecord>
         );
     }
     Ok(records)
+}
+
+/// `--token-file`, shared by the networked commands.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TokenArg {
+    /// File holding the shared token (else the PREWARM_TOKEN environment variable). Required
+    /// by every listener bound to a non-loopback address.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl TokenArg {
+    /// The token, if any.
+    pub fn load(&self) -> anyhow::Result<Option<prewarm_transfer::Token>> {
+        Ok(prewarm_transfer::Token::load(self.token_file.as_deref())?)
+    }
 }

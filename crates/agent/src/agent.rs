@@ -1,0 +1,646 @@
+//! The agent's core, independent of how it is reached: load a state version (dedup'd per
+//! state, delta + resumable + verified, atomically installed), answer `ensure` (hit at once,
+//! on-demand fetch on a miss), react to invalidations, report inventory, log history.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prewarm_core::{CapacityId, ResourceId, Version};
+use prewarm_store::Manifest;
+use prewarm_transfer::{Connection, DataAddr, DataError, Pacer, Priorities, Registry, Token};
+use tokio::sync::{Notify, watch};
+
+use crate::history::HistoryLog;
+use crate::install::{self, InstallError, InstallReport};
+use crate::local::LocalChunks;
+use crate::metrics::AgentMetrics;
+use crate::space::{Held, SpaceError, StateSpace};
+
+/// How an agent is set up.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The capacity's id.
+    pub name: CapacityId,
+    /// Root of the state space, staging, manifests and history.
+    pub cache_dir: PathBuf,
+    /// Byte budget of installed states.
+    pub cache_size: u64,
+    /// Bandwidth limit for predictive transfers, bytes/s (`None`: unlimited).
+    pub predictive_rate: Option<u64>,
+    /// Resource-id prefixes whose invalidations mark held versions stale instead of refreshing
+    /// them by delta transfer (the default).
+    pub mark_stale: Vec<String>,
+    /// Sent to the coordinator (gRPC and data plane) when set.
+    pub token: Option<Token>,
+    /// How long an `ensure` answer keeps its state from eviction.
+    pub lease: Duration,
+    /// Which data-plane channel to use.
+    pub data_path: DataPath,
+}
+
+/// Data-plane channel choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataPath {
+    /// The Unix socket when the coordinator is on this host, else TCP.
+    Auto,
+    /// Always TCP.
+    Tcp,
+    /// Always the Unix socket (fails when there is none).
+    Unix,
+}
+
+/// Which version a load wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// Exactly this one.
+    Exact(Version),
+    /// The newest, which must be at least this (any when `None`).
+    AtLeast(Option<Version>),
+}
+
+/// Transfer priority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// An execution waits.
+    OnDemand,
+    /// A prediction.
+    Predictive,
+}
+
+/// Why a load failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The agent does not know a data plane yet (not attached to a coordinator).
+    #[error("not attached to a coordinator yet: no source for state")]
+    NoSource,
+    /// The data plane failed or refused.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The newest version is older than required.
+    #[error("{resource}: newest version is {newest}, {wanted} or newer was asked for")]
+    TooOld {
+        /// The resource.
+        resource: ResourceId,
+        /// Newest in the store.
+        newest: Version,
+        /// Asked for.
+        wanted: Version,
+    },
+    /// The state space refused (full, …).
+    #[error(transparent)]
+    Space(#[from] SpaceError),
+    /// The install failed (verification, disk…).
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    /// Publishing the state failed.
+    #[error("cannot publish {path}: {source}")]
+    Publish {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl LoadError {
+    /// A short reason, for metrics and acknowledgements.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LoadError::NoSource => "no_source",
+            LoadError::Data(DataError::UnknownState(_)) | LoadError::TooOld { .. } => {
+                "unknown_state"
+            }
+            LoadError::Data(DataError::Refused { .. }) => "refused",
+            LoadError::Data(_) => "source",
+            LoadError::Space(SpaceError::Full { .. }) => "cache_full",
+            LoadError::Space(_) => "io",
+            LoadError::Install(InstallError::Verification { .. }) => "verification",
+            LoadError::Install(InstallError::Data(_)) => "source",
+            LoadError::Install(InstallError::Io { .. }) | LoadError::Publish { .. } => "io",
+        }
+    }
+}
+
+/// A finished load.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The state now held.
+    pub held: Held,
+    /// What moved (`None` when it was already held).
+    pub report: Option<InstallReport>,
+}
+
+/// The current data-plane source.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// Where.
+    pub addr: DataAddr,
+    /// The coordinator process it belongs to.
+    pub instance: String,
+}
+
+struct Local {
+    space: StateSpace,
+    chunks: LocalChunks,
+}
+
+#[derive(Default)]
+struct InFlight {
+    lock: tokio::sync::Mutex<()>,
+    boosted: Arc<AtomicBool>,
+}
+
+/// One capacity's state manager.
+pub struct Agent {
+    cfg: AgentConfig,
+    local: Mutex<Local>,
+    source: watch::Sender<Option<Source>>,
+    inflight: Mutex<HashMap<(ResourceId, Version), Arc<InFlight>>>,
+    /// Per resource: the newest version announced and since when (staleness).
+    superseded: Mutex<HashMap<ResourceId, (Version, Instant)>>,
+    priorities: Arc<Priorities>,
+    next_free: Arc<Mutex<tokio::time::Instant>>,
+    /// Metrics.
+    pub metrics: AgentMetrics,
+    /// The registry the metrics live in.
+    pub registry: Registry,
+    history: HistoryLog,
+    /// Signalled whenever the inventory changes.
+    pub changed: Notify,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state space could not be opened.
+    #[error(transparent)]
+    Space(#[from] SpaceError),
+    /// The cache directory is unusable.
+    #[error("{path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl Agent {
+    /// Opens the cache (checking every held state against its saved manifest and size) and
+    /// starts the history log. Must run inside a tokio runtime.
+    pub fn open(mut cfg: AgentConfig) -> Result<Arc<Self>, StartError> {
+        // Paths handed to applications must not depend on the agent's working directory.
+        std::fs::create_dir_all(&cfg.cache_dir)
+            .and_then(|_| std::fs::canonicalize(&cfg.cache_dir))
+            .map(|p| cfg.cache_dir = p)
+            .map_err(|source| StartError::Io {
+                path: cfg.cache_dir.clone(),
+                source,
+            })?;
+        let mut space = StateSpace::open(&cfg.cache_dir, cfg.cache_size)?;
+        let mut chunks = LocalChunks::new(cfg.cache_dir.join("manifests"));
+        for h in space.inventory() {
+            let ok = chunks.load(&h.resource, h.version, &h.path) && size_matches(&h);
+            if !ok {
+                tracing::warn!("{}@{}: unverifiable, dropped", h.resource, h.version);
+                chunks.remove(&h.resource, h.version);
+                space.remove(&h.resource, h.version)?;
+            }
+        }
+        let registry = Registry::default();
+        let metrics = AgentMetrics::new(&registry, &cfg.name);
+        let history = HistoryLog::start(cfg.cache_dir.join("history.jsonl")).map_err(|source| {
+            StartError::Io {
+                path: cfg.cache_dir.join("history.jsonl"),
+                source,
+            }
+        })?;
+        let agent = Arc::new(Agent {
+            local: Mutex::new(Local { space, chunks }),
+            source: watch::channel(None).0,
+            inflight: Mutex::default(),
+            superseded: Mutex::default(),
+            priorities: Arc::default(),
+            next_free: Arc::new(Mutex::new(tokio::time::Instant::now())),
+            metrics,
+            registry,
+            history,
+            changed: Notify::new(),
+            cfg,
+        });
+        agent.update_gauges();
+        Ok(agent)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.cfg
+    }
+
+    /// Sets (or clears) the data-plane source; waiting loads proceed.
+    pub fn set_source(&self, s: Option<Source>) {
+        self.source.send_replace(s);
+    }
+
+    async fn connect(&self) -> Result<Connection, LoadError> {
+        let mut rx = self.source.subscribe();
+        let current = rx.borrow_and_update().clone();
+        let src = match current {
+            Some(s) => s,
+            None => {
+                // Attaching may be in progress (e.g. right after start): wait a little.
+                let wait =
+                    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(Option::is_some))
+                        .await;
+                match wait {
+                    Ok(Ok(s)) => s.clone().expect("waited for Some"),
+                    _ => return Err(LoadError::NoSource),
+                }
+            }
+        };
+        Ok(Connection::connect(&src.addr, self.cfg.token.as_ref()).await?)
+    }
+
+    /// Everything held, with staleness.
+    pub fn inventory(&self) -> (Vec<(Held, bool)>, u64, u64) {
+        let local = self.local.lock().expect("agent lock poisoned");
+        let sup = self.superseded.lock().expect("agent lock poisoned");
+        let held = local
+            .space
+            .inventory()
+            .into_iter()
+            .map(|h| {
+                let stale = sup.get(&h.resource).is_some_and(|(v, _)| *v > h.version);
+                (h, stale)
+            })
+            .collect();
+        (held, local.space.used(), local.space.budget())
+    }
+
+    fn update_gauges(&self) {
+        let local = self.local.lock().expect("agent lock poisoned");
+        self.metrics.cache_bytes.set(local.space.used());
+        self.metrics.cache_budget.set(local.space.budget());
+        self.metrics
+            .states
+            .set(local.space.inventory().len() as u64);
+    }
+
+    fn held_at_least(&self, resource: &ResourceId, min: Option<Version>) -> Option<Held> {
+        let local = self.local.lock().expect("agent lock poisoned");
+        local
+            .space
+            .inventory()
+            .into_iter()
+            .filter(|h| &h.resource == resource && min.is_none_or(|m| h.version >= m))
+            .next_back()
+    }
+
+    /// Loads a state (see the module docs). Concurrent loads of one state share the work.
+    pub async fn load(
+        self: &Arc<Self>,
+        resource: &ResourceId,
+        want: Want,
+        priority: Priority,
+    ) -> Result<Loaded, LoadError> {
+        let min = match want {
+            Want::Exact(v) => Some(v),
+            Want::AtLeast(m) => m,
+        };
+        if let (Want::Exact(_), Some(held)) = (want, self.held_at_least(resource, min)) {
+            return Ok(Loaded { held, report: None });
+        }
+        let t0 = Instant::now();
+        let _urgent = (priority == Priority::OnDemand).then(|| self.priorities.on_demand());
+        let result = self.load_inner(resource, want, priority).await;
+        let prio = match priority {
+            Priority::OnDemand => "on_demand",
+            Priority::Predictive => "predictive",
+        };
+        match &result {
+            Ok(Loaded {
+                report: Some(r), ..
+            }) => {
+                self.metrics.wire_bytes.add(r.wire_bytes);
+                self.metrics.reused_bytes.add(r.reused_bytes);
+                self.metrics.resumed_bytes.add(r.resumed_bytes);
+                self.metrics.transfer_seconds.observe(t0.elapsed());
+                self.registry
+                    .counter(
+                        "prewarm_agent_transfers_total",
+                        "Transfers completed, by priority.",
+                        &[("priority", prio)],
+                    )
+                    .inc();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("load {resource} ({want:?}): {e}");
+                self.metrics.failure(&self.registry, e.reason());
+            }
+        }
+        result
+    }
+
+    async fn load_inner(
+        self: &Arc<Self>,
+        resource: &ResourceId,
+        want: Want,
+        priority: Priority,
+    ) -> Result<Loaded, LoadError> {
+        let mut conn = self.connect().await?;
+        let m = match want {
+            Want::Exact(v) => conn.manifest(resource, Some(v)).await?,
+            Want::AtLeast(min) => {
+                let m = conn.manifest(resource, None).await?;
+                if let Some(wanted) = min.filter(|w| m.state.version < *w) {
+                    return Err(LoadError::TooOld {
+                        resource: resource.clone(),
+                        newest: m.state.version,
+                        wanted,
+                    });
+                }
+                m
+            }
+        };
+        let version = m.state.version;
+        let flight = {
+            let mut map = self.inflight.lock().expect("agent lock poisoned");
+            map.entry((resource.clone(), version)).or_default().clone()
+        };
+        if priority == Priority::OnDemand {
+            flight.boosted.store(true, Ordering::Release);
+        }
+        let _guard = flight.lock.lock().await;
+        let out = self
+            .install_locked(conn, Arc::new(m), priority, &flight)
+            .await;
+        self.inflight
+            .lock()
+            .expect("agent lock poisoned")
+            .remove(&(resource.clone(), version));
+        out
+    }
+
+    async fn install_locked(
+        self: &Arc<Self>,
+        mut conn: Connection,
+        m: Arc<Manifest>,
+        priority: Priority,
+        flight: &InFlight,
+    ) -> Result<Loaded, LoadError> {
+        let (resource, version) = (m.state.resource.clone(), m.state.version);
+        // Finished by another load while this one waited?
+        if let Some(held) = self
+            .held_at_least(&resource, Some(version))
+            .filter(|h| h.version == version)
+        {
+            return Ok(Loaded { held, report: None });
+        }
+        let staging = self.staging_path(&resource, version);
+        let staged_manifest = staging.with_extension("manifest");
+        let (slot, sources, _leases) = {
+            let mut local = self.local.lock().expect("agent lock poisoned");
+            let slot = local.space.begin(&resource, version, m.logical_size)?;
+            for (r, v) in local.space.take_evicted() {
+                local.chunks.remove(&r, v);
+                self.metrics.evictions.inc();
+            }
+            let (sources, states) = local.chunks.sources_for(&m);
+            let leases: Vec<_> = states
+                .iter()
+                .filter_map(|(r, v)| local.space.lease(r, *v))
+                .collect();
+            (slot, sources, leases)
+        };
+        let publish_err = |path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| LoadError::Publish { path, source }
+        };
+        if let Some(parent) = staging.parent() {
+            std::fs::create_dir_all(parent).map_err(publish_err(parent))?;
+        }
+        std::fs::write(&staged_manifest, m.encode()).map_err(publish_err(&staged_manifest))?;
+        let pacer = (priority == Priority::Predictive).then(|| {
+            Pacer::new(
+                self.cfg.predictive_rate,
+                self.next_free.clone(),
+                self.priorities.clone(),
+                flight.boosted.clone(),
+            )
+        });
+        let report =
+            install::install(m.clone(), &staging, sources, &mut conn, pacer.as_ref()).await?;
+        // Publish: one rename makes the whole, verified state visible.
+        std::fs::rename(&staging, slot.path()).map_err(publish_err(slot.path()))?;
+        let held = {
+            let mut local = self.local.lock().expect("agent lock poisoned");
+            let held = local.space.commit(slot)?;
+            local
+                .chunks
+                .save(m.clone(), &held.path)
+                .map_err(publish_err(&held.path))?;
+            held
+        };
+        let _ = std::fs::remove_file(&staged_manifest);
+        self.update_gauges();
+        self.changed.notify_one();
+        tracing::info!(
+            "installed {resource}@{version}: {} B, {} B on the wire, {} B reused, {} B resumed, {:.1} ms",
+            report.state_bytes,
+            report.wire_bytes,
+            report.reused_bytes,
+            report.resumed_bytes,
+            report.micros as f64 / 1e3
+        );
+        Ok(Loaded {
+            held,
+            report: Some(report),
+        })
+    }
+
+    fn staging_path(&self, resource: &ResourceId, version: Version) -> PathBuf {
+        self.cfg
+            .cache_dir
+            .join("staging")
+            .join(resource.as_str())
+            .join(format!("v{}", version.get()))
+    }
+
+    /// Interrupted transfers found in staging: (resource, version).
+    pub fn staged(&self) -> Vec<(ResourceId, Version)> {
+        let root = self.cfg.cache_dir.join("staging");
+        let mut out = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    if p.extension().is_none() && !p.with_extension("manifest").exists() {
+                        stack.push(p);
+                    }
+                    continue;
+                }
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(v) = name
+                    .strip_prefix('v')
+                    .and_then(|n| n.strip_suffix(".manifest"))
+                    .and_then(|n| n.parse().ok())
+                    .and_then(Version::new)
+                else {
+                    continue;
+                };
+                let rel = dir
+                    .strip_prefix(&root)
+                    .ok()
+                    .and_then(|r| r.to_str())
+                    .map(str::to_owned);
+                if let Some(r) = rel.and_then(|r| ResourceId::new(r).ok()) {
+                    out.push((r, v));
+                }
+            }
+        }
+        out
+    }
+
+    /// Resumes interrupted transfers (predictive priority), in the background.
+    pub fn resume_staged(self: &Arc<Self>) {
+        for (r, v) in self.staged() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                tracing::info!("resuming interrupted transfer of {r}@{v}");
+                match me.load(&r, Want::Exact(v), Priority::Predictive).await {
+                    Ok(_) => {}
+                    Err(LoadError::Data(DataError::UnknownState(_))) => {
+                        let p = me.staging_path(&r, v);
+                        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+                        let _ = std::fs::remove_file(p.with_extension("manifest"));
+                    }
+                    Err(_) => {}
+                }
+            });
+        }
+    }
+
+    /// A newer version of `resource` was committed: refresh held older versions by delta
+    /// transfer, or (for `mark_stale` resources) mark them stale.
+    pub fn invalidate(self: &Arc<Self>, resource: ResourceId, newest: Version) {
+        {
+            let mut sup = self.superseded.lock().expect("agent lock poisoned");
+            let e = sup
+                .entry(resource.clone())
+                .or_insert((newest, Instant::now()));
+            if newest > e.0 {
+                *e = (newest, Instant::now());
+            }
+        }
+        let holds_older = self
+            .held_at_least(&resource, None)
+            .is_some_and(|h| h.version < newest);
+        if !holds_older {
+            return;
+        }
+        self.metrics.invalidations.inc();
+        self.changed.notify_one();
+        if self
+            .cfg
+            .mark_stale
+            .iter()
+            .any(|p| resource.as_str().starts_with(p.as_str()))
+        {
+            tracing::info!("{resource}: v{newest} committed; held versions marked stale");
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            tracing::info!("{resource}: v{newest} committed; refreshing by delta transfer");
+            if me
+                .load(&resource, Want::Exact(newest), Priority::Predictive)
+                .await
+                .is_ok()
+            {
+                me.drop_older(&resource, newest);
+            }
+        });
+    }
+
+    /// Removes versions of `resource` older than `version` that no one leases (a refresh
+    /// replaced them).
+    fn drop_older(&self, resource: &ResourceId, version: Version) {
+        let mut local = self.local.lock().expect("agent lock poisoned");
+        let old: Vec<Version> = local
+            .space
+            .inventory()
+            .into_iter()
+            .filter(|h| &h.resource == resource && h.version < version)
+            .map(|h| h.version)
+            .collect();
+        for v in old {
+            if let Ok(true) = local.space.remove(resource, v) {
+                local.chunks.remove(resource, v);
+            }
+        }
+        drop(local);
+        self.update_gauges();
+        self.changed.notify_one();
+    }
+
+    /// Whether `held` may be served under a staleness bound.
+    fn fresh_enough(&self, held: &Held, max_stale: Option<Duration>) -> bool {
+        let sup = self.superseded.lock().expect("agent lock poisoned");
+        match sup.get(&held.resource) {
+            Some((newest, since)) if *newest > held.version => {
+                let marked = self
+                    .cfg
+                    .mark_stale
+                    .iter()
+                    .any(|p| held.resource.as_str().starts_with(p.as_str()));
+                let bound = max_stale.unwrap_or(if marked {
+                    Duration::ZERO
+                } else {
+                    Duration::MAX
+                });
+                since.elapsed() <= bound
+            }
+            _ => true,
+        }
+    }
+
+    pub(crate) fn history(&self) -> &HistoryLog {
+        &self.history
+    }
+
+    pub(crate) fn hit(
+        &self,
+        resource: &ResourceId,
+        min: Option<Version>,
+        max_stale: Option<Duration>,
+    ) -> Option<(Held, crate::space::Lease)> {
+        let got = self
+            .local
+            .lock()
+            .expect("agent lock poisoned")
+            .space
+            .get(resource, min)?;
+        self.fresh_enough(&got.0, max_stale).then_some(got)
+    }
+}
+
+fn size_matches(h: &Held) -> bool {
+    fn walk(p: &std::path::Path) -> u64 {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => std::fs::read_dir(p)
+                .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum())
+                .unwrap_or(0),
+            Ok(m) if m.is_file() => m.len(),
+            _ => 0,
+        }
+    }
+    walk(&h.path) == h.bytes
+}

@@ -1,0 +1,152 @@
+//! A Rust client for the agent's ensure API: one kept-alive HTTP/1.1 connection (re-opened
+//! when it breaks), typed answers and errors.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), prewarm_agent::client::ClientError> {
+//! let agent = prewarm_agent::client::EnsureClient::new("127.0.0.1:7200", None);
+//! let r = prewarm_core::ResourceId::new("models/llama").expect("valid id");
+//! let state = agent.ensure(&r, None, Some(5_000)).await?;
+//! println!("read it at {}", state.path.display());
+//! # Ok(()) }
+//! ```
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use prewarm_core::ResourceId;
+use prewarm_transfer::Token;
+
+use crate::ensure::Ensured;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The agent could not be reached.
+    #[error("cannot reach the agent at {addr}: {why}")]
+    Connect {
+        /// Where.
+        addr: String,
+        /// Why.
+        why: String,
+    },
+    /// The HTTP exchange failed.
+    #[error("HTTP: {0}")]
+    Http(String),
+    /// The agent answered with an error.
+    #[error("{status} {kind}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Error kind (`timeout`, `unknown_state`, `cache_full`…).
+        kind: String,
+        /// Explanation.
+        message: String,
+    },
+    /// The answer was not the expected JSON.
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+}
+
+/// A client of one agent.
+pub struct EnsureClient {
+    addr: String,
+    auth: Option<String>,
+    conn: tokio::sync::Mutex<Option<SendRequest<Empty<Bytes>>>>,
+}
+
+impl EnsureClient {
+    /// A client of the agent listening at `addr` (`host:port`).
+    pub fn new(addr: impl Into<String>, token: Option<&Token>) -> Self {
+        EnsureClient {
+            addr: addr.into(),
+            auth: token.map(|t| format!("Bearer {}", t.expose())),
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn open(&self) -> Result<SendRequest<Empty<Bytes>>, ClientError> {
+        let err = |why: String| ClientError::Connect {
+            addr: self.addr.clone(),
+            why,
+        };
+        let tcp = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(send)
+    }
+
+    /// GETs `path` and returns the body of a 2xx answer.
+    pub async fn get(&self, path: &str) -> Result<Bytes, ClientError> {
+        let mut guard = self.conn.lock().await;
+        for attempt in 0..2 {
+            let mut send = match guard.take() {
+                Some(s) if !s.is_closed() => s,
+                _ => self.open().await?,
+            };
+            let mut req = hyper::Request::get(path).header(hyper::header::HOST, &self.addr);
+            if let Some(a) = &self.auth {
+                req = req.header(hyper::header::AUTHORIZATION, a);
+            }
+            let req = req
+                .body(Empty::new())
+                .map_err(|e| ClientError::Http(e.to_string()))?;
+            let resp = match send.send_request(req).await {
+                Ok(r) => r,
+                // A kept-alive connection the server closed: retry once on a fresh one.
+                Err(e) if attempt == 0 && (e.is_closed() || e.is_canceled()) => continue,
+                Err(e) => return Err(ClientError::Http(e.to_string())),
+            };
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Http(e.to_string()))?
+                .to_bytes();
+            *guard = Some(send);
+            if status.is_success() {
+                return Ok(body);
+            }
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let field = |k: &str| {
+                v.get(k)
+                    .and_then(|s| s.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                kind: field("error"),
+                message: field("message"),
+            });
+        }
+        Err(ClientError::Http("connection closed twice".into()))
+    }
+
+    /// Ensures `resource` (at least `min_version`) is installed; waits up to `timeout_ms` on a
+    /// miss (the agent's default when `None`).
+    pub async fn ensure(
+        &self,
+        resource: &ResourceId,
+        min_version: Option<u64>,
+        timeout_ms: Option<u64>,
+    ) -> Result<Ensured, ClientError> {
+        let mut path = format!("/v1/states/{}", resource.as_str());
+        let mut sep = '?';
+        for (k, v) in [("min_version", min_version), ("timeout_ms", timeout_ms)] {
+            if let Some(v) = v {
+                path.push_str(&format!("{sep}{k}={v}"));
+                sep = '&';
+            }
+        }
+        let body = self.get(&path).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}

@@ -1,0 +1,251 @@
+//! The agent's side of the control plane: attach to the coordinator (gRPC), learn the data
+//! plane's address from `Welcome`, carry out `Load` commands and acknowledge them, react to
+//! `Invalidate`, report the inventory whenever it changes; reattach with backoff when the
+//! coordinator goes away (held states keep being served meanwhile).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prewarm_core::{ResourceId, Version};
+use prewarm_proto::wire::{
+    self, AttachRequest, FailureKind, Inventory, StateVersion, TransferAck, command,
+    coordinator_client::CoordinatorClient,
+};
+use prewarm_transfer::{DataAddr, Token};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::agent::{Agent, DataPath, LoadError, Priority, Source, Want};
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct BearerAuth(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A control-plane client.
+pub type Client = CoordinatorClient<InterceptedService<Channel, BearerAuth>>;
+
+/// Connects to the coordinator at `url` (`http://host:port`).
+pub async fn connect(url: &str, token: Option<&Token>) -> Result<Client, String> {
+    let ep = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("invalid coordinator URL {url}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let ch = ep
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the coordinator at {url}: {e}"))?;
+    let auth = match token {
+        Some(t) => Some(
+            format!("Bearer {}", t.expose())
+                .parse()
+                .map_err(|_| "the token is not a valid header value".to_owned())?,
+        ),
+        None => None,
+    };
+    Ok(CoordinatorClient::with_interceptor(ch, BearerAuth(auth))
+        .max_decoding_message_size(64 << 20))
+}
+
+/// The inventory message of `agent`.
+pub fn inventory(agent: &Agent) -> Inventory {
+    let (held, used, budget) = agent.inventory();
+    Inventory {
+        capacity: agent.config().name.as_str().to_owned(),
+        held: held
+            .into_iter()
+            .map(|(h, stale)| StateVersion {
+                resource: h.resource.as_str().to_owned(),
+                version: h.version.get(),
+                bytes: h.bytes,
+                stale,
+            })
+            .collect(),
+        cache_used: used,
+        cache_budget: budget,
+    }
+}
+
+/// Attaches forever (returns only if the runtime shuts down).
+pub async fn run(agent: Arc<Agent>, url: String, ensure_addr: String) {
+    let mut backoff = Duration::from_millis(200);
+    let resumed = AtomicBool::new(false);
+    loop {
+        match attach_once(&agent, &url, &ensure_addr, &resumed).await {
+            Ok(()) => {
+                tracing::warn!("the coordinator closed the attach stream; reattaching");
+                backoff = Duration::from_millis(200);
+            }
+            Err(e) => tracing::warn!("attach: {e}; retrying in {backoff:?}"),
+        }
+        agent.set_source(None);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn pick_source(agent: &Agent, w: &wire::Welcome, url: &str) -> Source {
+    let same_host = !w.data_unix.is_empty()
+        && w.host_id == prewarm_transfer::host_id()
+        && std::path::Path::new(&w.data_unix).exists();
+    let unix = match agent.config().data_path {
+        DataPath::Unix => true,
+        DataPath::Auto => same_host,
+        DataPath::Tcp => false,
+    };
+    let addr = if unix {
+        DataAddr::Unix(w.data_unix.clone().into())
+    } else {
+        // A wildcard bind address is reached at the host of the coordinator's URL.
+        let tcp = match w.data_tcp.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => {
+                let host = url
+                    .split("://")
+                    .nth(1)
+                    .and_then(|r| r.rsplit_once(':'))
+                    .map_or("127.0.0.1", |(h, _)| h);
+                format!("{host}:{}", a.port())
+            }
+            _ => w.data_tcp.clone(),
+        };
+        DataAddr::Tcp(tcp)
+    };
+    Source {
+        addr,
+        instance: w.coordinator_instance.clone(),
+    }
+}
+
+async fn attach_once(
+    agent: &Arc<Agent>,
+    url: &str,
+    ensure_addr: &str,
+    resumed: &AtomicBool,
+) -> Result<(), String> {
+    let mut client = connect(url, agent.config().token.as_ref()).await?;
+    let req = AttachRequest {
+        capacity: agent.config().name.as_str().to_owned(),
+        ensure_addr: ensure_addr.to_owned(),
+        inventory: Some(inventory(agent)),
+    };
+    let mut stream = client
+        .attach(req)
+        .await
+        .map_err(|s| format!("attach refused: {}", s.message()))?
+        .into_inner();
+    let first = stream.message().await.map_err(|s| s.message().to_owned())?;
+    let Some(wire::Command {
+        command: Some(command::Command::Welcome(w)),
+    }) = first
+    else {
+        return Err("the coordinator did not welcome".into());
+    };
+    let source = pick_source(agent, &w, url);
+    tracing::info!(
+        "attached to coordinator {} (data plane {})",
+        w.coordinator_instance,
+        source.addr
+    );
+    agent.set_source(Some(source));
+    if !resumed.swap(true, Ordering::AcqRel) {
+        agent.resume_staged();
+    }
+    let reporter = {
+        let (agent, mut client) = (agent.clone(), client.clone());
+        tokio::spawn(async move {
+            loop {
+                agent.changed.notified().await;
+                if let Err(s) = client.report(inventory(&agent)).await {
+                    tracing::warn!("inventory report: {}", s.message());
+                }
+            }
+        })
+    };
+    let result = loop {
+        match stream.message().await {
+            Ok(Some(wire::Command { command: Some(c) })) => match c {
+                command::Command::Load(l) => {
+                    let (agent, client) = (agent.clone(), client.clone());
+                    tokio::spawn(carry_out(agent, client, l));
+                }
+                command::Command::Invalidate(i) => {
+                    match (ResourceId::new(i.resource), Version::new(i.new_version)) {
+                        (Ok(r), Some(v)) => agent.invalidate(r, v),
+                        _ => tracing::warn!("invalid invalidation ignored"),
+                    }
+                }
+                command::Command::Welcome(_) => {}
+            },
+            Ok(Some(_)) => {}
+            Ok(None) => break Ok(()),
+            Err(s) => break Err(format!("attach stream: {}", s.message())),
+        }
+    };
+    reporter.abort();
+    result
+}
+
+fn failure_kind(e: &LoadError) -> FailureKind {
+    match e.reason() {
+        "unknown_state" => FailureKind::UnknownState,
+        "cache_full" => FailureKind::CacheFull,
+        "verification" => FailureKind::Verification,
+        "io" => FailureKind::Io,
+        _ => FailureKind::Source,
+    }
+}
+
+async fn carry_out(agent: Arc<Agent>, mut client: Client, l: wire::Load) {
+    let mut ack = TransferAck {
+        transfer_id: l.transfer_id,
+        capacity: agent.config().name.as_str().to_owned(),
+        resource: l.resource.clone(),
+        version: l.version,
+        priority: l.priority,
+        ..Default::default()
+    };
+    let priority = if l.priority == wire::Priority::OnDemand as i32 {
+        Priority::OnDemand
+    } else {
+        Priority::Predictive
+    };
+    match (ResourceId::new(l.resource), Version::new(l.version)) {
+        (Ok(r), Some(v)) => match agent.load(&r, Want::Exact(v), priority).await {
+            Ok(loaded) => {
+                ack.ok = true;
+                ack.version = loaded.held.version.get();
+                ack.state_bytes = loaded.held.bytes;
+                match loaded.report {
+                    Some(rep) => {
+                        ack.wire_bytes = rep.wire_bytes;
+                        ack.reused_bytes = rep.reused_bytes;
+                        ack.resumed_bytes = rep.resumed_bytes;
+                        ack.duration_us = rep.micros;
+                    }
+                    None => ack.already_held = true,
+                }
+            }
+            Err(e) => {
+                ack.failure = failure_kind(&e) as i32;
+                ack.error = e.to_string();
+            }
+        },
+        _ => {
+            ack.failure = FailureKind::InvalidRequest as i32;
+            ack.error = "invalid resource id or version in the command".into();
+        }
+    }
+    if let Err(s) = client.ack(ack).await {
+        tracing::warn!("ack: {}", s.message());
+    }
+}

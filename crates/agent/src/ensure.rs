@@ -1,0 +1,185 @@
+//! `ensure`: what the application calls before it reads a state. A hit (a recent-enough
+//! version is installed) answers at once; a miss fetches on demand, ahead of predictive
+//! transfers, and answers when the state is installed or the timeout passes (the fetch then
+//! carries on, so the next call hits). Every call becomes a history record.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prewarm_core::{Event, HistoryRecord, ReadAccess, ResourceId, Version};
+use serde::Serialize;
+
+use crate::agent::{Agent, LoadError, Priority, Want};
+
+/// An `ensure` call.
+#[derive(Clone, Debug)]
+pub struct EnsureRequest {
+    /// The state.
+    pub resource: ResourceId,
+    /// Oldest acceptable version.
+    pub min_version: Option<Version>,
+    /// How long to wait on a miss.
+    pub timeout: Duration,
+    /// The execution's sequence key (function, tenant, session), for the history.
+    pub key: Option<String>,
+    /// How long a superseded version may still be served (default: forever, or never for
+    /// `mark_stale` resources).
+    pub max_stale: Option<Duration>,
+}
+
+/// The answer (the HTTP API's JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Ensured {
+    /// The state.
+    pub resource: String,
+    /// The version installed.
+    pub version: u64,
+    /// Where the application reads it.
+    pub path: PathBuf,
+    /// Whether it was already there.
+    pub hit: bool,
+    /// Time waited, milliseconds.
+    pub wait_ms: u64,
+}
+
+/// Why `ensure` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnsureError {
+    /// The on-demand fetch did not finish in time (it carries on in the background).
+    #[error("{resource} not ready within {timeout_ms} ms (the fetch continues)")]
+    Timeout {
+        /// The state.
+        resource: ResourceId,
+        /// The timeout.
+        timeout_ms: u64,
+    },
+    /// The fetch failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+impl Agent {
+    /// See the module docs.
+    pub async fn ensure(self: &Arc<Self>, req: EnsureRequest) -> Result<Ensured, EnsureError> {
+        let t0 = Instant::now();
+        let result = self.ensure_inner(&req, t0).await;
+        let elapsed = t0.elapsed();
+        let outcome = match &result {
+            Ok(e) if e.hit => "hit",
+            Ok(_) => "miss",
+            Err(_) => "error",
+        };
+        self.metrics.ensure(&self.registry, outcome, elapsed);
+        let mut attrs = BTreeMap::new();
+        attrs.insert("hit".to_owned(), serde_json::Value::Bool(outcome == "hit"));
+        attrs.insert(
+            "wait_ms".into(),
+            serde_json::json!(elapsed.as_secs_f64() * 1e3),
+        );
+        if let Err(e) = &result {
+            attrs.insert("error".into(), serde_json::Value::String(e.to_string()));
+        }
+        let (version, bytes) = match &result {
+            Ok(e) => (
+                Version::new(e.version),
+                self.bytes_of(&req.resource, e.version),
+            ),
+            Err(_) => (None, 0),
+        };
+        let record = HistoryRecord {
+            ts: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            event: Event {
+                kind: "ensure".into(),
+                key: req
+                    .key
+                    .clone()
+                    .unwrap_or_else(|| self.config().name.as_str().to_owned()),
+                attrs,
+            },
+            capacity: Some(self.config().name.clone()),
+            reads: vec![ReadAccess {
+                resource: req.resource.clone(),
+                version,
+                bytes,
+            }],
+            writes: vec![],
+            duration_s: 0.0,
+        };
+        self.history().log(record);
+        result
+    }
+
+    fn bytes_of(&self, resource: &ResourceId, version: u64) -> u64 {
+        self.inventory()
+            .0
+            .iter()
+            .find(|(h, _)| &h.resource == resource && h.version.get() == version)
+            .map_or(0, |(h, _)| h.bytes)
+    }
+
+    async fn ensure_inner(
+        self: &Arc<Self>,
+        req: &EnsureRequest,
+        t0: Instant,
+    ) -> Result<Ensured, EnsureError> {
+        let lease_for = self.config().lease;
+        if let Some((held, lease)) = self.hit(&req.resource, req.min_version, req.max_stale) {
+            tokio::spawn(async move {
+                tokio::time::sleep(lease_for).await;
+                drop(lease);
+            });
+            return Ok(Ensured {
+                resource: held.resource.to_string(),
+                version: held.version.get(),
+                path: held.path,
+                hit: true,
+                wait_ms: t0.elapsed().as_millis() as u64,
+            });
+        }
+        // Miss: fetch on demand in a task of its own, so a timeout does not cancel it.
+        let me = self.clone();
+        let resource = req.resource.clone();
+        let min = req.min_version;
+        let task = tokio::spawn(async move {
+            me.load(&resource, Want::AtLeast(min), Priority::OnDemand)
+                .await
+        });
+        let loaded = match tokio::time::timeout(req.timeout, task).await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(e)) => {
+                return Err(EnsureError::Load(LoadError::Publish {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other(e.to_string()),
+                }));
+            }
+            Err(_) => {
+                return Err(EnsureError::Timeout {
+                    resource: req.resource.clone(),
+                    timeout_ms: req.timeout.as_millis() as u64,
+                });
+            }
+        };
+        // Lease what was installed like a hit would.
+        if let Some((_, lease)) = self.hit(
+            &req.resource,
+            Some(loaded.held.version),
+            Some(Duration::MAX),
+        ) {
+            tokio::spawn(async move {
+                tokio::time::sleep(lease_for).await;
+                drop(lease);
+            });
+        }
+        Ok(Ensured {
+            resource: loaded.held.resource.to_string(),
+            version: loaded.held.version.get(),
+            path: loaded.held.path,
+            hit: false,
+            wait_ms: t0.elapsed().as_millis() as u64,
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! The application's HTTP API on the agent:
+//!
+//! - `GET /v1/states/{resource}?min_version=N&timeout_ms=T&key=K&max_stale_ms=S` →
+//!   `{resource, version, path, hit, wait_ms}`; errors are `{error, message}` with 400
+//!   (invalid id or parameter), 401 (token), 404 (unknown resource or version), 504 (not
+//!   ready in time; the fetch continues), 507 (cache full of leased states), 502/503 (source).
+//! - `GET /v1/inventory` → what the capacity holds.
+//! - `GET /metrics` → Prometheus text.
+//!
+//! On a non-loopback listener every request needs `authorization: Bearer <token>`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prewarm_core::{ResourceId, Version};
+use prewarm_transfer::{DataError, Token};
+use serde::Deserialize;
+
+use crate::agent::{Agent, LoadError};
+use crate::ensure::{EnsureError, EnsureRequest};
+use crate::space::SpaceError;
+
+/// Longest `timeout_ms` accepted (10 minutes).
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Default `timeout_ms`.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
+#[derive(Clone)]
+struct Ctx {
+    agent: Arc<Agent>,
+    token: Option<Token>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnsureQuery {
+    min_version: Option<u64>,
+    timeout_ms: Option<u64>,
+    key: Option<String>,
+    max_stale_ms: Option<u64>,
+}
+
+/// The router; `token` is required when given.
+pub fn router(agent: Arc<Agent>, token: Option<Token>) -> Router {
+    Router::new()
+        .route("/v1/states/{*resource}", get(ensure))
+        .route("/v1/inventory", get(inventory))
+        .route("/metrics", get(metrics))
+        .with_state(Ctx { agent, token })
+}
+
+fn error(status: StatusCode, kind: &str, message: String) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": kind, "message": message })),
+    )
+        .into_response()
+}
+
+fn authorized(ctx: &Ctx, headers: &HeaderMap) -> Result<(), Response> {
+    match &ctx.token {
+        Some(t) if !t.matches_bearer(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) => {
+            tracing::warn!("ensure API: request without a valid token refused");
+            Err(error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token".into(),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn ensure(
+    State(ctx): State<Ctx>,
+    Path(resource): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<EnsureQuery>, QueryRejection>,
+) -> Response {
+    if let Err(r) = authorized(&ctx, &headers) {
+        return r;
+    }
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+    };
+    let resource = match ResourceId::new(resource) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_resource", e.to_string()),
+    };
+    let min_version = match q.min_version {
+        None => None,
+        Some(n) => match Version::new(n) {
+            Some(v) => Some(v),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "min_version must be ≥ 1".into(),
+                );
+            }
+        },
+    };
+    let timeout_ms = q.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    if timeout_ms > MAX_TIMEOUT_MS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("timeout_ms {timeout_ms} is over the limit of {MAX_TIMEOUT_MS}"),
+        );
+    }
+    let req = EnsureRequest {
+        resource,
+        min_version,
+        timeout: Duration::from_millis(timeout_ms),
+        key: q.key,
+        max_stale: q.max_stale_ms.map(Duration::from_millis),
+    };
+    match ctx.agent.ensure(req).await {
+        Ok(e) => axum::Json(e).into_response(),
+        Err(e) => {
+            let (status, kind) = match &e {
+                EnsureError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+                EnsureError::Load(l) => match l {
+                    LoadError::Data(DataError::UnknownState(_)) | LoadError::TooOld { .. } => {
+                        (StatusCode::NOT_FOUND, "unknown_state")
+                    }
+                    LoadError::Space(SpaceError::Full { .. }) => {
+                        (StatusCode::INSUFFICIENT_STORAGE, "cache_full")
+                    }
+                    LoadError::NoSource => (StatusCode::SERVICE_UNAVAILABLE, "no_source"),
+                    other => (StatusCode::BAD_GATEWAY, other.reason()),
+                },
+            };
+            error(status, kind, e.to_string())
+        }
+    }
+}
+
+async fn inventory(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&ctx, &headers) {
+        return r;
+    }
+    let (held, used, budget) = ctx.agent.inventory();
+    let states: Vec<_> = held
+        .iter()
+        .map(|(h, stale)| {
+            serde_json::json!({
+                "resource": h.resource.as_str(), "version": h.version.get(),
+                "bytes": h.bytes, "path": h.path, "stale": stale,
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "capacity": ctx.agent.config().name.as_str(),
+        "cache_used": used, "cache_budget": budget, "states": states,
+    }))
+    .into_response()
+}
+
+async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&ctx, &headers) {
+        return r;
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ctx.agent.registry.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,255 @@
+//! Installing one state version into a staging path: keep what an interrupted earlier
+//! attempt already wrote (re-verified), copy chunks the capacity already holds in other
+//! states (delta transfer, verified), fetch the rest over the data plane (pipelined, verified
+//! on receipt, written at their place), re-fetch chunks that failed verification a few
+//! times, then complete the tree. The caller renames the staging path into place: nothing
+//! here is ever visible at a state's path.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use prewarm_core::ChunkHash;
+use prewarm_store::{ChunkRef, Manifest};
+use prewarm_transfer::{Connection, DataError, Pacer, verify_batch};
+use rayon::prelude::*;
+use tokio::sync::mpsc;
+
+use crate::layout::{self, Files, Layout};
+
+/// Rounds of re-fetching chunks that failed verification before giving up.
+pub const VERIFY_ATTEMPTS: u32 = 3;
+
+/// Why an install failed. Nothing was installed; verified chunks stay in staging for a retry.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// Writing the staging path failed.
+    #[error("staging {path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The data plane failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A chunk kept failing verification.
+    #[error(
+        "chunk {chunk} failed verification {attempts} times (last: {why}); nothing was installed"
+    )]
+    Verification {
+        /// The chunk.
+        chunk: ChunkHash,
+        /// Fetches tried.
+        attempts: u32,
+        /// The last failure.
+        why: String,
+    },
+}
+
+/// Where a chunk can be copied from locally.
+#[derive(Clone)]
+pub struct LocalCopy {
+    /// The installed state's layout.
+    pub layout: Arc<Layout>,
+    /// Offset of the chunk in that state's stream.
+    pub offset: u64,
+}
+
+/// What an install moved.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InstallReport {
+    /// Bytes received on the data plane (frames included).
+    pub wire_bytes: u64,
+    /// Raw bytes copied from states already held.
+    pub reused_bytes: u64,
+    /// Raw bytes kept from an interrupted attempt.
+    pub resumed_bytes: u64,
+    /// Raw bytes fetched over the network.
+    pub fetched_bytes: u64,
+    /// The state's size.
+    pub state_bytes: u64,
+    /// Time spent.
+    pub micros: u64,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
+    move |source| InstallError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, InstallError> + Send + 'static,
+) -> Result<T, InstallError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| InstallError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+}
+
+/// Installs `m` at `staging` (see the module docs); `local` says where held chunks are.
+pub async fn install(
+    m: Arc<Manifest>,
+    staging: &Path,
+    local: HashMap<ChunkHash, LocalCopy>,
+    conn: &mut Connection,
+    pacer: Option<&Pacer>,
+) -> Result<InstallReport, InstallError> {
+    let t0 = Instant::now();
+    let lay = Arc::new(Layout::new(&m, staging));
+    let mut report = InstallReport {
+        state_bytes: m.logical_size,
+        ..Default::default()
+    };
+    // 1. Resume: which chunks does staging already hold, verified?
+    let (m2, lay2, st) = (m.clone(), lay.clone(), staging.to_owned());
+    let have: Vec<bool> = blocking(staging, move || {
+        let existed = lay2.prepare(&m2).map_err(io_err(&st))?;
+        if !existed {
+            return Ok(vec![false; m2.chunks.len()]);
+        }
+        Ok(m2
+            .chunks
+            .par_chunks(256)
+            .flat_map_iter(|part| {
+                let mut files = Files::new(&lay2, false);
+                part.iter()
+                    .map(|c| {
+                        files
+                            .read_at(c.offset, c.length as usize)
+                            .is_ok_and(|b| ChunkHash::of(&b) == c.hash)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    })
+    .await?;
+    report.resumed_bytes = m
+        .chunks
+        .iter()
+        .zip(&have)
+        .filter(|(_, h)| **h)
+        .map(|(c, _)| u64::from(c.length))
+        .sum();
+    // 2. Delta: copy chunks held elsewhere on this capacity; what is left is fetched.
+    let missing: Vec<usize> = (0..m.chunks.len()).filter(|i| !have[*i]).collect();
+    let (m2, lay2, st) = (m.clone(), lay.clone(), staging.to_owned());
+    let (reused, remote): (u64, Vec<usize>) = blocking(staging, move || {
+        let mut out = Files::new(&lay2, true);
+        let mut reused = 0;
+        let mut remote = Vec::new();
+        for i in missing {
+            let c = &m2.chunks[i];
+            let copied = local.get(&c.hash).and_then(|src| {
+                let b = Files::new(&src.layout, false)
+                    .read_at(src.offset, c.length as usize)
+                    .ok()?;
+                // The application may have changed a held state: reuse only what verifies.
+                (ChunkHash::of(&b) == c.hash).then_some(b)
+            });
+            match copied {
+                Some(b) => {
+                    out.write_at(c.offset, &b).map_err(io_err(&st))?;
+                    reused += u64::from(c.length);
+                }
+                None => remote.push(i),
+            }
+        }
+        Ok((reused, remote))
+    })
+    .await?;
+    report.reused_bytes = reused;
+    // 3. Fetch the rest (each distinct chunk once), verify, write; re-fetch failures.
+    let mut positions: HashMap<ChunkHash, Vec<u64>> = HashMap::new();
+    let mut wanted: Vec<ChunkRef> = Vec::new();
+    for i in remote {
+        let c = m.chunks[i];
+        let p = positions.entry(c.hash).or_default();
+        if p.is_empty() {
+            wanted.push(c);
+        }
+        p.push(c.offset);
+    }
+    let positions = Arc::new(positions);
+    let mut attempt = 0;
+    while !wanted.is_empty() {
+        attempt += 1;
+        let refs: Arc<Vec<ChunkRef>> = Arc::new(wanted);
+        let (tx, mut rx) = mpsc::channel(4);
+        let (lay2, refs2, pos2, st) = (
+            lay.clone(),
+            refs.clone(),
+            positions.clone(),
+            staging.to_owned(),
+        );
+        let writer = tokio::spawn(async move {
+            let mut failed: Vec<(usize, String)> = Vec::new();
+            let mut fetched = 0u64;
+            while let Some(batch) = rx.recv().await {
+                let (lay3, refs3, pos3, st3) =
+                    (lay2.clone(), refs2.clone(), pos2.clone(), st.clone());
+                let r = blocking(&st, move || {
+                    let mut out = Files::new(&lay3, true);
+                    let mut failed = Vec::new();
+                    let mut bytes = 0u64;
+                    for (i, v) in verify_batch(&refs3, batch) {
+                        match v {
+                            Ok(raw) => {
+                                for off in &pos3[&refs3[i].hash] {
+                                    out.write_at(*off, &raw).map_err(io_err(&st3))?;
+                                }
+                                bytes += raw.len() as u64;
+                            }
+                            Err(e) => failed.push((i, e.to_string())),
+                        }
+                    }
+                    Ok((failed, bytes))
+                })
+                .await?;
+                failed.extend(r.0);
+                fetched += r.1;
+            }
+            Ok::<_, InstallError>((failed, fetched))
+        });
+        let fetched = conn.fetch(&refs, pacer, &tx).await;
+        drop(tx);
+        let written = writer.await.map_err(|e| InstallError::Io {
+            path: staging.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let stats = fetched?;
+        let (failed, bytes) = written?;
+        report.wire_bytes += stats.wire_bytes;
+        report.fetched_bytes += bytes;
+        if let Some((i, why)) = failed.first() {
+            tracing::warn!(
+                "{} chunk(s) failed verification (attempt {attempt}): first {}: {why}",
+                failed.len(),
+                refs[*i].hash
+            );
+            if attempt >= VERIFY_ATTEMPTS {
+                return Err(InstallError::Verification {
+                    chunk: refs[*i].hash,
+                    attempts: attempt,
+                    why: why.clone(),
+                });
+            }
+        }
+        wanted = failed.iter().map(|(i, _)| refs[*i]).collect();
+    }
+    // 4. Complete the tree.
+    let (m2, st) = (m.clone(), staging.to_owned());
+    blocking(staging, move || {
+        layout::finish(&m2, &st).map_err(io_err(&st))
+    })
+    .await?;
+    report.micros = t0.elapsed().as_micros() as u64;
+    Ok(report)
+}

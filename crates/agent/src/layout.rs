@@ -1,0 +1,190 @@
+//! Where each byte of a state's logical stream lives on disk: one file for file and buffer
+//! states, the files of the tree for directory states. Lets the installer write verified
+//! chunks at their place in any order (so an interrupted transfer keeps what it wrote) and
+//! read chunks back out of installed states (delta reuse) and staging (resume).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use prewarm_store::{EntryKind, Manifest, SourceKind};
+
+/// Open files kept per [`Files`].
+const MAX_OPEN: usize = 128;
+
+/// The files tiling a manifest's logical stream under `root`.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    kind: SourceKind,
+    root: PathBuf,
+    /// Non-empty files: (path, offset in the stream, size), by offset.
+    files: Vec<(PathBuf, u64, u64)>,
+}
+
+impl Layout {
+    /// The layout of `m` rooted at `root` (the state's file, or its directory).
+    pub fn new(m: &Manifest, root: &Path) -> Self {
+        let files = match m.kind {
+            SourceKind::Directory => {
+                let mut v: Vec<_> = m
+                    .tree
+                    .iter()
+                    .filter(|e| e.kind == EntryKind::File && e.size > 0)
+                    .map(|e| {
+                        (
+                            root.join(std::ffi::OsStr::from_bytes(&e.path)),
+                            e.offset,
+                            e.size,
+                        )
+                    })
+                    .collect();
+                v.sort_by_key(|f| f.1);
+                v
+            }
+            SourceKind::File | SourceKind::Buffer => vec![(root.to_owned(), 0, m.logical_size)],
+        };
+        Layout {
+            kind: m.kind,
+            root: root.to_owned(),
+            files,
+        }
+    }
+
+    /// Creates the tree and its files at their final sizes, keeping whatever already exists
+    /// (a resumed transfer). Returns whether the root already existed.
+    pub fn prepare(&self, m: &Manifest) -> std::io::Result<bool> {
+        let existed = std::fs::symlink_metadata(&self.root).is_ok();
+        if self.kind == SourceKind::Directory {
+            std::fs::create_dir_all(&self.root)?;
+            for e in m.tree.iter().filter(|e| e.kind == EntryKind::Dir) {
+                std::fs::create_dir_all(self.root.join(std::ffi::OsStr::from_bytes(&e.path)))?;
+            }
+            for e in m.tree.iter().filter(|e| e.kind == EntryKind::File) {
+                let p = self.root.join(std::ffi::OsStr::from_bytes(&e.path));
+                let f = OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&p)?;
+                if f.metadata()?.len() != e.size {
+                    f.set_len(e.size)?;
+                }
+            }
+        } else {
+            if let Some(parent) = self.root.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&self.root)?;
+            if f.metadata()?.len() != m.logical_size {
+                f.set_len(m.logical_size)?;
+            }
+        }
+        Ok(existed)
+    }
+
+    /// The pieces of stream range `offset..offset+len`: (file index, offset in the file,
+    /// range within the requested bytes).
+    pub fn pieces(&self, offset: u64, len: u64) -> Vec<(usize, u64, Range<usize>)> {
+        let end = offset + len;
+        let mut out = Vec::new();
+        let mut i = self.files.partition_point(|f| f.1 + f.2 <= offset);
+        while i < self.files.len() && self.files[i].1 < end {
+            let (_, f_off, f_size) = &self.files[i];
+            let s = offset.max(*f_off);
+            let e = end.min(f_off + f_size);
+            out.push((i, s - f_off, (s - offset) as usize..(e - offset) as usize));
+            i += 1;
+        }
+        out
+    }
+
+    /// Path of file `i`.
+    pub fn file(&self, i: usize) -> &Path {
+        &self.files[i].0
+    }
+}
+
+/// Open handles on a layout's files.
+pub struct Files<'a> {
+    layout: &'a Layout,
+    write: bool,
+    open: HashMap<usize, File>,
+}
+
+impl<'a> Files<'a> {
+    /// Handles for reading, or for writing too.
+    pub fn new(layout: &'a Layout, write: bool) -> Self {
+        Files {
+            layout,
+            write,
+            open: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, i: usize) -> std::io::Result<&File> {
+        if !self.open.contains_key(&i) {
+            if self.open.len() >= MAX_OPEN {
+                self.open.clear();
+            }
+            let f = OpenOptions::new()
+                .read(true)
+                .write(self.write)
+                .open(self.layout.file(i))?;
+            self.open.insert(i, f);
+        }
+        Ok(self.open.get(&i).expect("inserted above"))
+    }
+
+    /// Writes `data` at stream offset `offset`.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        for (i, at, r) in self.layout.pieces(offset, data.len() as u64) {
+            self.get(i)?.write_all_at(&data[r], at)?;
+        }
+        Ok(())
+    }
+
+    /// Reads `len` bytes at stream offset `offset`.
+    pub fn read_at(&mut self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        let mut covered = 0;
+        for (i, at, r) in self.layout.pieces(offset, len as u64) {
+            covered += r.len();
+            self.get(i)?.read_exact_at(&mut buf[r], at)?;
+        }
+        if covered != len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "range beyond the state's files",
+            ));
+        }
+        Ok(buf)
+    }
+}
+
+/// Gives the files their modes and times and completes the tree (symlinks, directory modes).
+pub fn finish(m: &Manifest, root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if m.kind != SourceKind::Directory {
+        return Ok(());
+    }
+    for e in m.tree.iter().filter(|e| e.kind == EntryKind::File) {
+        let p = root.join(std::ffi::OsStr::from_bytes(&e.path));
+        let f = OpenOptions::new().write(true).open(&p)?;
+        if let Ok(ms) = u64::try_from(e.mtime_unix_ms) {
+            f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))?;
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(e.mode))?;
+    }
+    for e in m.tree.iter().filter(|e| e.kind == EntryKind::Symlink) {
+        // Left by an interrupted earlier attempt?
+        let _ = std::fs::remove_file(root.join(std::ffi::OsStr::from_bytes(&e.path)));
+    }
+    prewarm_snapshot::finish_tree(m, root).map_err(std::io::Error::other)
+}

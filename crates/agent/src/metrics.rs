@@ -1,0 +1,114 @@
+//! The agent's metrics (served at `/metrics`): handles created once, so the hot paths pay an
+//! atomic add.
+
+use std::time::Duration;
+
+use prewarm_core::CapacityId;
+use prewarm_transfer::metrics::{Counter, Gauge, Histogram, LATENCY_BUCKETS, Registry};
+
+/// Handles to the agent's metrics.
+pub struct AgentMetrics {
+    /// Data-plane bytes received.
+    pub wire_bytes: Counter,
+    /// Bytes copied from held states instead of fetched.
+    pub reused_bytes: Counter,
+    /// Bytes kept from interrupted transfers.
+    pub resumed_bytes: Counter,
+    /// Transfer durations.
+    pub transfer_seconds: Histogram,
+    /// Installed bytes.
+    pub cache_bytes: Gauge,
+    /// The budget.
+    pub cache_budget: Gauge,
+    /// States held.
+    pub states: Gauge,
+    /// States evicted.
+    pub evictions: Counter,
+    /// Invalidations that concerned a held state.
+    pub invalidations: Counter,
+    hit: (Counter, Histogram),
+    miss: (Counter, Histogram),
+    error: (Counter, Histogram),
+}
+
+impl AgentMetrics {
+    /// Registers the metrics of capacity `name`.
+    pub fn new(r: &Registry, name: &CapacityId) -> Self {
+        let _ = name;
+        let ensure = |outcome: &str| {
+            (
+                r.counter(
+                    "prewarm_agent_ensure_total",
+                    "ensure calls, by outcome.",
+                    &[("outcome", outcome)],
+                ),
+                r.histogram(
+                    "prewarm_agent_ensure_seconds",
+                    "ensure latency, by outcome.",
+                    &[("outcome", outcome)],
+                    LATENCY_BUCKETS,
+                ),
+            )
+        };
+        AgentMetrics {
+            wire_bytes: r.counter(
+                "prewarm_agent_wire_bytes_total",
+                "Bytes received on the data plane (frames included).",
+                &[],
+            ),
+            reused_bytes: r.counter(
+                "prewarm_agent_reused_bytes_total",
+                "Bytes copied from states already held (delta transfer) instead of fetched.",
+                &[],
+            ),
+            resumed_bytes: r.counter(
+                "prewarm_agent_resumed_bytes_total",
+                "Bytes kept (re-verified) from interrupted transfers.",
+                &[],
+            ),
+            transfer_seconds: r.histogram(
+                "prewarm_agent_transfer_seconds",
+                "Duration of transfers that moved bytes.",
+                &[],
+                LATENCY_BUCKETS,
+            ),
+            cache_bytes: r.gauge(
+                "prewarm_agent_cache_bytes",
+                "Bytes installed or reserved.",
+                &[],
+            ),
+            cache_budget: r.gauge("prewarm_agent_cache_budget_bytes", "The cache budget.", &[]),
+            states: r.gauge("prewarm_agent_states", "States held.", &[]),
+            evictions: r.counter("prewarm_agent_evictions_total", "States evicted.", &[]),
+            invalidations: r.counter(
+                "prewarm_agent_invalidations_total",
+                "Newer versions announced for held states.",
+                &[],
+            ),
+            hit: ensure("hit"),
+            miss: ensure("miss"),
+            error: ensure("error"),
+        }
+    }
+
+    /// Records one `ensure`.
+    pub fn ensure(&self, _r: &Registry, outcome: &str, d: Duration) {
+        let (c, h) = match outcome {
+            "hit" => &self.hit,
+            "miss" => &self.miss,
+            _ => &self.error,
+        };
+        c.inc();
+        h.observe(d);
+    }
+
+    /// Counts a failed transfer by reason.
+    pub fn failure(&self, r: &Registry, reason: &'static str) {
+        r.counter(
+            "prewarm_agent_failures_total",
+            "Failed transfers, by reason.",
+            &[("reason", reason)],
+        )
+        .inc();
+    }
+}

@@ -1,0 +1,398 @@
+//! The agent against a real data-plane server over real TCP sockets (in one process, so
+//! faults can be injected): delta transfers, resume after a dead peer, corrupt chunks,
+//! a full cache, unknown states, the HTTP API through the Rust client.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prewarm_core::{CapacityId, ResourceId, Version};
+use prewarm_snapshot::Snapshotter;
+use prewarm_store::Store;
+use prewarm_transfer::{DataAddr, DataError, DataServer, Faults, Registry};
+
+use crate::agent::{Agent, AgentConfig, DataPath, LoadError, Priority, Source, Want};
+use crate::client::{ClientError, EnsureClient};
+use crate::install::InstallError;
+use crate::space::SpaceError;
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn id(s: &str) -> ResourceId {
+    ResourceId::new(s).unwrap()
+}
+
+struct Env {
+    store: Arc<Store>,
+    snap: Snapshotter,
+    _dir: tempfile::TempDir,
+    cache: std::path::PathBuf,
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::open_or_create(dir.path().join("store").to_str().unwrap())
+            .await
+            .unwrap(),
+    );
+    Env {
+        snap: Snapshotter::new(store.clone()),
+        store,
+        cache: dir.path().join("cache"),
+        _dir: dir,
+    }
+}
+
+async fn serve(store: &Arc<Store>, faults: Faults) -> DataAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let server = Arc::new(
+        DataServer::new(store.clone(), None, "test".into(), &Registry::default())
+            .with_faults(faults),
+    );
+    tokio::spawn(server.serve_tcp(l));
+    DataAddr::Tcp(addr)
+}
+
+fn agent(cache: &std::path::Path, budget: u64, addr: DataAddr) -> Arc<Agent> {
+    let a = Agent::open(AgentConfig {
+        name: CapacityId::new("cap-1").unwrap(),
+        cache_dir: cache.to_owned(),
+        cache_size: budget,
+        predictive_rate: None,
+        mark_stale: vec![],
+        token: None,
+        lease: Duration::from_secs(60),
+        data_path: DataPath::Tcp,
+    })
+    .unwrap();
+    a.set_source(Some(Source {
+        addr,
+        instance: "test".into(),
+    }));
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_transfer_of_a_directory_moves_only_changed_chunks() {
+    let e = env().await;
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir(src.path().join("sub")).unwrap();
+    std::fs::write(src.path().join("a.bin"), noise(3 << 20, 1)).unwrap();
+    std::fs::write(src.path().join("sub/b.bin"), noise(5 << 20, 2)).unwrap();
+    std::fs::write(src.path().join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("a.bin", src.path().join("link")).unwrap();
+    let r = id("ds/train");
+    e.snap.snapshot_path(&r, src.path()).await.unwrap();
+    let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
+    let first = a
+        .load(&r, Want::AtLeast(None), Priority::Predictive)
+        .await
+        .unwrap();
+    let full = first.report.unwrap();
+    assert!(full.wire_bytes >= 8 << 20, "{full:?}");
+    let p = first.held.path.clone();
+    assert_eq!(
+        std::fs::read(p.join("sub/b.bin")).unwrap(),
+        noise(5 << 20, 2)
+    );
+    assert_eq!(
+        std::fs::read_link(p.join("link")).unwrap().to_str(),
+        Some("a.bin")
+    );
+    assert!(p.join("empty").exists());
+
+    // 1% scattered edits in one file, then a new version.
+    let mut b = noise(5 << 20, 2);
+    for i in (0..b.len()).step_by(1 << 20) {
+        b[i..i + 512].copy_from_slice(&noise(512, i as u64));
+    }
+    std::fs::write(src.path().join("sub/b.bin"), &b).unwrap();
+    e.snap.snapshot_path(&r, src.path()).await.unwrap();
+    let second = a
+        .load(
+            &r,
+            Want::AtLeast(Some(Version::new(2).unwrap())),
+            Priority::Predictive,
+        )
+        .await
+        .unwrap();
+    let delta = second.report.unwrap();
+    assert_eq!(second.held.version.get(), 2);
+    assert!(
+        delta.wire_bytes * 10 < full.wire_bytes,
+        "delta {delta:?} vs full {full:?}"
+    );
+    assert!(delta.reused_bytes > 7 << 20, "{delta:?}");
+    assert_eq!(
+        std::fs::read(second.held.path.join("sub/b.bin")).unwrap(),
+        b
+    );
+    assert_eq!(
+        std::fs::read(second.held.path.join("a.bin")).unwrap(),
+        noise(3 << 20, 1)
+    );
+
+    // The index survives a restart and still serves (manifests re-loaded, sizes checked).
+    drop(a);
+    let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
+    let (held, _, _) = a.inventory();
+    assert_eq!(held.len(), 2);
+    assert!(a.hit(&r, Some(Version::new(2).unwrap()), None).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peer_leaves_nothing_installed_and_the_retry_resumes() {
+    let e = env().await;
+    let r = id("m/big");
+    let data = noise(24 << 20, 3);
+    e.snap
+        .commit_bytes(&r, Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    let dying = serve(
+        &e.store,
+        Faults {
+            die_after_bytes: Some(10 << 20),
+            ..Default::default()
+        },
+    )
+    .await;
+    let a = agent(&e.cache, 1 << 30, dying);
+    let err = a
+        .load(&r, Want::AtLeast(None), Priority::OnDemand)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::Install(InstallError::Data(DataError::PeerGone(_)))
+        ),
+        "{err}"
+    );
+    assert!(a.inventory().0.is_empty());
+    assert!(
+        !e.cache.join("states/m/big/v1").exists(),
+        "nothing partial is visible"
+    );
+    assert_eq!(a.staged(), vec![(r.clone(), Version::new(1).unwrap())]);
+
+    a.set_source(Some(Source {
+        addr: serve(&e.store, Faults::default()).await,
+        instance: "test".into(),
+    }));
+    let done = a
+        .load(&r, Want::AtLeast(None), Priority::OnDemand)
+        .await
+        .unwrap();
+    let rep = done.report.unwrap();
+    assert!(rep.resumed_bytes >= 8 << 20, "{rep:?}");
+    assert!(rep.wire_bytes <= (16 << 20) + (1 << 20), "{rep:?}");
+    assert_eq!(std::fs::read(&done.held.path).unwrap(), data);
+    assert!(a.staged().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_chunks_are_refetched_and_persistent_corruption_fails_clearly() {
+    let e = env().await;
+    let r = id("m/c");
+    let data = noise(4 << 20, 4);
+    e.snap
+        .commit_bytes(&r, Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    // Every 7th chunk sent is corrupted: retries of the failed ones get through.
+    let flaky = serve(
+        &e.store,
+        Faults {
+            corrupt_every: Some(7),
+            ..Default::default()
+        },
+    )
+    .await;
+    let a = agent(&e.cache, 1 << 30, flaky);
+    let ok = a
+        .load(&r, Want::AtLeast(None), Priority::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&ok.held.path).unwrap(), data);
+
+    // Every chunk corrupted: fails after the retries, nothing installed.
+    let e2 = env().await;
+    e2.snap.commit_bytes(&r, Bytes::from(data)).await.unwrap();
+    let broken = serve(
+        &e2.store,
+        Faults {
+            corrupt_every: Some(1),
+            corrupt_always: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let a = agent(&e2.cache, 1 << 30, broken);
+    let err = a
+        .load(&r, Want::AtLeast(None), Priority::OnDemand)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::Install(InstallError::Verification { attempts: 3, .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("nothing was installed"), "{err}");
+    assert!(a.inventory().0.is_empty());
+    assert!(!e2.cache.join("states/m/c/v1").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cache_refuses_clearly_and_evicts_nothing_leased() {
+    let e = env().await;
+    let (ra, rb) = (id("m/a"), id("m/b"));
+    e.snap
+        .commit_bytes(&ra, Bytes::from(noise(6 << 20, 5)))
+        .await
+        .unwrap();
+    e.snap
+        .commit_bytes(&rb, Bytes::from(noise(6 << 20, 6)))
+        .await
+        .unwrap();
+    let a = agent(&e.cache, 10 << 20, serve(&e.store, Faults::default()).await);
+    a.load(&ra, Want::AtLeast(None), Priority::OnDemand)
+        .await
+        .unwrap();
+    let lease = a.hit(&ra, None, None).unwrap();
+    let err = a
+        .load(&rb, Want::AtLeast(None), Priority::OnDemand)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LoadError::Space(SpaceError::Full { .. })),
+        "{err}"
+    );
+    assert!(lease.0.path.exists(), "the leased state stays");
+    drop(lease);
+    // Unleased, it is evicted to make room.
+    a.load(&rb, Want::AtLeast(None), Priority::OnDemand)
+        .await
+        .unwrap();
+    assert!(a.hit(&ra, None, None).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_states_are_refused_by_name() {
+    let e = env().await;
+    let r = id("m/x");
+    e.snap
+        .commit_bytes(&r, Bytes::from(noise(1 << 20, 7)))
+        .await
+        .unwrap();
+    let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
+    let err = a
+        .load(&id("m/nope"), Want::AtLeast(None), Priority::OnDemand)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LoadError::Data(DataError::UnknownState(_))),
+        "{err}"
+    );
+    let err = a
+        .load(
+            &r,
+            Want::Exact(Version::new(9).unwrap()),
+            Priority::OnDemand,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LoadError::Data(DataError::UnknownState(_))),
+        "{err}"
+    );
+    let err = a
+        .load(
+            &r,
+            Want::AtLeast(Some(Version::new(3).unwrap())),
+            Priority::OnDemand,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LoadError::TooOld { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_hits_misses_and_refuses_through_the_client() {
+    let e = env().await;
+    let r = id("models/m");
+    e.snap
+        .commit_bytes(&r, Bytes::from(noise(2 << 20, 8)))
+        .await
+        .unwrap();
+    let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let router = crate::http::router(a.clone(), None);
+    tokio::spawn(async move { axum::serve(l, router).await });
+    let c = EnsureClient::new(addr, None);
+    let miss = c.ensure(&r, None, Some(10_000)).await.unwrap();
+    assert!(!miss.hit);
+    assert_eq!(std::fs::read(&miss.path).unwrap(), noise(2 << 20, 8));
+    let hit = c.ensure(&r, Some(1), None).await.unwrap();
+    assert!(hit.hit && hit.version == 1);
+    match c.ensure(&id("models/none"), None, Some(1000)).await {
+        Err(ClientError::Api {
+            status: 404, kind, ..
+        }) => assert_eq!(kind, "unknown_state"),
+        other => panic!("{other:?}"),
+    }
+    match c.ensure(&r, Some(5), Some(1000)).await {
+        Err(ClientError::Api { status: 404, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    for bad in [
+        "/v1/states/..%2Fetc",
+        "/v1/states/a%20b",
+        "/v1/states/m?min_version=0",
+        "/v1/states/m?bogus=1",
+        "/v1/states/m?timeout_ms=99999999",
+    ] {
+        match c.get(bad).await {
+            Err(ClientError::Api { status: 400, .. }) => {}
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    // Every call became a history record.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let text = std::fs::read_to_string(e.cache.join("history.jsonl")).unwrap();
+    let records: Vec<_> = prewarm_core::HistoryReader::new(text.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(records.len() >= 4, "{text}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.event.attrs["hit"] == serde_json::Value::Bool(true))
+    );
+    let metrics = String::from_utf8(c.get("/metrics").await.unwrap().to_vec()).unwrap();
+    assert!(
+        metrics.contains("prewarm_agent_ensure_total{outcome=\"hit\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("prewarm_agent_ensure_total{outcome=\"miss\"} 1"),
+        "{metrics}"
+    );
+}

@@ -1,0 +1,98 @@
+//! `prewarm agent`: the state manager of one compute capacity, until interrupted.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prewarm_agent::{Agent, AgentConfig, DataPath};
+use prewarm_core::CapacityId;
+
+use super::{TokenArg, parse_duration, parse_size};
+
+/// Arguments of `prewarm agent`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The coordinator's gRPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:7100")]
+    coordinator: String,
+    /// This capacity's id.
+    #[arg(long)]
+    name: String,
+    /// Where installed states (and staging, manifests, history.jsonl) live.
+    #[arg(long)]
+    cache_dir: PathBuf,
+    /// Byte budget of installed states.
+    #[arg(long, value_parser = parse_size, default_value = "10GiB")]
+    cache_size: u64,
+    /// The application API's address.
+    #[arg(long, default_value = "127.0.0.1:7200")]
+    listen: SocketAddr,
+    /// Bandwidth limit of predictive transfers, per second (e.g. 200MiB; default: none).
+    #[arg(long, value_parser = parse_size)]
+    predictive_rate: Option<u64>,
+    /// Resource-id prefix whose invalidations mark held versions stale instead of refreshing
+    /// them (repeatable).
+    #[arg(long, value_name = "PREFIX")]
+    mark_stale: Vec<String>,
+    /// How long an ensure answer protects its state from eviction.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    lease: Duration,
+    /// Data-plane channel: auto (Unix socket on the coordinator's host, else TCP), tcp, unix.
+    #[arg(long, default_value = "auto")]
+    data_path: String,
+    #[command(flatten)]
+    token: TokenArg,
+}
+
+/// Runs the command.
+pub async fn run(a: Args) -> anyhow::Result<i32> {
+    let name = CapacityId::new(a.name.clone()).context("--name")?;
+    let data_path = match a.data_path.as_str() {
+        "auto" => DataPath::Auto,
+        "tcp" => DataPath::Tcp,
+        "unix" => DataPath::Unix,
+        other => anyhow::bail!("--data-path {other}: expected auto, tcp or unix"),
+    };
+    let token = a.token.load()?;
+    let http_token = prewarm_transfer::auth::listener_policy(a.listen, token.as_ref())?;
+    std::fs::create_dir_all(&a.cache_dir)
+        .with_context(|| format!("creating {}", a.cache_dir.display()))?;
+    let agent: Arc<Agent> = Agent::open(AgentConfig {
+        name,
+        cache_dir: a.cache_dir.clone(),
+        cache_size: a.cache_size,
+        predictive_rate: a.predictive_rate,
+        mark_stale: a.mark_stale,
+        token,
+        lease: a.lease,
+        data_path,
+    })
+    .context("opening the cache")?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let local = listener.local_addr()?;
+    let router = prewarm_agent::http::router(agent.clone(), http_token);
+    let http = tokio::spawn(async move { axum::serve(listener, router).await });
+    let control = tokio::spawn(prewarm_agent::control::run(
+        agent.clone(),
+        a.coordinator.clone(),
+        local.to_string(),
+    ));
+    eprintln!(
+        "prewarm agent {}: application API on http://{local}, cache {} (budget {}), coordinator {}",
+        a.name,
+        a.cache_dir.display(),
+        prewarm_core::ByteSize(a.cache_size),
+        a.coordinator
+    );
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => eprintln!("prewarm agent: interrupted, stopping"),
+        _ = super::coordinator::terminate() => eprintln!("prewarm agent: terminated, stopping"),
+        r = http => anyhow::bail!("the application API stopped: {r:?}"),
+    }
+    control.abort();
+    Ok(0)
+}

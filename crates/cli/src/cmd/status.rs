@@ -1,0 +1,122 @@
+//! `prewarm status`: the coordinator's view: capacities, inventories, recent transfers.
+
+use anyhow::Context;
+use prewarm_proto::wire::{FailureKind, StatusRequest};
+
+use super::TokenArg;
+
+/// Arguments of `prewarm status`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The coordinator's gRPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:7100")]
+    coordinator: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    token: TokenArg,
+}
+
+/// Runs the command.
+pub async fn run(a: Args) -> anyhow::Result<i32> {
+    let token = a.token.load()?;
+    let mut client = prewarm_agent::control::connect(&a.coordinator, token.as_ref())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let s = client
+        .status(StatusRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))
+        .context("status")?
+        .into_inner();
+    if a.json {
+        let caps: Vec<_> = s
+            .capacities
+            .iter()
+            .map(|c| {
+                let inv = c.inventory.clone().unwrap_or_default();
+                serde_json::json!({
+                    "capacity": c.capacity, "connected": c.connected, "ensure_addr": c.ensure_addr,
+                    "cache_used": inv.cache_used, "cache_budget": inv.cache_budget,
+                    "held": inv.held.iter().map(|h| serde_json::json!({
+                        "resource": h.resource, "version": h.version, "bytes": h.bytes, "stale": h.stale,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let recent: Vec<_> = s
+            .recent
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "transfer_id": t.transfer_id, "capacity": t.capacity, "resource": t.resource,
+                    "version": t.version, "ok": t.ok, "already_held": t.already_held,
+                    "wire_bytes": t.wire_bytes, "reused_bytes": t.reused_bytes,
+                    "resumed_bytes": t.resumed_bytes, "duration_us": t.duration_us,
+                    "failure": FailureKind::try_from(t.failure).map(|f| f.as_str_name()).unwrap_or("?"),
+                    "error": t.error,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "coordinator": s.coordinator_instance, "capacities": caps, "recent": recent })
+        );
+        return Ok(0);
+    }
+    println!("coordinator {}", s.coordinator_instance);
+    for c in &s.capacities {
+        let inv = c.inventory.clone().unwrap_or_default();
+        println!(
+            "  {} [{}] api {} cache {}/{}",
+            c.capacity,
+            if c.connected {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            c.ensure_addr,
+            prewarm_core::ByteSize(inv.cache_used),
+            prewarm_core::ByteSize(inv.cache_budget)
+        );
+        for h in &inv.held {
+            println!(
+                "    {}@{} {}{}",
+                h.resource,
+                h.version,
+                prewarm_core::ByteSize(h.bytes),
+                if h.stale { " (stale)" } else { "" }
+            );
+        }
+    }
+    if !s.recent.is_empty() {
+        println!("recent transfers (newest first):");
+        for t in s.recent.iter().take(20) {
+            let what = if !t.ok {
+                format!(
+                    "FAILED {}: {}",
+                    FailureKind::try_from(t.failure)
+                        .map(|f| f.as_str_name())
+                        .unwrap_or("?"),
+                    t.error
+                )
+            } else if t.already_held {
+                "already held".into()
+            } else {
+                format!(
+                    "{} wire, {} reused, {} resumed, {:.3} s",
+                    prewarm_core::ByteSize(t.wire_bytes),
+                    prewarm_core::ByteSize(t.reused_bytes),
+                    prewarm_core::ByteSize(t.resumed_bytes),
+                    t.duration_us as f64 / 1e6
+                )
+            };
+            println!(
+                "  #{} {} {}@{}: {what}",
+                t.transfer_id, t.capacity, t.resource, t.version
+            );
+        }
+    }
+    Ok(0)
+}

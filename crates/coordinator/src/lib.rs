@@ -1,0 +1,371 @@
+//! The coordinator. In this crate: the control plane (gRPC: agents attach and report, take
+//! `Load` commands and acknowledge them; `transfer`, `resolve` and `status` for operators),
+//! the data plane serving the store's chunks and manifests (TCP, plus a Unix socket for
+//! agents on the same host), invalidation of held versions when newer ones are committed,
+//! and `/metrics` on the gRPC port. The predictive loop (events → model → planner → loads)
+//! drives [`Coordinator::transfer`] from issue 5.
+
+mod metrics;
+mod service;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prewarm_core::{CapacityId, ResourceId, Version};
+use prewarm_proto::wire::{
+    CapacityStatus, Command, FailureKind, Invalidate, StatusReply, TransferAck, command,
+    coordinator_server::CoordinatorServer,
+};
+use prewarm_store::Store;
+use prewarm_transfer::{DataServer, Registry, Token, TokenError, auth};
+
+pub use metrics::CoordinatorMetrics;
+pub use service::{ResolveFailure, Service};
+use state::Book;
+
+/// How a coordinator is set up.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// gRPC (and `/metrics`) listener.
+    pub listen: SocketAddr,
+    /// Data-plane TCP listener (port 0: any free port, announced to agents).
+    pub data_listen: SocketAddr,
+    /// Data-plane Unix socket for agents on this host (`None`: no same-host channel).
+    pub data_unix: Option<PathBuf>,
+    /// The shared token (required on non-loopback listeners).
+    pub token: Option<Token>,
+    /// How often the store is checked for new versions of held resources.
+    pub poll: Duration,
+}
+
+/// The coordinator's shared state.
+pub struct Coordinator {
+    store: Arc<Store>,
+    /// Random id of this process.
+    pub instance: String,
+    data_tcp: String,
+    data_unix: String,
+    book: Mutex<Book>,
+    next_id: AtomicU64,
+    /// Metrics handles.
+    pub metrics: CoordinatorMetrics,
+    /// The registry behind `/metrics`.
+    pub registry: Registry,
+}
+
+/// Why the coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Where.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A token is required and missing (or weak).
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+/// A started coordinator.
+pub struct Running {
+    /// The shared state.
+    pub coordinator: Arc<Coordinator>,
+    /// Where gRPC and `/metrics` listen.
+    pub grpc: SocketAddr,
+    /// Where the data plane listens.
+    pub data_tcp: SocketAddr,
+    /// The same-host data-plane socket.
+    pub data_unix: Option<PathBuf>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Serves until the process ends (or a listener task fails).
+    pub async fn wait(mut self) {
+        if let Some(t) = self.tasks.pop() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(p) = &self.data_unix {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn random_instance() -> String {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+        ^ u128::from(std::process::id()) << 64;
+    blake3::hash(&seed.to_le_bytes()).to_hex()[..16].to_owned()
+}
+
+/// Binds the listeners and starts serving `store`.
+pub async fn start(store: Arc<Store>, cfg: CoordinatorConfig) -> Result<Running, StartError> {
+    let grpc_token = auth::listener_policy(cfg.listen, cfg.token.as_ref())?;
+    let data_token = auth::listener_policy(cfg.data_listen, cfg.token.as_ref())?;
+    let bind = |addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: addr.to_string(),
+                source,
+            })
+    };
+    let grpc_l = bind(cfg.listen).await?;
+    let data_l = bind(cfg.data_listen).await?;
+    let grpc = grpc_l.local_addr().map_err(|source| StartError::Bind {
+        addr: cfg.listen.to_string(),
+        source,
+    })?;
+    let data_tcp = data_l.local_addr().map_err(|source| StartError::Bind {
+        addr: cfg.data_listen.to_string(),
+        source,
+    })?;
+    let unix_l = match &cfg.data_unix {
+        Some(p) => {
+            let _ = std::fs::remove_file(p); // a socket left by a dead coordinator
+            let l = tokio::net::UnixListener::bind(p).map_err(|source| StartError::Bind {
+                addr: p.display().to_string(),
+                source,
+            })?;
+            Some(l)
+        }
+        None => None,
+    };
+    let registry = Registry::default();
+    let instance = random_instance();
+    let coordinator = Arc::new(Coordinator {
+        metrics: CoordinatorMetrics::new(&registry),
+        store: store.clone(),
+        instance: instance.clone(),
+        data_tcp: data_tcp.to_string(),
+        data_unix: cfg
+            .data_unix
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        book: Mutex::default(),
+        next_id: AtomicU64::new(1),
+        registry: registry.clone(),
+    });
+    let mut tasks = Vec::new();
+    let data = Arc::new(DataServer::new(
+        store.clone(),
+        data_token,
+        instance.clone(),
+        &registry,
+    ));
+    tasks.push(tokio::spawn(data.clone().serve_tcp(data_l)));
+    if let Some(l) = unix_l {
+        let local = Arc::new(DataServer::new(store, None, instance, &registry));
+        tasks.push(tokio::spawn(local.serve_unix(l)));
+    }
+    tasks.push(tokio::spawn(coordinator.clone().watch_versions(cfg.poll)));
+    tasks.push(tokio::spawn(serve_grpc(
+        coordinator.clone(),
+        grpc_l,
+        grpc_token,
+    )));
+    tracing::info!(
+        "coordinator {}: gRPC on {grpc}, data plane on {data_tcp}",
+        coordinator.instance
+    );
+    Ok(Running {
+        coordinator,
+        grpc,
+        data_tcp,
+        data_unix: cfg.data_unix,
+        tasks,
+    })
+}
+
+async fn serve_grpc(c: Arc<Coordinator>, l: tokio::net::TcpListener, token: Option<Token>) {
+    use axum::routing::get;
+    let check = move |req: tonic::Request<()>| match &token {
+        Some(t) if !t.matches_bearer(req.metadata().get("authorization").map(|v| v.as_bytes())) => {
+            tracing::warn!("gRPC call without a valid token refused");
+            Err(tonic::Status::unauthenticated(
+                "missing or wrong bearer token",
+            ))
+        }
+        _ => Ok(req),
+    };
+    let svc = tonic::service::interceptor::InterceptedService::new(
+        CoordinatorServer::new(Service(c.clone())).max_decoding_message_size(64 << 20),
+        check.clone(),
+    );
+    let reg = c.registry.clone();
+    let metrics_token = check;
+    let router = tonic::service::Routes::new(svc).into_axum_router().route(
+        "/metrics",
+        get(move |headers: axum::http::HeaderMap| {
+            let reg = reg.clone();
+            let mut req = tonic::Request::new(());
+            if let Some(v) = headers.get("authorization") {
+                if let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes()) {
+                    req.metadata_mut().insert("authorization", v);
+                }
+            }
+            let allowed = metrics_token(req).is_ok();
+            async move {
+                if allowed {
+                    (axum::http::StatusCode::OK, reg.render())
+                } else {
+                    (
+                        axum::http::StatusCode::UNAUTHORIZED,
+                        "missing or wrong bearer token\n".to_owned(),
+                    )
+                }
+            }
+        }),
+    );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+    let r = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .add_routes(tonic::service::Routes::from(router))
+        .serve_with_incoming(incoming)
+        .await;
+    if let Err(e) = r {
+        tracing::error!("gRPC server: {e}");
+    }
+}
+
+impl Coordinator {
+    fn detach(&self, capacity: &CapacityId, session: u64) {
+        let mut book = self.book.lock().expect("book lock poisoned");
+        let Some(cap) = book.caps.get_mut(capacity) else {
+            return;
+        };
+        if cap.session != session {
+            return; // a newer attach replaced this stream
+        }
+        cap.tx = None;
+        let gone: Vec<u64> = book
+            .pending
+            .iter()
+            .filter(|(_, (c, _))| c == capacity)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some((_, waiter)) = book.pending.remove(&id) {
+                let _ = waiter.send(TransferAck {
+                    transfer_id: id,
+                    capacity: capacity.as_str().to_owned(),
+                    failure: FailureKind::CapacityGone as i32,
+                    error: format!("capacity {capacity} disconnected during the transfer"),
+                    ..Default::default()
+                });
+            }
+        }
+        drop(book);
+        tracing::warn!("capacity {capacity} detached");
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        let book = self.book.lock().expect("book lock poisoned");
+        let connected = book.caps.values().filter(|c| c.tx.is_some()).count();
+        self.metrics.capacities.set(connected as u64);
+    }
+
+    /// Capacities, inventories, recent transfers.
+    pub fn status(&self) -> StatusReply {
+        let book = self.book.lock().expect("book lock poisoned");
+        StatusReply {
+            coordinator_instance: self.instance.clone(),
+            capacities: book
+                .caps
+                .iter()
+                .map(|(id, c)| CapacityStatus {
+                    capacity: id.as_str().to_owned(),
+                    connected: c.tx.is_some(),
+                    ensure_addr: c.ensure_addr.clone(),
+                    inventory: Some(c.inventory.clone()),
+                    attached_unix_ms: c.attached_unix_ms,
+                })
+                .collect(),
+            recent: book.recent.iter().rev().cloned().collect(),
+        }
+    }
+
+    /// Checks the store every `poll` for versions newer than what agents hold and tells the
+    /// holders (`Invalidate`); each refreshes or marks stale by its own policy.
+    async fn watch_versions(self: Arc<Self>, poll: Duration) {
+        loop {
+            tokio::time::sleep(poll).await;
+            let held: Vec<ResourceId> = {
+                let book = self.book.lock().expect("book lock poisoned");
+                let mut v: Vec<ResourceId> = book
+                    .caps
+                    .values()
+                    .flat_map(|c| c.inventory.held.iter())
+                    .filter_map(|h| ResourceId::new(h.resource.clone()).ok())
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
+            };
+            for r in held {
+                match self.store.latest(&r).await {
+                    Ok(Some(newest)) => self.announce(&r, newest).await,
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("version check of {r}: {e}"),
+                }
+            }
+        }
+    }
+
+    async fn announce(&self, resource: &ResourceId, newest: Version) {
+        let targets: Vec<_> = {
+            let mut book = self.book.lock().expect("book lock poisoned");
+            let first_seen = book.announced.get(resource).is_none_or(|v| *v < newest);
+            let targets = book
+                .caps
+                .iter()
+                .filter(|(_, c)| c.newest(resource).is_some_and(|v| v < newest))
+                .filter_map(|(_, c)| c.tx.clone())
+                .collect();
+            book.announced.insert(resource.clone(), newest);
+            if !first_seen {
+                return;
+            }
+            targets
+        };
+        if targets.is_empty() {
+            return;
+        }
+        let _ = self.store.refresh_index().await;
+        tracing::info!(
+            "{resource}@{newest} committed: invalidating {} holder(s)",
+            targets.len()
+        );
+        for tx in targets {
+            self.metrics.invalidations.inc();
+            let _ = tx
+                .send(Ok(Command {
+                    command: Some(command::Command::Invalidate(Invalidate {
+                        resource: resource.as_str().to_owned(),
+                        new_version: newest.get(),
+                        transfer_id: 0,
+                    })),
+                }))
+                .await;
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The coordinator's metrics (served at `/metrics` on the gRPC port), beside the data
+//! plane's own (`prewarm_data_*`).
+
+use std::time::Duration;
+
+use prewarm_proto::wire::{FailureKind, TransferAck};
+use prewarm_transfer::metrics::{Counter, Gauge, Histogram, LATENCY_BUCKETS, Registry};
+
+/// Handles to the coordinator's metrics.
+pub struct CoordinatorMetrics {
+    /// Attached capacities.
+    pub capacities: Gauge,
+    /// Invalidations sent.
+    pub invalidations: Counter,
+    /// Wire bytes acknowledged by agents.
+    pub wire_bytes: Counter,
+    /// Reused bytes acknowledged by agents.
+    pub reused_bytes: Counter,
+    /// Transfer durations as the requester saw them.
+    pub transfer_seconds: Histogram,
+}
+
+impl CoordinatorMetrics {
+    /// Registers them.
+    pub fn new(r: &Registry) -> Self {
+        CoordinatorMetrics {
+            capacities: r.gauge(
+                "prewarm_coordinator_capacities",
+                "Attached capacities.",
+                &[],
+            ),
+            invalidations: r.counter(
+                "prewarm_coordinator_invalidations_total",
+                "Invalidations sent to holders of older versions.",
+                &[],
+            ),
+            wire_bytes: r.counter(
+                "prewarm_coordinator_transfer_wire_bytes_total",
+                "Data-plane bytes of acknowledged transfers.",
+                &[],
+            ),
+            reused_bytes: r.counter(
+                "prewarm_coordinator_transfer_reused_bytes_total",
+                "Bytes agents reused locally instead of fetching (delta transfer).",
+                &[],
+            ),
+            transfer_seconds: r.histogram(
+                "prewarm_coordinator_transfer_seconds",
+                "Transfer duration, request to acknowledgement.",
+                &[],
+                LATENCY_BUCKETS,
+            ),
+        }
+    }
+
+    /// Records one transfer.
+    pub fn transfer(&self, r: &Registry, result: &'static str, ack: &TransferAck, d: Duration) {
+        r.counter(
+            "prewarm_coordinator_transfers_total",
+            "Transfers requested, by result.",
+            &[("result", result)],
+        )
+        .inc();
+        self.wire_bytes.add(ack.wire_bytes);
+        self.reused_bytes.add(ack.reused_bytes);
+        self.transfer_seconds.observe(d);
+        if !ack.ok {
+            let reason = FailureKind::try_from(ack.failure)
+                .map(|f| f.as_str_name())
+                .unwrap_or("UNKNOWN");
+            r.counter(
+                "prewarm_coordinator_failures_total",
+                "Failed transfers, by reason.",
+                &[("reason", reason)],
+            )
+            .inc();
+        }
+    }
+}

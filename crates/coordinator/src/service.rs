@@ -1,0 +1,325 @@
+//! The gRPC service (see `proto/prewarm.proto` for the protocol's documentation).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use prewarm_core::{CapacityId, ResourceId, Version};
+use prewarm_proto::wire::{
+    AckReply, AttachRequest, Command, FailureKind, Inventory, ReportReply, ResolveReply,
+    ResolveRequest, StatusReply, StatusRequest, TransferAck, TransferRequest, VersionSpec, Welcome,
+    command, coordinator_server, version_spec,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::Coordinator;
+use crate::state::Cap;
+
+/// Default wait for an acknowledgement.
+pub const DEFAULT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn failed(req: &TransferRequest, kind: FailureKind, error: String) -> TransferAck {
+    TransferAck {
+        capacity: req.capacity.clone(),
+        resource: req.resource.clone(),
+        failure: kind as i32,
+        error,
+        priority: req.priority,
+        ..Default::default()
+    }
+}
+
+/// The service: a handle on the coordinator.
+#[derive(Clone)]
+pub struct Service(pub Arc<Coordinator>);
+
+/// Why a version spec could not be resolved.
+pub enum ResolveFailure {
+    /// No such resource or version.
+    Unknown(String),
+    /// The store failed.
+    Store(String),
+}
+
+impl Coordinator {
+    /// The version of `resource` that `spec` names.
+    pub async fn resolve(
+        &self,
+        resource: &ResourceId,
+        spec: Option<&VersionSpec>,
+    ) -> Result<Version, ResolveFailure> {
+        let versions = self
+            .store
+            .versions(resource)
+            .await
+            .map_err(|e| ResolveFailure::Store(e.to_string()))?;
+        let newest = *versions.last().ok_or_else(|| {
+            ResolveFailure::Unknown(format!("resource {resource} has no versions"))
+        })?;
+        match spec.and_then(|s| s.spec.as_ref()) {
+            None | Some(version_spec::Spec::Latest(_)) => Ok(newest),
+            Some(version_spec::Spec::Exact(n)) => Version::new(*n)
+                .filter(|v| versions.contains(v))
+                .ok_or_else(|| {
+                    ResolveFailure::Unknown(format!(
+                        "{resource}@{n} does not exist (newest: {newest})"
+                    ))
+                }),
+            Some(version_spec::Spec::AtLeast(n)) => {
+                if newest.get() >= *n {
+                    Ok(newest)
+                } else {
+                    Err(ResolveFailure::Unknown(format!(
+                        "{resource}: newest version is {newest}, at least {n} was asked for"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Has capacity `req.capacity` load the state and waits for its acknowledgement.
+    pub async fn transfer(&self, req: TransferRequest) -> TransferAck {
+        let t0 = Instant::now();
+        let ack = self.transfer_inner(&req).await;
+        let result = if ack.ok { "ok" } else { "failed" };
+        self.metrics
+            .transfer(&self.registry, result, &ack, t0.elapsed());
+        ack
+    }
+
+    async fn transfer_inner(&self, req: &TransferRequest) -> TransferAck {
+        let Ok(capacity) = CapacityId::new(req.capacity.clone()) else {
+            return failed(
+                req,
+                FailureKind::InvalidRequest,
+                format!("invalid capacity id {:?}", req.capacity),
+            );
+        };
+        let resource = match ResourceId::new(req.resource.clone()) {
+            Ok(r) => r,
+            Err(e) => return failed(req, FailureKind::InvalidRequest, e.to_string()),
+        };
+        let version = match self.resolve(&resource, req.version.as_ref()).await {
+            Ok(v) => v,
+            Err(ResolveFailure::Unknown(m)) => return failed(req, FailureKind::UnknownState, m),
+            Err(ResolveFailure::Store(m)) => return failed(req, FailureKind::Source, m),
+        };
+        let exact = matches!(
+            req.version.as_ref().and_then(|s| s.spec.as_ref()),
+            Some(version_spec::Spec::Exact(_))
+        );
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let cmd_tx = {
+            let mut book = self.book.lock().expect("book lock poisoned");
+            let Some(cap) = book.caps.get(&capacity) else {
+                return failed(
+                    req,
+                    FailureKind::UnknownCapacity,
+                    format!("no capacity named {capacity} has attached"),
+                );
+            };
+            let held = if exact {
+                cap.holds(&resource, version)
+            } else {
+                cap.newest(&resource).is_some_and(|v| v >= version)
+            };
+            if held {
+                let mut ack = failed(req, FailureKind::FailureNone, String::new());
+                ack.ok = true;
+                ack.already_held = true;
+                ack.version = if exact {
+                    version.get()
+                } else {
+                    cap.newest(&resource).map_or(0, Version::get)
+                };
+                ack.transfer_id = id;
+                book.remember(ack.clone());
+                return ack;
+            }
+            let Some(cmd_tx) = cap.tx.clone() else {
+                return failed(
+                    req,
+                    FailureKind::CapacityGone,
+                    format!("capacity {capacity} is disconnected"),
+                );
+            };
+            book.pending.insert(id, (capacity.clone(), tx));
+            cmd_tx
+        };
+        let load = Command {
+            command: Some(command::Command::Load(prewarm_proto::wire::Load {
+                transfer_id: id,
+                resource: resource.as_str().to_owned(),
+                version: version.get(),
+                priority: req.priority,
+            })),
+        };
+        if cmd_tx.send(Ok(load)).await.is_err() {
+            self.book
+                .lock()
+                .expect("book lock poisoned")
+                .pending
+                .remove(&id);
+            return failed(
+                req,
+                FailureKind::CapacityGone,
+                format!("capacity {capacity} went away"),
+            );
+        }
+        let timeout = match req.timeout_ms {
+            0 => DEFAULT_TRANSFER_TIMEOUT,
+            ms => Duration::from_millis(ms),
+        };
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(ack)) => ack,
+            Ok(Err(_)) => {
+                let mut a = failed(
+                    req,
+                    FailureKind::CapacityGone,
+                    format!("capacity {capacity} disconnected during the transfer"),
+                );
+                a.transfer_id = id;
+                a
+            }
+            Err(_) => {
+                self.book
+                    .lock()
+                    .expect("book lock poisoned")
+                    .pending
+                    .remove(&id);
+                let mut a = failed(
+                    req,
+                    FailureKind::Timeout,
+                    format!("no acknowledgement within {timeout:?}"),
+                );
+                a.transfer_id = id;
+                a
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl coordinator_server::Coordinator for Service {
+    type AttachStream = ReceiverStream<Result<Command, Status>>;
+
+    async fn attach(
+        &self,
+        request: Request<AttachRequest>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let req = request.into_inner();
+        let capacity = CapacityId::new(req.capacity.clone())
+            .map_err(|e| Status::invalid_argument(format!("invalid capacity id: {e}")))?;
+        let c = &self.0;
+        let (tx, rx) = mpsc::channel(256);
+        let welcome = Command {
+            command: Some(command::Command::Welcome(Welcome {
+                coordinator_instance: c.instance.clone(),
+                data_tcp: c.data_tcp.clone(),
+                data_unix: c.data_unix.clone(),
+                host_id: prewarm_transfer::host_id(),
+            })),
+        };
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| Status::unavailable("stream closed"))?;
+        let session = c.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut book = c.book.lock().expect("book lock poisoned");
+            let mut inventory = req.inventory.unwrap_or_default();
+            inventory.capacity = capacity.as_str().to_owned();
+            book.caps.insert(
+                capacity.clone(),
+                Cap {
+                    tx: Some(tx.clone()),
+                    session,
+                    ensure_addr: req.ensure_addr,
+                    inventory,
+                    attached_unix_ms: now_ms(),
+                },
+            );
+        }
+        tracing::info!("capacity {capacity} attached");
+        c.update_gauges();
+        // The stream closing is the capacity going away.
+        let me = c.clone();
+        tokio::spawn(async move {
+            tx.closed().await;
+            me.detach(&capacity, session);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn report(&self, request: Request<Inventory>) -> Result<Response<ReportReply>, Status> {
+        let inv = request.into_inner();
+        let capacity = CapacityId::new(inv.capacity.clone())
+            .map_err(|e| Status::invalid_argument(format!("invalid capacity id: {e}")))?;
+        let mut book = self.0.book.lock().expect("book lock poisoned");
+        let cap = book
+            .caps
+            .get_mut(&capacity)
+            .ok_or_else(|| Status::not_found(format!("capacity {capacity} has not attached")))?;
+        cap.inventory = inv;
+        Ok(Response::new(ReportReply {}))
+    }
+
+    async fn ack(&self, request: Request<TransferAck>) -> Result<Response<AckReply>, Status> {
+        let ack = request.into_inner();
+        let mut book = self.0.book.lock().expect("book lock poisoned");
+        book.remember(ack.clone());
+        match book.pending.remove(&ack.transfer_id) {
+            Some((cap, waiter)) if cap.as_str() == ack.capacity => {
+                let _ = waiter.send(ack);
+                Ok(Response::new(AckReply {}))
+            }
+            Some((cap, waiter)) => {
+                // Not from the capacity it was sent to: put it back.
+                book.pending.insert(ack.transfer_id, (cap, waiter));
+                Err(Status::permission_denied(
+                    "acknowledgement from another capacity",
+                ))
+            }
+            None => Ok(Response::new(AckReply {})), // timed out or already answered
+        }
+    }
+
+    async fn transfer(
+        &self,
+        request: Request<TransferRequest>,
+    ) -> Result<Response<TransferAck>, Status> {
+        Ok(Response::new(self.0.transfer(request.into_inner()).await))
+    }
+
+    async fn resolve(
+        &self,
+        request: Request<ResolveRequest>,
+    ) -> Result<Response<ResolveReply>, Status> {
+        let req = request.into_inner();
+        let resource =
+            ResourceId::new(req.resource).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match self.0.resolve(&resource, req.version.as_ref()).await {
+            Ok(v) => Ok(Response::new(ResolveReply {
+                version: v.get(),
+                bytes: 0,
+            })),
+            Err(ResolveFailure::Unknown(m)) => Err(Status::not_found(m)),
+            Err(ResolveFailure::Store(m)) => Err(Status::unavailable(m)),
+        }
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        Ok(Response::new(self.0.status()))
+    }
+}

@@ -1,0 +1,230 @@
+//! The data-plane wire format. Every frame, both ways:
+//!
+//! ```text
+//! len: u32 LE (bytes after this field) | kind: u8 | request: u32 LE | body (len - 5 bytes)
+//! ```
+//!
+//! Client → server: `HELLO` (body: magic `PWD1` + the shared token, possibly empty) first,
+//! then any number of `MANIFEST` (body: version u64 LE, 0 = latest | resource id) and
+//! `CHUNKS` (body: up to [`MAX_HASHES`] 32-byte BLAKE3 hashes) requests, without waiting for
+//! answers (pipelining). Server → client: `HELLO_OK` (body: the server's instance id), then
+//! per request, in request order, either `MANIFEST_OK` (an encoded, checksummed manifest) or
+//! one `CHUNK` per hash (hash | codec u8 | raw length u32 LE | stored bytes) and `DONE`, or
+//! `ERROR` (code u8 | UTF-8 message). A frame over [`MAX_FRAME`] is refused before its body
+//! is read: the peer is misbehaving and the connection is closed.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Magic at the start of `HELLO`.
+pub const MAGIC: &[u8; 4] = b"PWD1";
+/// Largest frame accepted (a 16 MiB chunk, or a manifest of ~1M chunks).
+pub const MAX_FRAME: u32 = 64 << 20;
+/// Most hashes in one `CHUNKS` request.
+pub const MAX_HASHES: usize = 8192;
+/// Bytes of `kind` + `request`.
+pub const HEADER: usize = 5;
+
+/// Frame kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Client greeting with the token.
+    Hello = 1,
+    /// Client asks for a manifest.
+    Manifest = 2,
+    /// Client asks for chunks.
+    Chunks = 3,
+    /// Server accepts the greeting.
+    HelloOk = 0x81,
+    /// Server sends a manifest.
+    ManifestOk = 0x82,
+    /// Server sends one chunk.
+    Chunk = 0x83,
+    /// Server finished a `CHUNKS` request.
+    Done = 0x84,
+    /// Server refuses a request (or the connection).
+    Error = 0x8f,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => Kind::Hello,
+            2 => Kind::Manifest,
+            3 => Kind::Chunks,
+            0x81 => Kind::HelloOk,
+            0x82 => Kind::ManifestOk,
+            0x83 => Kind::Chunk,
+            0x84 => Kind::Done,
+            0x8f => Kind::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// Error codes in `ERROR` frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Code {
+    /// Missing or wrong token.
+    Unauthorized = 1,
+    /// The request is malformed.
+    BadRequest = 2,
+    /// No such resource or version.
+    UnknownState = 3,
+    /// A chunk is not in the store.
+    UnknownChunk = 4,
+    /// The store failed.
+    Store = 5,
+    /// A frame was too large.
+    Oversize = 6,
+}
+
+impl Code {
+    /// Decodes a code byte (unknown codes read as `Store`).
+    pub fn from_u8(b: u8) -> Self {
+        match b {
+            1 => Code::Unauthorized,
+            2 => Code::BadRequest,
+            3 => Code::UnknownState,
+            4 => Code::UnknownChunk,
+            6 => Code::Oversize,
+            _ => Code::Store,
+        }
+    }
+}
+
+/// One frame.
+#[derive(Debug)]
+pub struct Frame {
+    /// What it is.
+    pub kind: Kind,
+    /// The request it belongs to.
+    pub request: u32,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The connection failed or closed mid-frame.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the connection between frames.
+    #[error("the peer closed the connection")]
+    Closed,
+    /// A frame larger than [`MAX_FRAME`].
+    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    Oversize(u32),
+    /// A frame too short for its header, or of an unknown kind.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Reads one frame.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_le_bytes(len);
+    if len > MAX_FRAME {
+        return Err(FrameError::Oversize(len));
+    }
+    if (len as usize) < HEADER {
+        return Err(FrameError::Malformed(format!("length {len} < header")));
+    }
+    let mut buf = BytesMut::zeroed(len as usize);
+    r.read_exact(&mut buf).await?;
+    let kind = Kind::from_u8(buf[0])
+        .ok_or_else(|| FrameError::Malformed(format!("unknown kind {:#x}", buf[0])))?;
+    let request = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    buf.advance(HEADER);
+    Ok(Frame {
+        kind,
+        request,
+        body: buf.freeze(),
+    })
+}
+
+/// The 9-byte prefix of a frame whose body is `body_len` bytes.
+pub fn header(kind: Kind, request: u32, body_len: usize) -> [u8; 9] {
+    let mut h = [0u8; 9];
+    let len = u32::try_from(body_len + HEADER).unwrap_or(u32::MAX);
+    h[..4].copy_from_slice(&len.to_le_bytes());
+    h[4] = kind as u8;
+    h[5..].copy_from_slice(&request.to_le_bytes());
+    h
+}
+
+/// Writes one frame (not flushed).
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: Kind,
+    request: u32,
+    body: &[u8],
+) -> std::io::Result<()> {
+    w.write_all(&header(kind, request, body.len())).await?;
+    w.write_all(body).await
+}
+
+/// Body of an `ERROR` frame.
+pub fn error_body(code: Code, msg: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(1 + msg.len());
+    b.put_u8(code as u8);
+    b.extend_from_slice(msg.as_bytes());
+    b
+}
+
+/// Splits an `ERROR` body.
+pub fn parse_error(body: &[u8]) -> (Code, String) {
+    match body.split_first() {
+        Some((c, m)) => (Code::from_u8(*c), String::from_utf8_lossy(m).into_owned()),
+        None => (Code::Store, "empty error".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn round_trips_and_refuses_oversize_and_truncation() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, Kind::Chunks, 7, b"abc")
+            .await
+            .unwrap();
+        let f = read_frame(&mut buf.as_slice()).await.unwrap();
+        assert_eq!(
+            (f.kind, f.request, &f.body[..]),
+            (Kind::Chunks, 7, &b"abc"[..])
+        );
+
+        let mut big = (MAX_FRAME + 1).to_le_bytes().to_vec();
+        big.extend_from_slice(&[1, 0, 0, 0, 0]);
+        assert!(matches!(
+            read_frame(&mut big.as_slice()).await,
+            Err(FrameError::Oversize(_))
+        ));
+        let cut = &buf[..buf.len() - 1];
+        assert!(matches!(
+            read_frame(&mut &cut[..]).await,
+            Err(FrameError::Io(_))
+        ));
+        assert!(matches!(
+            read_frame(&mut &[][..]).await,
+            Err(FrameError::Closed)
+        ));
+        let bad = [5u8, 0, 0, 0, 0x55, 0, 0, 0, 0];
+        assert!(matches!(
+            read_frame(&mut &bad[..]).await,
+            Err(FrameError::Malformed(_))
+        ));
+    }
+}

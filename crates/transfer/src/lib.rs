@@ -1,0 +1,28 @@
+//! The parts of prewarm's transfer protocol that the agent and the coordinator share: the
+//! data plane (a length-prefixed, pipelined chunk stream over TCP or, on one host, a Unix
+//! socket; see [`frame`] for the format), pacing of predictive transfers, the shared token,
+//! and a Prometheus metrics registry. The control plane (gRPC) lives in `prewarm-proto`.
+
+pub mod auth;
+pub mod client;
+pub mod frame;
+pub mod metrics;
+pub mod pace;
+pub mod server;
+
+pub use auth::{Token, TokenError};
+pub use client::{Connection, DataAddr, DataError, FetchStats, Received, verify_batch};
+pub use metrics::Registry;
+pub use pace::{Pacer, Priorities};
+pub use server::{DataServer, Faults};
+
+/// An id of this host, equal for processes on one machine (boot): `/proc/sys/kernel/random/boot_id`
+/// plus the host name. Decides whether the same-host channel can be used.
+pub fn host_id() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    format!("{}/{}", boot.trim(), name.trim())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,380 @@
+//! The data-plane server (runs in the coordinator): answers manifest and chunk requests from
+//! the store. Requests on one connection are read ahead and their pack reads run while
+//! earlier answers are still being written, so a pipelining client keeps the link busy.
+//! Chunks go out as stored (compressed or raw) and are verified by the receiver.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prewarm_core::{ChunkHash, ResourceId, StateRef, Version};
+use prewarm_store::{BlobLoc, FetchError, ReadManifestError, Store};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::auth::Token;
+use crate::frame::{self, Code, Frame, FrameError, Kind, MAGIC, MAX_HASHES};
+use crate::metrics::{Counter, Registry};
+
+/// Answers computed ahead of the one being written, per connection.
+const READ_AHEAD: usize = 4;
+/// How long a client has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deliberate faults, for tests of the receiving side.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Flip a bit in every n-th chunk sent for the first time (counted over the server's
+    /// life); a chunk sent again goes out intact, like after a transient fault.
+    pub corrupt_every: Option<u64>,
+    /// Corrupt resends too: the source itself is bad.
+    pub corrupt_always: bool,
+    /// Close every connection abruptly once this many chunk bytes were sent on it.
+    pub die_after_bytes: Option<u64>,
+}
+
+struct ServerMetrics {
+    bytes: Counter,
+    chunks: Counter,
+    requests: Counter,
+    refused: Counter,
+}
+
+/// Serves one store to any number of connections.
+pub struct DataServer {
+    store: Arc<Store>,
+    /// Required in `HELLO` when set.
+    token: Option<Token>,
+    /// Sent in `HELLO_OK`, so a client can tell which coordinator process it reached.
+    instance: String,
+    metrics: ServerMetrics,
+    faults: Faults,
+    sent_chunks: AtomicU64,
+    /// Chunks already sent (only tracked with `corrupt_every`).
+    seen: std::sync::Mutex<std::collections::HashSet<ChunkHash>>,
+}
+
+enum Answer {
+    Manifest(Result<Vec<u8>, (Code, String)>),
+    Chunks(Result<Vec<(ChunkHash, BlobLoc, Bytes)>, (Code, String)>),
+    Error(Code, String),
+}
+
+impl DataServer {
+    /// A server of `store`; `token` is required from clients when given.
+    pub fn new(
+        store: Arc<Store>,
+        token: Option<Token>,
+        instance: String,
+        metrics: &Registry,
+    ) -> Self {
+        let m = ServerMetrics {
+            bytes: metrics.counter(
+                "prewarm_data_sent_bytes_total",
+                "Chunk bytes sent on the data plane (as stored, i.e. compressed).",
+                &[],
+            ),
+            chunks: metrics.counter("prewarm_data_sent_chunks_total", "Chunks sent.", &[]),
+            requests: metrics.counter("prewarm_data_requests_total", "Data-plane requests.", &[]),
+            refused: metrics.counter(
+                "prewarm_data_refused_total",
+                "Data-plane connections or requests refused (bad token, bad request, oversize).",
+                &[],
+            ),
+        };
+        DataServer {
+            store,
+            token,
+            instance,
+            metrics: m,
+            faults: Faults::default(),
+            sent_chunks: AtomicU64::new(0),
+            seen: Default::default(),
+        }
+    }
+
+    /// Injects faults (tests).
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Accepts TCP connections forever.
+    pub async fn serve_tcp(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((s, peer)) => {
+                    let _ = s.set_nodelay(true);
+                    let me = self.clone();
+                    tokio::spawn(async move { me.handle(s, &peer.to_string()).await });
+                }
+                Err(e) => {
+                    tracing::warn!("data plane accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Accepts Unix-socket connections forever (the same-host channel).
+    pub async fn serve_unix(self: Arc<Self>, listener: tokio::net::UnixListener) {
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.handle(s, "unix").await });
+                }
+                Err(e) => {
+                    tracing::warn!("data plane accept (unix): {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Serves one connection until the client closes it or misbehaves.
+    pub async fn handle<S>(self: Arc<Self>, stream: S, peer: &str)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut rd, wr) = tokio::io::split(stream);
+        let mut wr = BufWriter::with_capacity(1 << 20, wr);
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, frame::read_frame(&mut rd)).await;
+        let refusal = match hello {
+            Err(_) => Some("no hello within 10 s".to_owned()),
+            Ok(Err(e)) => Some(format!("bad hello: {e}")),
+            Ok(Ok(f)) if f.kind != Kind::Hello || !f.body.starts_with(MAGIC) => {
+                Some("the first frame is not a prewarm data-plane hello".into())
+            }
+            Ok(Ok(f)) => match &self.token {
+                Some(t) if !t.matches(&f.body[MAGIC.len()..]) => {
+                    Some("missing or wrong token".into())
+                }
+                _ => None,
+            },
+        };
+        if let Some(why) = refusal {
+            tracing::warn!(%peer, "data plane: refused connection: {why}");
+            self.metrics.refused.inc();
+            let _ = frame::write_frame(
+                &mut wr,
+                Kind::Error,
+                0,
+                &frame::error_body(Code::Unauthorized, &why),
+            )
+            .await;
+            let _ = wr.flush().await;
+            return;
+        }
+        if frame::write_frame(&mut wr, Kind::HelloOk, 0, self.instance.as_bytes())
+            .await
+            .is_err()
+            || wr.flush().await.is_err()
+        {
+            return;
+        }
+        let (tx, rx) = mpsc::channel::<(u32, JoinHandle<Answer>)>(READ_AHEAD);
+        let writer = tokio::spawn(self.clone().write_answers(wr, rx));
+        loop {
+            let f = match frame::read_frame(&mut rd).await {
+                Ok(f) => f,
+                Err(FrameError::Closed) => break,
+                Err(e) => {
+                    let code = match e {
+                        FrameError::Oversize(_) => Code::Oversize,
+                        _ => Code::BadRequest,
+                    };
+                    tracing::warn!(%peer, "data plane: {e}; closing");
+                    self.metrics.refused.inc();
+                    let msg = e.to_string();
+                    let _ = tx
+                        .send((0, tokio::spawn(async move { Answer::Error(code, msg) })))
+                        .await;
+                    break;
+                }
+            };
+            self.metrics.requests.inc();
+            let request = f.request;
+            let job = self.clone().answer(f);
+            if tx.send((request, tokio::spawn(job))).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let _ = writer.await;
+    }
+
+    async fn answer(self: Arc<Self>, f: Frame) -> Answer {
+        match f.kind {
+            Kind::Manifest => Answer::Manifest(self.manifest(&f.body).await),
+            Kind::Chunks => Answer::Chunks(self.chunks(&f.body).await),
+            k => Answer::Error(Code::BadRequest, format!("unexpected {k:?} frame")),
+        }
+    }
+
+    async fn manifest(&self, body: &[u8]) -> Result<Vec<u8>, (Code, String)> {
+        let bad = |m: String| (Code::BadRequest, m);
+        if body.len() < 8 {
+            return Err(bad("manifest request shorter than 8 bytes".into()));
+        }
+        let version = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+        let name =
+            std::str::from_utf8(&body[8..]).map_err(|_| bad("resource id is not UTF-8".into()))?;
+        let resource =
+            ResourceId::new(name).map_err(|e| bad(format!("invalid resource id: {e}")))?;
+        let m = match Version::new(version) {
+            Some(v) => {
+                self.store
+                    .manifest(&StateRef {
+                        resource,
+                        version: v,
+                    })
+                    .await
+            }
+            None => self.store.resolve(&resource, None).await,
+        };
+        match m {
+            Ok(m) => Ok(m.encode()),
+            Err(
+                e @ (ReadManifestError::UnknownResource(_)
+                | ReadManifestError::UnknownVersion { .. }),
+            ) => Err((Code::UnknownState, e.to_string())),
+            Err(e) => Err((Code::Store, e.to_string())),
+        }
+    }
+
+    async fn chunks(
+        &self,
+        body: &[u8],
+    ) -> Result<Vec<(ChunkHash, BlobLoc, Bytes)>, (Code, String)> {
+        if body.len() % 32 != 0 || body.len() / 32 > MAX_HASHES {
+            return Err((
+                Code::BadRequest,
+                format!(
+                    "chunk request of {} bytes: want n × 32, n ≤ {MAX_HASHES}",
+                    body.len()
+                ),
+            ));
+        }
+        let hashes: Vec<ChunkHash> = body
+            .chunks_exact(32)
+            .map(|h| ChunkHash::from_array(h.try_into().expect("32 bytes")))
+            .collect();
+        let mut got = self.store.read_stored(&hashes).await;
+        if matches!(got, Err(FetchError::Missing(_))) {
+            // Committed by another process since the index was loaded?
+            if self.store.refresh_index().await.is_ok() {
+                got = self.store.read_stored(&hashes).await;
+            }
+        }
+        match got {
+            Ok(v) => Ok(hashes
+                .into_iter()
+                .zip(v)
+                .map(|(h, (l, b))| (h, l, b))
+                .collect()),
+            Err(e @ FetchError::Missing(_)) => Err((Code::UnknownChunk, e.to_string())),
+            Err(e) => Err((Code::Store, e.to_string())),
+        }
+    }
+
+    async fn write_answers<W: AsyncWrite + Unpin>(
+        self: Arc<Self>,
+        mut wr: BufWriter<W>,
+        mut rx: mpsc::Receiver<(u32, JoinHandle<Answer>)>,
+    ) {
+        let mut sent_here = 0u64;
+        while let Some((request, job)) = rx.recv().await {
+            let answer = job
+                .await
+                .unwrap_or_else(|e| Answer::Error(Code::Store, format!("server task failed: {e}")));
+            let r = match answer {
+                Answer::Manifest(Ok(m)) => {
+                    frame::write_frame(&mut wr, Kind::ManifestOk, request, &m).await
+                }
+                Answer::Chunks(Ok(chunks)) => {
+                    let mut r = Ok(());
+                    for (hash, loc, stored) in chunks {
+                        if let Some(limit) = self.faults.die_after_bytes {
+                            if sent_here >= limit {
+                                tracing::warn!("data plane: injected fault: dying mid-stream");
+                                let _ = wr.flush().await;
+                                let _ = wr.get_mut().shutdown().await;
+                                return; // the connection ends without DONE
+                            }
+                        }
+                        r = self.write_chunk(&mut wr, request, hash, &loc, stored).await;
+                        sent_here += u64::from(loc.stored_length);
+                        if r.is_err() {
+                            break;
+                        }
+                    }
+                    match r {
+                        Ok(()) => frame::write_frame(&mut wr, Kind::Done, request, &[]).await,
+                        e => e,
+                    }
+                }
+                Answer::Manifest(Err((code, msg)))
+                | Answer::Chunks(Err((code, msg)))
+                | Answer::Error(code, msg) => {
+                    if code != Code::UnknownState {
+                        self.metrics.refused.inc();
+                    }
+                    frame::write_frame(
+                        &mut wr,
+                        Kind::Error,
+                        request,
+                        &frame::error_body(code, &msg),
+                    )
+                    .await
+                }
+            };
+            if r.is_err() {
+                return;
+            }
+            if rx.is_empty() && wr.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.flush().await;
+    }
+
+    fn should_corrupt(&self, hash: ChunkHash, k: u64) -> bool {
+        let first = self.seen.lock().expect("fault lock poisoned").insert(hash);
+        if !first && !self.faults.corrupt_always {
+            return false;
+        }
+        let n = self.sent_chunks.fetch_add(1, Ordering::Relaxed) + 1;
+        n % k == 0
+    }
+
+    async fn write_chunk<W: AsyncWrite + Unpin>(
+        &self,
+        wr: &mut BufWriter<W>,
+        request: u32,
+        hash: ChunkHash,
+        loc: &BlobLoc,
+        stored: Bytes,
+    ) -> std::io::Result<()> {
+        let stored = match self.faults.corrupt_every {
+            Some(k) if k > 0 && !stored.is_empty() && self.should_corrupt(hash, k) => {
+                let mut v = stored.to_vec();
+                v[0] ^= 0x40;
+                Bytes::from(v)
+            }
+            _ => stored,
+        };
+        let mut pre = [0u8; 9 + 37];
+        pre[..9].copy_from_slice(&frame::header(Kind::Chunk, request, 37 + stored.len()));
+        pre[9..41].copy_from_slice(hash.as_bytes());
+        pre[41] = loc.codec.to_u8();
+        pre[42..46].copy_from_slice(&loc.raw_length.to_le_bytes());
+        wr.write_all(&pre).await?;
+        wr.write_all(&stored).await?;
+        self.metrics.bytes.add(stored.len() as u64);
+        self.metrics.chunks.inc();
+        Ok(())
+    }
+}
