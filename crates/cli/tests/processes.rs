@@ -1,0 +1,478 @@
+//! Coordinator and agents as separate real processes over real sockets, driven by the CLI:
+//! transfer, ensure, refresh on a new version, bad input, tokens, and an agent killed with
+//! SIGKILL in the middle of a large transfer.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_prewarm");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed (SIGKILL) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str], log: &Path) -> Proc {
+    let f = std::fs::File::create(log).unwrap();
+    Proc(
+        Command::new(BIN)
+            .args(args)
+            .args(["--log", "info"])
+            .env_remove("PREWARM_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("PREWARM_TOKEN")
+        .output()
+        .unwrap()
+}
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn status_json(url: &str) -> serde_json::Value {
+    let out = run(&["status", "--coordinator", url, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn held(url: &str, cap: &str) -> Vec<(String, u64)> {
+    let s = status_json(url);
+    s["capacities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["capacity"] == cap && c["connected"] == true)
+        .flat_map(|c| c["held"].as_array().unwrap().clone())
+        .map(|h| {
+            (
+                h["resource"].as_str().unwrap().to_owned(),
+                h["version"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    url: String,
+    store: String,
+    _coord: Proc,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store").display().to_string();
+        let port = free_port();
+        let data = free_port();
+        let sock = dir.path().join("data.sock").display().to_string();
+        let coord = spawn(
+            &[
+                "coordinator",
+                "--store",
+                &store,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-listen",
+                &format!("127.0.0.1:{data}"),
+                "--data-unix",
+                &sock,
+                "--poll",
+                "200ms",
+            ],
+            &dir.path().join("coordinator.log"),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        wait_until("the coordinator", 20, || {
+            run(&["status", "--coordinator", &url]).status.success()
+        });
+        Cluster {
+            dir,
+            url,
+            store,
+            _coord: coord,
+        }
+    }
+
+    fn agent(&self, name: &str, api: &str, extra: &[&str]) -> Proc {
+        let cache = self.dir.path().join(name).display().to_string();
+        let mut args = vec![
+            "agent",
+            "--coordinator",
+            &self.url,
+            "--name",
+            name,
+            "--cache-dir",
+            &cache,
+            "--cache-size",
+            "1GiB",
+            "--listen",
+            api,
+        ];
+        args.extend_from_slice(extra);
+        let p = spawn(&args, &self.dir.path().join(format!("{name}.log")));
+        wait_until("the agent to attach", 20, || {
+            status_json(&self.url)["capacities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["capacity"] == name && c["connected"] == true)
+        });
+        p
+    }
+
+    fn snapshot(&self, resource: &str, file: &Path) {
+        let out = run(&[
+            "snapshot",
+            "--store",
+            &self.store,
+            "--resource",
+            resource,
+            file.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn transfer(&self, cap: &str, resource: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "transfer",
+            "--coordinator",
+            &self.url,
+            "--capacity",
+            cap,
+            "--resource",
+            resource,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+}
+
+fn ack(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn transfer_ensure_refresh_metrics_and_bad_input_across_processes() {
+    let c = Cluster::start();
+    let (api_a, api_b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let _a = c.agent("cap-a", &api_a, &["--data-path", "tcp"]);
+    let _b = c.agent("cap-b", &api_b, &[]);
+    let file = c.path("weights.bin");
+    let mut data = noise(8 << 20, 1);
+    std::fs::write(&file, &data).unwrap();
+    c.snapshot("models/w", &file);
+
+    // Transfer by hand, then the application's call hits.
+    for cap in ["cap-a", "cap-b"] {
+        let out = c.transfer(cap, "models/w", &[]);
+        let a = ack(&out);
+        assert!(out.status.success() && a["ok"] == true, "{a}");
+        assert_eq!(a["version"], 1);
+        assert!(a["wire_bytes"].as_u64().unwrap() >= 8 << 20, "{a}");
+    }
+    let again = ack(&c.transfer("cap-a", "models/w", &["--version", "1"]));
+    assert_eq!(again["already_held"], true);
+    let (code, body) = http_get(&api_a, "/v1/states/models/w?min_version=1&timeout_ms=2000");
+    assert_eq!(code, 200, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (e["hit"].as_bool(), e["version"].as_u64()),
+        (Some(true), Some(1))
+    );
+    assert_eq!(std::fs::read(e["path"].as_str().unwrap()).unwrap(), data);
+
+    // A new version lands: holders are told and refresh by delta transfer.
+    for i in (0..data.len()).step_by(1 << 20) {
+        data[i..i + 256].copy_from_slice(&noise(256, i as u64));
+    }
+    std::fs::write(&file, &data).unwrap();
+    c.snapshot("models/w", &file);
+    for cap in ["cap-a", "cap-b"] {
+        wait_until("the refresh", 30, || {
+            held(&c.url, cap).contains(&("models/w".into(), 2))
+        });
+    }
+    let (code, body) = http_get(&api_b, "/v1/states/models/w?min_version=2");
+    assert_eq!(code, 200, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(std::fs::read(e["path"].as_str().unwrap()).unwrap(), data);
+    let (_, metrics) = http_get(&api_b, "/metrics");
+    let reused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("prewarm_agent_reused_bytes_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        reused > 7 << 20,
+        "the refresh reused held chunks: {metrics}"
+    );
+    let (code, cm) = http_get(c.url.trim_start_matches("http://"), "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        cm.contains("prewarm_coordinator_transfers_total{result=\"ok\"}"),
+        "{cm}"
+    );
+    assert!(cm.contains("prewarm_data_sent_bytes_total"), "{cm}");
+
+    // Bad input: each refused with its reason, nothing else disturbed.
+    for (cap, res, extra, want) in [
+        ("cap-zzz", "models/w", vec![], "UNKNOWN_CAPACITY"),
+        ("cap-a", "models/none", vec![], "UNKNOWN_STATE"),
+        ("cap-a", "models/w", vec!["--version", "7"], "UNKNOWN_STATE"),
+        (
+            "cap-a",
+            "models/w",
+            vec!["--at-least", "3"],
+            "UNKNOWN_STATE",
+        ),
+        ("cap-a", "../etc", vec![], "INVALID_REQUEST"),
+        ("bad name!", "models/w", vec![], "INVALID_REQUEST"),
+    ] {
+        let out = c.transfer(cap, res, &extra);
+        assert_eq!(out.status.code(), Some(1), "{cap} {res} {extra:?}");
+        assert_eq!(ack(&out)["failure"], want, "{cap} {res} {extra:?}");
+    }
+    let (code, body) = http_get(&api_a, "/v1/states/models/none?timeout_ms=2000");
+    assert_eq!(code, 404, "{body}");
+    let (code, _) = http_get(&api_a, "/v1/states/a%20b");
+    assert_eq!(code, 400);
+    assert!(held(&c.url, "cap-a").contains(&("models/w".into(), 2)));
+}
+
+#[test]
+fn non_loopback_listeners_require_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store").display().to_string();
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let out = run(&["coordinator", "--store", &store, "--listen", &listen]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
+
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-s3cret-s3cret\n").unwrap();
+    let tok = token.to_str().unwrap();
+    let _c = spawn(
+        &[
+            "coordinator",
+            "--store",
+            &store,
+            "--listen",
+            &listen,
+            "--data-unix",
+            "none",
+            "--token-file",
+            tok,
+        ],
+        &dir.path().join("c.log"),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    wait_until("the coordinator", 20, || {
+        run(&["status", "--coordinator", &url, "--token-file", tok])
+            .status
+            .success()
+    });
+    let out = run(&["status", "--coordinator", &url]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-the-token-at-all").unwrap();
+    let out = run(&[
+        "status",
+        "--coordinator",
+        &url,
+        "--token-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let (code, _) = http_get(&format!("127.0.0.1:{port}"), "/metrics");
+    assert_eq!(code, 401);
+    let log = std::fs::read_to_string(dir.path().join("c.log")).unwrap();
+    assert!(log.contains("refused"), "refusals are logged: {log}");
+}
+
+#[test]
+fn an_agent_killed_mid_transfer_resumes_and_never_shows_a_partial_state() {
+    let c = Cluster::start();
+    let api = format!("127.0.0.1:{}", free_port());
+    // A predictive bandwidth limit makes the 48 MiB transfer take ~3 s: time to kill it.
+    let agent_args = ["--predictive-rate", "16MiB"];
+    let agent = c.agent("cap-k", &api, &agent_args);
+    let file = c.path("big.bin");
+    let data = noise(48 << 20, 9);
+    std::fs::write(&file, &data).unwrap();
+    c.snapshot("data/big", &file);
+    let state = c.path("cap-k/states/data/big/v1");
+
+    // Watch the state's path the whole time: it is either absent or complete.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, state) = (stop.clone(), state.clone());
+        std::thread::spawn(move || {
+            let mut seen_complete = false;
+            while !stop.load(Ordering::Acquire) {
+                if let Ok(m) = std::fs::metadata(&state) {
+                    assert_eq!(m.len(), 48 << 20, "a partial state was visible at its path");
+                    seen_complete = true;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            seen_complete
+        })
+    };
+    let transfer = {
+        let url = c.url.clone();
+        std::thread::spawn(move || {
+            run(&[
+                "transfer",
+                "--coordinator",
+                &url,
+                "--capacity",
+                "cap-k",
+                "--resource",
+                "data/big",
+                "--json",
+            ])
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(agent); // SIGKILL
+    let out = transfer.join().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(ack(&out)["failure"], "CAPACITY_GONE");
+    assert!(!state.exists());
+
+    // Restarted, the agent finds the interrupted transfer and finishes it, moving only the rest.
+    let _agent = c.agent("cap-k", &api, &agent_args);
+    wait_until("the resumed install", 60, || {
+        held(&c.url, "cap-k").contains(&("data/big".into(), 1))
+    });
+    stop.store(true, Ordering::Release);
+    assert!(
+        watcher.join().unwrap(),
+        "the watcher saw the complete state"
+    );
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        data,
+        "installed once, verified, complete"
+    );
+    let (_, metrics) = http_get(&api, "/metrics");
+    let get = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (resumed, wire) = (
+        get("prewarm_agent_resumed_bytes_total "),
+        get("prewarm_agent_wire_bytes_total "),
+    );
+    assert!(
+        resumed > 4 << 20,
+        "kept what was received before the kill: {metrics}"
+    );
+    assert!(
+        wire < (48 << 20) - resumed + (2 << 20),
+        "moved only the rest: {resumed} resumed, {wire} wire"
+    );
+    assert!(
+        !c.path("cap-k/staging/data/big/v1").exists(),
+        "staging cleaned up"
+    );
+    // A transfer request now finds it held.
+    assert_eq!(
+        ack(&c.transfer("cap-k", "data/big", &[]))["already_held"],
+        true
+    );
+}
