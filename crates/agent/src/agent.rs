@@ -295,8 +295,7 @@ impl Agent {
             .space
             .inventory()
             .into_iter()
-            .filter(|h| &h.resource == resource && min.is_none_or(|m| h.version >= m))
-            .next_back()
+            .rfind(|h| &h.resource == resource && min.is_none_or(|m| h.version >= m))
     }
 
     /// Loads a state (see the module docs). Concurrent loads of one state share the work.

@@ -63,15 +63,15 @@ fn error(status: StatusCode, kind: &str, message: String) -> Response {
         .into_response()
 }
 
-fn authorized(ctx: &Ctx, headers: &HeaderMap) -> Result<(), Response> {
+fn authorized(ctx: &Ctx, headers: &HeaderMap) -> Result<(), Box<Response>> {
     match &ctx.token {
         Some(t) if !t.matches_bearer(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) => {
             tracing::warn!("ensure API: request without a valid token refused");
-            Err(error(
+            Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "missing or wrong bearer token".into(),
-            ))
+            )))
         }
         _ => Ok(()),
     }
@@ -84,7 +84,7 @@ async fn ensure(
     query: Result<Query<EnsureQuery>, QueryRejection>,
 ) -> Response {
     if let Err(r) = authorized(&ctx, &headers) {
-        return r;
+        return *r;
     }
     let q = match query {
         Ok(Query(q)) => q,
@@ -145,7 +145,7 @@ async fn ensure(
 
 async fn inventory(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&ctx, &headers) {
-        return r;
+        return *r;
     }
     let (held, used, budget) = ctx.agent.inventory();
     let states: Vec<_> = held
@@ -166,7 +166,7 @@ async fn inventory(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
 
 async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&ctx, &headers) {
-        return r;
+        return *r;
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use prewarm_core::{ChunkHash, ResourceId, Version};
 use prewarm_store::{ChunkRef, Codec, Manifest, ManifestError, VerifyChunkError, verify_stored};
 use rayon::prelude::*;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::auth::Token;
@@ -136,7 +136,7 @@ pub struct FetchStats {
 
 /// One open data-plane connection.
 pub struct Connection {
-    rd: ReadHalf<Box<dyn Io>>,
+    rd: BufReader<ReadHalf<Box<dyn Io>>>,
     wr: BufWriter<WriteHalf<Box<dyn Io>>>,
     next: u32,
     /// The server's instance id (from `HELLO_OK`).
@@ -165,7 +165,9 @@ impl Connection {
                     .map_err(|e| err(e.to_string()))?,
             ),
         };
-        let (mut rd, wr) = tokio::io::split(io);
+        let (rd, wr) = tokio::io::split(io);
+        // Buffered: a frame's length and body in one read call, not two.
+        let mut rd = BufReader::with_capacity(1 << 20, rd);
         let mut wr = BufWriter::with_capacity(256 << 10, wr);
         let mut hello = MAGIC.to_vec();
         if let Some(t) = token {

@@ -138,8 +138,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameE
     if (len as usize) < HEADER {
         return Err(FrameError::Malformed(format!("length {len} < header")));
     }
-    let mut buf = BytesMut::zeroed(len as usize);
-    r.read_exact(&mut buf).await?;
+    // Read straight into uninitialised capacity: no zeroing pass over every chunk.
+    let mut buf = BytesMut::with_capacity(len as usize);
+    while buf.len() < len as usize {
+        let want = len as u64 - buf.len() as u64;
+        if (&mut *r).take(want).read_buf(&mut buf).await? == 0 {
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
     let kind = Kind::from_u8(buf[0])
         .ok_or_else(|| FrameError::Malformed(format!("unknown kind {:#x}", buf[0])))?;
     let request = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);

@@ -56,9 +56,14 @@ pub struct DataServer {
     seen: std::sync::Mutex<std::collections::HashSet<ChunkHash>>,
 }
 
+/// A refusal: its code and message.
+type Refusal = (Code, String);
+/// Chunks read for one request: hash, location, stored bytes.
+type ReadChunks = Vec<(ChunkHash, BlobLoc, Bytes)>;
+
 enum Answer {
-    Manifest(Result<Vec<u8>, (Code, String)>),
-    Chunks(Result<Vec<(ChunkHash, BlobLoc, Bytes)>, (Code, String)>),
+    Manifest(Result<Vec<u8>, Refusal>),
+    Chunks(Result<ReadChunks, Refusal>),
     Error(Code, String),
 }
 
@@ -139,7 +144,8 @@ impl DataServer {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let (mut rd, wr) = tokio::io::split(stream);
+        let (rd, wr) = tokio::io::split(stream);
+        let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
         let mut wr = BufWriter::with_capacity(1 << 20, wr);
         let hello = tokio::time::timeout(HELLO_TIMEOUT, frame::read_frame(&mut rd)).await;
         let refusal = match hello {
@@ -214,7 +220,7 @@ impl DataServer {
         }
     }
 
-    async fn manifest(&self, body: &[u8]) -> Result<Vec<u8>, (Code, String)> {
+    async fn manifest(&self, body: &[u8]) -> Result<Vec<u8>, Refusal> {
         let bad = |m: String| (Code::BadRequest, m);
         if body.len() < 8 {
             return Err(bad("manifest request shorter than 8 bytes".into()));

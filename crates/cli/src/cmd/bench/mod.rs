@@ -2,7 +2,9 @@
 //! report ratios. Results are recorded in BENCHMARKS.md with the command that produced them.
 
 mod predict;
+mod raw;
 mod snapshot;
+mod transfer;
 
 /// Arguments of `prewarm bench`.
 #[derive(clap::Args, Debug)]
@@ -17,6 +19,11 @@ enum Which {
     Snapshot(snapshot::Args),
     /// Inference cost per event of a learned model vs candle and the Markov baseline.
     Predict(predict::Args),
+    /// Coordinator-to-agent transfer (cold, delta, ensure hits) vs raw TCP, iperf3, rsync.
+    Transfer(transfer::Args),
+    /// The raw TCP receiver `bench transfer` starts as its peer.
+    #[command(hide = true)]
+    RawRecv(raw::Args),
 }
 
 /// Runs the chosen benchmark.
@@ -24,5 +31,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     match a.which {
         Which::Snapshot(a) => snapshot::run(a).await,
         Which::Predict(a) => predict::run(a).await,
+        Which::Transfer(a) => transfer::run(a).await,
+        Which::RawRecv(a) => raw::run(a),
     }
 }

@@ -88,7 +88,7 @@ fn secs<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)> {
     Ok((v, t.elapsed().as_secs_f64()))
 }
 
-fn sh(cmd: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
+pub(super) fn sh(cmd: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
     let st = Command::new("sh")
         .arg("-c")
         .arg(cmd)
@@ -101,11 +101,11 @@ fn sh(cmd: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
 }
 
 /// Flushes dirty pages so one measurement does not pay for the previous step's writeback.
-fn settle() -> anyhow::Result<()> {
+pub(super) fn settle() -> anyhow::Result<()> {
     sh("sync", &[])
 }
 
-fn have(tool: &str) -> bool {
+pub(super) fn have(tool: &str) -> bool {
     Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {tool} >/dev/null"))
@@ -172,7 +172,7 @@ async fn prewarm_round(
     })
 }
 
-fn median(xs: impl Iterator<Item = f64>) -> f64 {
+pub(super) fn median(xs: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = xs.collect();
     v.sort_by(f64::total_cmp);
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
