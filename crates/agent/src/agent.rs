@@ -170,6 +170,9 @@ pub struct Agent {
     history: HistoryLog,
     /// Signalled whenever the inventory changes.
     pub changed: Notify,
+    /// Leases handed out by `ensure`, released when they expire (checked on each call: no
+    /// timer task per call).
+    leases: Mutex<std::collections::VecDeque<(Instant, crate::space::Lease)>>,
 }
 
 /// Why the agent could not start.
@@ -229,6 +232,7 @@ impl Agent {
             registry,
             history,
             changed: Notify::new(),
+            leases: Mutex::default(),
             cfg,
         });
         agent.update_gauges();
@@ -401,6 +405,7 @@ impl Agent {
         }
         let staging = self.staging_path(&resource, version);
         let staged_manifest = staging.with_extension("manifest");
+        self.release_expired();
         let (slot, sources, _leases) = {
             let mut local = self.local.lock().expect("agent lock poisoned");
             let slot = local.space.begin(&resource, version, m.logical_size)?;
@@ -609,6 +614,24 @@ impl Agent {
             }
             _ => true,
         }
+    }
+
+    /// Drops `ensure` leases that have expired (before eviction decisions, and on each call).
+    fn release_expired(&self) {
+        let now = Instant::now();
+        let mut q = self.leases.lock().expect("agent lock poisoned");
+        while q.front().is_some_and(|(until, _)| *until <= now) {
+            q.pop_front();
+        }
+    }
+
+    /// Keeps `lease` for `d`, and releases expired ones.
+    pub(crate) fn hold(&self, lease: crate::space::Lease, d: Duration) {
+        self.release_expired();
+        let now = Instant::now();
+        let mut q = self.leases.lock().expect("agent lock poisoned");
+        // Every lease has the same duration, so the queue stays ordered by expiry.
+        q.push_back((now + d, lease));
     }
 
     pub(crate) fn history(&self) -> &HistoryLog {

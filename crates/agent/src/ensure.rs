@@ -128,10 +128,7 @@ impl Agent {
     ) -> Result<Ensured, EnsureError> {
         let lease_for = self.config().lease;
         if let Some((held, lease)) = self.hit(&req.resource, req.min_version, req.max_stale) {
-            tokio::spawn(async move {
-                tokio::time::sleep(lease_for).await;
-                drop(lease);
-            });
+            self.hold(lease, lease_for);
             return Ok(Ensured {
                 resource: held.resource.to_string(),
                 version: held.version.get(),

@@ -142,25 +142,43 @@ pub async fn install(
     let missing: Vec<usize> = (0..m.chunks.len()).filter(|i| !have[*i]).collect();
     let (m2, lay2, st) = (m.clone(), lay.clone(), staging.to_owned());
     let (reused, remote): (u64, Vec<usize>) = blocking(staging, move || {
-        let mut out = Files::new(&lay2, true);
+        // In parallel, with one set of open files per worker and source state (not an open
+        // per chunk).
+        let parts: Vec<Result<(u64, Vec<usize>), InstallError>> = missing
+            .par_chunks(1024)
+            .map(|part| {
+                let mut out = Files::new(&lay2, true);
+                let mut sources: HashMap<*const Layout, Files<'_>> = HashMap::new();
+                let mut reused = 0;
+                let mut remote = Vec::new();
+                for &i in part {
+                    let c = &m2.chunks[i];
+                    let copied = local.get(&c.hash).and_then(|src| {
+                        let files = sources
+                            .entry(Arc::as_ptr(&src.layout))
+                            .or_insert_with(|| Files::new(&src.layout, false));
+                        let b = files.read_at(src.offset, c.length as usize).ok()?;
+                        // The application may have changed a held state: reuse only what
+                        // verifies.
+                        (ChunkHash::of(&b) == c.hash).then_some(b)
+                    });
+                    match copied {
+                        Some(b) => {
+                            out.write_at(c.offset, &b).map_err(io_err(&st))?;
+                            reused += u64::from(c.length);
+                        }
+                        None => remote.push(i),
+                    }
+                }
+                Ok((reused, remote))
+            })
+            .collect();
         let mut reused = 0;
         let mut remote = Vec::new();
-        for i in missing {
-            let c = &m2.chunks[i];
-            let copied = local.get(&c.hash).and_then(|src| {
-                let b = Files::new(&src.layout, false)
-                    .read_at(src.offset, c.length as usize)
-                    .ok()?;
-                // The application may have changed a held state: reuse only what verifies.
-                (ChunkHash::of(&b) == c.hash).then_some(b)
-            });
-            match copied {
-                Some(b) => {
-                    out.write_at(c.offset, &b).map_err(io_err(&st))?;
-                    reused += u64::from(c.length);
-                }
-                None => remote.push(i),
-            }
+        for p in parts {
+            let (r, mut v) = p?;
+            reused += r;
+            remote.append(&mut v);
         }
         Ok((reused, remote))
     })
@@ -199,17 +217,19 @@ pub async fn install(
                     let mut out = Files::new(&lay3, true);
                     let mut failed = Vec::new();
                     let mut bytes = 0u64;
+                    let mut pieces = Vec::new();
                     for (i, v) in verify_batch(&refs3, batch) {
                         match v {
                             Ok(raw) => {
-                                for off in &pos3[&refs3[i].hash] {
-                                    out.write_at(*off, &raw).map_err(io_err(&st3))?;
-                                }
                                 bytes += raw.len() as u64;
+                                for off in &pos3[&refs3[i].hash] {
+                                    pieces.push((*off, raw.clone()));
+                                }
                             }
                             Err(e) => failed.push((i, e.to_string())),
                         }
                     }
+                    out.write_pieces(pieces).map_err(io_err(&st3))?;
                     Ok((failed, bytes))
                 })
                 .await?;

@@ -150,6 +150,32 @@ impl<'a> Files<'a> {
         Ok(())
     }
 
+    /// Writes many pieces (stream offset, bytes), coalescing contiguous ones into writes of
+    /// up to 8 MiB: one large write per run instead of one per chunk (small writes into a
+    /// fresh file's pages cost the kernel a zeroing pass each, measured at a fifth of the
+    /// agent's CPU time).
+    pub fn write_pieces(&mut self, mut pieces: Vec<(u64, bytes::Bytes)>) -> std::io::Result<()> {
+        const RUN: usize = 8 << 20;
+        pieces.sort_by_key(|p| p.0);
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start = 0u64;
+        for (off, b) in pieces {
+            let contiguous = !run.is_empty() && run_start + run.len() as u64 == off;
+            if !contiguous || run.len() + b.len() > RUN {
+                if !run.is_empty() {
+                    self.write_at(run_start, &run)?;
+                    run.clear();
+                }
+                run_start = off;
+            }
+            run.extend_from_slice(&b);
+        }
+        if !run.is_empty() {
+            self.write_at(run_start, &run)?;
+        }
+        Ok(())
+    }
+
     /// Reads `len` bytes at stream offset `offset`.
     pub fn read_at(&mut self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
