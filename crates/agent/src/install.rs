@@ -151,6 +151,7 @@ pub async fn install(
                 let mut sources: HashMap<*const Layout, Files<'_>> = HashMap::new();
                 let mut reused = 0;
                 let mut remote = Vec::new();
+                let mut pieces = Vec::new();
                 for &i in part {
                     let c = &m2.chunks[i];
                     let copied = local.get(&c.hash).and_then(|src| {
@@ -164,12 +165,13 @@ pub async fn install(
                     });
                     match copied {
                         Some(b) => {
-                            out.write_at(c.offset, &b).map_err(io_err(&st))?;
                             reused += u64::from(c.length);
+                            pieces.push((c.offset, bytes::Bytes::from(b)));
                         }
                         None => remote.push(i),
                     }
                 }
+                out.write_pieces(pieces).map_err(io_err(&st))?;
                 Ok((reused, remote))
             })
             .collect();

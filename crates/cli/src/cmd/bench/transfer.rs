@@ -84,6 +84,7 @@ struct ColdRow {
 struct Report {
     size: u64,
     cold: Vec<ColdRow>,
+    data_plane_gib_s: Vec<(&'static str, f64)>,
     raw_tcp_file_gib_s: f64,
     raw_tcp_null_gib_s: f64,
     iperf3_gib_s: Option<f64>,
@@ -206,6 +207,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let sock = work.join("data.sock");
+    let data_addr = format!("127.0.0.1:{}", free_port()?);
     let _coord = spawn(
         &[
             "coordinator",
@@ -214,7 +216,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--data-listen",
-            &format!("127.0.0.1:{}", free_port()?),
+            &data_addr,
             "--data-unix",
             sock.to_str().context("UTF-8 path")?,
             "--poll",
@@ -297,6 +299,21 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 wire_bytes: wire,
             });
         }
+    }
+
+    // The data plane alone: fetch and verify every chunk, install nothing (the protocol's
+    // ceiling, to compare with the raw TCP copy to nowhere).
+    for (path, addr) in [
+        ("tcp", prewarm_transfer::DataAddr::Tcp(data_addr.clone())),
+        ("unix", prewarm_transfer::DataAddr::Unix(sock.clone())),
+    ] {
+        let mut secs = Vec::new();
+        for _ in 0..a.reps {
+            secs.push(data_plane_only(&addr, "bench/incompressible").await?);
+        }
+        let g = a.size as f64 / median(secs.into_iter()) / (1u64 << 30) as f64;
+        eprintln!("  data plane only over {path}: {g:.2} GiB/s");
+        r.data_plane_gib_s.push((path, g));
     }
 
     // Peers, on the incompressible file.
@@ -426,19 +443,31 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             .and_then(|v| v.replace(',', "").parse().ok());
     }
 
-    // ensure() hits over the HTTP API.
-    let ec = prewarm_agent::client::EnsureClient::new(api, None);
-    let res = ResourceId::new("bench/incompressible")?;
-    for _ in 0..200 {
-        ec.ensure(&res, Some(2), None).await?; // warm up the connection and caches
-    }
-    let mut lat = Vec::with_capacity(a.ensure_calls);
-    for _ in 0..a.ensure_calls {
-        let t0 = Instant::now();
-        let e = ec.ensure(&res, Some(2), None).await?;
-        lat.push(t0.elapsed().as_secs_f64() * 1e6);
-        anyhow::ensure!(e.hit, "an ensure missed");
-    }
+    // ensure() hits over the HTTP API, from a client on a single-threaded runtime of its own
+    // (as an application's request thread would call it).
+    let calls = a.ensure_calls;
+    let mut lat = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let ec = prewarm_agent::client::EnsureClient::new(api, None);
+            let res = ResourceId::new("bench/incompressible")?;
+            for _ in 0..200 {
+                ec.ensure(&res, Some(2), None).await?; // warm up the connection and caches
+            }
+            let mut lat = Vec::with_capacity(calls);
+            for _ in 0..calls {
+                let t0 = Instant::now();
+                let e = ec.ensure(&res, Some(2), None).await?;
+                lat.push(t0.elapsed().as_secs_f64() * 1e6);
+                anyhow::ensure!(e.hit, "an ensure missed");
+            }
+            Ok(lat)
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the ensure client thread panicked"))??;
     lat.sort_by(f64::total_cmp);
     r.ensure_p50_us = percentile(&lat, 0.5);
     r.ensure_p99_us = percentile(&lat, 0.99);
@@ -450,6 +479,35 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         print_report(&r);
     }
     Ok(0)
+}
+
+/// Seconds to fetch and verify every chunk of `resource` (nothing written).
+async fn data_plane_only(addr: &prewarm_transfer::DataAddr, resource: &str) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let mut c = prewarm_transfer::Connection::connect(addr, None).await?;
+    let m = c.manifest(&ResourceId::new(resource)?, None).await?;
+    let refs = Arc::new(m.chunks.clone());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let r2 = refs.clone();
+    let verifier = tokio::spawn(async move {
+        let mut bad = 0usize;
+        while let Some(batch) = rx.recv().await {
+            let r3 = r2.clone();
+            bad += tokio::task::spawn_blocking(move || {
+                prewarm_transfer::verify_batch(&r3, batch)
+                    .iter()
+                    .filter(|(_, v)| v.is_err())
+                    .count()
+            })
+            .await?;
+        }
+        Ok::<usize, anyhow::Error>(bad)
+    });
+    c.fetch(&refs, None, &tx).await?;
+    drop(tx);
+    let bad = verifier.await??;
+    anyhow::ensure!(bad == 0, "{bad} chunks failed verification");
+    Ok(t0.elapsed().as_secs_f64())
 }
 
 fn print_report(r: &Report) {
@@ -468,6 +526,12 @@ fn print_report(r: &Report) {
             c.secs,
             gib(c.wire_bytes),
             100.0 * c.gib_s / r.raw_tcp_file_gib_s.max(1e-9)
+        );
+    }
+    for (path, g) in &r.data_plane_gib_s {
+        println!(
+            "  data plane only (fetch + verify, no install) {path:<5} {g:>6.2} GiB/s  ({:.0}% of raw TCP to nowhere)",
+            100.0 * g / r.raw_tcp_null_gib_s.max(1e-9)
         );
     }
     println!("peers:");
