@@ -18,6 +18,9 @@ use tokio::sync::mpsc;
 
 use crate::layout::{self, Files, Layout};
 
+/// Verified bytes to write at their stream offsets.
+type Pieces = Vec<(u64, bytes::Bytes)>;
+
 /// Rounds of re-fetching chunks that failed verification before giving up.
 pub const VERIFY_ATTEMPTS: u32 = 3;
 
@@ -142,45 +145,45 @@ pub async fn install(
     let missing: Vec<usize> = (0..m.chunks.len()).filter(|i| !have[*i]).collect();
     let (m2, lay2, st) = (m.clone(), lay.clone(), staging.to_owned());
     let (reused, remote): (u64, Vec<usize>) = blocking(staging, move || {
-        // In parallel, with one set of open files per worker and source state (not an open
-        // per chunk).
-        let parts: Vec<Result<(u64, Vec<usize>), InstallError>> = missing
-            .par_chunks(1024)
-            .map(|part| {
-                let mut out = Files::new(&lay2, true);
-                let mut sources: HashMap<*const Layout, Files<'_>> = HashMap::new();
-                let mut reused = 0;
-                let mut remote = Vec::new();
-                let mut pieces = Vec::new();
-                for &i in part {
-                    let c = &m2.chunks[i];
-                    let copied = local.get(&c.hash).and_then(|src| {
-                        let files = sources
-                            .entry(Arc::as_ptr(&src.layout))
-                            .or_insert_with(|| Files::new(&src.layout, false));
-                        let b = files.read_at(src.offset, c.length as usize).ok()?;
-                        // The application may have changed a held state: reuse only what
-                        // verifies.
-                        (ChunkHash::of(&b) == c.hash).then_some(b)
-                    });
-                    match copied {
-                        Some(b) => {
-                            reused += u64::from(c.length);
-                            pieces.push((c.offset, bytes::Bytes::from(b)));
-                        }
-                        None => remote.push(i),
-                    }
-                }
-                out.write_pieces(pieces).map_err(io_err(&st))?;
-                Ok((reused, remote))
-            })
-            .collect();
+        // Windows of ~64 MiB: read and hash in parallel (open files reused per worker and
+        // source), then write the window from one thread (parallel writers to one file only
+        // contend on its inode lock).
+        let mut out = Files::new(&lay2, true);
         let mut reused = 0;
         let mut remote = Vec::new();
-        for p in parts {
-            let (r, mut v) = p?;
-            reused += r;
-            remote.append(&mut v);
+        for window in missing.chunks(8192) {
+            let parts: Vec<(Pieces, Vec<usize>)> = window
+                .par_chunks(512)
+                .map(|part| {
+                    let mut sources: HashMap<*const Layout, Files<'_>> = HashMap::new();
+                    let mut pieces = Vec::new();
+                    let mut rest = Vec::new();
+                    for &i in part {
+                        let c = &m2.chunks[i];
+                        let copied = local.get(&c.hash).and_then(|src| {
+                            let files = sources
+                                .entry(Arc::as_ptr(&src.layout))
+                                .or_insert_with(|| Files::new(&src.layout, false));
+                            let b = files.read_at(src.offset, c.length as usize).ok()?;
+                            // The application may have changed a held state: reuse only
+                            // what verifies.
+                            (ChunkHash::of(&b) == c.hash).then_some(b)
+                        });
+                        match copied {
+                            Some(b) => pieces.push((c.offset, bytes::Bytes::from(b))),
+                            None => rest.push(i),
+                        }
+                    }
+                    (pieces, rest)
+                })
+                .collect();
+            let mut pieces = Vec::new();
+            for (p, mut rest) in parts {
+                reused += p.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+                pieces.extend(p);
+                remote.append(&mut rest);
+            }
+            out.write_pieces(pieces).map_err(io_err(&st))?;
         }
         Ok((reused, remote))
     })
