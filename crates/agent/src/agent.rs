@@ -173,6 +173,21 @@ pub struct Agent {
     /// Leases handed out by `ensure`, released when they expire (checked on each call: no
     /// timer task per call).
     leases: Mutex<std::collections::VecDeque<(Instant, crate::space::Lease)>>,
+    /// Loads the agent started itself (refreshes, resumes), for the control loop to report.
+    finished_tx: tokio::sync::mpsc::UnboundedSender<Finished>,
+    finished_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Finished>>>,
+}
+
+/// A load the agent started on its own (a refresh after an invalidation, or a resumed
+/// transfer), reported to the coordinator like a commanded one.
+#[derive(Debug)]
+pub struct Finished {
+    /// The resource.
+    pub resource: ResourceId,
+    /// The version.
+    pub version: Version,
+    /// What happened.
+    pub result: Result<Loaded, (&'static str, String)>,
 }
 
 /// Why the agent could not start.
@@ -221,6 +236,7 @@ impl Agent {
                 source,
             }
         })?;
+        let (finished_tx, finished_rx) = tokio::sync::mpsc::unbounded_channel();
         let agent = Arc::new(Agent {
             local: Mutex::new(Local { space, chunks }),
             source: watch::channel(None).0,
@@ -233,6 +249,8 @@ impl Agent {
             history,
             changed: Notify::new(),
             leases: Mutex::default(),
+            finished_tx,
+            finished_rx: Mutex::new(Some(finished_rx)),
             cfg,
         });
         agent.update_gauges();
@@ -519,15 +537,13 @@ impl Agent {
             let me = self.clone();
             tokio::spawn(async move {
                 tracing::info!("resuming interrupted transfer of {r}@{v}");
-                match me.load(&r, Want::Exact(v), Priority::Predictive).await {
-                    Ok(_) => {}
-                    Err(LoadError::Data(DataError::UnknownState(_))) => {
-                        let p = me.staging_path(&r, v);
-                        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
-                        let _ = std::fs::remove_file(p.with_extension("manifest"));
-                    }
-                    Err(_) => {}
+                let result = me.load(&r, Want::Exact(v), Priority::Predictive).await;
+                if let Err(LoadError::Data(DataError::UnknownState(_))) = &result {
+                    let p = me.staging_path(&r, v);
+                    let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+                    let _ = std::fs::remove_file(p.with_extension("manifest"));
                 }
+                me.report(r, v, result);
             });
         }
     }
@@ -564,14 +580,28 @@ impl Agent {
         let me = self.clone();
         tokio::spawn(async move {
             tracing::info!("{resource}: v{newest} committed; refreshing by delta transfer");
-            if me
+            let result = me
                 .load(&resource, Want::Exact(newest), Priority::Predictive)
-                .await
-                .is_ok()
-            {
+                .await;
+            if result.is_ok() {
                 me.drop_older(&resource, newest);
             }
+            me.report(resource, newest, result);
         });
+    }
+
+    fn report(&self, resource: ResourceId, version: Version, result: Result<Loaded, LoadError>) {
+        let result = result.map_err(|e| (e.reason(), e.to_string()));
+        let _ = self.finished_tx.send(Finished {
+            resource,
+            version,
+            result,
+        });
+    }
+
+    /// The stream of loads the agent started on its own (taken once, by the control loop).
+    pub fn take_finished(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Finished>> {
+        self.finished_rx.lock().expect("agent lock poisoned").take()
     }
 
     /// Removes versions of `resource` older than `version` that no one leases (a refresh

@@ -76,12 +76,19 @@ pub fn inventory(agent: &Agent) -> Inventory {
     }
 }
 
+/// The receiver of loads the agent started itself, shared by successive attach sessions.
+type Finishing =
+    Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<crate::agent::Finished>>>;
+
 /// Attaches forever (returns only if the runtime shuts down).
 pub async fn run(agent: Arc<Agent>, url: String, ensure_addr: String) {
     let mut backoff = Duration::from_millis(200);
     let resumed = AtomicBool::new(false);
+    let finished = agent
+        .take_finished()
+        .map(|rx| Arc::new(tokio::sync::Mutex::new(rx)));
     loop {
-        match attach_once(&agent, &url, &ensure_addr, &resumed).await {
+        match attach_once(&agent, &url, &ensure_addr, &resumed, finished.as_ref()).await {
             Ok(()) => {
                 tracing::warn!("the coordinator closed the attach stream; reattaching");
                 backoff = Duration::from_millis(200);
@@ -131,6 +138,7 @@ async fn attach_once(
     url: &str,
     ensure_addr: &str,
     resumed: &AtomicBool,
+    finished: Option<&Finishing>,
 ) -> Result<(), String> {
     let mut client = connect(url, agent.config().token.as_ref()).await?;
     let req = AttachRequest {
@@ -160,6 +168,21 @@ async fn attach_once(
     if !resumed.swap(true, Ordering::AcqRel) {
         agent.resume_staged();
     }
+    let finished = match finished {
+        Some(rx) => {
+            let (agent, mut client, rx) = (agent.clone(), client.clone(), rx.clone());
+            Some(tokio::spawn(async move {
+                let mut rx = rx.lock().await;
+                while let Some(f) = rx.recv().await {
+                    let ack = unsolicited_ack(&agent, f);
+                    if let Err(s) = client.ack(ack).await {
+                        tracing::warn!("ack: {}", s.message());
+                    }
+                }
+            }))
+        }
+        None => None,
+    };
     let reporter = {
         let (agent, mut client) = (agent.clone(), client.clone());
         tokio::spawn(async move {
@@ -192,17 +215,58 @@ async fn attach_once(
         }
     };
     reporter.abort();
+    if let Some(f) = finished {
+        f.abort(); // releases the receiver for the next session
+    }
     result
 }
 
-fn failure_kind(e: &LoadError) -> FailureKind {
-    match e.reason() {
+/// The acknowledgement of a load the agent started itself (transfer id 0).
+fn unsolicited_ack(agent: &Agent, f: crate::agent::Finished) -> TransferAck {
+    let mut ack = TransferAck {
+        capacity: agent.config().name.as_str().to_owned(),
+        resource: f.resource.as_str().to_owned(),
+        version: f.version.get(),
+        priority: wire::Priority::Predictive as i32,
+        ..Default::default()
+    };
+    match f.result {
+        Ok(loaded) => fill_ok(&mut ack, loaded),
+        Err((reason, msg)) => {
+            ack.failure = kind_of(reason) as i32;
+            ack.error = msg;
+        }
+    }
+    ack
+}
+
+fn fill_ok(ack: &mut TransferAck, loaded: crate::agent::Loaded) {
+    ack.ok = true;
+    ack.version = loaded.held.version.get();
+    ack.state_bytes = loaded.held.bytes;
+    match loaded.report {
+        Some(rep) => {
+            ack.wire_bytes = rep.wire_bytes;
+            ack.reused_bytes = rep.reused_bytes;
+            ack.resumed_bytes = rep.resumed_bytes;
+            ack.duration_us = rep.micros;
+        }
+        None => ack.already_held = true,
+    }
+}
+
+fn kind_of(reason: &str) -> FailureKind {
+    match reason {
         "unknown_state" => FailureKind::UnknownState,
         "cache_full" => FailureKind::CacheFull,
         "verification" => FailureKind::Verification,
         "io" => FailureKind::Io,
         _ => FailureKind::Source,
     }
+}
+
+fn failure_kind(e: &LoadError) -> FailureKind {
+    kind_of(e.reason())
 }
 
 async fn carry_out(agent: Arc<Agent>, mut client: Client, l: wire::Load) {
@@ -221,20 +285,7 @@ async fn carry_out(agent: Arc<Agent>, mut client: Client, l: wire::Load) {
     };
     match (ResourceId::new(l.resource), Version::new(l.version)) {
         (Ok(r), Some(v)) => match agent.load(&r, Want::Exact(v), priority).await {
-            Ok(loaded) => {
-                ack.ok = true;
-                ack.version = loaded.held.version.get();
-                ack.state_bytes = loaded.held.bytes;
-                match loaded.report {
-                    Some(rep) => {
-                        ack.wire_bytes = rep.wire_bytes;
-                        ack.reused_bytes = rep.reused_bytes;
-                        ack.resumed_bytes = rep.resumed_bytes;
-                        ack.duration_us = rep.micros;
-                    }
-                    None => ack.already_held = true,
-                }
-            }
+            Ok(loaded) => fill_ok(&mut ack, loaded),
             Err(e) => {
                 ack.failure = failure_kind(&e) as i32;
                 ack.error = e.to_string();

@@ -274,6 +274,19 @@ fn transfer_ensure_refresh_metrics_and_bad_input_across_processes() {
             held(&c.url, cap).contains(&("models/w".into(), 2))
         });
     }
+    // The refreshes are reported like commanded transfers.
+    wait_until("the refresh acknowledgements", 10, || {
+        status_json(&c.url)["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| {
+                t["capacity"] == "cap-a"
+                    && t["version"] == 2
+                    && t["ok"] == true
+                    && t["reused_bytes"].as_u64().unwrap() > 7 << 20
+            })
+    });
     let (code, body) = http_get(&api_b, "/v1/states/models/w?min_version=2");
     assert_eq!(code, 200, "{body}");
     let e: serde_json::Value = serde_json::from_str(&body).unwrap();
