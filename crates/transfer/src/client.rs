@@ -11,11 +11,11 @@ use bytes::Bytes;
 use prewarm_core::{ChunkHash, ResourceId, Version};
 use prewarm_store::{ChunkRef, Codec, Manifest, ManifestError, VerifyChunkError, verify_stored};
 use rayon::prelude::*;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::auth::Token;
-use crate::frame::{self, Code, FrameError, Kind, MAGIC, MAX_HASHES};
+use crate::frame::{self, Code, FrameError, FrameReader, Kind, MAGIC, MAX_HASHES};
 use crate::pace::Pacer;
 
 /// Chunk requests outstanding on one connection.
@@ -28,8 +28,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// closing the connection (host down, partition) is declared gone after this.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn read_due<R: AsyncRead + Unpin>(r: &mut R) -> Result<frame::Frame, DataError> {
-    match tokio::time::timeout(READ_TIMEOUT, frame::read_frame(r)).await {
+async fn read_due<R: AsyncRead + Unpin>(r: &mut FrameReader<R>) -> Result<frame::Frame, DataError> {
+    match tokio::time::timeout(READ_TIMEOUT, r.next()).await {
         Ok(f) => Ok(f?),
         Err(_) => Err(DataError::PeerGone(format!("no data for {READ_TIMEOUT:?}"))),
     }
@@ -136,7 +136,7 @@ pub struct FetchStats {
 
 /// One open data-plane connection.
 pub struct Connection {
-    rd: BufReader<ReadHalf<Box<dyn Io>>>,
+    rd: FrameReader<ReadHalf<Box<dyn Io>>>,
     wr: BufWriter<WriteHalf<Box<dyn Io>>>,
     next: u32,
     /// The server's instance id (from `HELLO_OK`).
@@ -166,8 +166,8 @@ impl Connection {
             ),
         };
         let (rd, wr) = tokio::io::split(io);
-        // Buffered: a frame's length and body in one read call, not two.
-        let mut rd = BufReader::with_capacity(1 << 20, rd);
+        // Frames are sliced out of large reads: no copy per frame.
+        let mut rd = FrameReader::new(rd);
         let mut wr = BufWriter::with_capacity(256 << 10, wr);
         let mut hello = MAGIC.to_vec();
         if let Some(t) = token {
@@ -177,7 +177,7 @@ impl Connection {
             .await
             .map_err(|e| err(e.to_string()))?;
         wr.flush().await.map_err(|e| err(e.to_string()))?;
-        let f = tokio::time::timeout(CONNECT_TIMEOUT, frame::read_frame(&mut rd))
+        let f = tokio::time::timeout(CONNECT_TIMEOUT, rd.next())
             .await
             .map_err(|_| err("no answer to hello".into()))??;
         match f.kind {

@@ -301,23 +301,23 @@ impl DataServer {
                     frame::write_frame(&mut wr, Kind::ManifestOk, request, &m).await
                 }
                 Answer::Chunks(Ok(chunks)) => {
-                    let mut r = Ok(());
+                    // Frames of the whole request: headers built here, bodies sent from the
+                    // pack reads as they are, with vectored writes (no copy into a buffer).
+                    let mut frames = Vec::with_capacity(chunks.len());
                     for (hash, loc, stored) in chunks {
                         if let Some(limit) = self.faults.die_after_bytes {
                             if sent_here >= limit {
                                 tracing::warn!("data plane: injected fault: dying mid-stream");
+                                let _ = self.write_frames(&mut wr, &frames).await;
                                 let _ = wr.flush().await;
                                 let _ = wr.get_mut().shutdown().await;
                                 return; // the connection ends without DONE
                             }
                         }
-                        r = self.write_chunk(&mut wr, request, hash, &loc, stored).await;
                         sent_here += u64::from(loc.stored_length);
-                        if r.is_err() {
-                            break;
-                        }
+                        frames.push(self.chunk_frame(request, hash, &loc, stored));
                     }
-                    match r {
+                    match self.write_frames(&mut wr, &frames).await {
                         Ok(()) => frame::write_frame(&mut wr, Kind::Done, request, &[]).await,
                         e => e,
                     }
@@ -356,14 +356,14 @@ impl DataServer {
         n % k == 0
     }
 
-    async fn write_chunk<W: AsyncWrite + Unpin>(
+    /// One `CHUNK` frame: its header and its body (corrupted when a fault says so).
+    fn chunk_frame(
         &self,
-        wr: &mut BufWriter<W>,
         request: u32,
         hash: ChunkHash,
         loc: &BlobLoc,
         stored: Bytes,
-    ) -> std::io::Result<()> {
+    ) -> ([u8; 46], Bytes) {
         let stored = match self.faults.corrupt_every {
             Some(k) if k > 0 && !stored.is_empty() && self.should_corrupt(hash, k) => {
                 let mut v = stored.to_vec();
@@ -377,10 +377,40 @@ impl DataServer {
         pre[9..41].copy_from_slice(hash.as_bytes());
         pre[41] = loc.codec.to_u8();
         pre[42..46].copy_from_slice(&loc.raw_length.to_le_bytes());
-        wr.write_all(&pre).await?;
-        wr.write_all(&stored).await?;
-        self.metrics.bytes.add(stored.len() as u64);
-        self.metrics.chunks.inc();
+        (pre, stored)
+    }
+
+    /// Writes frames with vectored writes on the unbuffered stream (after flushing what the
+    /// buffer holds), up to 1,024 slices per call.
+    async fn write_frames<W: AsyncWrite + Unpin>(
+        &self,
+        wr: &mut BufWriter<W>,
+        frames: &[([u8; 46], Bytes)],
+    ) -> std::io::Result<()> {
+        use std::io::IoSlice;
+        wr.flush().await?;
+        let inner = wr.get_mut();
+        for group in frames.chunks(512) {
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(group.len() * 2);
+            for (pre, body) in group {
+                slices.push(IoSlice::new(pre));
+                if !body.is_empty() {
+                    slices.push(IoSlice::new(body));
+                }
+            }
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                let n = inner.write_vectored(rest).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                IoSlice::advance_slices(&mut rest, n);
+            }
+            for (_, body) in group {
+                self.metrics.bytes.add(body.len() as u64);
+                self.metrics.chunks.inc();
+            }
+        }
         Ok(())
     }
 }
