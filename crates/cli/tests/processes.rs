@@ -124,7 +124,8 @@ struct Cluster {
     dir: tempfile::TempDir,
     url: String,
     store: String,
-    _coord: Proc,
+    args: Vec<String>,
+    coord: Option<Proc>,
 }
 
 impl Cluster {
@@ -134,32 +135,40 @@ impl Cluster {
         let port = free_port();
         let data = free_port();
         let sock = dir.path().join("data.sock").display().to_string();
-        let coord = spawn(
-            &[
-                "coordinator",
-                "--store",
-                &store,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-listen",
-                &format!("127.0.0.1:{data}"),
-                "--data-unix",
-                &sock,
-                "--poll",
-                "200ms",
-            ],
-            &dir.path().join("coordinator.log"),
-        );
-        let url = format!("http://127.0.0.1:{port}");
+        let args: Vec<String> = [
+            "coordinator",
+            "--store",
+            &store,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-listen",
+            &format!("127.0.0.1:{data}"),
+            "--data-unix",
+            &sock,
+            "--poll",
+            "200ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut c = Cluster {
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            store,
+            args,
+            coord: None,
+        };
+        c.start_coordinator();
+        c
+    }
+
+    fn start_coordinator(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.coord = Some(spawn(&args, &self.dir.path().join("coordinator.log")));
+        let url = self.url.clone();
         wait_until("the coordinator", 20, || {
             run(&["status", "--coordinator", &url]).status.success()
         });
-        Cluster {
-            dir,
-            url,
-            store,
-            _coord: coord,
-        }
     }
 
     fn agent(&self, name: &str, api: &str, extra: &[&str]) -> Proc {
@@ -486,6 +495,36 @@ fn an_agent_killed_mid_transfer_resumes_and_never_shows_a_partial_state() {
     // A transfer request now finds it held.
     assert_eq!(
         ack(&c.transfer("cap-k", "data/big", &[]))["already_held"],
+        true
+    );
+}
+
+#[test]
+fn agents_keep_serving_through_a_coordinator_restart_and_reattach_with_their_inventory() {
+    let mut c = Cluster::start();
+    let api = format!("127.0.0.1:{}", free_port());
+    let _a = c.agent("cap-r", &api, &[]);
+    let file = c.path("w.bin");
+    std::fs::write(&file, noise(2 << 20, 5)).unwrap();
+    c.snapshot("models/r", &file);
+    assert_eq!(ack(&c.transfer("cap-r", "models/r", &[]))["ok"], true);
+
+    drop(c.coord.take()); // SIGKILL: nothing was persisted by the coordinator
+    let (code, body) = http_get(&api, "/v1/states/models/r");
+    assert_eq!(
+        code, 200,
+        "held states are served without a coordinator: {body}"
+    );
+    let (code, body) = http_get(&api, "/v1/states/models/other?timeout_ms=500");
+    assert!(code == 503 || code == 502 || code == 504, "{code} {body}");
+
+    // A new coordinator process learns the inventory from the agent's reattach.
+    c.start_coordinator();
+    wait_until("the reattach", 30, || {
+        held(&c.url, "cap-r").contains(&("models/r".into(), 1))
+    });
+    assert_eq!(
+        ack(&c.transfer("cap-r", "models/r", &[]))["already_held"],
         true
     );
 }

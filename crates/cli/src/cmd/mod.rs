@@ -122,3 +122,23 @@ impl TokenArg {
         Ok(prewarm_transfer::Token::load(self.token_file.as_deref())?)
     }
 }
+
+/// `--coordinator` and `--token-file`, shared by the commands that call the coordinator.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CoordinatorArg {
+    /// The coordinator's gRPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:7100")]
+    pub coordinator: String,
+    #[command(flatten)]
+    pub token: TokenArg,
+}
+
+impl CoordinatorArg {
+    /// A control-plane client (with the token, if any).
+    pub async fn connect(&self) -> anyhow::Result<prewarm_agent::control::Client> {
+        let token = self.token.load()?;
+        prewarm_agent::control::connect(&self.coordinator, token.as_ref())
+            .await
+            .map_err(anyhow::Error::msg)
+    }
+}

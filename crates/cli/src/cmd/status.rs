@@ -3,27 +3,21 @@
 use anyhow::Context;
 use prewarm_proto::wire::{FailureKind, StatusRequest};
 
-use super::TokenArg;
+use super::CoordinatorArg;
 
 /// Arguments of `prewarm status`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The coordinator's gRPC URL.
-    #[arg(long, default_value = "http://127.0.0.1:7100")]
-    coordinator: String,
+    #[command(flatten)]
+    coordinator: CoordinatorArg,
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    token: TokenArg,
 }
 
 /// Runs the command.
 pub async fn run(a: Args) -> anyhow::Result<i32> {
-    let token = a.token.load()?;
-    let mut client = prewarm_agent::control::connect(&a.coordinator, token.as_ref())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let mut client = a.coordinator.connect().await?;
     let s = client
         .status(StatusRequest {})
         .await

@@ -4,14 +4,13 @@
 use anyhow::Context;
 use prewarm_proto::wire::{FailureKind, Priority, TransferRequest, VersionSpec, version_spec};
 
-use super::TokenArg;
+use super::CoordinatorArg;
 
 /// Arguments of `prewarm transfer`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The coordinator's gRPC URL.
-    #[arg(long, default_value = "http://127.0.0.1:7100")]
-    coordinator: String,
+    #[command(flatten)]
+    coordinator: CoordinatorArg,
     /// The capacity that should load the state.
     #[arg(long)]
     capacity: String,
@@ -33,16 +32,11 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    token: TokenArg,
 }
 
 /// Runs the command.
 pub async fn run(a: Args) -> anyhow::Result<i32> {
-    let token = a.token.load()?;
-    let mut client = prewarm_agent::control::connect(&a.coordinator, token.as_ref())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let mut client = a.coordinator.connect().await?;
     let spec = match (a.version, a.at_least) {
         (Some(v), _) => version_spec::Spec::Exact(v),
         (None, Some(n)) => version_spec::Spec::AtLeast(n),
