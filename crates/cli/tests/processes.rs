@@ -444,7 +444,10 @@ fn an_agent_killed_mid_transfer_resumes_and_never_shows_a_partial_state() {
             ])
         })
     };
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill once the install is under way (its staged manifest exists) and ~1 s of it ran.
+    let staged = c.path("cap-k/staging/data/big/v1.manifest");
+    wait_until("the transfer to start", 30, || staged.exists());
+    std::thread::sleep(Duration::from_millis(1000));
     drop(agent); // SIGKILL
     let out = transfer.join().unwrap();
     assert_eq!(out.status.code(), Some(1));
