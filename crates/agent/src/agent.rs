@@ -229,7 +229,7 @@ impl Agent {
             }
         }
         let registry = Registry::default();
-        let metrics = AgentMetrics::new(&registry, &cfg.name);
+        let metrics = AgentMetrics::new(&registry);
         let history = HistoryLog::start(cfg.cache_dir.join("history.jsonl")).map_err(|source| {
             StartError::Io {
                 path: cfg.cache_dir.join("history.jsonl"),

@@ -17,7 +17,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::agent::{Agent, DataPath, LoadError, Priority, Source, Want};
+use crate::agent::{Agent, DataPath, Priority, Source, Want};
 
 /// Adds the bearer token to every call.
 #[derive(Clone)]
@@ -265,10 +265,6 @@ fn kind_of(reason: &str) -> FailureKind {
     }
 }
 
-fn failure_kind(e: &LoadError) -> FailureKind {
-    kind_of(e.reason())
-}
-
 async fn carry_out(agent: Arc<Agent>, mut client: Client, l: wire::Load) {
     let mut ack = TransferAck {
         transfer_id: l.transfer_id,
@@ -287,7 +283,7 @@ async fn carry_out(agent: Arc<Agent>, mut client: Client, l: wire::Load) {
         (Ok(r), Some(v)) => match agent.load(&r, Want::Exact(v), priority).await {
             Ok(loaded) => fill_ok(&mut ack, loaded),
             Err(e) => {
-                ack.failure = failure_kind(&e) as i32;
+                ack.failure = kind_of(e.reason()) as i32;
                 ack.error = e.to_string();
             }
         },

@@ -67,11 +67,11 @@ impl Agent {
         let result = self.ensure_inner(&req, t0).await;
         let elapsed = t0.elapsed();
         let outcome = match &result {
-            Ok(e) if e.hit => "hit",
+            Ok((e, _)) if e.hit => "hit",
             Ok(_) => "miss",
             Err(_) => "error",
         };
-        self.metrics.ensure(&self.registry, outcome, elapsed);
+        self.metrics.ensure(outcome, elapsed);
         let mut attrs = BTreeMap::new();
         attrs.insert("hit".to_owned(), serde_json::Value::Bool(outcome == "hit"));
         attrs.insert(
@@ -82,10 +82,7 @@ impl Agent {
             attrs.insert("error".into(), serde_json::Value::String(e.to_string()));
         }
         let (version, bytes) = match &result {
-            Ok(e) => (
-                Version::new(e.version),
-                self.bytes_of(&req.resource, e.version),
-            ),
+            Ok((e, bytes)) => (Version::new(e.version), *bytes),
             Err(_) => (None, 0),
         };
         let record = HistoryRecord {
@@ -110,32 +107,26 @@ impl Agent {
             duration_s: 0.0,
         };
         self.history().log(record);
-        result
-    }
-
-    fn bytes_of(&self, resource: &ResourceId, version: u64) -> u64 {
-        self.inventory()
-            .0
-            .iter()
-            .find(|(h, _)| &h.resource == resource && h.version.get() == version)
-            .map_or(0, |(h, _)| h.bytes)
+        result.map(|(e, _)| e)
     }
 
     async fn ensure_inner(
         self: &Arc<Self>,
         req: &EnsureRequest,
         t0: Instant,
-    ) -> Result<Ensured, EnsureError> {
+    ) -> Result<(Ensured, u64), EnsureError> {
         let lease_for = self.config().lease;
         if let Some((held, lease)) = self.hit(&req.resource, req.min_version, req.max_stale) {
             self.hold(lease, lease_for);
-            return Ok(Ensured {
+            let bytes = held.bytes;
+            let e = Ensured {
                 resource: held.resource.to_string(),
                 version: held.version.get(),
                 path: held.path,
                 hit: true,
                 wait_ms: t0.elapsed().as_millis() as u64,
-            });
+            };
+            return Ok((e, bytes));
         }
         // Miss: fetch on demand in a task of its own, so a timeout does not cancel it.
         let me = self.clone();
@@ -166,17 +157,16 @@ impl Agent {
             Some(loaded.held.version),
             Some(Duration::MAX),
         ) {
-            tokio::spawn(async move {
-                tokio::time::sleep(lease_for).await;
-                drop(lease);
-            });
+            self.hold(lease, lease_for);
         }
-        Ok(Ensured {
+        let bytes = loaded.held.bytes;
+        let e = Ensured {
             resource: loaded.held.resource.to_string(),
             version: loaded.held.version.get(),
             path: loaded.held.path,
             hit: false,
             wait_ms: t0.elapsed().as_millis() as u64,
-        })
+        };
+        Ok((e, bytes))
     }
 }

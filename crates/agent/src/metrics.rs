@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use prewarm_core::CapacityId;
 use prewarm_transfer::metrics::{Counter, Gauge, Histogram, LATENCY_BUCKETS, Registry};
 
 /// Handles to the agent's metrics.
@@ -32,9 +31,8 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
-    /// Registers the metrics of capacity `name`.
-    pub fn new(r: &Registry, name: &CapacityId) -> Self {
-        let _ = name;
+    /// Registers the agent's metrics.
+    pub fn new(r: &Registry) -> Self {
         let ensure = |outcome: &str| {
             (
                 r.counter(
@@ -92,7 +90,7 @@ impl AgentMetrics {
     }
 
     /// Records one `ensure`.
-    pub fn ensure(&self, _r: &Registry, outcome: &str, d: Duration) {
+    pub fn ensure(&self, outcome: &str, d: Duration) {
         let (c, h) = match outcome {
             "hit" => &self.hit,
             "miss" => &self.miss,

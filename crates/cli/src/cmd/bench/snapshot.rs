@@ -178,21 +178,29 @@ pub(super) fn median(xs: impl Iterator<Item = f64>) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-/// Runs the benchmark.
-pub async fn run(a: Args) -> anyhow::Result<i32> {
-    let tmp;
-    let work = match &a.workdir {
+/// The benchmark's work directory: `dir` (created) or a temporary one, removed when the
+/// returned guard drops.
+pub(super) fn workdir(
+    dir: Option<&Path>,
+) -> anyhow::Result<(Option<tempfile::TempDir>, std::path::PathBuf)> {
+    match dir {
         Some(w) => {
             std::fs::create_dir_all(w)?;
-            w.clone()
+            Ok((None, w.to_owned()))
         }
         None => {
-            tmp = tempfile::Builder::new()
+            let tmp = tempfile::Builder::new()
                 .prefix("prewarm-bench-")
                 .tempdir()?;
-            tmp.path().to_owned()
+            let p = tmp.path().to_owned();
+            Ok((Some(tmp), p))
         }
-    };
+    }
+}
+
+/// Runs the benchmark.
+pub async fn run(a: Args) -> anyhow::Result<i32> {
+    let (_tmp, work) = workdir(a.workdir.as_deref())?;
     let data = work.join("data");
     if data.exists() {
         std::fs::remove_dir_all(&data)?;

@@ -20,7 +20,7 @@ use prewarm_proto::wire::{
 use serde::Serialize;
 
 use super::raw;
-use super::snapshot::{have, median, settle};
+use super::snapshot::{have, median, settle, workdir};
 use crate::cmd::parse_size;
 use crate::dataset::{self, GenFile, Rng};
 
@@ -166,17 +166,7 @@ fn generate(path: &Path, size: u64, compressible: bool) -> anyhow::Result<()> {
 
 /// Runs the benchmark.
 pub async fn run(a: Args) -> anyhow::Result<i32> {
-    let tmp;
-    let work = match &a.workdir {
-        Some(w) => {
-            std::fs::create_dir_all(w)?;
-            w.clone()
-        }
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_owned()
-        }
-    };
+    let (_tmp, work) = workdir(a.workdir.as_deref())?;
     let mut r = Report {
         size: a.size,
         ensure_calls: a.ensure_calls,
