@@ -44,12 +44,14 @@ pub struct AgentConfig {
 /// Data-plane channel choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataPath {
-    /// The Unix socket when the coordinator is on this host, else TCP.
+    /// On the coordinator's host the pack channel (else the Unix socket), elsewhere TCP.
     Auto,
     /// Always TCP.
     Tcp,
-    /// Always the Unix socket (fails when there is none).
+    /// Always the Unix socket's stream (fails when there is none).
     Unix,
+    /// Always the pack channel: pack files passed by descriptor (fails when there is none).
+    Fds,
 }
 
 /// Which version a load wants.

@@ -105,12 +105,19 @@ fn pick_source(agent: &Agent, w: &wire::Welcome, url: &str) -> Source {
     let same_host = !w.data_unix.is_empty()
         && w.host_id == prewarm_transfer::host_id()
         && std::path::Path::new(&w.data_unix).exists();
-    let unix = match agent.config().data_path {
-        DataPath::Unix => true,
-        DataPath::Auto => same_host,
-        DataPath::Tcp => false,
+    let fds_offered = same_host && !w.data_fds.is_empty();
+    let path = match agent.config().data_path {
+        DataPath::Auto if fds_offered => DataPath::Fds,
+        DataPath::Auto if same_host => DataPath::Unix,
+        DataPath::Auto => DataPath::Tcp,
+        p => p,
     };
-    let addr = if unix {
+    let addr = if path == DataPath::Fds {
+        DataAddr::UnixFds {
+            stream: w.data_unix.clone().into(),
+            packs: w.data_fds.clone().into(),
+        }
+    } else if path == DataPath::Unix {
         DataAddr::Unix(w.data_unix.clone().into())
     } else {
         // A wildcard bind address is reached at the host of the coordinator's URL.

@@ -317,7 +317,16 @@ fn transfer_ensure_refresh_metrics_and_bad_input_across_processes() {
         cm.contains("prewarm_coordinator_transfers_total{result=\"ok\"}"),
         "{cm}"
     );
-    assert!(cm.contains("prewarm_data_sent_bytes_total"), "{cm}");
+    // cap-a moved its bytes over TCP; cap-b, on the coordinator's host, read them from pack
+    // files passed to it by descriptor.
+    let value = |name: &str| -> f64 {
+        cm.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {cm}"))
+    };
+    assert!(value("prewarm_data_sent_bytes_total") > 8e6, "{cm}");
+    assert!(value("prewarm_data_fds_passed_total") >= 1.0, "{cm}");
+    assert!(value("prewarm_data_located_bytes_total") > 8e6, "{cm}");
 
     // Bad input: each refused with its reason, nothing else disturbed.
     for (cap, res, extra, want) in [

@@ -49,6 +49,7 @@ pub struct Coordinator {
     pub instance: String,
     data_tcp: String,
     data_unix: String,
+    data_fds: String,
     book: Mutex<Book>,
     next_id: AtomicU64,
     /// Metrics handles.
@@ -102,8 +103,16 @@ impl Drop for Running {
         }
         if let Some(p) = &self.data_unix {
             let _ = std::fs::remove_file(p);
+            let _ = std::fs::remove_file(fds_socket(p));
         }
     }
+}
+
+/// The pack channel's socket, beside the data plane's Unix socket.
+fn fds_socket(unix: &std::path::Path) -> PathBuf {
+    let mut p = unix.as_os_str().to_owned();
+    p.push(".fds");
+    PathBuf::from(p)
 }
 
 fn random_instance() -> String {
@@ -136,17 +145,21 @@ pub async fn start(store: Arc<Store>, cfg: CoordinatorConfig) -> Result<Running,
         addr: cfg.data_listen.to_string(),
         source,
     })?;
-    let unix_l = match &cfg.data_unix {
-        Some(p) => {
-            let _ = std::fs::remove_file(p); // a socket left by a dead coordinator
-            let l = tokio::net::UnixListener::bind(p).map_err(|source| StartError::Bind {
-                addr: p.display().to_string(),
-                source,
-            })?;
-            Some(l)
-        }
-        None => None,
+    let bind_unix = |p: &std::path::Path| {
+        let _ = std::fs::remove_file(p); // a socket left by a dead coordinator
+        tokio::net::UnixListener::bind(p).map_err(|source| StartError::Bind {
+            addr: p.display().to_string(),
+            source,
+        })
     };
+    let unix_l = cfg.data_unix.as_deref().map(bind_unix).transpose()?;
+    // Pack files can be passed only when they are files on this host.
+    let fds_path = cfg
+        .data_unix
+        .as_deref()
+        .filter(|_| store.local_dir().is_some())
+        .map(fds_socket);
+    let fds_l = fds_path.as_deref().map(bind_unix).transpose()?;
     let registry = Registry::default();
     let instance = random_instance();
     let coordinator = Arc::new(Coordinator {
@@ -156,6 +169,10 @@ pub async fn start(store: Arc<Store>, cfg: CoordinatorConfig) -> Result<Running,
         data_tcp: data_tcp.to_string(),
         data_unix: cfg
             .data_unix
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        data_fds: fds_path
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
@@ -171,9 +188,17 @@ pub async fn start(store: Arc<Store>, cfg: CoordinatorConfig) -> Result<Running,
         &registry,
     ));
     tasks.push(tokio::spawn(data.clone().serve_tcp(data_l)));
+    let local = Arc::new(DataServer::new(
+        store,
+        cfg.token.clone(),
+        instance,
+        &registry,
+    ));
     if let Some(l) = unix_l {
-        let local = Arc::new(DataServer::new(store, None, instance, &registry));
-        tasks.push(tokio::spawn(local.serve_unix(l)));
+        tasks.push(tokio::spawn(local.clone().serve_unix(l)));
+    }
+    if let Some(l) = fds_l {
+        tasks.push(tokio::spawn(local.serve_fds(l)));
     }
     tasks.push(tokio::spawn(coordinator.clone().watch_versions(cfg.poll)));
     tasks.push(tokio::spawn(serve_grpc(

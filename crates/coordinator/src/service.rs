@@ -226,6 +226,7 @@ impl coordinator_server::Coordinator for Service {
                 coordinator_instance: c.instance.clone(),
                 data_tcp: c.data_tcp.clone(),
                 data_unix: c.data_unix.clone(),
+                data_fds: c.data_fds.clone(),
                 host_id: prewarm_transfer::host_id(),
             })),
         };

@@ -14,11 +14,12 @@ use std::sync::{Arc, RwLock};
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use prewarm_core::{ResourceId, StateRef, Version};
+use prewarm_core::{ChunkHash, ResourceId, StateRef, Version};
 
 use crate::index::{ChunkIndex, IndexDecodeError};
 use crate::manifest::{Manifest, ManifestError};
-use crate::pack::PackId;
+use crate::pack::{BlobLoc, PackId};
+use crate::read::FetchError;
 
 const MARKER: &str = "prewarm-store.json";
 const STORE_FORMAT: u64 = 1;
@@ -52,8 +53,8 @@ pub struct Store {
     pub(crate) os: Arc<dyn ObjectStore>,
     /// Where packs go: like `os`, but a local store defers their fsync to `sync_packs`.
     pub(crate) bulk: Arc<dyn ObjectStore>,
-    /// Local stores with durability on: the directory whose pack files `sync_packs` flushes.
-    local_root: Option<std::path::PathBuf>,
+    /// A local store's directory (where pack files can be opened directly).
+    local_dir: Option<std::path::PathBuf>,
     /// Human-readable location, for messages.
     location: String,
     /// Everything the store holds, as of open or the last commit by this handle.
@@ -170,7 +171,7 @@ impl Store {
         let store = Self {
             os: b.meta,
             bulk: b.bulk,
-            local_root: b.local_root,
+            local_dir: b.local_dir,
             location: location.to_owned(),
             index: RwLock::new(Arc::new(ChunkIndex::default())),
             config,
@@ -414,12 +415,33 @@ impl Store {
 impl Store {
     /// With durability on, the local directory whose pack files upload tasks flush.
     pub(crate) fn pack_sync_root(&self) -> Option<std::path::PathBuf> {
-        self.local_root.clone()
+        self.local_dir.clone().filter(|_| self.config.fsync)
+    }
+
+    /// The directory of a store in a local directory (`None` for other backends).
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        self.local_dir.as_deref()
+    }
+
+    /// The file holding pack `id`, for a store in a local directory (`None` for other
+    /// backends): lets a same-host reader open packs itself.
+    pub fn pack_file(&self, id: &PackId) -> Option<std::path::PathBuf> {
+        let dir = self.local_dir.as_ref()?;
+        Some(dir.join(pack_path(id).as_ref()))
+    }
+
+    /// Where each chunk's stored bytes are, in the order given.
+    pub fn locate(&self, hashes: &[ChunkHash]) -> Result<Vec<BlobLoc>, FetchError> {
+        let index = self.index();
+        hashes
+            .iter()
+            .map(|h| index.get(h).copied().ok_or(FetchError::Missing(*h)))
+            .collect()
     }
 
     /// With durability on, flushes the directories that received new packs.
     pub(crate) async fn sync_pack_dirs(&self, packs: &[PackId]) -> Result<(), object_store::Error> {
-        let Some(root) = self.local_root.clone() else {
+        let Some(root) = self.pack_sync_root() else {
             return Ok(());
         };
         let mut dirs: std::collections::BTreeSet<_> = packs
@@ -490,8 +512,8 @@ struct Backends {
     meta: Arc<dyn ObjectStore>,
     /// Packs: written without per-object fsync, flushed in one batch at commit.
     bulk: Arc<dyn ObjectStore>,
-    /// The directory of a local store, for that batched flush.
-    local_root: Option<std::path::PathBuf>,
+    /// The directory of a local store (for that batched flush and direct pack reads).
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl Backends {
@@ -499,7 +521,7 @@ impl Backends {
         Self {
             meta: os.clone(),
             bulk: os,
-            local_root: None,
+            local_dir: None,
         }
     }
 }
@@ -564,7 +586,7 @@ fn local(
     Ok(Backends {
         meta: open(fsync)?,
         bulk: open(false)?,
-        local_root: fsync.then(|| path.to_owned()),
+        local_dir: Some(path.to_owned()),
     })
 }
 

@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadHalf, Write
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::auth::Token;
+use crate::fds::PackChannel;
 use crate::frame::{self, Code, FrameError, FrameReader, Kind, MAGIC, MAX_HASHES};
 use crate::pace::Pacer;
 
@@ -42,6 +43,14 @@ pub enum DataAddr {
     Tcp(String),
     /// A Unix socket on this host.
     Unix(PathBuf),
+    /// On this host: manifests over the Unix socket `stream`, chunks read from pack files
+    /// passed over the socket `packs` (see [`crate::fds`]).
+    UnixFds {
+        /// The data plane's Unix socket.
+        stream: PathBuf,
+        /// The pack channel's socket.
+        packs: PathBuf,
+    },
 }
 
 impl std::fmt::Display for DataAddr {
@@ -49,6 +58,7 @@ impl std::fmt::Display for DataAddr {
         match self {
             DataAddr::Tcp(a) => write!(f, "tcp://{a}"),
             DataAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+            DataAddr::UnixFds { packs, .. } => write!(f, "unix+fds://{}", packs.display()),
         }
     }
 }
@@ -102,7 +112,7 @@ impl From<ManifestError> for DataError {
     }
 }
 
-fn refused(body: &[u8]) -> DataError {
+pub(crate) fn refused(body: &[u8]) -> DataError {
     let (code, msg) = frame::parse_error(body);
     match code {
         Code::UnknownState | Code::UnknownChunk => DataError::UnknownState(msg),
@@ -139,6 +149,8 @@ pub struct Connection {
     rd: FrameReader<ReadHalf<Box<dyn Io>>>,
     wr: BufWriter<WriteHalf<Box<dyn Io>>>,
     next: u32,
+    /// Chunks come from passed pack files instead of the stream.
+    packs: Option<PackChannel>,
     /// The server's instance id (from `HELLO_OK`).
     pub server_instance: String,
 }
@@ -159,11 +171,21 @@ impl Connection {
                 let _ = s.set_nodelay(true);
                 Box::new(s)
             }
-            DataAddr::Unix(p) => Box::new(
+            DataAddr::Unix(p) | DataAddr::UnixFds { stream: p, .. } => Box::new(
                 tokio::net::UnixStream::connect(p)
                     .await
                     .map_err(|e| err(e.to_string()))?,
             ),
+        };
+        let packs = match addr {
+            DataAddr::UnixFds { packs, .. } => {
+                let (p, t) = (packs.clone(), token.cloned());
+                let ch = tokio::task::spawn_blocking(move || PackChannel::connect(&p, t.as_ref()))
+                    .await
+                    .map_err(|e| err(e.to_string()))??;
+                Some(ch)
+            }
+            _ => None,
         };
         let (rd, wr) = tokio::io::split(io);
         // Frames are sliced out of large reads: no copy per frame.
@@ -185,6 +207,7 @@ impl Connection {
                 rd,
                 wr,
                 next: 1,
+                packs,
                 server_instance: String::from_utf8_lossy(&f.body).into_owned(),
             }),
             Kind::Error => Err(refused(&f.body)),
@@ -248,6 +271,11 @@ impl Connection {
         pacer: Option<&Pacer>,
         sink: &mpsc::Sender<Vec<Received>>,
     ) -> Result<FetchStats, DataError> {
+        if let Some(ch) = self.packs.take() {
+            let (ch, got) = ch.fetch(refs, pacer, sink).await;
+            self.packs = Some(ch);
+            return got;
+        }
         // Requests: (id, range of refs).
         let mut plan = Vec::new();
         let mut start = 0;

@@ -35,6 +35,8 @@ pub enum Kind {
     Manifest = 2,
     /// Client asks for chunks.
     Chunks = 3,
+    /// Client asks where chunks are (same-host pack channel, see [`crate::fds`]).
+    Locate = 4,
     /// Server accepts the greeting.
     HelloOk = 0x81,
     /// Server sends a manifest.
@@ -43,20 +45,27 @@ pub enum Kind {
     Chunk = 0x83,
     /// Server finished a `CHUNKS` request.
     Done = 0x84,
+    /// Server passes pack file descriptors (same-host pack channel).
+    PackFds = 0x85,
+    /// Server says where chunks are (same-host pack channel).
+    Located = 0x86,
     /// Server refuses a request (or the connection).
     Error = 0x8f,
 }
 
 impl Kind {
-    fn from_u8(b: u8) -> Option<Self> {
+    pub(crate) fn from_u8(b: u8) -> Option<Self> {
         Some(match b {
             1 => Kind::Hello,
             2 => Kind::Manifest,
             3 => Kind::Chunks,
+            4 => Kind::Locate,
             0x81 => Kind::HelloOk,
             0x82 => Kind::ManifestOk,
             0x83 => Kind::Chunk,
             0x84 => Kind::Done,
+            0x85 => Kind::PackFds,
+            0x86 => Kind::Located,
             0x8f => Kind::Error,
             _ => return None,
         })

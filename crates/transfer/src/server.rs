@@ -35,21 +35,25 @@ pub struct Faults {
     pub die_after_bytes: Option<u64>,
 }
 
-struct ServerMetrics {
-    bytes: Counter,
-    chunks: Counter,
-    requests: Counter,
-    refused: Counter,
+pub(crate) struct ServerMetrics {
+    pub(crate) bytes: Counter,
+    pub(crate) chunks: Counter,
+    pub(crate) requests: Counter,
+    pub(crate) refused: Counter,
+    /// Stored bytes of chunks located for same-host readers (read by them from the packs).
+    pub(crate) located_bytes: Counter,
+    /// Pack file descriptors passed to same-host readers.
+    pub(crate) fds_passed: Counter,
 }
 
 /// Serves one store to any number of connections.
 pub struct DataServer {
-    store: Arc<Store>,
+    pub(crate) store: Arc<Store>,
     /// Required in `HELLO` when set.
-    token: Option<Token>,
+    pub(crate) token: Option<Token>,
     /// Sent in `HELLO_OK`, so a client can tell which coordinator process it reached.
-    instance: String,
-    metrics: ServerMetrics,
+    pub(crate) instance: String,
+    pub(crate) metrics: ServerMetrics,
     faults: Faults,
     sent_chunks: AtomicU64,
     /// Chunks already sent (only tracked with `corrupt_every`).
@@ -57,7 +61,7 @@ pub struct DataServer {
 }
 
 /// A refusal: its code and message.
-type Refusal = (Code, String);
+pub(crate) type Refusal = (Code, String);
 /// Chunks read for one request: hash, location, stored bytes.
 type ReadChunks = Vec<(ChunkHash, BlobLoc, Bytes)>;
 
@@ -86,6 +90,17 @@ impl DataServer {
             refused: metrics.counter(
                 "prewarm_data_refused_total",
                 "Data-plane connections or requests refused (bad token, bad request, oversize).",
+                &[],
+            ),
+            located_bytes: metrics.counter(
+                "prewarm_data_located_bytes_total",
+                "Stored bytes of chunks located for same-host agents, which read them from the \
+                 pack files passed to them.",
+                &[],
+            ),
+            fds_passed: metrics.counter(
+                "prewarm_data_fds_passed_total",
+                "Pack file descriptors passed to same-host agents.",
                 &[],
             ),
         };
@@ -148,19 +163,12 @@ impl DataServer {
         let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
         let mut wr = BufWriter::with_capacity(1 << 20, wr);
         let hello = tokio::time::timeout(HELLO_TIMEOUT, frame::read_frame(&mut rd)).await;
-        let refusal = match hello {
-            Err(_) => Some("no hello within 10 s".to_owned()),
-            Ok(Err(e)) => Some(format!("bad hello: {e}")),
-            Ok(Ok(f)) if f.kind != Kind::Hello || !f.body.starts_with(MAGIC) => {
-                Some("the first frame is not a prewarm data-plane hello".into())
-            }
-            Ok(Ok(f)) => match &self.token {
-                Some(t) if !t.matches(&f.body[MAGIC.len()..]) => {
-                    Some("missing or wrong token".into())
-                }
-                _ => None,
-            },
-        };
+        let refusal = self.refuse_hello(hello.unwrap_or_else(|_| {
+            Err(FrameError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no hello within 10 s",
+            )))
+        }));
         if let Some(why) = refusal {
             tracing::warn!(%peer, "data plane: refused connection: {why}");
             self.metrics.refused.inc();
@@ -212,6 +220,22 @@ impl DataServer {
         let _ = writer.await;
     }
 
+    /// Why a connection's first frame is refused (`None`: accepted).
+    pub(crate) fn refuse_hello(&self, hello: Result<Frame, FrameError>) -> Option<String> {
+        match hello {
+            Err(e) => Some(format!("bad hello: {e}")),
+            Ok(f) if f.kind != Kind::Hello || !f.body.starts_with(MAGIC) => {
+                Some("the first frame is not a prewarm data-plane hello".into())
+            }
+            Ok(f) => match &self.token {
+                Some(t) if !t.matches(&f.body[MAGIC.len()..]) => {
+                    Some("missing or wrong token".into())
+                }
+                _ => None,
+            },
+        }
+    }
+
     async fn answer(self: Arc<Self>, f: Frame) -> Answer {
         match f.kind {
             Kind::Manifest => Answer::Manifest(self.manifest(&f.body).await),
@@ -255,19 +279,7 @@ impl DataServer {
         &self,
         body: &[u8],
     ) -> Result<Vec<(ChunkHash, BlobLoc, Bytes)>, (Code, String)> {
-        if body.len() % 32 != 0 || body.len() / 32 > MAX_HASHES {
-            return Err((
-                Code::BadRequest,
-                format!(
-                    "chunk request of {} bytes: want n × 32, n ≤ {MAX_HASHES}",
-                    body.len()
-                ),
-            ));
-        }
-        let hashes: Vec<ChunkHash> = body
-            .chunks_exact(32)
-            .map(|h| ChunkHash::from_array(h.try_into().expect("32 bytes")))
-            .collect();
+        let hashes = parse_hashes(body)?;
         let mut got = self.store.read_stored(&hashes).await;
         if matches!(got, Err(FetchError::Missing(_))) {
             // Committed by another process since the index was loaded?
@@ -413,4 +425,21 @@ impl DataServer {
         }
         Ok(())
     }
+}
+
+/// The hashes of a `CHUNKS` or `LOCATE` request.
+pub(crate) fn parse_hashes(body: &[u8]) -> Result<Vec<ChunkHash>, Refusal> {
+    if body.len() % 32 != 0 || body.len() / 32 > MAX_HASHES {
+        return Err((
+            Code::BadRequest,
+            format!(
+                "chunk request of {} bytes: want n × 32, n ≤ {MAX_HASHES}",
+                body.len()
+            ),
+        ));
+    }
+    Ok(body
+        .chunks_exact(32)
+        .map(|h| ChunkHash::from_array(h.try_into().expect("32 bytes")))
+        .collect())
 }

@@ -1,5 +1,5 @@
 //! The data plane over real loopback sockets: tokens, oversize and malformed frames, invalid
-//! ids, a pipelined fetch.
+//! ids, a pipelined fetch; the same-host pack channel (descriptors passed over a Unix socket).
 
 #![allow(clippy::unwrap_used)]
 
@@ -133,4 +133,180 @@ async fn oversize_and_malformed_requests_are_refused() {
     s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let f = frame::read_frame(&mut s).await.unwrap();
     assert_eq!(frame::parse_error(&f.body).0, Code::Unauthorized);
+}
+
+/// A local-directory store with two resources (so two packs), served on a Unix socket and a
+/// pack channel.
+async fn setup_local(
+    token: Option<Token>,
+) -> (
+    tempfile::TempDir,
+    DataAddr,
+    Arc<Store>,
+    Vec<(ResourceId, Vec<u8>)>,
+    Registry,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = Arc::new(Store::open_or_create(root.to_str().unwrap()).await.unwrap());
+    let mut states = Vec::new();
+    for (name, seed) in [("m/one", 7u32), ("m/two", 11)] {
+        let r = ResourceId::new(name).unwrap();
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+            .collect();
+        Snapshotter::new(store.clone())
+            .commit_bytes(&r, Bytes::from(data.clone()))
+            .await
+            .unwrap();
+        states.push((r, data));
+    }
+    let reg = Registry::default();
+    let s = Arc::new(DataServer::new(store.clone(), token, "t".into(), &reg));
+    let (stream, packs) = (dir.path().join("d.sock"), dir.path().join("d.sock.fds"));
+    let l = tokio::net::UnixListener::bind(&stream).unwrap();
+    tokio::spawn(s.clone().serve_unix(l));
+    let l = tokio::net::UnixListener::bind(&packs).unwrap();
+    tokio::spawn(s.serve_fds(l));
+    (dir, DataAddr::UnixFds { stream, packs }, store, states, reg)
+}
+
+async fn fetch_all(c: &mut Connection, refs: &[prewarm_store::ChunkRef]) -> Vec<u8> {
+    let (tx, mut rx) = mpsc::channel(64);
+    let stats = c.fetch(refs, None, &tx).await.unwrap();
+    drop(tx);
+    let mut out = Vec::new();
+    while let Some(b) = rx.recv().await {
+        for (i, v) in verify_batch(refs, b) {
+            out.push((i, v.unwrap()));
+        }
+    }
+    assert_eq!(stats.chunks as usize, refs.len());
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().flat_map(|(_, b)| b.to_vec()).collect()
+}
+
+#[tokio::test]
+async fn pack_channel_passes_packs_and_every_chunk_verifies() {
+    let t = Token::new("0123456789abcdef0123").unwrap();
+    let (_dir, addr, _store, states, reg) = setup_local(Some(t.clone())).await;
+    // Without the token, or with a wrong one: refused.
+    for presented in [None, Some(Token::new("0123456789abcdef9999").unwrap())] {
+        match Connection::connect(&addr, presented.as_ref()).await {
+            Err(DataError::Refused {
+                code: Code::Unauthorized,
+                ..
+            }) => {}
+            other => panic!("{:?}", other.err()),
+        }
+    }
+    let mut c = Connection::connect(&addr, Some(&t)).await.unwrap();
+    // Two fetches on one connection: the second needs a pack passed later (slot 1).
+    for (r, data) in &states {
+        let m = c.manifest(r, None).await.unwrap();
+        assert_eq!(&fetch_all(&mut c, &m.chunks).await, data);
+    }
+    let text = reg.render();
+    assert!(text.contains("prewarm_data_fds_passed_total 2"), "{text}");
+    // A chunk the store does not hold: named as unknown, and the channel carries on.
+    let m = c.manifest(&states[0].0, None).await.unwrap();
+    let mut bogus = m.chunks[0];
+    bogus.hash = prewarm_core::ChunkHash::of(b"nowhere");
+    let (tx, _rx) = mpsc::channel(4);
+    match c.fetch(&[bogus], None, &tx).await {
+        Err(DataError::UnknownState(m)) => assert!(m.contains("not in the store"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(&fetch_all(&mut c, &m.chunks).await, &states[0].1);
+}
+
+#[tokio::test]
+async fn a_damaged_pack_fails_verification_through_the_pack_channel() {
+    let (dir, addr, store, states, _) = setup_local(None).await;
+    let mut c = Connection::connect(&addr, None).await.unwrap();
+    let m = c.manifest(&states[0].0, None).await.unwrap();
+    // Flip one byte of the third chunk's stored bytes in its pack file.
+    let loc = store.locate(&[m.chunks[2].hash]).unwrap()[0];
+    let path = store.pack_file(&loc.pack).unwrap();
+    assert!(path.starts_with(dir.path()));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[loc.offset as usize + 1] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    c.fetch(&m.chunks, None, &tx).await.unwrap();
+    drop(tx);
+    let mut bad = Vec::new();
+    while let Some(b) = rx.recv().await {
+        bad.extend(
+            verify_batch(&m.chunks, b)
+                .into_iter()
+                .filter(|(_, v)| v.is_err()),
+        );
+    }
+    // Exactly the chunks with that content (the test data repeats every 2 MiB).
+    let damaged = m.chunks[2].hash;
+    let want: Vec<usize> = (0..m.chunks.len())
+        .filter(|&i| m.chunks[i].hash == damaged)
+        .collect();
+    let mut got: Vec<usize> = bad.iter().map(|(i, _)| *i).collect();
+    got.sort_unstable();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn pack_channel_refuses_bad_frames_and_remote_stores() {
+    let (_dir, addr, _, _, _) = setup_local(None).await;
+    let DataAddr::UnixFds { packs, .. } = &addr else {
+        unreachable!()
+    };
+    // Oversize: refused before the body is read, then closed.
+    let mut s = tokio::net::UnixStream::connect(packs).await.unwrap();
+    frame::write_frame(&mut s, Kind::Hello, 0, MAGIC)
+        .await
+        .unwrap();
+    assert_eq!(frame::read_frame(&mut s).await.unwrap().kind, Kind::HelloOk);
+    frame::write_frame(&mut s, Kind::Locate, 1, &[0u8; 33])
+        .await
+        .unwrap();
+    let f = frame::read_frame(&mut s).await.unwrap();
+    assert_eq!((f.kind, f.request), (Kind::Error, 1));
+    assert_eq!(frame::parse_error(&f.body).0, Code::BadRequest);
+    let mut huge = (MAX_FRAME + 1).to_le_bytes().to_vec();
+    huge.extend_from_slice(&[4, 0, 0, 0, 0]);
+    s.write_all(&huge).await.unwrap();
+    let f = frame::read_frame(&mut s).await.unwrap();
+    assert_eq!(frame::parse_error(&f.body).0, Code::Oversize);
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest).await {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection must be closed: {other:?}"),
+    }
+    // A store that is not a local directory has no pack files to pass.
+    let mem = Arc::new(Store::memory().await);
+    let r = ResourceId::new("m/one").unwrap();
+    Snapshotter::new(mem.clone())
+        .commit_bytes(&r, Bytes::from(vec![1u8; 100_000]))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Arc::new(DataServer::new(mem, None, "m".into(), &Registry::default()));
+    let (stream, packs) = (dir.path().join("s"), dir.path().join("s.fds"));
+    tokio::spawn(
+        srv.clone()
+            .serve_unix(tokio::net::UnixListener::bind(&stream).unwrap()),
+    );
+    tokio::spawn(srv.serve_fds(tokio::net::UnixListener::bind(&packs).unwrap()));
+    let mut c = Connection::connect(&DataAddr::UnixFds { stream, packs }, None)
+        .await
+        .unwrap();
+    let m = c.manifest(&r, None).await.unwrap();
+    let (tx, _rx) = mpsc::channel(4);
+    match c.fetch(&m.chunks, None, &tx).await {
+        Err(DataError::Refused { code, msg }) => {
+            assert_eq!(code, Code::BadRequest);
+            assert!(msg.contains("not a local directory"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -39,7 +39,8 @@ pub struct Args {
     /// How long an ensure answer protects its state from eviction.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     lease: Duration,
-    /// Data-plane channel: auto (Unix socket on the coordinator's host, else TCP), tcp, unix.
+    /// Data-plane channel: auto (on the coordinator's host the pack channel, where pack files
+    /// are passed by descriptor, else the Unix socket; TCP elsewhere), tcp, unix, fds.
     #[arg(long, default_value = "auto")]
     data_path: String,
     #[command(flatten)]
@@ -53,7 +54,8 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         "auto" => DataPath::Auto,
         "tcp" => DataPath::Tcp,
         "unix" => DataPath::Unix,
-        other => anyhow::bail!("--data-path {other}: expected auto, tcp or unix"),
+        "fds" => DataPath::Fds,
+        other => anyhow::bail!("--data-path {other}: expected auto, tcp, unix or fds"),
     };
     let token = a.token.load()?;
     let http_token = prewarm_transfer::auth::listener_policy(a.listen, token.as_ref())?;

@@ -1,6 +1,7 @@
 //! `prewarm bench transfer`: a state from a coordinator to an agent, both separate processes
 //! over loopback: cold transfer throughput (incompressible and compressible data, over TCP
-//! and over the same-host Unix socket), a delta transfer after 1% scattered edits (bytes on
+//! over the same-host Unix socket, and over the same-host pack channel, which passes pack
+//! files by descriptor), a delta transfer after 1% scattered edits (bytes on
 //! the wire), and `ensure` hit latency over the agent's HTTP API. Peers in the same run: a
 //! raw length-prefixed TCP copy between two processes (to a file, as the agent writes one,
 //! and to nowhere), iperf3, and rsync (local whole-file copy; delta algorithm for the edit).
@@ -255,7 +256,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     // Cold transfers.
     let mut kept = None;
     for (name, _, _) in &files {
-        for path in ["tcp", "unix"] {
+        for path in ["tcp", "unix", "fds"] {
             let mut secs = Vec::new();
             let mut wire = 0;
             for rep in 0..a.reps {
@@ -296,6 +297,13 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     for (path, addr) in [
         ("tcp", prewarm_transfer::DataAddr::Tcp(data_addr.clone())),
         ("unix", prewarm_transfer::DataAddr::Unix(sock.clone())),
+        (
+            "fds",
+            prewarm_transfer::DataAddr::UnixFds {
+                stream: sock.clone(),
+                packs: sock.with_extension("sock.fds"),
+            },
+        ),
     ] {
         let mut secs = Vec::new();
         for _ in 0..a.reps {
