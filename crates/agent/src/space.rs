@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prewarm_core::{ResourceId, Version};
+use prewarm_plan::{Candidate, choose_victims};
 use serde::{Deserialize, Serialize};
 
 const INDEX: &str = "index.json";
@@ -359,33 +360,24 @@ impl StateSpace {
     /// Evicts unleased states, least recently used first, until `need` bytes are freed; frees
     /// nothing when that is impossible.
     fn evict(&mut self, need: u64, asked: u64) -> Result<(), SpaceError> {
-        let mut victims: Vec<(u64, (ResourceId, Version), u64)> = self
+        let candidates: Vec<Candidate<(ResourceId, Version)>> = self
             .states
             .iter()
-            .filter(|(_, (_, l))| l.load(Ordering::Acquire) == 0)
-            .map(|(k, (e, _))| (e.used, k.clone(), e.bytes))
+            .map(|(k, (e, l))| Candidate {
+                key: k.clone(),
+                bytes: e.bytes,
+                leased: l.load(Ordering::Acquire) > 0,
+                kept_alive: false,
+                rank: e.used as f64,
+            })
             .collect();
-        let freeable: u64 = victims.iter().map(|v| v.2).sum();
-        if freeable < need {
-            let leased = self
-                .states
-                .values()
-                .filter(|(_, l)| l.load(Ordering::Acquire) > 0)
-                .map(|(e, _)| e.bytes)
-                .sum();
-            return Err(SpaceError::Full {
-                need: asked,
-                free: self.budget.saturating_sub(self.used()) + freeable,
-                leased,
-                budget: self.budget,
-            });
-        }
-        victims.sort();
-        let mut freed = 0;
-        for (_, key, bytes) in victims {
-            if freed >= need {
-                break;
-            }
+        let victims = choose_victims(&candidates, need).map_err(|s| SpaceError::Full {
+            need: asked,
+            free: self.budget.saturating_sub(self.used()) + s.freeable,
+            leased: s.leased,
+            budget: self.budget,
+        })?;
+        for key in victims {
             let path = self.path_of(&key.0, key.1);
             std::fs::remove_dir_all(&path)
                 .or_else(|_| std::fs::remove_file(&path))
@@ -396,7 +388,6 @@ impl StateSpace {
                 .map_err(io(&path))?;
             self.states.remove(&key);
             self.evicted.push(key);
-            freed += bytes;
         }
         self.save()
     }

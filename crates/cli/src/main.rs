@@ -5,6 +5,7 @@
 mod cmd;
 mod dataset;
 mod output;
+mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -51,6 +52,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// The main job: a self-contained demonstration on generated data.
     Demo(cmd::demo::Args),
+    /// Replay a history through the simulator under several policies (table, JSON, HTML report)
+    Replay(cmd::replay::Args),
 }
 
 /// Keeps large freed blocks in the process instead of returning them to the kernel: model
@@ -115,6 +118,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         Command::Status(a) => cmd::status::run(a).await,
         Command::Bench(a) => cmd::bench::run(a).await,
         Command::Demo(a) => cmd::demo::run(a).await,
+        Command::Replay(a) => cmd::replay::run(a).await,
     }
 }
 

@@ -584,3 +584,77 @@ fn train_then_eval_learned_models_and_refuse_leaks() {
     assert!(bench.as_array().unwrap().len() >= 5, "{bench:?}");
     assert!(bench[0]["p50_us"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn replay_compares_policies_deterministically_and_writes_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = dir.path().join("h.jsonl");
+    cyclic_history(&h, 3_000);
+    let report = dir.path().join("report.html");
+    let h = h.to_str().unwrap();
+    let args = [
+        "replay",
+        "--history",
+        h,
+        "--policies",
+        "none,lru,markov,oracle",
+        "--cache-size",
+        "1KiB",
+        "--sweep",
+        "300B,4KiB",
+        "--lead",
+        "1s",
+        "--keep-alive",
+        "2s",
+        "--json",
+    ];
+    let mut with_report = args.to_vec();
+    with_report.extend(["--report", report.to_str().unwrap()]);
+    let a = json(&prewarm(&with_report));
+    let b = json(&prewarm(&args));
+    assert_eq!(
+        a["rows"], b["rows"],
+        "the same inputs give the same numbers"
+    );
+    let rows = a["rows"].as_array().unwrap();
+    let warm = |p: &str| {
+        rows.iter().find(|r| r["policy"] == p).unwrap()["warm_rate"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(warm("none"), 0.0);
+    assert!(warm("markov") > warm("lru"), "{rows:?}");
+    assert!(warm("oracle") >= warm("markov"), "{rows:?}");
+    assert_eq!(rows[3]["oracle_share"].as_f64(), Some(1.0));
+    assert_eq!(a["sweep"].as_array().unwrap().len(), 2);
+    let html = std::fs::read_to_string(&report).unwrap();
+    for want in [
+        "<svg",
+        "warm starts vs memory",
+        "time-to-ready",
+        "over the replay",
+        "markov",
+    ] {
+        assert!(html.contains(want), "report lacks {want}");
+    }
+    assert!(
+        !html.contains("<script"),
+        "the report must open offline, without scripts"
+    );
+    // Bad input: an unknown policy and a history that is not one.
+    let out = prewarm(&["replay", "--history", h, "--policies", "lru,psychic"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown policy \"psychic\""));
+    let bogus = dir.path().join("bogus.jsonl");
+    std::fs::write(
+        &bogus,
+        "{\"ts\": 1, \"event\": {\"type\": \"x\", \"key\": \"k\"}, \"colour\": 1}\n",
+    )
+    .unwrap();
+    let out = prewarm(&["replay", "--history", bogus.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 1"),
+        "{out:?}"
+    );
+}

@@ -40,6 +40,8 @@ struct IdleHistogram {
     last: f64,
     /// `window()` as of the last observation (it only changes when the histogram does).
     cached: (f64, f64),
+    /// `before[b]`: samples in bins below `b` (kept with `counts`, so `hazard` is O(1)).
+    before: Vec<u32>,
 }
 
 impl IdleHistogram {
@@ -90,8 +92,7 @@ impl IdleHistogram {
         if b >= BINS || self.total == 0 {
             return 0.0;
         }
-        let before: u32 = self.counts[..b].iter().sum();
-        let left = self.total - before;
+        let left = self.total - self.before[b];
         if left == 0 {
             0.0
         } else {
@@ -132,6 +133,9 @@ impl Predictor for Histogram {
                     let b = (idle / BIN_S) as usize;
                     if b < BINS {
                         h.counts[b] += 1;
+                        for x in &mut h.before[b + 1..] {
+                            *x += 1;
+                        }
                     } else {
                         h.oob += 1;
                     }
@@ -148,6 +152,7 @@ impl Predictor for Histogram {
                             oob: 0,
                             last: record.ts,
                             cached: (0.0, BINS as f64 * BIN_S),
+                            before: vec![0; BINS],
                         },
                     );
                 }

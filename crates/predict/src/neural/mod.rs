@@ -27,7 +27,7 @@ use features::KeyTail;
 use kernel::State;
 pub use model::{Model, ModelError};
 pub use net::Arch;
-pub use train::{Progress, TrainError, TrainOptions};
+pub use train::{Progress, TrainError, TrainOptions, train};
 
 /// Executions kept to rebuild key states after a model reload.
 const RECENT: usize = 2048;

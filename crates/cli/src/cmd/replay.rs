@@ -1,0 +1,257 @@
+//! `prewarm replay`: the trace-replay simulator (see `prewarm_sim`) over a history, one run
+//! per policy (and per cache size with `--sweep`), as a table, JSON and an HTML report.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use prewarm_core::{ByteSize, HistoryRecord};
+use prewarm_predict::Predictor;
+use prewarm_predict::baselines::{Frequency, Markov};
+use prewarm_predict::histogram::Histogram;
+use prewarm_predict::neural::{Arch, Learned, TrainOptions, train};
+use prewarm_sim::{Policy, PolicyKind, SimConfig, SimReport, replay};
+use serde::Serialize;
+
+use super::{parse_duration, read_history};
+use crate::{output, report};
+
+/// Arguments of `prewarm replay`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// History file (JSON Lines), e.g. from `prewarm import`.
+    #[arg(long)]
+    history: PathBuf,
+    /// Policies: none, lru, histogram, frequency, markov, gru, transformer, oracle; gru and
+    /// transformer train in-process on the warm-up share, or load gru:DIR / transformer:DIR.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,lru,histogram,frequency,markov,oracle"
+    )]
+    policies: Vec<String>,
+    /// Compute capacities.
+    #[arg(long, default_value_t = 4)]
+    capacities: usize,
+    /// Cache size per capacity.
+    #[arg(long, default_value = "4GiB")]
+    cache_size: ByteSize,
+    /// Link bandwidth per capacity, bytes per second.
+    #[arg(long, default_value = "125MB")]
+    bandwidth: ByteSize,
+    /// Fixed cost of one transfer.
+    #[arg(long, value_parser = parse_duration, default_value = "2ms")]
+    latency: Duration,
+    /// Time between an event and the start of its execution.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    lead: Duration,
+    /// Keep-alive after use (lru and predictive policies).
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    keep_alive: Duration,
+    /// Size of a state whose history records carry none.
+    #[arg(long, default_value = "64MiB")]
+    default_size: ByteSize,
+    /// Share of the history replayed before counting (predictors learn; models train on it).
+    #[arg(long, default_value_t = 0.2)]
+    warmup: f64,
+    /// Predictions per event.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// The planner's probability threshold.
+    #[arg(long, default_value_t = 0.05)]
+    threshold: f64,
+    /// Time budget for training each in-process model.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    train_budget: Duration,
+    /// Also replay at these cache sizes (comma-separated) for the warm-start vs memory plot.
+    #[arg(long, value_delimiter = ',')]
+    sweep: Vec<ByteSize>,
+    /// Write an HTML report (opens offline) here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Everything a replay produced.
+#[derive(Serialize)]
+pub struct Replay {
+    /// The history replayed.
+    pub history: String,
+    /// Records in it.
+    pub records: usize,
+    /// The settings.
+    pub config: SimConfig,
+    /// One row per policy at the configured cache size.
+    pub rows: Vec<SimReport>,
+    /// (cache bytes per capacity, rows) per swept size.
+    pub sweep: Vec<(u64, Vec<SimReport>)>,
+}
+
+/// Builds the policy `name` (training a model on `train_on` where needed).
+fn policy(name: &str, train_on: &[HistoryRecord], budget: Duration) -> anyhow::Result<Policy> {
+    let tau = 3600.0;
+    let kind = match name {
+        "none" => PolicyKind::None,
+        "lru" => PolicyKind::Lru,
+        "histogram" => PolicyKind::Histogram(Histogram::new()),
+        "oracle" => PolicyKind::Oracle,
+        "frequency" => PolicyKind::Predictive(Box::new(Frequency::new(tau))),
+        "markov" => PolicyKind::Predictive(Box::new(Markov::new(2, tau))),
+        "gru" | "transformer" => {
+            let arch = if name == "gru" {
+                Arch::GRU
+            } else {
+                Arch::TRANSFORMER
+            };
+            let mut o = TrainOptions::new(arch);
+            o.time_budget = Some(budget);
+            eprintln!(
+                "training a {name} on the first {} records (≤ {budget:?})…",
+                train_on.len()
+            );
+            let model = tokio::task::block_in_place(|| train(train_on, &o, &mut |_| {}))
+                .with_context(|| format!("training the {name}"))?;
+            PolicyKind::Predictive(Box::new(Learned::new(model, 1 << 20)))
+        }
+        spec if spec.starts_with("gru:") || spec.starts_with("transformer:") => {
+            let dir = spec.split_once(':').map_or("", |x| x.1);
+            let p = Learned::load(std::path::Path::new(dir), 1 << 20)
+                .with_context(|| format!("loading model {spec}"))?;
+            if let Some(last) = train_on.last() {
+                if p.model().config.training.last_ts > last.ts {
+                    bail!(
+                        "{spec} was trained on records past the warm-up (t > {}): it would be \
+                         scored on what it trained on",
+                        last.ts
+                    );
+                }
+            }
+            PolicyKind::Predictive(Box::new(p) as Box<dyn Predictor>)
+        }
+        other => bail!(
+            "unknown policy {other:?} (none, lru, histogram, frequency, markov, gru, transformer, \
+             oracle, gru:DIR, transformer:DIR)"
+        ),
+    };
+    Ok(Policy::new(name.split(':').next().unwrap_or(name), kind))
+}
+
+/// Replays every policy at `cfg`, filling in the oracle share.
+fn run_all(
+    records: &[HistoryRecord],
+    names: &[String],
+    cfg: &SimConfig,
+    budget: Duration,
+) -> anyhow::Result<Vec<SimReport>> {
+    let start = ((records.len() as f64) * cfg.warmup) as usize;
+    let mut rows = Vec::new();
+    for name in names {
+        let mut p = policy(name, &records[..start.max(1)], budget)?;
+        let t0 = std::time::Instant::now();
+        let r = tokio::task::block_in_place(|| replay(records, &mut p, cfg));
+        eprintln!(
+            "  {:<12} cache {:>9}: warm {:.1}%  ({:.1} s)",
+            r.policy,
+            output::bytes(cfg.cache_bytes),
+            100.0 * r.warm_rate,
+            t0.elapsed().as_secs_f64()
+        );
+        rows.push(r);
+    }
+    if let Some(o) = rows.iter().find(|r| r.policy == "oracle").map(|r| r.warm) {
+        for r in &mut rows {
+            r.oracle_share = (o > 0).then(|| r.warm as f64 / o as f64);
+        }
+    }
+    Ok(rows)
+}
+
+/// Runs the command.
+pub async fn run(a: Args) -> anyhow::Result<i32> {
+    if !(0.0..1.0).contains(&a.warmup) {
+        bail!("--warmup must be in [0, 1), got {}", a.warmup);
+    }
+    if a.capacities == 0 || a.bandwidth.0 == 0 {
+        bail!("--capacities and --bandwidth must be positive");
+    }
+    let records = read_history(&a.history)?;
+    let mut cfg = SimConfig {
+        capacities: a.capacities,
+        cache_bytes: a.cache_size.0,
+        bandwidth: a.bandwidth.0 as f64,
+        latency_s: a.latency.as_secs_f64(),
+        lead_s: a.lead.as_secs_f64(),
+        keep_alive_s: a.keep_alive.as_secs_f64(),
+        default_bytes: a.default_size.0,
+        top_k: a.top_k,
+        warmup: a.warmup,
+        ..SimConfig::default()
+    };
+    cfg.planner.threshold = a.threshold;
+    eprintln!(
+        "replaying {} records of {} under {} policies…",
+        records.len(),
+        a.history.display(),
+        a.policies.len()
+    );
+    let rows = run_all(&records, &a.policies, &cfg, a.train_budget)?;
+    let mut sweep = Vec::new();
+    for size in &a.sweep {
+        let c = SimConfig {
+            cache_bytes: size.0,
+            ..cfg.clone()
+        };
+        sweep.push((size.0, run_all(&records, &a.policies, &c, a.train_budget)?));
+    }
+    let out = Replay {
+        history: a.history.display().to_string(),
+        records: records.len(),
+        config: cfg,
+        rows,
+        sweep,
+    };
+    if let Some(path) = &a.report {
+        std::fs::write(path, report::html(&out))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    if a.json {
+        output::json(&out)?;
+    } else {
+        println!("{}", table(&out.rows));
+    }
+    Ok(0)
+}
+
+/// The terminal table.
+pub fn table(rows: &[SimReport]) -> String {
+    let header = [
+        "policy",
+        "warm %",
+        "of oracle",
+        "ttr p50 ms",
+        "ttr p99 ms",
+        "moved",
+        "wasted",
+        "GB·s",
+    ];
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.policy.clone(),
+                format!("{:.1}", 100.0 * r.warm_rate),
+                r.oracle_share
+                    .map_or("-".into(), |s| format!("{:.0}%", 100.0 * s)),
+                format!("{:.1}", r.ttr_p50_ms),
+                format!("{:.1}", r.ttr_p99_ms),
+                output::bytes(r.bytes),
+                output::bytes(r.wasted_bytes),
+                format!("{:.0}", r.memory_gb_s),
+            ]
+        })
+        .collect();
+    output::table(&header, &body)
+}

@@ -1,0 +1,177 @@
+//! Replays of small synthetic histories whose right answers are known.
+
+#![allow(clippy::unwrap_used)]
+
+use prewarm_core::{Event, HistoryRecord, ReadAccess, ResourceId, WriteAccess};
+use prewarm_predict::baselines::Markov;
+use prewarm_predict::{Context, Prediction, Predictor, VersionPolicy};
+
+use crate::{Policy, PolicyKind, SimConfig, replay};
+
+fn rec(ts: f64, key: &str, reads: &[&str], writes: &[&str]) -> HistoryRecord {
+    HistoryRecord {
+        ts,
+        event: Event {
+            kind: "http".into(),
+            key: key.into(),
+            attrs: Default::default(),
+        },
+        capacity: None,
+        reads: reads
+            .iter()
+            .map(|r| ReadAccess {
+                resource: ResourceId::new(*r).unwrap(),
+                version: None,
+                bytes: 10_000_000,
+            })
+            .collect(),
+        writes: writes
+            .iter()
+            .map(|r| WriteAccess {
+                resource: ResourceId::new(*r).unwrap(),
+                bytes: 1,
+            })
+            .collect(),
+        duration_s: 0.1,
+    }
+}
+
+/// Sessions walking a fixed cycle a → b → c → d, one step every 30 s, spread over keys,
+/// with a long gap (beyond any keep-alive) every few steps.
+fn cyclic() -> Vec<HistoryRecord> {
+    let cycle = ["s/a", "s/b", "s/c", "s/d"];
+    let mut out = Vec::new();
+    let mut t = 1_000.0;
+    for i in 0..2_000usize {
+        let key = format!("k{}", i % 3);
+        out.push(rec(t, &key, &[cycle[(i / 3) % 4]], &[]));
+        t += if i % 40 == 39 { 5_000.0 } else { 10.0 };
+    }
+    out
+}
+
+fn cfg() -> SimConfig {
+    SimConfig {
+        capacities: 2,
+        cache_bytes: 25_000_000,
+        bandwidth: 100e6,
+        lead_s: 1.0,
+        keep_alive_s: 60.0,
+        ..SimConfig::default()
+    }
+}
+
+fn policies() -> Vec<Policy> {
+    vec![
+        Policy::new("none", PolicyKind::None),
+        Policy::new("lru", PolicyKind::Lru),
+        Policy::new(
+            "markov",
+            PolicyKind::Predictive(Box::new(Markov::new(1, 3600.0))),
+        ),
+        Policy::new("oracle", PolicyKind::Oracle),
+    ]
+}
+
+#[test]
+fn the_same_inputs_give_the_same_numbers() {
+    let h = cyclic();
+    for (mut a, mut b) in policies().into_iter().zip(policies()) {
+        assert_eq!(replay(&h, &mut a, &cfg()), replay(&h, &mut b, &cfg()));
+    }
+}
+
+#[test]
+fn prediction_beats_keep_alive_and_the_oracle_bounds_everyone() {
+    let h = cyclic();
+    let rows: Vec<_> = policies()
+        .iter_mut()
+        .map(|p| replay(&h, p, &cfg()))
+        .collect();
+    let (none, lru, markov, oracle) = (&rows[0], &rows[1], &rows[2], &rows[3]);
+    assert_eq!(none.warm, 0, "nothing is kept: every execution starts cold");
+    assert!(none.ttr_p50_ms >= 100.0, "{none:?}"); // 10 MB at 100 MB/s
+    assert!(lru.warm_rate > 0.2, "{lru:?}");
+    // The cycle is learnable: the next state arrives within the 1 s lead (0.1 s transfer),
+    // including after the gaps that empty the keep-alive caches.
+    assert!(markov.warm_rate > lru.warm_rate, "{markov:?} vs {lru:?}");
+    assert!(markov.bytes_predictive > 0);
+    assert!(oracle.warm_rate > 0.99, "{oracle:?}");
+    for r in &rows {
+        assert!(r.warm <= oracle.warm, "{} beat the oracle", r.policy);
+        assert_eq!(r.executions, 1_600); // the warm-up (20%) is not counted
+        assert_eq!(r.ttr_percentiles_ms.len(), 101);
+    }
+    // Without lead time nothing can arrive before its execution: prediction gains nothing
+    // over keeping (it may still help placement).
+    let c = SimConfig {
+        lead_s: 0.0,
+        ..cfg()
+    };
+    let mut o = Policy::new("oracle", PolicyKind::Oracle);
+    let r = replay(&h, &mut o, &c);
+    assert!(r.warm_rate < oracle.warm_rate, "{r:?}");
+}
+
+/// Predicts, with certainty, a state nobody reads.
+struct Wrong;
+
+impl Predictor for Wrong {
+    fn name(&self) -> &str {
+        "wrong"
+    }
+    fn observe(&mut self, _: &HistoryRecord) {}
+    fn predict(&mut self, _: &Context<'_>, _: usize) -> Vec<Prediction> {
+        vec![Prediction {
+            resource: ResourceId::new("never/read").unwrap(),
+            version: VersionPolicy::Latest,
+            probability: 1.0,
+        }]
+    }
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
+}
+
+#[test]
+fn bytes_moved_and_never_read_are_wasted() {
+    let h = cyclic();
+    let mut p = Policy::new("wrong", PolicyKind::Predictive(Box::new(Wrong)));
+    let c = SimConfig {
+        default_bytes: 1_000_000, // the unread state's size (no record names it)
+        ..cfg()
+    };
+    let r = replay(&h, &mut p, &c);
+    assert!(r.bytes_predictive > 0);
+    assert_eq!(r.wasted_bytes, r.bytes_predictive);
+    assert!(r.memory_gb_s > 0.0);
+}
+
+#[test]
+fn a_write_makes_held_copies_stale() {
+    // Read a, write a (new version), read a again soon: the second read cannot be warm under
+    // keep-alive alone; without the write it is.
+    let mut h = Vec::new();
+    for i in 0..100 {
+        let t = 1_000.0 + 100.0 * f64::from(i);
+        h.push(rec(t, "k", &["v/a"], &[]));
+        h.push(rec(
+            t + 10.0,
+            "k",
+            &["v/b"],
+            if i % 2 == 0 { &["v/a"] } else { &[] },
+        ));
+    }
+    let mut lru = Policy::new("lru", PolicyKind::Lru);
+    let c = SimConfig {
+        capacities: 1,
+        cache_bytes: 1 << 30,
+        keep_alive_s: 1_000.0,
+        warmup: 0.0,
+        ..cfg()
+    };
+    let r = replay(&h, &mut lru, &c);
+    // Cold: the first a, the first b, and a after each of the 50 writes (rounds 1, 3, …, 99).
+    assert_eq!(r.executions, 200);
+    assert_eq!(r.warm, 200 - 2 - 50);
+}
