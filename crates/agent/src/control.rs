@@ -80,8 +80,45 @@ pub fn inventory(agent: &Agent) -> Inventory {
 type Finishing =
     Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<crate::agent::Finished>>>;
 
+/// Sends the agent's history batches to the coordinator's model, reconnecting as needed; a
+/// batch that cannot be delivered is dropped with a warning (the file keeps it).
+async fn send_history(agent: Arc<Agent>, url: String) {
+    let Some(mut feed) = agent.history().take_feed() else {
+        return;
+    };
+    let mut client: Option<Client> = None;
+    while let Some(batch) = feed.recv().await {
+        let mut jsonl = Vec::new();
+        {
+            let mut w = prewarm_core::HistoryWriter::new(&mut jsonl);
+            if batch.iter().try_for_each(|r| w.write(r)).is_err() {
+                continue;
+            }
+        }
+        if client.is_none() {
+            client = connect(&url, agent.config().token.as_ref()).await.ok();
+        }
+        let Some(c) = client.as_mut() else {
+            tracing::warn!(
+                "history: coordinator unreachable, {} records not sent",
+                batch.len()
+            );
+            continue;
+        };
+        let req = wire::HistoryBatch {
+            capacity: agent.config().name.as_str().to_owned(),
+            jsonl,
+        };
+        if let Err(e) = c.history(req).await {
+            tracing::warn!("history: {} records not sent: {e}", batch.len());
+            client = None;
+        }
+    }
+}
+
 /// Attaches forever (returns only if the runtime shuts down).
 pub async fn run(agent: Arc<Agent>, url: String, ensure_addr: String) {
+    tokio::spawn(send_history(agent.clone(), url.clone()));
     let mut backoff = Duration::from_millis(200);
     let resumed = AtomicBool::new(false);
     let finished = agent

@@ -2,7 +2,9 @@
 //! (JSON Lines, `prewarm_core::HistoryRecord`), so `prewarm train` can learn from what
 //! executions really needed. Calls only push onto a queue (no task wake-up on the `ensure`
 //! path: on 2 vCPUs a cross-thread wake-up per call showed in the hit latency); a background
-//! task drains it every 200 ms.
+//! task drains it every 200 ms, appends the batch to the file and hands it on to the
+//! coordinator's model (see [`HistoryLog::take_feed`]; dropped with a warning when that
+//! falls behind: the file keeps everything).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,9 +18,13 @@ const QUEUE: usize = 65_536;
 /// How often the queue is written out.
 const TICK: Duration = Duration::from_millis(200);
 
+/// Batches waiting for the coordinator before new ones are dropped.
+const FEED: usize = 64;
+
 /// Handle to the log.
 pub struct HistoryLog {
     queue: Arc<Mutex<Vec<HistoryRecord>>>,
+    feed: Mutex<Option<tokio::sync::mpsc::Receiver<Vec<HistoryRecord>>>>,
     /// Where it is written.
     pub path: PathBuf,
 }
@@ -32,6 +38,7 @@ impl HistoryLog {
             .open(&path)?;
         let queue: Arc<Mutex<Vec<HistoryRecord>>> = Arc::default();
         let (q, p) = (Arc::downgrade(&queue), path.clone());
+        let (feed_tx, feed_rx) = tokio::sync::mpsc::channel(FEED);
         tokio::spawn(async move {
             let mut w = HistoryWriter::new(std::io::BufWriter::new(file));
             loop {
@@ -52,9 +59,26 @@ impl HistoryLog {
                 if let Err(e) = r {
                     tracing::warn!("history {}: {e}", p.display());
                 }
+                if let Err(tokio::sync::mpsc::error::TrySendError::Full(b)) =
+                    feed_tx.try_send(batch)
+                {
+                    tracing::warn!(
+                        "the coordinator is behind on history: {} records not sent",
+                        b.len()
+                    );
+                }
             }
         });
-        Ok(HistoryLog { queue, path })
+        Ok(HistoryLog {
+            queue,
+            feed: Mutex::new(Some(feed_rx)),
+            path,
+        })
+    }
+
+    /// The batches written, for sending to the coordinator (once).
+    pub fn take_feed(&self) -> Option<tokio::sync::mpsc::Receiver<Vec<HistoryRecord>>> {
+        self.feed.lock().expect("history lock poisoned").take()
     }
 
     /// Queues a record (dropped with a warning when the writer is far behind).

@@ -540,3 +540,146 @@ fn agents_keep_serving_through_a_coordinator_restart_and_reattach_with_their_inv
         true
     );
 }
+
+fn http_post(addr: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    // The server may answer (413) before reading a huge body, and close.
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn events_drive_predictive_transfers_learned_from_agent_history() {
+    let c = Cluster::start();
+    let coord = c.url.trim_start_matches("http://").to_owned();
+    let (api_a, api_b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let _a = c.agent("cap-a", &api_a, &[]);
+    let _b = c.agent("cap-b", &api_b, &[]);
+    for (i, r) in ["x", "y"].iter().enumerate() {
+        let f = c.path(r);
+        std::fs::write(&f, noise(2 << 20, i as u64 + 7)).unwrap();
+        c.snapshot(&format!("shop/{r}"), &f);
+    }
+    // Executions of session "s1" on cap-a alternate x, y: the agent logs them and sends the
+    // history to the coordinator's model (markov, the default).
+    for _ in 0..5 {
+        for r in ["x", "y"] {
+            let (code, body) = http_get(&api_a, &format!("/v1/states/shop/{r}?key=s1"));
+            assert_eq!(code, 200, "{body}");
+        }
+    }
+    wait_until("history to reach the model", 20, || {
+        let (_, m) = http_get(&coord, "/metrics");
+        metric(&m, "prewarm_coordinator_history_records_total") >= 10.0
+    });
+    assert!(held(&c.url, "cap-b").is_empty());
+    // s1's next event, bound for cap-b: after y comes x. The coordinator moves it there
+    // before the execution asks.
+    let (code, body) = http_post(
+        &coord,
+        "/v1/events",
+        br#"{"event": {"type": "http", "key": "s1"}, "capacity": "cap-b"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let out: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(out["placement"]["capacity"], "cap-b", "{out}");
+    assert_eq!(out["placement"]["reason"], "named", "{out}");
+    assert_eq!(out["transfers"][0]["resource"], "shop/x", "{out}");
+    wait_until("the predicted state on cap-b", 20, || {
+        held(&c.url, "cap-b").contains(&("shop/x".to_owned(), 1))
+    });
+    let (code, body) = http_get(&api_b, "/v1/states/shop/x?key=s1");
+    assert_eq!(code, 200, "{body}");
+    let got: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(got["hit"], true, "the prefetched state is a hit: {got}");
+    // The same event again: held already, nothing moves.
+    let (_, body) = http_post(
+        &coord,
+        "/v1/events",
+        br#"[{"event": {"type": "http", "key": "s1"}, "capacity": "cap-b"}]"#,
+    );
+    let out: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        out[0]["transfers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["resource"] != "shop/x"),
+        "{out}"
+    );
+    // Placement for a scheduler, without moving anything.
+    let (code, body) = http_get(&coord, "/v1/placement?key=s9&type=http");
+    assert_eq!(code, 200, "{body}");
+    let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        ["cap-a", "cap-b"].contains(&p["placement"]["capacity"].as_str().unwrap()),
+        "{p}"
+    );
+    // Bad input: refused with a message; other events are unaffected.
+    let huge = vec![b' '; 5 << 20];
+    let many = format!(
+        "[{}]",
+        vec![r#"{"event": {"type": "t", "key": "k"}}"#; 10_001].join(",")
+    );
+    for (body, want, says) in [
+        (&b"{not json"[..], 400, "key must be a string"),
+        (
+            br#"{"event": {"type": "t", "key": "k"}, "colour": 1}"#,
+            400,
+            "unknown field",
+        ),
+        (
+            br#"{"event": {"type": "t", "key": "k"}, "capacity": "../x"}"#,
+            400,
+            "capacity",
+        ),
+        (
+            br#"{"ts": -1, "event": {"type": "t", "key": "k"}}"#,
+            400,
+            "ts must be finite",
+        ),
+        (&huge[..], 413, ""),
+        (many.as_bytes(), 413, "at most 10000"),
+    ] {
+        let (code, text) = http_post(&coord, "/v1/events", body);
+        assert_eq!(code, want, "{text}");
+        assert!(text.contains(says), "{text:?} should mention {says:?}");
+    }
+    let (code, _) = http_get(&coord, "/v1/placement?colour=red");
+    assert_eq!(code, 400);
+    let (code, body) = http_post(
+        &coord,
+        "/v1/events",
+        br#"{"event": {"type": "http", "key": "s2"}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (_, m) = http_get(&coord, "/metrics");
+    assert!(metric(&m, "prewarm_coordinator_events_total") >= 3.0, "{m}");
+    assert!(
+        metric(&m, "prewarm_coordinator_events_refused_total") >= 4.0,
+        "{m}"
+    );
+}

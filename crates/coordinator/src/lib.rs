@@ -2,10 +2,13 @@
 //! `Load` commands and acknowledge them; `transfer`, `resolve` and `status` for operators),
 //! the data plane serving the store's chunks and manifests (TCP, plus a Unix socket for
 //! agents on the same host), invalidation of held versions when newer ones are committed,
-//! and `/metrics` on the gRPC port. The predictive loop (events → model → planner → loads)
-//! drives [`Coordinator::transfer`] from issue 5.
+//! `/metrics` on the gRPC port, and the predictive loop (`POST /v1/events` → model →
+//! placement → planner → predictive loads; `GET /v1/placement`; history from the agents
+//! teaches the model): see [`predictive`].
 
+mod http;
 mod metrics;
+mod predictive;
 mod service;
 mod state;
 
@@ -24,6 +27,7 @@ use prewarm_store::Store;
 use prewarm_transfer::{DataServer, Registry, Token, TokenError, auth};
 
 pub use metrics::CoordinatorMetrics;
+pub use predictive::{Brain, EventIn, EventOutcome};
 pub use service::{ResolveFailure, Service};
 use state::Book;
 
@@ -56,6 +60,8 @@ pub struct Coordinator {
     pub metrics: CoordinatorMetrics,
     /// The registry behind `/metrics`.
     pub registry: Registry,
+    /// The model and planner (`None`: no predictive loop, transfers by request only).
+    pub brain: Option<Brain>,
 }
 
 /// Why the coordinator could not start.
@@ -124,7 +130,11 @@ fn random_instance() -> String {
 }
 
 /// Binds the listeners and starts serving `store`.
-pub async fn start(store: Arc<Store>, cfg: CoordinatorConfig) -> Result<Running, StartError> {
+pub async fn start(
+    store: Arc<Store>,
+    cfg: CoordinatorConfig,
+    brain: Option<Brain>,
+) -> Result<Running, StartError> {
     let grpc_token = auth::listener_policy(cfg.listen, cfg.token.as_ref())?;
     let data_token = auth::listener_policy(cfg.data_listen, cfg.token.as_ref())?;
     let bind = |addr: SocketAddr| async move {
@@ -179,6 +189,7 @@ pub async fn start(store: Arc<Store>, cfg: CoordinatorConfig) -> Result<Running,
         book: Mutex::default(),
         next_id: AtomicU64::new(1),
         registry: registry.clone(),
+        brain,
     });
     let mut tasks = Vec::new();
     let data = Arc::new(DataServer::new(
@@ -235,30 +246,33 @@ async fn serve_grpc(c: Arc<Coordinator>, l: tokio::net::TcpListener, token: Opti
         check.clone(),
     );
     let reg = c.registry.clone();
-    let metrics_token = check;
-    let router = tonic::service::Routes::new(svc).into_axum_router().route(
-        "/metrics",
-        get(move |headers: axum::http::HeaderMap| {
-            let reg = reg.clone();
-            let mut req = tonic::Request::new(());
-            if let Some(v) = headers.get("authorization") {
-                if let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes()) {
-                    req.metadata_mut().insert("authorization", v);
+    let metrics_token = check.clone();
+    let router = tonic::service::Routes::new(svc)
+        .into_axum_router()
+        .merge(http::routes(c.clone(), check))
+        .route(
+            "/metrics",
+            get(move |headers: axum::http::HeaderMap| {
+                let reg = reg.clone();
+                let mut req = tonic::Request::new(());
+                if let Some(v) = headers.get("authorization") {
+                    if let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes()) {
+                        req.metadata_mut().insert("authorization", v);
+                    }
                 }
-            }
-            let allowed = metrics_token(req).is_ok();
-            async move {
-                if allowed {
-                    (axum::http::StatusCode::OK, reg.render())
-                } else {
-                    (
-                        axum::http::StatusCode::UNAUTHORIZED,
-                        "missing or wrong bearer token\n".to_owned(),
-                    )
+                let allowed = metrics_token(req).is_ok();
+                async move {
+                    if allowed {
+                        (axum::http::StatusCode::OK, reg.render())
+                    } else {
+                        (
+                            axum::http::StatusCode::UNAUTHORIZED,
+                            "missing or wrong bearer token\n".to_owned(),
+                        )
+                    }
                 }
-            }
-        }),
-    );
+            }),
+        );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
     let r = tonic::transport::Server::builder()
         .accept_http1(true)
@@ -367,6 +381,9 @@ impl Coordinator {
                 .filter_map(|(_, c)| c.tx.clone())
                 .collect();
             book.announced.insert(resource.clone(), newest);
+            if let Some(b) = &self.brain {
+                b.forget(resource);
+            }
             if !first_seen {
                 return;
             }

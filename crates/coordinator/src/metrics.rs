@@ -18,6 +18,12 @@ pub struct CoordinatorMetrics {
     pub reused_bytes: Counter,
     /// Transfer durations as the requester saw them.
     pub transfer_seconds: Histogram,
+    /// Events handled by the predictive loop.
+    pub events: Counter,
+    /// Events refused (malformed, unknown fields, invalid ids, oversize).
+    pub events_refused: Counter,
+    /// History records the model learned from.
+    pub history_records: Counter,
 }
 
 impl CoordinatorMetrics {
@@ -27,6 +33,21 @@ impl CoordinatorMetrics {
             capacities: r.gauge(
                 "prewarm_coordinator_capacities",
                 "Attached capacities.",
+                &[],
+            ),
+            events: r.counter(
+                "prewarm_coordinator_events_total",
+                "Events handled by the predictive loop.",
+                &[],
+            ),
+            events_refused: r.counter(
+                "prewarm_coordinator_events_refused_total",
+                "Events refused (malformed, unknown fields, invalid ids, oversize).",
+                &[],
+            ),
+            history_records: r.counter(
+                "prewarm_coordinator_history_records_total",
+                "History records from agents the model learned from.",
                 &[],
             ),
             invalidations: r.counter(

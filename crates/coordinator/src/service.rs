@@ -323,4 +323,28 @@ impl coordinator_server::Coordinator for Service {
     ) -> Result<Response<StatusReply>, Status> {
         Ok(Response::new(self.0.status()))
     }
+
+    async fn history(
+        &self,
+        request: Request<prewarm_proto::wire::HistoryBatch>,
+    ) -> Result<Response<prewarm_proto::wire::HistoryReply>, Status> {
+        let b = request.into_inner();
+        let mut records = Vec::new();
+        for r in prewarm_core::HistoryReader::new(b.jsonl.as_slice()) {
+            records.push(r.map_err(|e| {
+                Status::invalid_argument(format!("history from {}: {e}", b.capacity))
+            })?);
+        }
+        let accepted = match &self.0.brain {
+            Some(brain) => {
+                brain.observe(&records);
+                self.0.metrics.history_records.add(records.len() as u64);
+                records.len() as u64
+            }
+            None => 0,
+        };
+        Ok(Response::new(prewarm_proto::wire::HistoryReply {
+            accepted,
+        }))
+    }
 }

@@ -58,6 +58,8 @@ pub struct Book {
     pub recent: VecDeque<TransferAck>,
     /// Per resource, the newest version announced to agents.
     pub announced: HashMap<ResourceId, Version>,
+    /// Predictive transfers under way: (capacity, resource) → bytes.
+    pub moving: HashMap<(CapacityId, ResourceId), u64>,
 }
 
 impl Book {

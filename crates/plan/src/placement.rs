@@ -1,7 +1,7 @@
 //! Placement: which capacity runs an event. An event may name its capacity. Otherwise the
-//! event's key ranks the capacities by rendezvous hash, and of the first [`CHOICES`] the one
-//! already holding the most predicted probability mass wins (state-aware); when neither
-//! holds anything predicted, the first does. So a key keeps landing on the same one or two
+//! event's key ranks the capacities by rendezvous hash; the first choice runs it unless
+//! another of the first [`CHOICES`] holds at least [`SWITCH_MASS`] more of the predicted
+//! probability mass (state-aware). So a key keeps landing on the same one or two
 //! capacities while the set is stable (only ~1/n of the keys move when one joins or leaves),
 //! and popular states cannot pull every event onto the one capacity that holds them.
 
@@ -33,6 +33,9 @@ pub struct Placement {
 
 /// Capacities considered per key (the "power of two choices").
 pub const CHOICES: usize = 2;
+
+/// Predicted probability mass another choice must hold beyond the first choice's to win.
+pub const SWITCH_MASS: f64 = 0.5;
 
 /// Rendezvous weight of `capacity` for `key`.
 fn weight(key: &str, capacity: &CapacityId) -> u64 {
@@ -69,20 +72,29 @@ pub fn place(
     let mut ranked: Vec<(u64, &CapacityId)> =
         capacities.iter().map(|c| (weight(key, c), c)).collect();
     ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    let best = ranked
+    let scored: Vec<(f64, &CapacityId)> = ranked
         .into_iter()
         .take(CHOICES)
-        .map(|(w, c)| {
+        .map(|(_, c)| {
             let mass: f64 = predicted
                 .iter()
                 .filter(|(r, _)| holds(c, r))
                 .map(|(_, p)| p)
                 .sum();
-            (mass, w, c)
+            (mass, c)
         })
-        .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))?;
+        .collect();
+    let first = *scored.first()?;
+    // Leave the key's first choice only for clearly more of what is predicted: a weak
+    // prediction must not split a key's executions (and their warm states) over two places.
+    let best = scored
+        .iter()
+        .copied()
+        .filter(|(m, _)| *m >= first.0 + SWITCH_MASS)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .unwrap_or(first);
     Some(Placement {
-        capacity: best.2.clone(),
+        capacity: best.1.clone(),
         reason: if best.0 > 0.0 {
             PlacementReason::Holds
         } else {

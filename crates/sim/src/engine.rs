@@ -238,7 +238,9 @@ pub fn replay(records: &[HistoryRecord], policy: &mut Policy, cfg: &SimConfig) -
                     }
                 }
                 if sim.caps[cap].entries.get(&r).is_some_and(|e| e.leases == 0) {
-                    sim.push(t + keep.0, Ev::Expire(cap, r.clone()));
+                    if keep.0.is_finite() {
+                        sim.push(t + keep.0, Ev::Expire(cap, r.clone()));
+                    }
                     if let Some((at, hold)) = prewarm {
                         sim.push(t + at, Ev::Prewarm(cap, r, hold));
                     }
@@ -328,10 +330,10 @@ fn keep_for(sim: &Sim<'_>, policy: &Policy, r: &ResourceId, t: f64) -> (f64, Opt
         },
         PolicyKind::Oracle => {
             // Belady: kept until pressure evicts it (furthest next use first), except a state
-            // never used again, which is dropped at once. Re-decided at each use.
+            // never used again, which is dropped at once.
             let next = next_use(&sim.uses, r, t);
             if next.is_finite() {
-                (next - t + 1.0, None)
+                (f64::INFINITY, None)
             } else {
                 (0.0, None)
             }
@@ -400,7 +402,7 @@ fn on_event(sim: &mut Sim<'_>, policy: &mut Policy, i: usize, t: f64) {
     let decisions = sim.planner.plan(&wants, &sim.caps[cap], in_flight);
     let oracle = matches!(policy.kind, PolicyKind::Oracle);
     let keep = if oracle {
-        sim.cfg.lead_s.max(1.0) * 4.0
+        f64::INFINITY
     } else {
         sim.cfg.keep_alive_s
     };
@@ -482,6 +484,7 @@ fn on_exec(sim: &mut Sim<'_>, policy: &mut Policy, i: usize, t: f64) {
     }
     if i >= sim.start && !rec.reads.is_empty() {
         let warm = wait <= 0.0;
+
         sim.ttr_ms.push(wait * 1e3);
         if warm {
             sim.warm += 1;

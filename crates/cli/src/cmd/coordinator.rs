@@ -30,6 +30,40 @@ pub struct Args {
     poll: Duration,
     #[command(flatten)]
     token: TokenArg,
+    /// The model of the predictive loop: markov, frequency, histogram, gru:DIR,
+    /// transformer:DIR (from `prewarm train`; SIGHUP reloads DIR), or none (transfers by
+    /// request only).
+    #[arg(long, default_value = "markov")]
+    model: String,
+    /// Smallest predicted probability the planner acts on.
+    #[arg(long, default_value_t = 0.05)]
+    threshold: f64,
+    /// Cap on predictive bytes in flight to one capacity.
+    #[arg(long, default_value = "1GiB")]
+    max_in_flight: prewarm_core::ByteSize,
+    /// Link bandwidth to a capacity, bytes/s (prices the time a transfer saves).
+    #[arg(long, default_value = "125MB")]
+    bandwidth: prewarm_core::ByteSize,
+}
+
+/// The predictor `spec` names (`None` for "none").
+fn model(spec: &str) -> anyhow::Result<Option<Box<dyn prewarm_predict::Predictor>>> {
+    use prewarm_predict::baselines::{Frequency, Markov};
+    Ok(Some(match spec {
+        "none" => return Ok(None),
+        "markov" => Box::new(Markov::new(2, 3600.0)),
+        "frequency" => Box::new(Frequency::new(3600.0)),
+        "histogram" => Box::new(prewarm_predict::histogram::Histogram::new()),
+        s => match s.split_once(':') {
+            Some(("gru" | "transformer", dir)) => Box::new(
+                prewarm_predict::neural::Learned::load(std::path::Path::new(dir), 1 << 20)
+                    .with_context(|| format!("loading model {s}"))?,
+            ),
+            _ => anyhow::bail!(
+                "unknown --model {s:?} (markov, frequency, histogram, gru:DIR, transformer:DIR, none)"
+            ),
+        },
+    }))
 }
 
 /// Runs the command.
@@ -50,7 +84,18 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         token: a.token.load()?,
         poll: a.poll,
     };
-    let running = prewarm_coordinator::start(store, cfg)
+    let brain = model(&a.model)?.map(|p| {
+        prewarm_coordinator::Brain::new(
+            p,
+            prewarm_plan::PlannerConfig {
+                threshold: a.threshold,
+                max_in_flight: a.max_in_flight.0,
+                bandwidth: a.bandwidth.0 as f64,
+                ..Default::default()
+            },
+        )
+    });
+    let running = prewarm_coordinator::start(store, cfg, brain)
         .await
         .context("starting the coordinator")?;
     eprintln!(
@@ -64,9 +109,26 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             .map(|p| format!(" and {}", p.display()))
             .unwrap_or_default()
     );
+    let reload = async {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return std::future::pending().await;
+        };
+        while hup.recv().await.is_some() {
+            match (model(&a.model), running.coordinator.brain.as_ref()) {
+                (Ok(Some(p)), Some(b)) => {
+                    b.replace(p);
+                    eprintln!("prewarm coordinator: model {} reloaded", a.model);
+                }
+                (Err(e), _) => eprintln!("prewarm coordinator: reload failed: {e:#}"),
+                _ => {}
+            }
+        }
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => eprintln!("prewarm coordinator: interrupted, stopping"),
         _ = terminate() => eprintln!("prewarm coordinator: terminated, stopping"),
+        () = reload => {}
     }
     drop(running);
     Ok(0)

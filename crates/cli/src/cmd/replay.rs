@@ -48,9 +48,10 @@ pub struct Args {
     /// Keep-alive after use (lru and predictive policies).
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
     keep_alive: Duration,
-    /// Size of a state whose history records carry none.
-    #[arg(long, default_value = "64MiB")]
-    default_size: ByteSize,
+    /// Size of a state whose history records carry none (default: the median of the sizes
+    /// the history does give, else 64 MiB).
+    #[arg(long)]
+    default_size: Option<ByteSize>,
     /// Share of the history replayed before counting (predictors learn; models train on it).
     #[arg(long, default_value_t = 0.2)]
     warmup: f64,
@@ -89,8 +90,14 @@ pub struct Replay {
     pub sweep: Vec<(u64, Vec<SimReport>)>,
 }
 
-/// Builds the policy `name` (training a model on `train_on` where needed).
-fn policy(name: &str, train_on: &[HistoryRecord], budget: Duration) -> anyhow::Result<Policy> {
+/// Models trained in this run, saved once and loaded for every replay that needs them.
+struct Trained {
+    dir: tempfile::TempDir,
+    budget: Duration,
+}
+
+/// Builds the policy `name` (training a model on `train_on` the first time it is needed).
+fn policy(name: &str, train_on: &[HistoryRecord], trained: &Trained) -> anyhow::Result<Policy> {
     let tau = 3600.0;
     let kind = match name {
         "none" => PolicyKind::None,
@@ -100,20 +107,28 @@ fn policy(name: &str, train_on: &[HistoryRecord], budget: Duration) -> anyhow::R
         "frequency" => PolicyKind::Predictive(Box::new(Frequency::new(tau))),
         "markov" => PolicyKind::Predictive(Box::new(Markov::new(2, tau))),
         "gru" | "transformer" => {
-            let arch = if name == "gru" {
-                Arch::GRU
-            } else {
-                Arch::TRANSFORMER
-            };
-            let mut o = TrainOptions::new(arch);
-            o.time_budget = Some(budget);
-            eprintln!(
-                "training a {name} on the first {} records (≤ {budget:?})…",
-                train_on.len()
-            );
-            let model = tokio::task::block_in_place(|| train(train_on, &o, &mut |_| {}))
-                .with_context(|| format!("training the {name}"))?;
-            PolicyKind::Predictive(Box::new(Learned::new(model, 1 << 20)))
+            let dir = trained.dir.path().join(name);
+            if !dir.exists() {
+                let arch = if name == "gru" {
+                    Arch::GRU
+                } else {
+                    Arch::TRANSFORMER
+                };
+                let mut o = TrainOptions::new(arch);
+                o.time_budget = Some(trained.budget);
+                eprintln!(
+                    "training a {name} on the first {} records (≤ {:?})…",
+                    train_on.len(),
+                    trained.budget
+                );
+                let mut model = tokio::task::block_in_place(|| train(train_on, &o, &mut |_| {}))
+                    .with_context(|| format!("training the {name}"))?;
+                model
+                    .save(&dir)
+                    .with_context(|| format!("saving the {name}"))?;
+            }
+            let p = Learned::load(&dir, 1 << 20).with_context(|| format!("loading the {name}"))?;
+            PolicyKind::Predictive(Box::new(p))
         }
         spec if spec.starts_with("gru:") || spec.starts_with("transformer:") => {
             let dir = spec.split_once(':').map_or("", |x| x.1);
@@ -143,12 +158,12 @@ fn run_all(
     records: &[HistoryRecord],
     names: &[String],
     cfg: &SimConfig,
-    budget: Duration,
+    trained: &Trained,
 ) -> anyhow::Result<Vec<SimReport>> {
     let start = ((records.len() as f64) * cfg.warmup) as usize;
     let mut rows = Vec::new();
     for name in names {
-        let mut p = policy(name, &records[..start.max(1)], budget)?;
+        let mut p = policy(name, &records[..start.max(1)], trained)?;
         let t0 = std::time::Instant::now();
         let r = tokio::task::block_in_place(|| replay(records, &mut p, cfg));
         eprintln!(
@@ -184,7 +199,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         latency_s: a.latency.as_secs_f64(),
         lead_s: a.lead.as_secs_f64(),
         keep_alive_s: a.keep_alive.as_secs_f64(),
-        default_bytes: a.default_size.0,
+        default_bytes: a
+            .default_size
+            .map_or_else(|| median_size(&records), |b| b.0),
         top_k: a.top_k,
         warmup: a.warmup,
         ..SimConfig::default()
@@ -196,14 +213,18 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         a.history.display(),
         a.policies.len()
     );
-    let rows = run_all(&records, &a.policies, &cfg, a.train_budget)?;
+    let trained = Trained {
+        dir: tempfile::tempdir().context("a temporary directory for trained models")?,
+        budget: a.train_budget,
+    };
+    let rows = run_all(&records, &a.policies, &cfg, &trained)?;
     let mut sweep = Vec::new();
     for size in &a.sweep {
         let c = SimConfig {
             cache_bytes: size.0,
             ..cfg.clone()
         };
-        sweep.push((size.0, run_all(&records, &a.policies, &c, a.train_budget)?));
+        sweep.push((size.0, run_all(&records, &a.policies, &c, &trained)?));
     }
     let out = Replay {
         history: a.history.display().to_string(),
@@ -223,6 +244,18 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         println!("{}", table(&out.rows));
     }
     Ok(0)
+}
+
+/// The median of the sizes the history gives (per resource, largest seen), else 64 MiB.
+fn median_size(records: &[HistoryRecord]) -> u64 {
+    let mut sizes: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for r in records.iter().flat_map(|r| &r.reads) {
+        let s = sizes.entry(r.resource.as_str()).or_default();
+        *s = (*s).max(r.bytes);
+    }
+    let mut v: Vec<u64> = sizes.into_values().filter(|b| *b > 0).collect();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(64 << 20)
 }
 
 /// The terminal table.

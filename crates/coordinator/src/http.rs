@@ -1,0 +1,141 @@
+//! The coordinator's HTTP routes beside gRPC (same port): `POST /v1/events` (one event
+//! object or an array; all or nothing; 400/401/413 with `{error, message}`) and
+//! `GET /v1/placement?key=K&type=T[&capacity=C]` (where an event would run and what would
+//! move, without moving anything).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, Query};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prewarm_core::{CapacityId, Event};
+use serde::Deserialize;
+
+use crate::Coordinator;
+use crate::predictive::{EventIn, EventsError, MAX_EVENTS_BODY, parse_events};
+
+type Check = dyn Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync;
+
+fn authorized(check: &Check, headers: &HeaderMap) -> bool {
+    let mut req = tonic::Request::new(());
+    if let Some(v) = headers.get("authorization") {
+        if let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes()) {
+            req.metadata_mut().insert("authorization", v);
+        }
+    }
+    check(req).is_ok()
+}
+
+fn refuse(status: StatusCode, error: &str, message: String) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": error, "message": message})),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlacementQuery {
+    key: String,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    capacity: Option<String>,
+}
+
+/// The routes, checked with the same token policy as gRPC.
+pub fn routes<F>(c: Arc<Coordinator>, check: F) -> axum::Router
+where
+    F: Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let (c2, check2) = (c.clone(), check.clone());
+    axum::Router::new()
+        .route(
+            "/v1/events",
+            post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let (c, check) = (c.clone(), check.clone());
+                async move {
+                    if !authorized(&check, &headers) {
+                        tracing::warn!("POST /v1/events refused: missing or wrong token");
+                        return refuse(
+                            StatusCode::UNAUTHORIZED,
+                            "unauthorized",
+                            "missing or wrong bearer token".into(),
+                        );
+                    }
+                    let (events, batch) = match parse_events(&body) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            c.metrics.events_refused.inc();
+                            let status = match e {
+                                EventsError::TooMany(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                                _ => StatusCode::BAD_REQUEST,
+                            };
+                            return refuse(status, "bad_events", e.to_string());
+                        }
+                    };
+                    let mut out = Vec::with_capacity(events.len());
+                    for e in &events {
+                        out.push(c.handle_event(e, true).await);
+                    }
+                    if batch {
+                        Json(out).into_response()
+                    } else {
+                        Json(out.pop()).into_response()
+                    }
+                }
+            }),
+        )
+        .route(
+            "/v1/placement",
+            get(
+                move |headers: HeaderMap, q: Result<Query<PlacementQuery>, _>| {
+                    let (c, check) = (c2.clone(), check2.clone());
+                    async move {
+                        if !authorized(&check, &headers) {
+                            return refuse(
+                                StatusCode::UNAUTHORIZED,
+                                "unauthorized",
+                                "missing or wrong bearer token".into(),
+                            );
+                        }
+                        let q: PlacementQuery = match q {
+                            Ok(Query(q)) => q,
+                            Err(e) => {
+                                let e: axum::extract::rejection::QueryRejection = e;
+                                return refuse(StatusCode::BAD_REQUEST, "bad_query", e.body_text());
+                            }
+                        };
+                        let capacity = match q.capacity.map(CapacityId::new).transpose() {
+                            Ok(c) => c,
+                            Err(e) => {
+                                return refuse(
+                                    StatusCode::BAD_REQUEST,
+                                    "bad_query",
+                                    format!("capacity: {e}"),
+                                );
+                            }
+                        };
+                        let e = EventIn {
+                            ts: None,
+                            event: Event {
+                                kind: q.kind.unwrap_or_else(|| "http".into()),
+                                key: q.key,
+                                attrs: Default::default(),
+                            },
+                            capacity,
+                        };
+                        Json(c.handle_event(&e, false).await).into_response()
+                    }
+                },
+            ),
+        )
+        .layer(DefaultBodyLimit::max(MAX_EVENTS_BODY))
+}

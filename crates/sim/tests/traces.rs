@@ -1,0 +1,82 @@
+//! The simulator on a real trace (NASA-HTTP, 1 July 1995, from `../shared/traces`): the
+//! policies order as they must, and a replay is repeatable.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::path::{Path, PathBuf};
+
+use prewarm_predict::baselines::Markov;
+use prewarm_predict::histogram::Histogram;
+use prewarm_predict::import::{Format, ImportOptions, import};
+use prewarm_sim::{Policy, PolicyKind, SimConfig, replay};
+
+fn traces() -> Option<PathBuf> {
+    let p = std::env::var_os("PREWARM_TRACES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces"));
+    if p.is_dir() {
+        Some(p)
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide the shared traces at {}",
+            p.display()
+        );
+        eprintln!("no traces at {}: skipping", p.display());
+        None
+    }
+}
+
+#[test]
+fn nasa_replay_orders_the_policies_and_repeats() {
+    let Some(t) = traces() else { return };
+    let (records, _) = import(
+        Format::Clf,
+        &[t.join("nasa1995/nasa_19950701.tsv")],
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    let cfg = SimConfig {
+        cache_bytes: 4 << 20,
+        bandwidth: 12.5e6,
+        default_bytes: 4_000,
+        ..SimConfig::default()
+    };
+    let policies = || {
+        vec![
+            Policy::new("none", PolicyKind::None),
+            Policy::new("lru", PolicyKind::Lru),
+            Policy::new("histogram", PolicyKind::Histogram(Histogram::new())),
+            Policy::new(
+                "markov",
+                PolicyKind::Predictive(Box::new(Markov::new(2, 3600.0))),
+            ),
+            Policy::new("oracle", PolicyKind::Oracle),
+        ]
+    };
+    let rows: Vec<_> = policies()
+        .iter_mut()
+        .map(|p| replay(&records, p, &cfg))
+        .collect();
+    let again: Vec<_> = policies()
+        .iter_mut()
+        .map(|p| replay(&records, p, &cfg))
+        .collect();
+    assert_eq!(rows, again, "the same inputs give the same numbers");
+    let warm = |name: &str| rows.iter().find(|r| r.policy == name).unwrap().warm_rate;
+    assert_eq!(warm("none"), 0.0);
+    assert!(warm("lru") > 0.3, "{rows:?}");
+    assert!(
+        warm("markov") > warm("lru"),
+        "prediction beats keep-alive alone"
+    );
+    for r in &rows {
+        assert!(
+            r.warm_rate <= warm("oracle"),
+            "{} beat the oracle",
+            r.policy
+        );
+        assert_eq!(r.executions, 8_000);
+    }
+    assert!(warm("oracle") > 0.95);
+}
