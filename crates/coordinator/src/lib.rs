@@ -27,7 +27,7 @@ use prewarm_store::Store;
 use prewarm_transfer::{DataServer, Registry, Token, TokenError, auth};
 
 pub use metrics::CoordinatorMetrics;
-pub use predictive::{Brain, EventIn, EventOutcome};
+pub use predictive::{Brain, EventIn, EventOutcome, EventsError, MAX_BATCH, parse_events};
 pub use service::{ResolveFailure, Service};
 use state::Book;
 

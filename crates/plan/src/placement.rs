@@ -61,8 +61,7 @@ pub fn place(
         let held_probability = predicted
             .iter()
             .filter(|(r, _)| holds(c, r))
-            .map(|(_, p)| p)
-            .sum();
+            .fold(0.0, |a, (_, p)| a + p);
         return Some(Placement {
             capacity: c.clone(),
             reason: PlacementReason::Named,
@@ -79,8 +78,7 @@ pub fn place(
             let mass: f64 = predicted
                 .iter()
                 .filter(|(r, _)| holds(c, r))
-                .map(|(_, p)| p)
-                .sum();
+                .fold(0.0, |a, (_, p)| a + p);
             (mass, c)
         })
         .collect();

@@ -63,7 +63,7 @@ fn row(what: &str, mut t: Vec<f64>) -> Row {
     }
 }
 
-fn generated(n: usize) -> anyhow::Result<Vec<HistoryRecord>> {
+pub(super) fn generated(n: usize) -> anyhow::Result<Vec<HistoryRecord>> {
     (0..n)
         .map(|i| {
             let key = i % 64;
