@@ -130,6 +130,10 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store").display().to_string();
         let port = free_port();
@@ -149,6 +153,7 @@ impl Cluster {
             "200ms",
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         let mut c = Cluster {
@@ -682,4 +687,44 @@ fn events_drive_predictive_transfers_learned_from_agent_history() {
         metric(&m, "prewarm_coordinator_events_refused_total") >= 4.0,
         "{m}"
     );
+}
+
+#[test]
+fn a_history_file_replayed_as_events_prefetches() {
+    // Recorded: session s1 alternates x and y on cap-a (the model learns it as the records
+    // are replayed), then s1's next event is bound for cap-b: after x comes y.
+    let dir = tempfile::tempdir().unwrap();
+    let h = dir.path().join("h.jsonl");
+    let mut lines = vec![r#"{"ts": 0, "event": {"type": "timer", "key": "start"}}"#.to_owned()];
+    for i in 0..9 {
+        let r = ["x", "y"][i % 2];
+        lines.push(format!(
+            r#"{{"ts": {}, "event": {{"type": "http", "key": "s1"}}, "capacity": "cap-a", "reads": [{{"resource": "shop/{r}", "bytes": 1048576}}]}}"#,
+            4.0 + 0.1 * i as f64
+        ));
+    }
+    lines.push(
+        r#"{"ts": 5.5, "event": {"type": "http", "key": "s1"}, "capacity": "cap-b"}"#.to_owned(),
+    );
+    std::fs::write(&h, lines.join("\n") + "\n").unwrap();
+    let c = Cluster::start_with(&["--replay", h.to_str().unwrap(), "--replay-speed", "1"]);
+    for (i, r) in ["x", "y"].iter().enumerate() {
+        let f = c.path(r);
+        std::fs::write(&f, noise(1 << 20, i as u64 + 3)).unwrap();
+        c.snapshot(&format!("shop/{r}"), &f);
+    }
+    let _a = c.agent("cap-a", &format!("127.0.0.1:{}", free_port()), &[]);
+    let _b = c.agent("cap-b", &format!("127.0.0.1:{}", free_port()), &[]);
+    wait_until("the replayed prediction on cap-b", 30, || {
+        held(&c.url, "cap-b").contains(&("shop/y".to_owned(), 1))
+    });
+    assert!(
+        !held(&c.url, "cap-b").contains(&("shop/x".to_owned(), 1)),
+        "only what was predicted moved to cap-b"
+    );
+    wait_until("the replay to end", 10, || {
+        std::fs::read_to_string(c.path("coordinator.log"))
+            .unwrap()
+            .contains("replayed 11 events")
+    });
 }

@@ -175,7 +175,16 @@ impl Predictor for Histogram {
             })
             .collect();
         let sum: f64 = scored.iter().map(|(s, _)| s).sum();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let order = |a: &(f64, &ResourceId), b: &(f64, &ResourceId)| {
+            b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1))
+        };
+        // Only the top k are wanted: select them first (thousands of resources may be inside
+        // their windows), then order those.
+        if k > 0 && scored.len() > k {
+            scored.select_nth_unstable_by(k - 1, order);
+            scored.truncate(k);
+        }
+        scored.sort_by(order);
         scored
             .into_iter()
             .take(k)

@@ -41,6 +41,12 @@ pub struct Args {
     /// Cap on predictive bytes in flight to one capacity.
     #[arg(long, default_value = "1GiB")]
     max_in_flight: prewarm_core::ByteSize,
+    /// Also feed the events of this history file (JSON Lines) through the predictive loop.
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
+    /// Replay speed: 1 = as recorded, 60 = a minute per second, 0 = as fast as possible.
+    #[arg(long, default_value_t = 1.0)]
+    replay_speed: f64,
     /// Link bandwidth to a capacity, bytes/s (prices the time a transfer saves).
     #[arg(long, default_value = "125MB")]
     bandwidth: prewarm_core::ByteSize,
@@ -109,6 +115,18 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             .map(|p| format!(" and {}", p.display()))
             .unwrap_or_default()
     );
+    if let Some(path) = &a.replay {
+        let records = super::read_history(path)?;
+        let (c, speed, name) = (
+            running.coordinator.clone(),
+            a.replay_speed,
+            path.display().to_string(),
+        );
+        tokio::spawn(async move {
+            let n = c.replay_events(&records, speed).await;
+            eprintln!("prewarm coordinator: replayed {n} events from {name}");
+        });
+    }
     let reload = async {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {

@@ -67,7 +67,9 @@ struct Cap {
 
 impl Target for Cap {
     fn held(&self, r: &ResourceId) -> Option<Version> {
-        self.held.contains(r).then(|| Version::new(1).expect("1 is a version"))
+        self.held
+            .contains(r)
+            .then(|| Version::new(1).expect("1 is a version"))
     }
     fn in_flight(&self, _: &ResourceId) -> bool {
         false
