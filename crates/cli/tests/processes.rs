@@ -728,3 +728,122 @@ fn a_history_file_replayed_as_events_prefetches() {
             .contains("replayed 11 events")
     });
 }
+
+/// A nats-server with JetStream on a free port, or `None` (with a note) when none is
+/// installed — except under CI, where `.ci/run` installs one and its absence is a failure.
+fn nats_server(dir: &Path) -> Option<(Proc, u16)> {
+    let found = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide nats-server (.ci/run installs it)"
+        );
+        eprintln!("no nats-server on PATH: skipping");
+        return None;
+    }
+    let port = free_port();
+    let store = dir.join("nats");
+    let child = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(&store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("nats-server", 20, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    Some((Proc(child), port))
+}
+
+/// Publishes `payload` on `subject` with the plain NATS protocol (the stream captures it).
+fn nats_publish(port: u16, subject: &str, payload: &str) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+    assert!(line.starts_with("INFO"), "{line}");
+    write!(
+        s,
+        "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n{payload}\r\nPING\r\n",
+        payload.len()
+    )
+    .unwrap();
+    loop {
+        line.clear();
+        std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+        assert!(!line.starts_with("-ERR"), "{line}");
+        if line.starts_with("PONG") {
+            break;
+        }
+    }
+}
+
+#[test]
+fn events_from_nats_jetstream_prefetch_and_survive_a_coordinator_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((_nats, port)) = nats_server(tmp.path()) else {
+        return;
+    };
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut c = Cluster::start_with(&["--nats", &url, "--subject", "shop.events"]);
+    let coord = c.url.trim_start_matches("http://").to_owned();
+    let (api_a, api_b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let _a = c.agent("cap-a", &api_a, &[]);
+    let _b = c.agent("cap-b", &api_b, &[]);
+    for (i, r) in ["x", "y"].iter().enumerate() {
+        let f = c.path(r);
+        std::fs::write(&f, noise(1 << 20, i as u64 + 11)).unwrap();
+        c.snapshot(&format!("shop/{r}"), &f);
+    }
+    for _ in 0..5 {
+        for r in ["x", "y"] {
+            let (code, body) = http_get(&api_a, &format!("/v1/states/shop/{r}?key=s1"));
+            assert_eq!(code, 200, "{body}");
+        }
+    }
+    wait_until("history to reach the model", 20, || {
+        let (_, m) = http_get(&coord, "/metrics");
+        metric(&m, "prewarm_coordinator_history_records_total") >= 10.0
+    });
+    // The consumer is bound once the stream exists.
+    wait_until("the JetStream consumer", 20, || {
+        std::fs::read_to_string(c.path("coordinator.log"))
+            .unwrap()
+            .contains("consuming events from NATS")
+    });
+    nats_publish(
+        port,
+        "shop.events",
+        r#"{"event": {"type": "bus", "key": "s1"}, "capacity": "cap-b"}"#,
+    );
+    wait_until("the prefetch the NATS event asked for", 20, || {
+        held(&c.url, "cap-b").contains(&("shop/x".to_owned(), 1))
+    });
+    let (code, body) = http_get(&api_b, "/v1/states/shop/x?key=s1");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"hit\":true"), "{body}");
+    // A bad message is dropped, not redelivered; the consumer carries on.
+    nats_publish(port, "shop.events", "{not json");
+    // The coordinator dies; events published meanwhile wait in the stream and are handled
+    // (and acknowledged) by the restarted one.
+    drop(c.coord.take());
+    nats_publish(
+        port,
+        "shop.events",
+        r#"[{"event": {"type": "bus", "key": "s7"}}, {"event": {"type": "bus", "key": "s8"}}]"#,
+    );
+    c.start_coordinator();
+    wait_until("the events published while it was down", 30, || {
+        let (_, m) = http_get(&coord, "/metrics");
+        metric(&m, "prewarm_coordinator_events_total") >= 2.0
+    });
+    let (_, m) = http_get(&coord, "/metrics");
+    assert_eq!(metric(&m, "prewarm_coordinator_events_total"), 2.0, "{m}");
+}

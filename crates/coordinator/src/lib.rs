@@ -2,12 +2,14 @@
 //! `Load` commands and acknowledge them; `transfer`, `resolve` and `status` for operators),
 //! the data plane serving the store's chunks and manifests (TCP, plus a Unix socket for
 //! agents on the same host), invalidation of held versions when newer ones are committed,
-//! `/metrics` on the gRPC port, and the predictive loop (`POST /v1/events` → model →
+//! `/metrics` on the gRPC port, and the predictive loop (`POST /v1/events`, a NATS
+//! JetStream consumer or a replayed history file → model →
 //! placement → planner → predictive loads; `GET /v1/placement`; history from the agents
 //! teaches the model): see [`predictive`].
 
 mod http;
 mod metrics;
+mod nats;
 mod predictive;
 mod service;
 mod state;
@@ -27,6 +29,7 @@ use prewarm_store::Store;
 use prewarm_transfer::{DataServer, Registry, Token, TokenError, auth};
 
 pub use metrics::CoordinatorMetrics;
+pub use nats::{NatsConfig, NatsError};
 pub use predictive::{Brain, EventIn, EventOutcome, EventsError, MAX_BATCH, parse_events};
 pub use service::{ResolveFailure, Service};
 use state::Book;

@@ -41,6 +41,19 @@ pub struct Args {
     /// Cap on predictive bytes in flight to one capacity.
     #[arg(long, default_value = "1GiB")]
     max_in_flight: prewarm_core::ByteSize,
+    /// Also consume events from this NATS server (JetStream; durable consumer, each message
+    /// acknowledged after its events were handled).
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// The NATS subject events are published on.
+    #[arg(long, default_value = "prewarm.events")]
+    subject: String,
+    /// The JetStream stream holding the subject (created if missing).
+    #[arg(long, default_value = "PREWARM_EVENTS")]
+    nats_stream: String,
+    /// The durable consumer's name (keep it across restarts: no event is lost).
+    #[arg(long, default_value = "prewarm-coordinator")]
+    nats_durable: String,
     /// Also feed the events of this history file (JSON Lines) through the predictive loop.
     #[arg(long, value_name = "FILE")]
     replay: Option<PathBuf>,
@@ -115,6 +128,15 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             .map(|p| format!(" and {}", p.display()))
             .unwrap_or_default()
     );
+    if let Some(url) = &a.nats {
+        let cfg = prewarm_coordinator::NatsConfig {
+            url: url.clone(),
+            subject: a.subject.clone(),
+            stream: a.nats_stream.clone(),
+            durable: a.nats_durable.clone(),
+        };
+        tokio::spawn(running.coordinator.clone().run_nats(cfg));
+    }
     if let Some(path) = &a.replay {
         let records = super::read_history(path)?;
         let (c, speed, name) = (
