@@ -20,10 +20,10 @@ type Check = dyn Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Sta
 
 fn authorized(check: &Check, headers: &HeaderMap) -> bool {
     let mut req = tonic::Request::new(());
-    if let Some(v) = headers.get("authorization") {
-        if let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes()) {
-            req.metadata_mut().insert("authorization", v);
-        }
+    if let Some(v) = headers.get("authorization")
+        && let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes())
+    {
+        req.metadata_mut().insert("authorization", v);
     }
     check(req).is_ok()
 }

@@ -258,10 +258,10 @@ async fn serve_grpc(c: Arc<Coordinator>, l: tokio::net::TcpListener, token: Opti
             get(move |headers: axum::http::HeaderMap| {
                 let reg = reg.clone();
                 let mut req = tonic::Request::new(());
-                if let Some(v) = headers.get("authorization") {
-                    if let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes()) {
-                        req.metadata_mut().insert("authorization", v);
-                    }
+                if let Some(v) = headers.get("authorization")
+                    && let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes())
+                {
+                    req.metadata_mut().insert("authorization", v);
                 }
                 let allowed = metrics_token(req).is_ok();
                 async move {

@@ -135,39 +135,39 @@ pub fn evaluate(
         overall.extend(records, &all, until);
         let kw = per_key.entry(r.event.key.as_str()).or_default();
         kw.extend(records, &by_key[r.event.key.as_str()], until);
-        if i >= start {
-            if let Some(truth) = r.reads.first() {
-                let t = Instant::now();
-                let preds = p.predict(
-                    &Context {
-                        ts: r.ts,
-                        event: &r.event,
-                    },
-                    5,
-                );
-                times.push(t.elapsed().as_secs_f64() * 1e6);
-                n += 1;
-                let pos = preds.iter().position(|x| x.resource == truth.resource);
-                hit1 += u64::from(pos == Some(0));
-                hit5 += u64::from(pos.is_some());
-                let prob = pos.map_or(0.0, |i| preds[i].probability);
-                loss -= prob.max(LOG_LOSS_FLOOR).ln();
-                if let Some(x) = overall.recall(&preds) {
-                    h.recall = (h.recall.0 + x, h.recall.1 + 1);
+        if i >= start
+            && let Some(truth) = r.reads.first()
+        {
+            let t = Instant::now();
+            let preds = p.predict(
+                &Context {
+                    ts: r.ts,
+                    event: &r.event,
+                },
+                5,
+            );
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+            n += 1;
+            let pos = preds.iter().position(|x| x.resource == truth.resource);
+            hit1 += u64::from(pos == Some(0));
+            hit5 += u64::from(pos.is_some());
+            let prob = pos.map_or(0.0, |i| preds[i].probability);
+            loss -= prob.max(LOG_LOSS_FLOOR).ln();
+            if let Some(x) = overall.recall(&preds) {
+                h.recall = (h.recall.0 + x, h.recall.1 + 1);
+            }
+            if let Some(x) = kw.recall(&preds) {
+                h.recall_key = (h.recall_key.0 + x, h.recall_key.1 + 1);
+            }
+            for (j, pr) in preds.iter().enumerate() {
+                if pr.probability >= 0.5 {
+                    h.precise.1 += 1;
+                    h.precise.0 += u64::from(overall.counts.contains_key(&pr.resource));
                 }
-                if let Some(x) = kw.recall(&preds) {
-                    h.recall_key = (h.recall_key.0 + x, h.recall_key.1 + 1);
-                }
-                for (j, pr) in preds.iter().enumerate() {
-                    if pr.probability >= 0.5 {
-                        h.precise.1 += 1;
-                        h.precise.0 += u64::from(overall.counts.contains_key(&pr.resource));
-                    }
-                    let b = &mut h.bins[((pr.probability * 10.0) as usize).min(9)];
-                    b.0 += pr.probability;
-                    b.1 += u64::from(pos == Some(j));
-                    b.2 += 1;
-                }
+                let b = &mut h.bins[((pr.probability * 10.0) as usize).min(9)];
+                b.0 += pr.probability;
+                b.1 += u64::from(pos == Some(j));
+                b.2 += 1;
             }
         }
         p.observe(r);

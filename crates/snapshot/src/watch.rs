@@ -56,16 +56,16 @@ pub async fn watch(
 ) -> Result<(), WatchError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            if matches!(
+        if let Ok(ev) = res
+            && matches!(
                 ev.kind,
                 notify::EventKind::Modify(_)
                     | notify::EventKind::Create(_)
                     | notify::EventKind::Remove(_)
-            ) {
-                for p in ev.paths {
-                    let _ = tx.send(p);
-                }
+            )
+        {
+            for p in ev.paths {
+                let _ = tx.send(p);
             }
         }
     })

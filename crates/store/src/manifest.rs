@@ -604,12 +604,12 @@ fn validate_tree(
         let path = e.path.to_vec();
         let shown = String::from_utf8_lossy(&path).into_owned();
         check_rel_path(&path).map_err(|why| format!("tree path {shown:?}: {why}"))?;
-        if let Some(slash) = path.iter().rposition(|&b| b == b'/') {
-            if !dirs.contains(&path[..slash]) {
-                return Err(format!(
-                    "tree path {shown:?}: its parent is not a directory listed before it"
-                ));
-            }
+        if let Some(slash) = path.iter().rposition(|&b| b == b'/')
+            && !dirs.contains(&path[..slash])
+        {
+            return Err(format!(
+                "tree path {shown:?}: its parent is not a directory listed before it"
+            ));
         }
         if !seen.insert(path.clone()) {
             return Err(format!("tree path {shown:?} appears twice"));

@@ -317,14 +317,14 @@ impl DataServer {
                     // pack reads as they are, with vectored writes (no copy into a buffer).
                     let mut frames = Vec::with_capacity(chunks.len());
                     for (hash, loc, stored) in chunks {
-                        if let Some(limit) = self.faults.die_after_bytes {
-                            if sent_here >= limit {
-                                tracing::warn!("data plane: injected fault: dying mid-stream");
-                                let _ = self.write_frames(&mut wr, &frames).await;
-                                let _ = wr.flush().await;
-                                let _ = wr.get_mut().shutdown().await;
-                                return; // the connection ends without DONE
-                            }
+                        if let Some(limit) = self.faults.die_after_bytes
+                            && sent_here >= limit
+                        {
+                            tracing::warn!("data plane: injected fault: dying mid-stream");
+                            let _ = self.write_frames(&mut wr, &frames).await;
+                            let _ = wr.flush().await;
+                            let _ = wr.get_mut().shutdown().await;
+                            return; // the connection ends without DONE
                         }
                         sent_here += u64::from(loc.stored_length);
                         frames.push(self.chunk_frame(request, hash, &loc, stored));
@@ -365,7 +365,7 @@ impl DataServer {
             return false;
         }
         let n = self.sent_chunks.fetch_add(1, Ordering::Relaxed) + 1;
-        n % k == 0
+        n.is_multiple_of(k)
     }
 
     /// One `CHUNK` frame: its header and its body (corrupted when a fault says so).
@@ -429,7 +429,7 @@ impl DataServer {
 
 /// The hashes of a `CHUNKS` or `LOCATE` request.
 pub(crate) fn parse_hashes(body: &[u8]) -> Result<Vec<ChunkHash>, Refusal> {
-    if body.len() % 32 != 0 || body.len() / 32 > MAX_HASHES {
+    if !body.len().is_multiple_of(32) || body.len() / 32 > MAX_HASHES {
         return Err((
             Code::BadRequest,
             format!(

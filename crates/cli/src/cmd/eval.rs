@@ -130,15 +130,15 @@ fn learned(
     if cfg.arch.name() != kind {
         bail!("{dir} holds a {} model, not a {kind}", cfg.arch.name());
     }
-    if let Some(first) = records.get(start) {
-        if first.ts < cfg.training.last_ts {
-            bail!(
-                "{spec} was trained on records up to t={} but the scored part starts at t={}: \
+    if let Some(first) = records.get(start)
+        && first.ts < cfg.training.last_ts
+    {
+        bail!(
+            "{spec} was trained on records up to t={} but the scored part starts at t={}: \
                  train with --until no larger than --warmup, so the model is scored on the future",
-                cfg.training.last_ts,
-                first.ts
-            );
-        }
+            cfg.training.last_ts,
+            first.ts
+        );
     }
     Ok(Box::new(p))
 }

@@ -134,14 +134,14 @@ fn policy(name: &str, train_on: &[HistoryRecord], trained: &Trained) -> anyhow::
             let dir = spec.split_once(':').map_or("", |x| x.1);
             let p = Learned::load(std::path::Path::new(dir), 1 << 20)
                 .with_context(|| format!("loading model {spec}"))?;
-            if let Some(last) = train_on.last() {
-                if p.model().config.training.last_ts > last.ts {
-                    bail!(
-                        "{spec} was trained on records past the warm-up (t > {}): it would be \
+            if let Some(last) = train_on.last()
+                && p.model().config.training.last_ts > last.ts
+            {
+                bail!(
+                    "{spec} was trained on records past the warm-up (t > {}): it would be \
                          scored on what it trained on",
-                        last.ts
-                    );
-                }
+                    last.ts
+                );
             }
             PolicyKind::Predictive(Box::new(p) as Box<dyn Predictor>)
         }

@@ -188,10 +188,10 @@ impl Predictor for Learned {
         ks.used = tick;
         for x in &r.reads {
             let v = &self.model.config.vocab;
-            if !v.is_named(&x.resource) {
-                if let Some(b) = self.bucket_of(v.resource(&x.resource)) {
-                    self.bucket_latest[b] = Some(x.resource.clone());
-                }
+            if !v.is_named(&x.resource)
+                && let Some(b) = self.bucket_of(v.resource(&x.resource))
+            {
+                self.bucket_latest[b] = Some(x.resource.clone());
             }
         }
         if !self.replaying {
