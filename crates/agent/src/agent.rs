@@ -288,6 +288,15 @@ impl Agent {
         Ok(Connection::connect(&src.addr, self.cfg.token.as_ref()).await?)
     }
 
+    /// A keep-alive hint from the coordinator's model for `resource`.
+    pub fn keep_alive(&self, resource: ResourceId, until_unix_ms: u64) {
+        self.local
+            .lock()
+            .expect("agent lock poisoned")
+            .space
+            .keep_alive(resource, until_unix_ms);
+    }
+
     /// Everything held, with staleness.
     pub fn inventory(&self) -> (Vec<(Held, bool)>, u64, u64) {
         let local = self.local.lock().expect("agent lock poisoned");

@@ -251,6 +251,10 @@ async fn attach_once(
                         _ => tracing::warn!("invalid invalidation ignored"),
                     }
                 }
+                command::Command::KeepAlive(k) => match ResourceId::new(k.resource) {
+                    Ok(r) => agent.keep_alive(r, k.until_unix_ms),
+                    Err(_) => tracing::warn!("invalid keep-alive hint ignored"),
+                },
                 command::Command::Welcome(_) => {}
             },
             Ok(Some(_)) => {}

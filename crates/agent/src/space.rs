@@ -146,6 +146,9 @@ pub struct StateSpace {
     pending: Vec<(ResourceId, Version, u64, Arc<AtomicUsize>)>,
     /// States evicted since the last [`StateSpace::take_evicted`].
     evicted: Vec<(ResourceId, Version)>,
+    /// Keep-alive hints: resource → until (Unix ms). Not persisted: the model sends them
+    /// again as executions report back.
+    keep: std::collections::HashMap<ResourceId, u64>,
 }
 
 impl StateSpace {
@@ -169,6 +172,7 @@ impl StateSpace {
             states: BTreeMap::new(),
             pending: Vec::new(),
             evicted: Vec::new(),
+            keep: std::collections::HashMap::new(),
         };
         for (r, v, e) in index.states {
             // Forget states that are gone from disk.
@@ -302,6 +306,12 @@ impl StateSpace {
         Some(Lease(leases.clone()))
     }
 
+    /// Keeps the held versions of `resource` from eviction until `until_unix_ms`, while
+    /// states without a current hint can go first.
+    pub fn keep_alive(&mut self, resource: ResourceId, until_unix_ms: u64) {
+        self.keep.insert(resource, until_unix_ms);
+    }
+
     /// States evicted since the last call (their owners forget them too).
     pub fn take_evicted(&mut self) -> Vec<(ResourceId, Version)> {
         std::mem::take(&mut self.evicted)
@@ -360,6 +370,8 @@ impl StateSpace {
     /// Evicts unleased states, least recently used first, until `need` bytes are freed; frees
     /// nothing when that is impossible.
     fn evict(&mut self, need: u64, asked: u64) -> Result<(), SpaceError> {
+        let now_ms = unix_ms();
+        self.keep.retain(|_, u| *u > now_ms);
         let candidates: Vec<Candidate<(ResourceId, Version)>> = self
             .states
             .iter()
@@ -367,7 +379,7 @@ impl StateSpace {
                 key: k.clone(),
                 bytes: e.bytes,
                 leased: l.load(Ordering::Acquire) > 0,
-                kept_alive: false,
+                kept_alive: self.keep.get(&k.0).is_some_and(|u| *u > now_ms),
                 rank: e.used as f64,
             })
             .collect();
@@ -490,6 +502,28 @@ mod tests {
     }
 
     #[test]
+    fn keep_alive_hints_make_a_state_go_after_unhinted_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = StateSpace::open(d.path(), 300).unwrap();
+        install(&mut s, "a", 1, 100).unwrap();
+        install(&mut s, "b", 1, 100).unwrap();
+        install(&mut s, "c", 1, 100).unwrap();
+        s.keep_alive(id("a"), unix_ms() + 60_000); // a: oldest, but hinted
+        s.keep_alive(id("b"), unix_ms() - 1); // b: a hint already over
+        install(&mut s, "d", 1, 100).unwrap();
+        install(&mut s, "e", 1, 100).unwrap();
+        let names: Vec<String> = s
+            .inventory()
+            .iter()
+            .map(|h| h.resource.to_string())
+            .collect();
+        assert_eq!(names, ["a", "d", "e"], "b and c went before the hinted a");
+        // When only hinted states are left to free space, they go too.
+        install(&mut s, "f", 1, 300).unwrap();
+        assert_eq!(s.inventory().len(), 1);
+    }
+
+    #[test]
     fn abandoned_installs_leave_nothing_and_free_their_reservation() {
         let d = tempfile::tempdir().unwrap();
         let mut s = StateSpace::open(d.path(), 100).unwrap();
@@ -537,4 +571,10 @@ mod tests {
         let err = StateSpace::open(d.path(), 1000).err().unwrap();
         assert!(err.to_string().contains("damaged index"), "{err}");
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -186,11 +186,12 @@ impl Cluster {
             name,
             "--cache-dir",
             &cache,
-            "--cache-size",
-            "1GiB",
             "--listen",
             api,
         ];
+        if !extra.contains(&"--cache-size") {
+            args.extend(["--cache-size", "1GiB"]);
+        }
         args.extend_from_slice(extra);
         let p = spawn(&args, &self.dir.path().join(format!("{name}.log")));
         wait_until("the agent to attach", 20, || {
@@ -846,4 +847,44 @@ fn events_from_nats_jetstream_prefetch_and_survive_a_coordinator_restart() {
     });
     let (_, m) = http_get(&coord, "/metrics");
     assert_eq!(metric(&m, "prewarm_coordinator_events_total"), 2.0, "{m}");
+}
+
+#[test]
+fn keep_alive_hints_from_the_model_steer_the_agents_eviction() {
+    // The histogram model keeps what executions read (its fallback window is 4 hours); the
+    // coordinator passes that on, and the agent evicts an unused state before it.
+    let c = Cluster::start_with(&["--model", "histogram"]);
+    let coord = c.url.trim_start_matches("http://").to_owned();
+    let api = format!("127.0.0.1:{}", free_port());
+    let _a = c.agent("cap-a", &api, &["--cache-size", "3MiB"]);
+    for (i, r) in ["a", "b", "c", "d"].iter().enumerate() {
+        let f = c.path(r);
+        std::fs::write(&f, noise(1 << 20, i as u64 + 21)).unwrap();
+        c.snapshot(&format!("k/{r}"), &f);
+    }
+    let (code, body) = http_get(&api, "/v1/states/k/a?key=s1");
+    assert_eq!(code, 200, "{body}");
+    wait_until("a's history at the model", 20, || {
+        let (_, m) = http_get(&coord, "/metrics");
+        metric(&m, "prewarm_coordinator_history_records_total") >= 1.0
+    });
+    std::thread::sleep(Duration::from_millis(500)); // the hint follows the history's answer
+    for r in ["b", "c"] {
+        let out = c.transfer("cap-a", &format!("k/{r}"), &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // Full: d needs room. a is the least recently used, but hinted: b goes.
+    let out = c.transfer("cap-a", "k/d", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut held: Vec<String> = held(&c.url, "cap-a").into_iter().map(|h| h.0).collect();
+    held.sort();
+    assert_eq!(held, ["k/a", "k/c", "k/d"]);
 }

@@ -87,6 +87,22 @@ impl Brain {
         }
     }
 
+    /// Keep-alive hints for the resources `records` read: resource → until (Unix ms).
+    pub fn hints(&self, records: &[HistoryRecord]) -> HashMap<ResourceId, u64> {
+        let p = self.predictor.lock().expect("model lock poisoned");
+        let mut out: HashMap<ResourceId, u64> = HashMap::new();
+        for r in records {
+            for read in &r.reads {
+                if let Some(k) = p.keep_alive(&read.resource) {
+                    let until = ((r.ts + k.max(0.0)) * 1e3) as u64;
+                    let e = out.entry(read.resource.clone()).or_default();
+                    *e = (*e).max(until);
+                }
+            }
+        }
+        out
+    }
+
     /// Forgets the cached version of `resource` (a new one was committed).
     pub fn forget(&self, resource: &ResourceId) {
         self.sizes

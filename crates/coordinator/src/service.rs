@@ -339,6 +339,26 @@ impl coordinator_server::Coordinator for Service {
             Some(brain) => {
                 brain.observe(&records);
                 self.0.metrics.history_records.add(records.len() as u64);
+                let hints = brain.hints(&records);
+                let tx = CapacityId::new(b.capacity.clone()).ok().and_then(|c| {
+                    let book = self.0.book.lock().expect("book lock poisoned");
+                    book.caps.get(&c).and_then(|c| c.tx.clone())
+                });
+                if let Some(tx) = tx {
+                    for (resource, until) in hints {
+                        let cmd = Command {
+                            command: Some(command::Command::KeepAlive(
+                                prewarm_proto::wire::KeepAlive {
+                                    resource: resource.as_str().to_owned(),
+                                    until_unix_ms: until,
+                                },
+                            )),
+                        };
+                        if tx.send(Ok(cmd)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
                 records.len() as u64
             }
             None => 0,

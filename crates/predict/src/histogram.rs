@@ -192,6 +192,10 @@ impl Predictor for Histogram {
             .collect()
     }
 
+    fn keep_alive(&self, resource: &ResourceId) -> Option<f64> {
+        self.windows(resource).map(|(_, keep)| keep)
+    }
+
     fn memory_bytes(&self) -> u64 {
         self.per
             .keys()

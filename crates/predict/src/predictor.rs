@@ -48,6 +48,12 @@ pub trait Predictor: Send {
 
     /// Approximate bytes of memory the predictor holds (weights, tables, per-key state).
     fn memory_bytes(&self) -> u64;
+
+    /// How long after its last use `resource` is worth keeping, seconds — a hint for
+    /// eviction (`None`: no opinion).
+    fn keep_alive(&self, _resource: &ResourceId) -> Option<f64> {
+        None
+    }
 }
 
 pub(crate) fn latest(resource: ResourceId, probability: f64) -> Prediction {
