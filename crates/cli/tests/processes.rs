@@ -574,6 +574,27 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Snapshots shop/x and shop/y (`size` bytes of noise each), runs session s1's executions
+/// x, y, x, y… (five of each) on the agent at `api`, and waits until their history reached
+/// the coordinator's model.
+fn teach_x_then_y(c: &Cluster, api: &str, coord: &str, size: usize, seed: u64) {
+    for (i, r) in ["x", "y"].iter().enumerate() {
+        let f = c.path(r);
+        std::fs::write(&f, noise(size, i as u64 + seed)).unwrap();
+        c.snapshot(&format!("shop/{r}"), &f);
+    }
+    for _ in 0..5 {
+        for r in ["x", "y"] {
+            let (code, body) = http_get(api, &format!("/v1/states/shop/{r}?key=s1"));
+            assert_eq!(code, 200, "{body}");
+        }
+    }
+    wait_until("history to reach the model", 20, || {
+        let (_, m) = http_get(coord, "/metrics");
+        metric(&m, "prewarm_coordinator_history_records_total") >= 10.0
+    });
+}
+
 #[test]
 fn events_drive_predictive_transfers_learned_from_agent_history() {
     let c = Cluster::start();
@@ -584,23 +605,9 @@ fn events_drive_predictive_transfers_learned_from_agent_history() {
     );
     let _a = c.agent("cap-a", &api_a, &[]);
     let _b = c.agent("cap-b", &api_b, &[]);
-    for (i, r) in ["x", "y"].iter().enumerate() {
-        let f = c.path(r);
-        std::fs::write(&f, noise(2 << 20, i as u64 + 7)).unwrap();
-        c.snapshot(&format!("shop/{r}"), &f);
-    }
     // Executions of session "s1" on cap-a alternate x, y: the agent logs them and sends the
     // history to the coordinator's model (markov, the default).
-    for _ in 0..5 {
-        for r in ["x", "y"] {
-            let (code, body) = http_get(&api_a, &format!("/v1/states/shop/{r}?key=s1"));
-            assert_eq!(code, 200, "{body}");
-        }
-    }
-    wait_until("history to reach the model", 20, || {
-        let (_, m) = http_get(&coord, "/metrics");
-        metric(&m, "prewarm_coordinator_history_records_total") >= 10.0
-    });
+    teach_x_then_y(&c, &api_a, &coord, 2 << 20, 7);
     assert!(held(&c.url, "cap-b").is_empty());
     // s1's next event, bound for cap-b: after y comes x. The coordinator moves it there
     // before the execution asks.
@@ -798,21 +805,7 @@ fn events_from_nats_jetstream_prefetch_and_survive_a_coordinator_restart() {
     );
     let _a = c.agent("cap-a", &api_a, &[]);
     let _b = c.agent("cap-b", &api_b, &[]);
-    for (i, r) in ["x", "y"].iter().enumerate() {
-        let f = c.path(r);
-        std::fs::write(&f, noise(1 << 20, i as u64 + 11)).unwrap();
-        c.snapshot(&format!("shop/{r}"), &f);
-    }
-    for _ in 0..5 {
-        for r in ["x", "y"] {
-            let (code, body) = http_get(&api_a, &format!("/v1/states/shop/{r}?key=s1"));
-            assert_eq!(code, 200, "{body}");
-        }
-    }
-    wait_until("history to reach the model", 20, || {
-        let (_, m) = http_get(&coord, "/metrics");
-        metric(&m, "prewarm_coordinator_history_records_total") >= 10.0
-    });
+    teach_x_then_y(&c, &api_a, &coord, 1 << 20, 11);
     // The consumer is bound once the stream exists.
     wait_until("the JetStream consumer", 20, || {
         std::fs::read_to_string(c.path("coordinator.log"))

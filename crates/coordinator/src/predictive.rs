@@ -195,12 +195,7 @@ impl Coordinator {
             .collect();
         let (placement, decisions) = {
             let book = self.book.lock().expect("book lock poisoned");
-            let attached: Vec<CapacityId> = book
-                .caps
-                .iter()
-                .filter(|(_, c)| c.tx.is_some())
-                .map(|(id, _)| id.clone())
-                .collect();
+            let attached = book.attached();
             let placement = place(
                 &e.event.key,
                 e.capacity.as_ref(),
@@ -249,13 +244,7 @@ impl Coordinator {
 
     /// Placement alone (no model, or `GET /v1/placement`).
     pub fn place_only(&self, e: &EventIn) -> Option<Placement> {
-        let book = self.book.lock().expect("book lock poisoned");
-        let attached: Vec<CapacityId> = book
-            .caps
-            .iter()
-            .filter(|(_, c)| c.tx.is_some())
-            .map(|(id, _)| id.clone())
-            .collect();
+        let attached = self.book.lock().expect("book lock poisoned").attached();
         place(
             &e.event.key,
             e.capacity.as_ref(),

@@ -63,6 +63,15 @@ pub struct Book {
 }
 
 impl Book {
+    /// Capacities with an open command stream.
+    pub fn attached(&self) -> Vec<CapacityId> {
+        self.caps
+            .iter()
+            .filter(|(_, c)| c.tx.is_some())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Records a finished transfer.
     pub fn remember(&mut self, ack: TransferAck) {
         if self.recent.len() == RECENT {

@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::Token;
 use crate::client::{DataError, FetchStats, READ_TIMEOUT, REQUEST_BYTES, Received};
-use crate::frame::{self, Code, Frame, FrameError, HEADER, Kind, MAGIC, MAX_FRAME, MAX_HASHES};
+use crate::frame::{self, Code, Frame, FrameError, Kind, MAGIC, MAX_HASHES};
 use crate::pace::Pacer;
 use crate::server::{DataServer, Refusal};
 
@@ -57,23 +57,10 @@ fn read_frame_with(
 ) -> Result<Frame, FrameError> {
     let mut len = [0u8; 4];
     fill(&mut len)?;
-    let len = u32::from_le_bytes(len);
-    if len > MAX_FRAME {
-        return Err(FrameError::Oversize(len));
-    }
-    if (len as usize) < HEADER {
-        return Err(FrameError::Malformed(format!("length {len} < header")));
-    }
-    let mut buf = vec![0u8; len as usize];
+    let len = frame::check_len(u32::from_le_bytes(len))?;
+    let mut buf = bytes::BytesMut::zeroed(len as usize);
     fill(&mut buf)?;
-    let kind = Kind::from_u8(buf[0])
-        .ok_or_else(|| FrameError::Malformed(format!("unknown kind {:#x}", buf[0])))?;
-    let request = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    Ok(Frame {
-        kind,
-        request,
-        body: Bytes::from(buf).slice(HEADER..),
-    })
+    frame::split(buf)
 }
 
 fn write_frame_blocking(s: &mut UnixStream, kind: Kind, request: u32, body: &[u8]) -> bool {

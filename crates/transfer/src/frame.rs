@@ -140,13 +140,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameE
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_le_bytes(len);
-    if len > MAX_FRAME {
-        return Err(FrameError::Oversize(len));
-    }
-    if (len as usize) < HEADER {
-        return Err(FrameError::Malformed(format!("length {len} < header")));
-    }
+    let len = check_len(u32::from_le_bytes(len))?;
     // Read straight into uninitialised capacity: no zeroing pass over every chunk.
     let mut buf = BytesMut::with_capacity(len as usize);
     while buf.len() < len as usize {
@@ -155,6 +149,22 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameE
             return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
     }
+    split(buf)
+}
+
+/// Checks a frame's length field: within [`MAX_FRAME`] and long enough for the header.
+pub(crate) fn check_len(len: u32) -> Result<u32, FrameError> {
+    if len > MAX_FRAME {
+        return Err(FrameError::Oversize(len));
+    }
+    if (len as usize) < HEADER {
+        return Err(FrameError::Malformed(format!("length {len} < header")));
+    }
+    Ok(len)
+}
+
+/// A frame from its bytes after the length field (kind, request, body).
+pub(crate) fn split(mut buf: BytesMut) -> Result<Frame, FrameError> {
     let kind = Kind::from_u8(buf[0])
         .ok_or_else(|| FrameError::Malformed(format!("unknown kind {:#x}", buf[0])))?;
     let request = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
@@ -204,25 +214,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame.
     pub async fn next(&mut self) -> Result<Frame, FrameError> {
         self.fill(4).await?;
-        let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
-        if len > MAX_FRAME {
-            return Err(FrameError::Oversize(len));
-        }
-        if (len as usize) < HEADER {
-            return Err(FrameError::Malformed(format!("length {len} < header")));
-        }
+        let len = check_len(u32::from_le_bytes([
+            self.buf[0],
+            self.buf[1],
+            self.buf[2],
+            self.buf[3],
+        ]))?;
         self.fill(4 + len as usize).await?;
         self.buf.advance(4);
-        let mut body = self.buf.split_to(len as usize);
-        let kind = Kind::from_u8(body[0])
-            .ok_or_else(|| FrameError::Malformed(format!("unknown kind {:#x}", body[0])))?;
-        let request = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
-        body.advance(HEADER);
-        Ok(Frame {
-            kind,
-            request,
-            body: body.freeze(),
-        })
+        split(self.buf.split_to(len as usize))
     }
 }
 
