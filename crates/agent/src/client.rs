@@ -1,5 +1,6 @@
-//! A Rust client for the agent's ensure API: one kept-alive HTTP/1.1 connection (re-opened
-//! when it breaks), typed answers and errors.
+//! A Rust client for the agent's ensure API (and, with [`EnsureClient::post_json`], the
+//! coordinator's event API): one kept-alive HTTP/1.1 connection (re-opened when it breaks),
+//! typed answers and errors.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), prewarm_agent::client::ClientError> {
@@ -11,7 +12,7 @@
 //! ```
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use prewarm_core::ResourceId;
 use prewarm_transfer::Token;
@@ -51,7 +52,7 @@ pub enum ClientError {
 pub struct EnsureClient {
     addr: String,
     auth: Option<String>,
-    conn: tokio::sync::Mutex<Option<SendRequest<Empty<Bytes>>>>,
+    conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
 }
 
 impl EnsureClient {
@@ -64,7 +65,7 @@ impl EnsureClient {
         }
     }
 
-    async fn open(&self) -> Result<SendRequest<Empty<Bytes>>, ClientError> {
+    async fn open(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
         let err = |why: String| ClientError::Connect {
             addr: self.addr.clone(),
             why,
@@ -84,18 +85,39 @@ impl EnsureClient {
 
     /// GETs `path` and returns the body of a 2xx answer.
     pub async fn get(&self, path: &str) -> Result<Bytes, ClientError> {
+        self.call(hyper::Method::GET, path, Bytes::new()).await
+    }
+
+    /// POSTs a JSON `body` to `path` (the coordinator's `/v1/events`, say) and returns the
+    /// body of a 2xx answer.
+    pub async fn post_json(&self, path: &str, body: Bytes) -> Result<Bytes, ClientError> {
+        self.call(hyper::Method::POST, path, body).await
+    }
+
+    async fn call(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Bytes, ClientError> {
         let mut guard = self.conn.lock().await;
         for attempt in 0..2 {
             let mut send = match guard.take() {
                 Some(s) if !s.is_closed() => s,
                 _ => self.open().await?,
             };
-            let mut req = hyper::Request::get(path).header(hyper::header::HOST, &self.addr);
+            let mut req = hyper::Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(hyper::header::HOST, &self.addr);
+            if method == hyper::Method::POST {
+                req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+            }
             if let Some(a) = &self.auth {
                 req = req.header(hyper::header::AUTHORIZATION, a);
             }
             let req = req
-                .body(Empty::new())
+                .body(Full::new(body.clone()))
                 .map_err(|e| ClientError::Http(e.to_string()))?;
             let resp = match send.send_request(req).await {
                 Ok(r) => r,

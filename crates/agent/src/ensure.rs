@@ -24,6 +24,9 @@ pub struct EnsureRequest {
     pub timeout: Duration,
     /// The execution's sequence key (function, tenant, session), for the history.
     pub key: Option<String>,
+    /// The type of the event that started the execution (`http`, `timer`…), for the history
+    /// (`ensure` when not given).
+    pub kind: Option<String>,
     /// How long a superseded version may still be served (default: forever, or never for
     /// `mark_stale` resources).
     pub max_stale: Option<Duration>,
@@ -90,7 +93,7 @@ impl Agent {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             event: Event {
-                kind: "ensure".into(),
+                kind: req.kind.clone().unwrap_or_else(|| "ensure".into()),
                 key: req
                     .key
                     .clone()

@@ -1,6 +1,6 @@
 //! The application's HTTP API on the agent:
 //!
-//! - `GET /v1/states/{resource}?min_version=N&timeout_ms=T&key=K&max_stale_ms=S` →
+//! - `GET /v1/states/{resource}?min_version=N&timeout_ms=T&key=K&type=E&max_stale_ms=S` →
 //!   `{resource, version, path, hit, wait_ms}`; errors are `{error, message}` with 400
 //!   (invalid id or parameter), 401 (token), 404 (unknown resource or version), 504 (not
 //!   ready in time; the fetch continues), 507 (cache full of leased states), 502/503 (source).
@@ -43,6 +43,8 @@ struct EnsureQuery {
     min_version: Option<u64>,
     timeout_ms: Option<u64>,
     key: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
     max_stale_ms: Option<u64>,
 }
 
@@ -120,6 +122,7 @@ async fn ensure(
         min_version,
         timeout: Duration::from_millis(timeout_ms),
         key: q.key,
+        kind: q.kind,
         max_stale: q.max_stale_ms.map(Duration::from_millis),
     };
     match ctx.agent.ensure(req).await {

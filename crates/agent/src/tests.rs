@@ -374,6 +374,10 @@ async fn the_http_api_hits_misses_and_refuses_through_the_client() {
             other => panic!("{bad}: {other:?}"),
         }
     }
+    // The execution's key and event type reach the history record.
+    c.get("/v1/states/models/m?key=tenant-1&type=timer")
+        .await
+        .unwrap();
     // Every call became a history record.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let text = std::fs::read_to_string(e.cache.join("history.jsonl")).unwrap();
@@ -386,9 +390,16 @@ async fn the_http_api_hits_misses_and_refuses_through_the_client() {
             .iter()
             .any(|r| r.event.attrs["hit"] == serde_json::Value::Bool(true))
     );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.event.kind == "timer" && r.event.key == "tenant-1"),
+        "{text}"
+    );
+    assert!(records.iter().any(|r| r.event.kind == "ensure"), "{text}");
     let metrics = String::from_utf8(c.get("/metrics").await.unwrap().to_vec()).unwrap();
     assert!(
-        metrics.contains("prewarm_agent_ensure_total{outcome=\"hit\"} 1"),
+        metrics.contains("prewarm_agent_ensure_total{outcome=\"hit\"} 2"),
         "{metrics}"
     );
     assert!(

@@ -13,9 +13,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "prewarm", version, about, long_about = None)]
 struct Cli {
-    /// Log verbosity for stderr (error, warn, info, debug, trace).
-    #[arg(long, global = true, default_value = "warn")]
-    log: String,
+    /// Log verbosity for stderr (error, warn, info, debug, trace); default warn (error for
+    /// `demo`, which reports failures itself).
+    #[arg(long, global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -86,7 +87,12 @@ fn main() {
             std::process::exit(code);
         }
     };
-    init_logging(&cli.log);
+    let quiet = matches!(cli.command, Command::Demo(_));
+    init_logging(
+        cli.log
+            .as_deref()
+            .unwrap_or(if quiet { "error" } else { "warn" }),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

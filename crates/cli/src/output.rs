@@ -58,3 +58,14 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+/// Milliseconds for humans (µs below 1 ms, s above 10 s).
+pub fn millis(ms: f64) -> String {
+    if ms < 1.0 {
+        format!("{:.0} µs", ms * 1e3)
+    } else if ms < 10_000.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.1} s", ms / 1e3)
+    }
+}

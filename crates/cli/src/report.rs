@@ -1,6 +1,7 @@
-//! The replay's HTML report: one self-contained file (inline SVG, no scripts, no network)
-//! with the table and three plots — warm-start rate against cache memory-time (the cache-size
-//! sweep), the time-to-ready distribution, and the warm-start rate over time.
+//! HTML reports: one self-contained file each (inline SVG, no scripts, no network). The
+//! replay's has its table and three plots — warm-start rate against cache memory-time (the
+//! cache-size sweep), the time-to-ready distribution, and the warm-start rate over time; the
+//! demo's page reuses [`chart`].
 
 use std::fmt::Write as _;
 
@@ -11,7 +12,7 @@ const COLORS: [&str; 9] = [
     "#17becf",
 ];
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -19,7 +20,7 @@ fn esc(s: &str) -> String {
 }
 
 /// A line chart of `series` (name, points); `xlog` plots log10(1 + x).
-fn chart(
+pub(crate) fn chart(
     title: &str,
     xlabel: &str,
     ylabel: &str,

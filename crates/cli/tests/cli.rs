@@ -658,3 +658,49 @@ fn replay_compares_policies_deterministically_and_writes_a_report() {
         "{out:?}"
     );
 }
+
+#[test]
+fn demo_serves_a_short_workload_on_demand_and_predictive_and_writes_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("demo.html");
+    let out = json(&prewarm(&[
+        "demo",
+        "--history",
+        "240s",
+        "--serve",
+        "8s",
+        "--tenants",
+        "4",
+        "--train-budget",
+        "5s",
+        "--report",
+        report.to_str().unwrap(),
+        "--json",
+    ]));
+    let phases = out["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 2, "{out}");
+    let (cold, warm) = (&phases[0], &phases[1]);
+    let n = cold["executions"].as_u64().unwrap();
+    assert!(n > 10, "{out}");
+    assert_eq!(warm["executions"].as_u64(), Some(n), "the same executions");
+    for p in phases {
+        assert_eq!(p["failed"].as_u64(), Some(0), "{out}");
+        assert!(
+            p["wire_bytes"].as_u64().unwrap() > 1 << 20,
+            "real bytes moved"
+        );
+    }
+    // On-demand moves nothing ahead of time; the trained model does, and starts more warm.
+    assert_eq!(cold["predictive_transfers"].as_u64(), Some(0));
+    assert!(warm["predictive_transfers"].as_u64().unwrap() > 0, "{out}");
+    assert!(
+        warm["warm_start_rate"].as_f64().unwrap() >= cold["warm_start_rate"].as_f64().unwrap(),
+        "{out}"
+    );
+    let html = std::fs::read_to_string(&report).unwrap();
+    for want in ["<svg", "on-demand", "predictive (GRU)", "time-to-ready"] {
+        assert!(html.contains(want), "report lacks {want}");
+    }
+    // Bad arguments: a clear error, nothing run.
+    bad_input(&prewarm(&["demo", "--capacities", "0"]), "--capacities");
+}
