@@ -881,3 +881,92 @@ fn keep_alive_hints_from_the_model_steer_the_agents_eviction() {
     held.sort();
     assert_eq!(held, ["k/a", "k/c", "k/d"]);
 }
+
+#[test]
+fn a_dirty_watched_source_is_snapshotted_before_its_predicted_transfer() {
+    let c = Cluster::start();
+    let coord = c.url.trim_start_matches("http://").to_owned();
+    let (api_a, api_b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let _a = c.agent("cap-a", &api_a, &[]);
+    let _b = c.agent("cap-b", &api_b, &[]);
+    teach_x_then_y(&c, &api_a, &coord, 2 << 20, 11);
+    // A watcher of shop/x's source that would not snapshot by itself for an hour.
+    let x = c.path("x");
+    let _w = spawn(
+        &[
+            "watch",
+            "--store",
+            &c.store,
+            "--resource",
+            "shop/x",
+            "--coordinator",
+            &c.url,
+            "--interval",
+            "1h",
+            "--dirty-threshold",
+            "1GiB",
+            "--json",
+            x.to_str().unwrap(),
+        ],
+        &c.path("watch.log"),
+    );
+    wait_until("the watcher to register", 20, || {
+        let (_, m) = http_get(&coord, "/metrics");
+        metric(&m, "prewarm_coordinator_watchers") == 1.0
+    });
+    // The source changes; the watcher reports dirty bytes but commits nothing.
+    let mut changed = noise(2 << 20, 11);
+    changed[..4096].copy_from_slice(&noise(4096, 99));
+    std::fs::write(&x, &changed).unwrap();
+    wait_until("the dirty bytes to reach the coordinator", 20, || {
+        let (_, m) = http_get(&coord, "/metrics");
+        metric(&m, "prewarm_coordinator_dirty_bytes") > 0.0
+    });
+    assert_eq!(
+        held(&c.url, "cap-a"),
+        vec![("shop/x".into(), 1), ("shop/y".into(), 1)]
+    );
+    // s1's next event predicts shop/x for cap-b: the coordinator has the watcher snapshot
+    // first and moves the new version, which holds the change.
+    let (code, body) = http_post(
+        &coord,
+        "/v1/events",
+        br#"{"event": {"type": "http", "key": "s1"}, "capacity": "cap-b"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("shop/x"), "{body}");
+    wait_until("the fresh version on cap-b", 20, || {
+        held(&c.url, "cap-b").contains(&("shop/x".to_owned(), 2))
+    });
+    let (code, body) = http_get(&api_b, "/v1/states/shop/x?min_version=2&key=s1");
+    assert_eq!(code, 200, "{body}");
+    let got: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(got["hit"], true, "{got}");
+    assert_eq!(
+        std::fs::read(got["path"].as_str().unwrap()).unwrap(),
+        changed,
+        "the transferred state holds the un-snapshotted change"
+    );
+    let (_, m) = http_get(&coord, "/metrics");
+    assert_eq!(
+        metric(
+            &m,
+            "prewarm_coordinator_snapshot_requests_total{result=\"snapshotted\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "prewarm_coordinator_dirty_bytes"), 0.0, "{m}");
+    let log = std::fs::read_to_string(c.path("watch.log")).unwrap();
+    assert!(
+        log.contains("registered shop/x with the coordinator"),
+        "{log}"
+    );
+    // cap-a held version 1: the new version's invalidation refreshed it there too.
+    wait_until("cap-a refreshed", 20, || {
+        held(&c.url, "cap-a").contains(&("shop/x".to_owned(), 2))
+    });
+}

@@ -5,7 +5,8 @@
 //! `/metrics` on the gRPC port, and the predictive loop (`POST /v1/events`, a NATS
 //! JetStream consumer or a replayed history file → model →
 //! placement → planner → predictive loads; `GET /v1/placement`; history from the agents
-//! teaches the model): see [`predictive`].
+//! teaches the model): see [`predictive`]; snapshot watchers asked for a fresh snapshot
+//! before a dirty predicted state moves: see [`watchers`].
 
 mod http;
 mod metrics;
@@ -13,6 +14,7 @@ mod nats;
 mod predictive;
 mod service;
 mod state;
+mod watchers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +35,7 @@ pub use nats::{NatsConfig, NatsError};
 pub use predictive::{Brain, EventIn, EventOutcome, EventsError, MAX_BATCH, parse_events};
 pub use service::{ResolveFailure, Service};
 use state::Book;
+pub use watchers::{Fresh, Watchers};
 
 /// How a coordinator is set up.
 #[derive(Clone, Debug)]
@@ -65,6 +68,8 @@ pub struct Coordinator {
     pub registry: Registry,
     /// The model and planner (`None`: no predictive loop, transfers by request only).
     pub brain: Option<Brain>,
+    /// Registered snapshot watchers (the predictive snapshot trigger).
+    pub watchers: Watchers,
 }
 
 /// Why the coordinator could not start.
@@ -193,6 +198,7 @@ pub async fn start(
         next_id: AtomicU64::new(1),
         registry: registry.clone(),
         brain,
+        watchers: Watchers::default(),
     });
     let mut tasks = Vec::new();
     let data = Arc::new(DataServer::new(
@@ -323,7 +329,11 @@ impl Coordinator {
     fn update_gauges(&self) {
         let book = self.book.lock().expect("book lock poisoned");
         let connected = book.caps.values().filter(|c| c.tx.is_some()).count();
+        drop(book);
         self.metrics.capacities.set(connected as u64);
+        let (watchers, dirty) = self.watchers.totals();
+        self.metrics.watchers.set(watchers);
+        self.metrics.dirty_bytes.set(dirty);
     }
 
     /// Capacities, inventories, recent transfers.

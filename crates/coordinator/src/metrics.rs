@@ -24,6 +24,10 @@ pub struct CoordinatorMetrics {
     pub events_refused: Counter,
     /// History records the model learned from.
     pub history_records: Counter,
+    /// Registered snapshot watchers.
+    pub watchers: Gauge,
+    /// Un-snapshotted bytes the watchers report, in total.
+    pub dirty_bytes: Gauge,
 }
 
 impl CoordinatorMetrics {
@@ -50,6 +54,16 @@ impl CoordinatorMetrics {
                 "History records from agents the model learned from.",
                 &[],
             ),
+            watchers: r.gauge(
+                "prewarm_coordinator_watchers",
+                "Registered snapshot watchers.",
+                &[],
+            ),
+            dirty_bytes: r.gauge(
+                "prewarm_coordinator_dirty_bytes",
+                "Un-snapshotted bytes reported by the watchers, in total.",
+                &[],
+            ),
             invalidations: r.counter(
                 "prewarm_coordinator_invalidations_total",
                 "Invalidations sent to holders of older versions.",
@@ -72,6 +86,16 @@ impl CoordinatorMetrics {
                 LATENCY_BUCKETS,
             ),
         }
+    }
+
+    /// Records one predictive snapshot request's outcome.
+    pub fn snapshot_request(&self, r: &Registry, result: &'static str) {
+        r.counter(
+            "prewarm_coordinator_snapshot_requests_total",
+            "Snapshots asked of watchers before predictive transfers, by result.",
+            &[("result", result)],
+        )
+        .inc();
     }
 
     /// Records one transfer.

@@ -3,8 +3,10 @@
 //! state-aware among its key's two rendezvous choices), the planner weighs each prediction
 //! against what that capacity holds and what is already moving to it, and the chosen states
 //! are loaded there as predictive transfers (below on-demand ones, within the agent's
-//! predictive bandwidth limit). The model learns from the history records agents send back
-//! (`History` over gRPC) and can be replaced without a restart ([`Brain::replace`]).
+//! predictive bandwidth limit). A predicted state whose source has un-snapshotted changes
+//! is snapshotted first by its watcher (see [`crate::watchers`]). The model learns from the
+//! history records agents send back (`History` over gRPC) and can be replaced without a
+//! restart ([`Brain::replace`]).
 //!
 //! The decision code is `prewarm-plan`'s, the same the replay simulator runs.
 
@@ -18,11 +20,14 @@ use prewarm_predict::{Context, Predictor};
 use prewarm_proto::wire::{Priority, TransferRequest, VersionSpec, version_spec};
 use serde::{Deserialize, Serialize};
 
-use crate::Coordinator;
 use crate::state::Cap;
+use crate::{Coordinator, Fresh};
 
 /// Predictions asked per event.
 const TOP_K: usize = 5;
+
+/// Longest wait for a watcher's snapshot before a predictive transfer of a dirty source.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One event as `POST /v1/events` takes it.
 #[derive(Clone, Debug, Deserialize)]
@@ -235,6 +240,22 @@ impl Coordinator {
                 self.start_predictive(&p.capacity, d);
             }
         }
+        // Likely states whose source has changes not yet snapshotted (and that nothing moves
+        // now, being held at the newest committed version): ask for a snapshot, so that the
+        // new version reaches the holders (invalidation → delta refresh) before the execution.
+        for w in &wants {
+            let moving = decisions.iter().any(|d| d.resource == w.resource);
+            if !moving
+                && w.probability >= brain.planner.cfg.threshold
+                && self.watchers.dirty(&w.resource) > 0
+            {
+                let (me, r) = (self.clone(), w.resource.clone());
+                tokio::spawn(async move {
+                    let f = me.watchers.fresh(&r, SNAPSHOT_WAIT).await;
+                    me.metrics.snapshot_request(&me.registry, f.label());
+                });
+            }
+        }
         self.metrics.events.inc();
         EventOutcome {
             placement,
@@ -271,7 +292,22 @@ impl Coordinator {
             timeout_ms: 0,
         };
         let me = self.clone();
+        let (resource, planned) = (d.resource.clone(), d.version);
         tokio::spawn(async move {
+            let mut req = req;
+            // The source changed since its last snapshot: have its watcher take one and move
+            // that version (on a timeout or a departed watcher, the newest committed one).
+            if me.watchers.dirty(&resource) > 0 {
+                let f = me.watchers.fresh(&resource, SNAPSHOT_WAIT).await;
+                me.metrics.snapshot_request(&me.registry, f.label());
+                if let Fresh::Snapshotted(v) = f
+                    && v > planned
+                {
+                    req.version = Some(VersionSpec {
+                        spec: Some(version_spec::Spec::Exact(v.get())),
+                    });
+                }
+            }
             let ack = me.transfer(req).await;
             if !ack.ok {
                 tracing::info!(

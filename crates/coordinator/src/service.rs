@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use prewarm_core::{CapacityId, ResourceId, Version};
 use prewarm_proto::wire::{
     AckReply, AttachRequest, Command, FailureKind, Inventory, ReportReply, ResolveReply,
-    ResolveRequest, StatusReply, StatusRequest, TransferAck, TransferRequest, VersionSpec, Welcome,
-    command, coordinator_server, version_spec,
+    ResolveRequest, SnapshotCommand, StatusReply, StatusRequest, TransferAck, TransferRequest,
+    VersionSpec, WatcherHello, WatcherReply, WatcherReport, Welcome, command, coordinator_server,
+    version_spec,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -211,6 +212,47 @@ impl Coordinator {
 #[tonic::async_trait]
 impl coordinator_server::Coordinator for Service {
     type AttachStream = ReceiverStream<Result<Command, Status>>;
+    type WatchStream = ReceiverStream<Result<SnapshotCommand, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<WatcherHello>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let hello = request.into_inner();
+        let resource = ResourceId::new(&hello.resource)
+            .map_err(|e| Status::invalid_argument(format!("invalid resource id: {e}")))?;
+        let (tx, rx) = mpsc::channel(16);
+        let c = &self.0;
+        let session = c
+            .watchers
+            .register(&hello, tx.clone())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!("watcher {} registered for {resource}", hello.watcher);
+        c.update_gauges();
+        let me = c.clone();
+        tokio::spawn(async move {
+            tx.closed().await;
+            me.watchers.unregister(&resource, session);
+            me.update_gauges();
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn watch_report(
+        &self,
+        request: Request<WatcherReport>,
+    ) -> Result<Response<WatcherReply>, Status> {
+        let r = request.into_inner();
+        let known = self.0.watchers.report(&r);
+        if known && r.snapshotted {
+            // A new version may exist: sizes and versions cached for the planner are stale.
+            if let (Some(brain), Ok(res)) = (&self.0.brain, ResourceId::new(&r.resource)) {
+                brain.forget(&res);
+            }
+        }
+        self.0.update_gauges();
+        Ok(Response::new(WatcherReply { known }))
+    }
 
     async fn attach(
         &self,

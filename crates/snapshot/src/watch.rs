@@ -44,13 +44,17 @@ pub struct WatchEvent {
 }
 
 /// Watches `path` and snapshots it as `resource` per `policy` until `stop` resolves.
-/// `requests` carries on-demand snapshot requests; `on_event` sees every snapshot taken.
+/// `requests` carries on-demand snapshot requests; `dirty` is kept at the bytes modified
+/// since the last snapshot (an upper bound, see the module docs); `on_event` sees every
+/// snapshot taken.
+#[allow(clippy::too_many_arguments)]
 pub async fn watch(
     snapshotter: &Snapshotter,
     resource: &ResourceId,
     path: &Path,
     policy: TriggerPolicy,
     mut requests: mpsc::Receiver<()>,
+    dirty: &tokio::sync::watch::Sender<u64>,
     stop: impl std::future::Future<Output = ()>,
     mut on_event: impl FnMut(&WatchEvent),
 ) -> Result<(), WatchError> {
@@ -99,6 +103,7 @@ pub async fn watch(
                 if dirty_files.insert(p.clone()) {
                     let bytes = std::fs::metadata(&p).map_or(0, |m| if m.is_file() { m.len() } else { 0 });
                     triggers.mark_dirty(resource, bytes.max(1), now());
+                    dirty.send_replace(triggers.dirty_bytes(resource));
                 }
             }
             Some(()) = requests.recv() => triggers.request(resource, now()),
@@ -108,6 +113,7 @@ pub async fn watch(
             let outcome = snapshotter.snapshot_path(&res, path).await?;
             triggers.snapshotted(&res, now());
             dirty_files.clear();
+            dirty.send_replace(0);
             on_event(&WatchEvent { reason, outcome });
         }
     }

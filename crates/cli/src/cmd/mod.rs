@@ -16,6 +16,7 @@ pub mod transfer;
 pub mod verify;
 pub mod versions;
 pub mod watch;
+pub mod watch_link;
 
 use std::sync::Arc;
 

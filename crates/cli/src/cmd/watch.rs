@@ -1,6 +1,8 @@
 //! `prewarm watch`: snapshot a file or directory on an interval and when it changes.
 //! Runs until interrupted (Ctrl-C / SIGTERM); prints each version as it commits. Sending
-//! SIGUSR1 asks for a snapshot now (the coordinator's request path arrives with issue 5).
+//! SIGUSR1 asks for a snapshot now; with `--coordinator` the watcher registers there, reports
+//! its un-snapshotted bytes and snapshots when the coordinator asks (before it moves a
+//! predicted state whose source changed; see [`super::watch_link`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use anyhow::Context;
 use prewarm_core::ResourceId;
 use prewarm_snapshot::{Snapshotter, TriggerPolicy};
 
-use super::{ChunkArg, StoreArg, parse_duration, parse_resource, parse_size};
+use super::{ChunkArg, StoreArg, TokenArg, parse_duration, parse_resource, parse_size};
 use crate::output;
 
 /// Arguments of `prewarm watch`.
@@ -31,6 +33,12 @@ pub struct Args {
     /// Print one JSON object per line.
     #[arg(long)]
     json: bool,
+    /// Register with this coordinator (gRPC URL, e.g. http://127.0.0.1:7100): report dirty
+    /// bytes, snapshot when it asks. It must serve the same store.
+    #[arg(long)]
+    coordinator: Option<String>,
+    #[command(flatten)]
+    token: TokenArg,
     /// The file or directory to watch.
     path: PathBuf,
 }
@@ -48,6 +56,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         dirty_threshold: Some(a.dirty_threshold),
     };
     let (req_tx, req_rx) = tokio::sync::mpsc::channel(4);
+    let coordinator_requests = req_tx.clone();
     let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     tokio::spawn(async move {
         while usr1.recv().await.is_some() {
@@ -66,6 +75,21 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         .snapshot_path(&a.resource, &a.path)
         .await
         .context("initial snapshot")?;
+    let (dirty_tx, dirty_rx) = tokio::sync::watch::channel(0u64);
+    let (committed_tx, committed_rx) = tokio::sync::mpsc::unbounded_channel();
+    if let Some(url) = a.coordinator.clone() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        tokio::spawn(super::watch_link::run(super::watch_link::Link {
+            url,
+            token: a.token.load()?,
+            watcher: format!("{}:{}", host.trim(), std::process::id()),
+            resource: a.resource.clone(),
+            version: first.committed.state.version.get(),
+            dirty: dirty_rx,
+            committed: committed_rx,
+            requests: coordinator_requests,
+        }));
+    }
     let json = a.json;
     let print = move |reason: &str, o: &prewarm_snapshot::SnapshotOutcome| {
         if json {
@@ -82,14 +106,25 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         }
     };
     print("start", &first);
-    prewarm_snapshot::watch::watch(&snap, &a.resource, &a.path, policy, req_rx, stop, |ev| {
-        let reason = match ev.reason {
-            prewarm_snapshot::Reason::Interval => "interval",
-            prewarm_snapshot::Reason::Dirty { .. } => "dirty",
-            prewarm_snapshot::Reason::OnDemand => "on-demand",
-        };
-        print(reason, &ev.outcome);
-    })
+    let (resource, path) = (a.resource.clone(), a.path.clone());
+    prewarm_snapshot::watch::watch(
+        &snap,
+        &resource,
+        &path,
+        policy,
+        req_rx,
+        &dirty_tx,
+        stop,
+        |ev| {
+            let _ = committed_tx.send(ev.outcome.committed.state.version.get());
+            let reason = match ev.reason {
+                prewarm_snapshot::Reason::Interval => "interval",
+                prewarm_snapshot::Reason::Dirty { .. } => "dirty",
+                prewarm_snapshot::Reason::OnDemand => "on-demand",
+            };
+            print(reason, &ev.outcome);
+        },
+    )
     .await?;
     Ok(0)
 }
