@@ -81,10 +81,7 @@ where
                             return refuse(status, "bad_events", e.to_string());
                         }
                     };
-                    let mut out = Vec::with_capacity(events.len());
-                    for e in &events {
-                        out.push(c.handle_event(e, true).await);
-                    }
+                    let mut out = c.handle_events(&events, true).await;
                     if batch {
                         Json(out).into_response()
                     } else {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use prewarm_core::{CapacityId, Event, HistoryRecord, ResourceId, Version};
 use prewarm_plan::planner::{Target, Want};
 use prewarm_plan::{Decision, Placement, Planner, PlannerConfig, place};
-use prewarm_predict::{Context, Predictor};
+use prewarm_predict::{Context, Prediction, Predictor};
 use prewarm_proto::wire::{Priority, TransferRequest, VersionSpec, version_spec};
 use serde::{Deserialize, Serialize};
 
@@ -87,9 +87,7 @@ impl Brain {
     /// Learns from completed executions.
     pub fn observe(&self, records: &[HistoryRecord]) {
         let mut p = self.predictor.lock().expect("model lock poisoned");
-        for r in records {
-            p.observe(r);
-        }
+        p.observe_batch(records);
     }
 
     /// Keep-alive hints for the resources `records` read: resource → until (Unix ms).
@@ -165,23 +163,55 @@ impl Coordinator {
     /// not waiting for them. Without `dispatch` it only answers where the event would run
     /// and what would move (`GET /v1/placement`).
     pub async fn handle_event(self: &Arc<Self>, e: &EventIn, dispatch: bool) -> EventOutcome {
+        self.handle_events(std::slice::from_ref(e), dispatch)
+            .await
+            .pop()
+            .expect("one outcome per event")
+    }
+
+    /// [`Coordinator::handle_event`] for a batch, in order: the model predicts for all of
+    /// them at once (a learned model on all cores), then each is placed and planned.
+    pub async fn handle_events(
+        self: &Arc<Self>,
+        events: &[EventIn],
+        dispatch: bool,
+    ) -> Vec<EventOutcome> {
         let Some(brain) = self.brain.as_ref() else {
-            return EventOutcome {
-                placement: self.place_only(e),
-                transfers: Vec::new(),
-            };
+            return events
+                .iter()
+                .map(|e| EventOutcome {
+                    placement: self.place_only(e),
+                    transfers: Vec::new(),
+                })
+                .collect();
         };
-        let ts = e.ts.unwrap_or_else(now_s);
-        let preds = {
+        let now = now_s();
+        let ctxs: Vec<Context<'_>> = events
+            .iter()
+            .map(|e| Context {
+                ts: e.ts.unwrap_or(now),
+                event: &e.event,
+            })
+            .collect();
+        let all = {
             let mut p = brain.predictor.lock().expect("model lock poisoned");
-            p.predict(
-                &Context {
-                    ts,
-                    event: &e.event,
-                },
-                TOP_K,
-            )
+            p.predict_batch(&ctxs, TOP_K)
         };
+        let mut out = Vec::with_capacity(events.len());
+        for (e, preds) in events.iter().zip(all) {
+            out.push(self.decide(brain, e, preds, dispatch).await);
+        }
+        out
+    }
+
+    /// Places one predicted event and plans (and, with `dispatch`, starts) its transfers.
+    async fn decide(
+        self: &Arc<Self>,
+        brain: &Brain,
+        e: &EventIn,
+        preds: Vec<Prediction>,
+        dispatch: bool,
+    ) -> EventOutcome {
         let mut wants = Vec::with_capacity(preds.len());
         for p in &preds {
             if let Some((latest, bytes)) = self.size_of(brain, &p.resource).await {

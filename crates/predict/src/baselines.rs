@@ -143,31 +143,10 @@ impl Markov {
             fallback: Frequency::new(tau_s),
         }
     }
-}
 
-impl Predictor for Markov {
-    fn name(&self) -> &str {
-        "markov"
-    }
-
-    fn observe(&mut self, record: &HistoryRecord) {
-        self.fallback.observe(record);
-        let hist = self.history.entry(record.event.key.clone()).or_default();
-        for read in &record.reads {
-            for n in 1..=self.order.min(hist.len()) {
-                let ctx = hist[hist.len() - n..].to_vec();
-                let c = self.tables[n - 1].entry(ctx).or_default();
-                *c.next.entry(read.resource.clone()).or_default() += 1;
-                c.total += 1;
-            }
-            hist.push(read.resource.clone());
-            if hist.len() > self.order {
-                hist.remove(0);
-            }
-        }
-    }
-
-    fn predict(&mut self, ctx: &Context<'_>, k: usize) -> Vec<Prediction> {
+    /// Its `k` most likely resources for `ctx` ([`Predictor::predict`], which needs no
+    /// mutation: callers holding a shared reference, on several threads, use this).
+    pub fn scores(&self, ctx: &Context<'_>, k: usize) -> Vec<Prediction> {
         // Borrowed ids while scoring; only the k kept are cloned.
         let mut probs: HashMap<&ResourceId, f64> = HashMap::new();
         let mut mass = 1.0;
@@ -201,6 +180,33 @@ impl Predictor for Markov {
             .into_iter()
             .map(|(r, p)| latest(r.clone(), p))
             .collect()
+    }
+}
+
+impl Predictor for Markov {
+    fn name(&self) -> &str {
+        "markov"
+    }
+
+    fn observe(&mut self, record: &HistoryRecord) {
+        self.fallback.observe(record);
+        let hist = self.history.entry(record.event.key.clone()).or_default();
+        for read in &record.reads {
+            for n in 1..=self.order.min(hist.len()) {
+                let ctx = hist[hist.len() - n..].to_vec();
+                let c = self.tables[n - 1].entry(ctx).or_default();
+                *c.next.entry(read.resource.clone()).or_default() += 1;
+                c.total += 1;
+            }
+            hist.push(read.resource.clone());
+            if hist.len() > self.order {
+                hist.remove(0);
+            }
+        }
+    }
+
+    fn predict(&mut self, ctx: &Context<'_>, k: usize) -> Vec<Prediction> {
+        self.scores(ctx, k)
     }
 
     fn memory_bytes(&self) -> u64 {

@@ -42,9 +42,23 @@ pub trait Predictor: Send {
     /// Learns from one completed execution; O(1) amortised.
     fn observe(&mut self, record: &HistoryRecord);
 
+    /// [`Predictor::observe`] for each of `records` in order, with the same result; learned
+    /// models spread the work over the cores.
+    fn observe_batch(&mut self, records: &[HistoryRecord]) {
+        for r in records {
+            self.observe(r);
+        }
+    }
+
     /// The `k` most likely resources the execution triggered by `ctx` reads, most likely
     /// first.
     fn predict(&mut self, ctx: &Context<'_>, k: usize) -> Vec<Prediction>;
+
+    /// [`Predictor::predict`] for each of `ctxs` in order, with the same answers (no
+    /// `observe` in between); learned models spread the work over the cores.
+    fn predict_batch(&mut self, ctxs: &[Context<'_>], k: usize) -> Vec<Vec<Prediction>> {
+        ctxs.iter().map(|c| self.predict(c, k)).collect()
+    }
 
     /// Approximate bytes of memory the predictor holds (weights, tables, per-key state).
     fn memory_bytes(&self) -> u64;

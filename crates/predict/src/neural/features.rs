@@ -256,8 +256,8 @@ impl Step {
     }
 
     /// Sets the suggestions from the hint source's prediction for this event.
-    pub fn with_hints(mut self, v: &Vocab, src: &mut Markov, ctx: &Context<'_>) -> Self {
-        let preds = src.predict(ctx, HINTS);
+    pub fn with_hints(mut self, v: &Vocab, src: &Markov, ctx: &Context<'_>) -> Self {
+        let preds = src.scores(ctx, HINTS);
         for (h, p) in self.hints.iter_mut().zip(&preds) {
             *h = v.resource(&p.resource);
         }
@@ -366,7 +366,7 @@ pub fn encode(v: &Vocab, records: &[HistoryRecord], horizon_s: f64) -> Encoded {
         };
         steps.push(
             tail.step(v, &r.event.kind, &r.event.key, r.ts)
-                .with_hints(v, &mut src, &ctx),
+                .with_hints(v, &src, &ctx),
         );
         src.observe(r);
         targets.push(r.reads.first().map_or(NONE, |x| v.resource(&x.resource)));

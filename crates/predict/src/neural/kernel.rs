@@ -372,8 +372,37 @@ fn layer_norm(x: &[f32], (g, b): &(Vec<f32>, Vec<f32>), out: &mut [f32]) {
     }
 }
 
+/// e^x without a libm call, so that loops over it vectorise: e^x = 2^n · e^f with n the
+/// integer nearest x·log2 e (written into the exponent bits) and f = x − n·ln 2 in
+/// [−½ ln 2, ½ ln 2] (degree-6 Taylor polynomial; relative error about 1e-6 at worst). Saturates below −87 (to the
+/// smallest normal) and above 88.7 (to +∞).
+#[inline]
+pub fn exp_f32(x: f32) -> f32 {
+    // 1.5·2^23: adding it rounds to an integer held in the low mantissa bits (no `round`,
+    // which is a libm call without SSE4.1).
+    const MAGIC: f32 = 12_582_912.0;
+    // ln 2 in two parts (Cody–Waite): n·LN2_HI is exact, so x − n·ln 2 keeps its precision.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.3, 88.7);
+    let r = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = r - MAGIC;
+    let f = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + f * (1.0
+            + f * (0.5
+                + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
+    let e = (r.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    f32::from_bits((e.wrapping_add(127) << 23) as u32) * p
+}
+
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp_f32(-x))
+}
+
+/// tanh through the logistic function: absolute error about 1e-7.
+fn tanh(x: f32) -> f32 {
+    2.0 * sigmoid(2.0 * x) - 1.0
 }
 
 /// GELU, tanh approximation (what candle's `gelu` computes).
@@ -600,7 +629,7 @@ impl Kernel {
                         }
                         let mut z = 0.0;
                         for sc in scores.iter_mut().take(len) {
-                            *sc = (*sc - max).exp();
+                            *sc = exp_f32(*sc - max);
                             z += *sc;
                         }
                         a[r.clone()].fill(0.0);
@@ -668,18 +697,26 @@ fn gru_step(g: &Gru, x: &[f32], h: &[f32]) -> Vec<f32> {
     let mut gi = vec![0f32; 3 * n];
     let mut gh = vec![0f32; 3 * n];
     g.ih.apply(x, &mut gi);
-    if h.len() == n {
+    let zeros;
+    let h = if h.len() == n {
         g.hh.apply(h, &mut gh);
+        h
     } else {
         gh.copy_from_slice(&g.hh.b);
+        zeros = vec![0f32; n];
+        &zeros
+    };
+    // Slices of one length and branch-free gates: the loop vectorises.
+    let (gi_r, rest) = gi.split_at(n);
+    let (gi_z, gi_n) = rest.split_at(n);
+    let (gh_r, rest) = gh.split_at(n);
+    let (gh_z, gh_n) = rest.split_at(n);
+    let mut out = vec![0f32; n];
+    for i in 0..n {
+        let r = sigmoid(gi_r[i] + gh_r[i]);
+        let z = sigmoid(gi_z[i] + gh_z[i]);
+        let c = tanh(gi_n[i] + r * gh_n[i]);
+        out[i] = z * h[i] + (1.0 - z) * c;
     }
-    (0..n)
-        .map(|i| {
-            let r = sigmoid(gi[i] + gh[i]);
-            let z = sigmoid(gi[n + i] + gh[n + i]);
-            let c = (gi[2 * n + i] + r * gh[2 * n + i]).tanh();
-            let hp = h.get(i).copied().unwrap_or(0.0);
-            z * hp + (1.0 - z) * c
-        })
-        .collect()
+    out
 }

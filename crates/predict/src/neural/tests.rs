@@ -358,3 +358,68 @@ fn bad_model_directories_are_refused_with_reasons() {
     std::fs::remove_file(&weights).unwrap();
     assert!(err(dir.path()).contains("missing"));
 }
+
+/// A batch (inferred on all cores) answers exactly what one `predict` per event answers, and
+/// `observe_batch` leaves the states one `observe` per record leaves.
+#[test]
+fn batched_predictions_equal_one_by_one_predictions() {
+    for arch in [SMALL_GRU, SMALL_TF] {
+        let recs = cyclic(400);
+        let mut o = small(arch);
+        o.max_epochs = 3;
+        let model = || train(&recs[..300], &o, &mut |_| {}).unwrap();
+        let (mut one, mut batch) = (Learned::new(model(), 1000), Learned::new(model(), 1000));
+        for r in &recs[..300] {
+            one.observe(r);
+        }
+        batch.observe_batch(&recs[..300]);
+        let ctxs: Vec<Context<'_>> = recs[300..]
+            .iter()
+            .map(|r| Context {
+                ts: r.ts,
+                event: &r.event,
+            })
+            .collect();
+        assert!(ctxs.len() >= PARALLEL_BATCH);
+        let a: Vec<Vec<Prediction>> = ctxs.iter().map(|c| one.predict(c, 5)).collect();
+        let b = batch.predict_batch(&ctxs, 5);
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!(!x.is_empty());
+            assert_eq!(x.len(), y.len());
+            for (p, q) in x.iter().zip(y) {
+                assert_eq!(p.resource, q.resource);
+                assert!((p.probability - q.probability).abs() < 1e-9);
+            }
+        }
+        // Observing the batch's executions (one by one, or as a batch on all cores) leaves
+        // the same key states: the next predictions are the same.
+        for r in &recs[300..] {
+            one.observe(r);
+        }
+        batch.observe_batch(&recs[300..]);
+        for c in &ctxs[..24] {
+            let (x, y) = (one.predict(c, 3), batch.predict(c, 3));
+            assert_eq!(x.len(), y.len());
+            for (p, q) in x.iter().zip(&y) {
+                assert_eq!(p.resource, q.resource);
+                assert!((p.probability - q.probability).abs() < 1e-6);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_vectorisable_exp_matches_libm() {
+    let mut worst = 0f64;
+    let mut x = -87.0f32;
+    while x < 88.0 {
+        let (a, b) = (super::kernel::exp_f32(x), x.exp());
+        worst = worst.max(((a - b) / b).abs() as f64);
+        x += 0.013;
+    }
+    assert!(worst < 1e-6, "relative error {worst}");
+    assert_eq!(super::kernel::exp_f32(-1000.0), (-87.3f32).exp().max(1e-38));
+    assert!(super::kernel::exp_f32(1000.0).is_infinite());
+    assert_eq!(super::kernel::exp_f32(0.0), 1.0);
+}
