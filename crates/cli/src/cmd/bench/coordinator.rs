@@ -1,9 +1,11 @@
 //! `prewarm bench coordinator`: events per second through the coordinator's decision
-//! pipeline, single-threaded, in-process — JSON ingest of batched `POST /v1/events` bodies
-//! (`prewarm_coordinator::parse_events`), the model's `predict`, placement among the
-//! capacities and the planner against each one's holdings (`prewarm-plan`), plus `observe`
-//! of the history records as they come back. Peers in the same run: the same pipeline with
-//! the Markov baseline, and with no model (ingest + placement only).
+//! pipeline, in-process, as `POST /v1/events` runs it — JSON ingest of batched bodies
+//! (`prewarm_coordinator::parse_events`), the model's `predict_batch` for the body (a learned
+//! model spreads it over the cores), placement among the capacities and the planner against
+//! each one's holdings (`prewarm-plan`) event by event, plus `observe_batch` of the body's
+//! history records as they come back (agents send theirs in batches). Peers in the same
+//! run: the same pipeline with the Markov baseline, and with no model (ingest + placement
+//! only).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -192,6 +194,15 @@ fn pipeline(
     })
 }
 
+/// Threads a learned model's batches run on (rayon's rule: RAYON_NUM_THREADS, else cores).
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Runs the benchmark.
 pub async fn run(a: Args) -> anyhow::Result<i32> {
     let mut records = match &a.history {
@@ -246,8 +257,11 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             })
             .collect();
         println!(
-            "{} events, {} per body, {} capacities, one thread",
-            rows[0].events, a.batch, a.capacities
+            "{} events, {} per body, {} capacities, models on {} threads (RAYON_NUM_THREADS)",
+            rows[0].events,
+            a.batch,
+            a.capacities,
+            rayon_threads()
         );
         println!(
             "{}",
