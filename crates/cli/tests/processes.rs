@@ -595,9 +595,17 @@ fn teach_x_then_y(c: &Cluster, api: &str, coord: &str, size: usize, seed: u64) {
     });
 }
 
-#[test]
-fn events_drive_predictive_transfers_learned_from_agent_history() {
-    let c = Cluster::start();
+/// Agents cap-a and cap-b of a cluster, cap-b's API and the coordinator's HTTP address.
+struct Pair {
+    coord: String,
+    api_b: String,
+    _a: Proc,
+    _b: Proc,
+}
+
+/// Starts cap-a and cap-b on free ports and teaches the model x → y through cap-a's history
+/// ([`teach_x_then_y`], states of `size` bytes of noise from `seed`).
+fn taught_pair(c: &Cluster, size: usize, seed: u64) -> Pair {
     let coord = c.url.trim_start_matches("http://").to_owned();
     let (api_a, api_b) = (
         format!("127.0.0.1:{}", free_port()),
@@ -605,9 +613,26 @@ fn events_drive_predictive_transfers_learned_from_agent_history() {
     );
     let _a = c.agent("cap-a", &api_a, &[]);
     let _b = c.agent("cap-b", &api_b, &[]);
+    teach_x_then_y(c, &api_a, &coord, size, seed);
+    Pair {
+        coord,
+        api_b,
+        _a,
+        _b,
+    }
+}
+
+#[test]
+fn events_drive_predictive_transfers_learned_from_agent_history() {
+    let c = Cluster::start();
     // Executions of session "s1" on cap-a alternate x, y: the agent logs them and sends the
     // history to the coordinator's model (markov, the default).
-    teach_x_then_y(&c, &api_a, &coord, 2 << 20, 7);
+    let Pair {
+        coord,
+        api_b,
+        _a,
+        _b,
+    } = taught_pair(&c, 2 << 20, 7);
     assert!(held(&c.url, "cap-b").is_empty());
     // s1's next event, bound for cap-b: after y comes x. The coordinator moves it there
     // before the execution asks.
@@ -798,14 +823,12 @@ fn events_from_nats_jetstream_prefetch_and_survive_a_coordinator_restart() {
     };
     let url = format!("nats://127.0.0.1:{port}");
     let mut c = Cluster::start_with(&["--nats", &url, "--subject", "shop.events"]);
-    let coord = c.url.trim_start_matches("http://").to_owned();
-    let (api_a, api_b) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    let _a = c.agent("cap-a", &api_a, &[]);
-    let _b = c.agent("cap-b", &api_b, &[]);
-    teach_x_then_y(&c, &api_a, &coord, 1 << 20, 11);
+    let Pair {
+        coord,
+        api_b,
+        _a,
+        _b,
+    } = taught_pair(&c, 1 << 20, 11);
     // The consumer is bound once the stream exists.
     wait_until("the JetStream consumer", 20, || {
         std::fs::read_to_string(c.path("coordinator.log"))
@@ -885,14 +908,12 @@ fn keep_alive_hints_from_the_model_steer_the_agents_eviction() {
 #[test]
 fn a_dirty_watched_source_is_snapshotted_before_its_predicted_transfer() {
     let c = Cluster::start();
-    let coord = c.url.trim_start_matches("http://").to_owned();
-    let (api_a, api_b) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    let _a = c.agent("cap-a", &api_a, &[]);
-    let _b = c.agent("cap-b", &api_b, &[]);
-    teach_x_then_y(&c, &api_a, &coord, 2 << 20, 11);
+    let Pair {
+        coord,
+        api_b,
+        _a,
+        _b,
+    } = taught_pair(&c, 2 << 20, 11);
     // A watcher of shop/x's source that would not snapshot by itself for an hour.
     let x = c.path("x");
     let _w = spawn(

@@ -138,6 +138,20 @@ pub fn run(s: Setup) -> anyhow::Result<PhaseResult> {
     rt.block_on(serve(s))
 }
 
+/// What every execution of a run shares.
+struct Driver {
+    work: Arc<Workload>,
+    /// The served part's start.
+    start: tokio::time::Instant,
+    coordinator: Pool,
+    apis: Vec<Pool>,
+    /// Capacity name → index into `apis`.
+    names: HashMap<String, usize>,
+    /// State id → index into the workload's states.
+    index: HashMap<ResourceId, usize>,
+    shared: Shared,
+}
+
 struct Shared {
     versions: Mutex<HashMap<usize, u64>>,
     /// (capacity, state) → times it was read, seconds since the start.
@@ -217,46 +231,40 @@ async fn serve(s: Setup) -> anyhow::Result<PhaseResult> {
     }
 
     let work = s.work.clone();
-    let served = work.served();
-    let shared = Arc::new(Shared {
-        versions: Mutex::new((0..work.states.len()).map(|i| (i, 1)).collect()),
-        reads: Mutex::default(),
-        prefetched: Mutex::default(),
-        done: Mutex::default(),
-    });
-    let coordinator = Arc::new(Pool::new(running.grpc.to_string()));
-    let (apis, names) = (Arc::new(apis), Arc::new(names));
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let driver = Arc::new(Driver {
+        work: work.clone(),
+        start,
+        coordinator: Pool::new(running.grpc.to_string()),
+        apis,
+        names,
+        index: work
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect(),
+        shared: Shared {
+            versions: Mutex::new((0..work.states.len()).map(|i| (i, 1)).collect()),
+            reads: Mutex::default(),
+            prefetched: Mutex::default(),
+            done: Mutex::default(),
+        },
+    });
     let split = work.split;
     let at = move |t: f64| start + Duration::from_secs_f64((t - split).max(0.0));
+    let served = work.served();
     let mut tasks = Vec::with_capacity(served.len());
     for e in served {
-        let (coordinator, apis, names, shared, work) = (
-            coordinator.clone(),
-            apis.clone(),
-            names.clone(),
-            shared.clone(),
-            work.clone(),
-        );
+        let d = driver.clone();
         let (event_at, exec_at) = (at(e.t).checked_sub(s.lead).unwrap_or(start), at(e.t));
         let e = e.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(event_at).await;
-            let r = execute(
-                &e,
-                &work,
-                exec_at,
-                start,
-                &coordinator,
-                &apis,
-                &names,
-                &shared,
-            )
-            .await;
-            if let Err(err) = r {
+            if let Err(err) = d.execute(&e, exec_at).await {
                 tracing::warn!("execution at {:.1}s failed: {err:#}", e.t);
-                shared.done.lock().expect("lock").push(ExecResult {
-                    t: e.t - work.split,
+                d.shared.done.lock().expect("lock").push(ExecResult {
+                    t: e.t - d.work.split,
                     warm: false,
                     ready_ms: 0.0,
                     failed: true,
@@ -265,7 +273,7 @@ async fn serve(s: Setup) -> anyhow::Result<PhaseResult> {
         }));
     }
     let writer = {
-        let (work, shared, store) = (work.clone(), shared.clone(), store.clone());
+        let (work, d, store) = (work.clone(), driver.clone(), store.clone());
         let mut contents = s.contents;
         tokio::spawn(async move {
             let snap = Snapshotter::new(store);
@@ -285,7 +293,7 @@ async fn serve(s: Setup) -> anyhow::Result<PhaseResult> {
                 let id = &work.states[u.state].id;
                 match snap.commit_bytes(id, Bytes::from(buf.clone())).await {
                     Ok(o) => {
-                        shared
+                        d.shared
                             .versions
                             .lock()
                             .expect("lock")
@@ -299,13 +307,13 @@ async fn serve(s: Setup) -> anyhow::Result<PhaseResult> {
         })
     };
     let ticker = s.progress.then(|| {
-        let (shared, label, total) = (shared.clone(), s.label, work.end - work.split);
+        let (d, label, total) = (driver.clone(), s.label, work.end - work.split);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(start, Duration::from_secs(5));
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let done = shared.done.lock().expect("lock").clone();
+                let done = d.shared.done.lock().expect("lock").clone();
                 let warm = done.iter().filter(|d| d.warm).count();
                 println!(
                     "  [{label}] {:>4.0}s of {total:.0}s · {} executions · warm {:.1}% · time-to-ready p50 {}",
@@ -340,6 +348,7 @@ async fn serve(s: Setup) -> anyhow::Result<PhaseResult> {
         r.reused_bytes += a.metrics.reused_bytes.get();
         r.evictions += a.metrics.evictions.get();
     }
+    let shared = &driver.shared;
     let reads = shared.reads.lock().expect("lock");
     for &(cap, state, bytes, when) in shared.prefetched.lock().expect("lock").iter() {
         r.prefetches += 1;
@@ -380,76 +389,65 @@ pub fn percentile(done: &[ExecResult], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn execute(
-    e: &Exec,
-    work: &Workload,
-    exec_at: tokio::time::Instant,
-    start: tokio::time::Instant,
-    coordinator: &Pool,
-    apis: &[Pool],
-    names: &HashMap<String, usize>,
-    shared: &Shared,
-) -> anyhow::Result<()> {
-    let body = serde_json::json!({"event": {"type": e.kind, "key": e.key}});
-    let answer = coordinator
-        .call(Some(Bytes::from(body.to_string())), "/v1/events")
-        .await
-        .context("POST /v1/events")?;
-    let answer: serde_json::Value = serde_json::from_slice(&answer)?;
-    let cap = answer["placement"]["capacity"]
-        .as_str()
-        .and_then(|c| names.get(c).copied())
-        .context("the coordinator placed the event on no known capacity")?;
-    let now = start.elapsed().as_secs_f64();
-    let index: HashMap<&ResourceId, usize> = work
-        .states
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (&s.id, i))
-        .collect();
-    for t in answer["transfers"].as_array().into_iter().flatten() {
-        let state = t["resource"]
+impl Driver {
+    /// Posts `e`'s event, waits for its start, runs it where the coordinator placed it.
+    async fn execute(&self, e: &Exec, exec_at: tokio::time::Instant) -> anyhow::Result<()> {
+        let (work, start, shared) = (&self.work, self.start, &self.shared);
+        let body = serde_json::json!({"event": {"type": e.kind, "key": e.key}});
+        let answer = self
+            .coordinator
+            .call(Some(Bytes::from(body.to_string())), "/v1/events")
+            .await
+            .context("POST /v1/events")?;
+        let answer: serde_json::Value = serde_json::from_slice(&answer)?;
+        let cap = answer["placement"]["capacity"]
             .as_str()
-            .and_then(|r| ResourceId::new(r).ok())
-            .and_then(|r| index.get(&r).copied());
-        if let (Some(state), Some(bytes)) = (state, t["bytes"].as_u64()) {
-            shared
-                .prefetched
-                .lock()
-                .expect("lock")
-                .push((cap, state, bytes, now));
+            .and_then(|c| self.names.get(c).copied())
+            .context("the coordinator placed the event on no known capacity")?;
+        let now = start.elapsed().as_secs_f64();
+        for t in answer["transfers"].as_array().into_iter().flatten() {
+            let state = t["resource"]
+                .as_str()
+                .and_then(|r| ResourceId::new(r).ok())
+                .and_then(|r| self.index.get(&r).copied());
+            if let (Some(state), Some(bytes)) = (state, t["bytes"].as_u64()) {
+                shared
+                    .prefetched
+                    .lock()
+                    .expect("lock")
+                    .push((cap, state, bytes, now));
+            }
         }
+        tokio::time::sleep_until(exec_at).await;
+        let t = start.elapsed().as_secs_f64();
+        let began = Instant::now();
+        let calls = e.reads.iter().map(|&r| {
+            let version = shared.versions.lock().expect("lock")[&r];
+            let path = format!(
+                "/v1/states/{}?min_version={version}&key={}&type={}&timeout_ms=30000",
+                work.states[r].id, e.key, e.kind
+            );
+            async move {
+                let body = self.apis[cap].call(None, &path).await?;
+                let v: serde_json::Value = serde_json::from_slice(&body)?;
+                anyhow::Ok(v["hit"].as_bool().unwrap_or(false))
+            }
+        });
+        let hits = futures::future::join_all(calls).await;
+        let ready_ms = began.elapsed().as_secs_f64() * 1e3;
+        {
+            let mut reads = shared.reads.lock().expect("lock");
+            for &r in &e.reads {
+                reads.entry((cap, r)).or_default().push(t);
+            }
+        }
+        let failed = hits.iter().any(|h| h.is_err());
+        shared.done.lock().expect("lock").push(ExecResult {
+            t: e.t - work.split,
+            warm: !failed && hits.iter().all(|h| matches!(h, Ok(true))),
+            ready_ms,
+            failed,
+        });
+        Ok(())
     }
-    tokio::time::sleep_until(exec_at).await;
-    let t = start.elapsed().as_secs_f64();
-    let began = Instant::now();
-    let calls = e.reads.iter().map(|&r| {
-        let version = shared.versions.lock().expect("lock")[&r];
-        let path = format!(
-            "/v1/states/{}?min_version={version}&key={}&type={}&timeout_ms=30000",
-            work.states[r].id, e.key, e.kind
-        );
-        async move {
-            let body = apis[cap].call(None, &path).await?;
-            let v: serde_json::Value = serde_json::from_slice(&body)?;
-            anyhow::Ok(v["hit"].as_bool().unwrap_or(false))
-        }
-    });
-    let hits = futures::future::join_all(calls).await;
-    let ready_ms = began.elapsed().as_secs_f64() * 1e3;
-    {
-        let mut reads = shared.reads.lock().expect("lock");
-        for &r in &e.reads {
-            reads.entry((cap, r)).or_default().push(t);
-        }
-    }
-    let failed = hits.iter().any(|h| h.is_err());
-    shared.done.lock().expect("lock").push(ExecResult {
-        t: e.t - work.split,
-        warm: !failed && hits.iter().all(|h| matches!(h, Ok(true))),
-        ready_ms,
-        failed,
-    });
-    Ok(())
 }
