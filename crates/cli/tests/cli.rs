@@ -689,7 +689,19 @@ fn demo_serves_a_short_workload_on_demand_and_predictive_and_writes_its_report()
             p["wire_bytes"].as_u64().unwrap() > 1 << 20,
             "real bytes moved"
         );
+        // Every cold execution has at least one cold read, with a cause.
+        let cold_execs = n - (p["warm_start_rate"].as_f64().unwrap() * n as f64).round() as u64;
+        let causes: u64 = ["first_use", "new_version", "evicted", "late"]
+            .iter()
+            .map(|c| p["cold_reads"][c].as_u64().unwrap())
+            .sum();
+        assert!(causes >= cold_execs, "{out}");
     }
+    // Both runs start from empty caches.
+    assert!(
+        cold["cold_reads"]["first_use"].as_u64().unwrap() > 0,
+        "{out}"
+    );
     // On-demand moves nothing ahead of time; the trained model does, and starts more warm.
     assert_eq!(cold["predictive_transfers"].as_u64(), Some(0));
     assert!(warm["predictive_transfers"].as_u64().unwrap() > 0, "{out}");

@@ -277,6 +277,10 @@ fn table(phases: &[PhaseResult]) -> String {
         row("  never read after", &|p| {
             output::bytes(p.prefetched_unread_bytes)
         }),
+        row("cold reads: first use", &|p| p.cold.first_use.to_string()),
+        row("  new version needed", &|p| p.cold.new_version.to_string()),
+        row("  evicted before reuse", &|p| p.cold.evicted.to_string()),
+        row("  predicted, not ready", &|p| p.cold.late.to_string()),
         row("evictions", &|p| p.evictions.to_string()),
         row("new versions", &|p| p.uploads.to_string()),
     ];
@@ -301,6 +305,7 @@ fn phase_json(p: &PhaseResult) -> serde_json::Value {
         "predictive_unread_bytes": p.prefetched_unread_bytes,
         "evictions": p.evictions,
         "new_versions": p.uploads,
+        "cold_reads": p.cold,
         "seconds": p.seconds,
     })
 }

@@ -17,14 +17,14 @@ pub fn html(phases: &[PhaseResult], setup: &str, seconds: f64) -> String {
 <style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f4f4f4}}td:first-child{{text-align:left}}</style>
 </head><body><h1>prewarm demo</h1>
 <p>{}. The same executions were served twice by a real coordinator and real agents over loopback: on-demand only, then with a GRU trained on the workload's history predicting which states each event's execution will read. Run took {seconds:.0} s.</p>
-<table><tr><th>run</th><th>executions</th><th>warm starts</th><th>time-to-ready p50</th><th>p99</th><th>bytes over the wire</th><th>reused (delta)</th><th>predictive transfers</th><th>never read after</th><th>failed</th></tr>
+<table><tr><th>run</th><th>executions</th><th>warm starts</th><th>time-to-ready p50</th><th>p99</th><th>bytes over the wire</th><th>reused (delta)</th><th>predictive transfers</th><th>never read after</th><th>cold reads: first use / new version / evicted / predicted, not ready</th><th>failed</th></tr>
 "#,
         esc(setup)
     );
     for p in phases {
         let _ = writeln!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{:.1}%</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({})</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{:.1}%</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({})</td><td>{}</td><td>{} / {} / {} / {}</td><td>{}</td></tr>",
             esc(&p.label),
             p.execs.len(),
             warm_rate(p),
@@ -35,6 +35,10 @@ pub fn html(phases: &[PhaseResult], setup: &str, seconds: f64) -> String {
             p.prefetches,
             output::bytes(p.prefetched_bytes),
             output::bytes(p.prefetched_unread_bytes),
+            p.cold.first_use,
+            p.cold.new_version,
+            p.cold.evicted,
+            p.cold.late,
             p.execs.iter().filter(|e| e.failed).count()
         );
     }

@@ -82,6 +82,21 @@ pub struct PhaseResult {
     pub uploads: u64,
     /// Wall time of the served part, seconds.
     pub seconds: f64,
+    /// Why reads were not hits.
+    pub cold: ColdCauses,
+}
+
+/// Why reads found their state missing, counted per read.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct ColdCauses {
+    /// No earlier execution on that capacity read the state, and nothing was prefetched.
+    pub first_use: u64,
+    /// Read before, but a newer version is needed now.
+    pub new_version: u64,
+    /// Read before at this version, gone since (evicted).
+    pub evicted: u64,
+    /// Prefetched for this execution, not installed when it started.
+    pub late: u64,
 }
 
 /// A few kept-alive connections to one HTTP endpoint (an `EnsureClient` serves one call at
@@ -138,6 +153,9 @@ pub fn run(s: Setup) -> anyhow::Result<PhaseResult> {
     rt.block_on(serve(s))
 }
 
+/// (capacity, state) → (time, version needed) of each read, seconds since the start.
+type Reads = HashMap<(usize, usize), Vec<(f64, u64)>>;
+
 /// What every execution of a run shares.
 struct Driver {
     work: Arc<Workload>,
@@ -155,7 +173,8 @@ struct Driver {
 struct Shared {
     versions: Mutex<HashMap<usize, u64>>,
     /// (capacity, state) → times it was read, seconds since the start.
-    reads: Mutex<HashMap<(usize, usize), Vec<f64>>>,
+    reads: Mutex<Reads>,
+    cold: Mutex<ColdCauses>,
     /// (capacity, state, bytes, when).
     prefetched: Mutex<Vec<(usize, usize, u64, f64)>>,
     done: Mutex<Vec<ExecResult>>,
@@ -247,6 +266,7 @@ async fn serve(s: Setup) -> anyhow::Result<PhaseResult> {
         shared: Shared {
             versions: Mutex::new((0..work.states.len()).map(|i| (i, 1)).collect()),
             reads: Mutex::default(),
+            cold: Mutex::default(),
             prefetched: Mutex::default(),
             done: Mutex::default(),
         },
@@ -355,11 +375,12 @@ async fn serve(s: Setup) -> anyhow::Result<PhaseResult> {
         r.prefetched_bytes += bytes;
         let read = reads
             .get(&(cap, state))
-            .is_some_and(|ts| ts.iter().any(|&t| t >= when));
+            .is_some_and(|ts| ts.iter().any(|&(t, _)| t >= when));
         if !read {
             r.prefetched_unread_bytes += bytes;
         }
     }
+    r.cold = *shared.cold.lock().expect("lock");
     r.execs = std::mem::take(&mut *shared.done.lock().expect("lock"));
     r.execs.sort_by(|a, b| a.t.total_cmp(&b.t));
     Ok(r)
@@ -390,6 +411,37 @@ pub fn percentile(done: &[ExecResult], q: f64) -> f64 {
 }
 
 impl Driver {
+    /// Counts why the read of `state` (needing `version`) on `cap` at `t` was not a hit.
+    fn count_cold(&self, cap: usize, state: usize, version: u64, t: f64) {
+        let prev = self
+            .shared
+            .reads
+            .lock()
+            .expect("lock")
+            .get(&(cap, state))
+            .and_then(|v| {
+                v.iter()
+                    .copied()
+                    .filter(|p| p.0 < t)
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+            });
+        let since = prev.map_or(f64::NEG_INFINITY, |p| p.0);
+        let prefetched = self
+            .shared
+            .prefetched
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|&(c, s, _, w)| c == cap && s == state && w >= since && w <= t);
+        let mut cold = self.shared.cold.lock().expect("lock");
+        match prev {
+            _ if prefetched => cold.late += 1,
+            None => cold.first_use += 1,
+            Some((_, v)) if version > v => cold.new_version += 1,
+            Some(_) => cold.evicted += 1,
+        }
+    }
+
     /// Posts `e`'s event, waits for its start, runs it where the coordinator placed it.
     async fn execute(&self, e: &Exec, exec_at: tokio::time::Instant) -> anyhow::Result<()> {
         let (work, start, shared) = (&self.work, self.start, &self.shared);
@@ -421,8 +473,11 @@ impl Driver {
         tokio::time::sleep_until(exec_at).await;
         let t = start.elapsed().as_secs_f64();
         let began = Instant::now();
-        let calls = e.reads.iter().map(|&r| {
-            let version = shared.versions.lock().expect("lock")[&r];
+        let versions: Vec<u64> = {
+            let v = shared.versions.lock().expect("lock");
+            e.reads.iter().map(|r| v[r]).collect()
+        };
+        let calls = e.reads.iter().zip(&versions).map(|(&r, version)| {
             let path = format!(
                 "/v1/states/{}?min_version={version}&key={}&type={}&timeout_ms=30000",
                 work.states[r].id, e.key, e.kind
@@ -435,10 +490,15 @@ impl Driver {
         });
         let hits = futures::future::join_all(calls).await;
         let ready_ms = began.elapsed().as_secs_f64() * 1e3;
+        for ((&r, &version), hit) in e.reads.iter().zip(&versions).zip(&hits) {
+            if matches!(hit, Ok(false)) {
+                self.count_cold(cap, r, version, t);
+            }
+        }
         {
             let mut reads = shared.reads.lock().expect("lock");
-            for &r in &e.reads {
-                reads.entry((cap, r)).or_default().push(t);
+            for (&r, &version) in e.reads.iter().zip(&versions) {
+                reads.entry((cap, r)).or_default().push((t, version));
             }
         }
         let failed = hits.iter().any(|h| h.is_err());
