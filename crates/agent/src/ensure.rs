@@ -89,9 +89,7 @@ impl Agent {
             Err(_) => (None, 0),
         };
         let record = HistoryRecord {
-            ts: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
+            ts: prewarm_core::unix_now(),
             event: Event {
                 kind: req.kind.clone().unwrap_or_else(|| "ensure".into()),
                 key: req

@@ -185,7 +185,7 @@ impl Coordinator {
                 })
                 .collect();
         };
-        let now = now_s();
+        let now = prewarm_core::unix_now();
         let ctxs: Vec<Context<'_>> = events
             .iter()
             .map(|e| Context {
@@ -354,12 +354,6 @@ impl Coordinator {
                 .remove(&key);
         });
     }
-}
-
-fn now_s() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Largest `POST /v1/events` body.

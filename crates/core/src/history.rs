@@ -193,6 +193,13 @@ impl<W: Write> HistoryWriter<W> {
     }
 }
 
+/// Now, in Unix seconds: the clock of history timestamps and event times.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ mod size;
 
 pub use history::{
     Event, HistoryError, HistoryErrorKind, HistoryReader, HistoryRecord, HistoryWriter, ReadAccess,
-    WriteAccess,
+    WriteAccess, unix_now,
 };
 pub use ids::{
     CapacityId, ChunkHash, IdError, MAX_CAPACITY_ID_LEN, MAX_RESOURCE_ID_LEN, ResourceId, StateRef,

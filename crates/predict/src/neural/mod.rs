@@ -292,13 +292,9 @@ impl Predictor for Learned {
         // Sequential: commit.
         self.tick += 1;
         let tick = self.tick;
-        let updates: Vec<(String, KeyTail, u64)> = keys
-            .iter()
-            .map(|(k, tail, steps, _)| ((*k).to_owned(), *tail, *steps))
-            .collect();
-        for ((key, tail, steps), state) in updates.into_iter().zip(states) {
+        for ((key, tail, steps, _), state) in keys.into_iter().zip(states) {
             self.keys.insert(
-                key,
+                key.to_owned(),
                 KeyState {
                     state,
                     tail,

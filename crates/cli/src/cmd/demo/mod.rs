@@ -135,7 +135,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     ));
 
     // The model.
-    let history = work.history(unix_now());
+    let history = work.history(prewarm_core::unix_now());
     let t = Instant::now();
     let mut o = TrainOptions::new(Arch::GRU);
     o.time_budget = Some(a.train_budget);
@@ -195,7 +195,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     );
     // What the coordinator would have learned from its agents before now: each key's recent
     // states (the model's context), with times ending where serving begins.
-    brain.observe(&work.history(unix_now()));
+    brain.observe(&work.history(prewarm_core::unix_now()));
     let s = setup("predictive (GRU)", "predictive", Some(brain));
     let warm = tokio::task::spawn_blocking(move || phase::run(s)).await??;
 
@@ -203,7 +203,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let total_s = started.elapsed().as_secs_f64();
     std::fs::write(
         &a.report,
-        page::html(&phases, &a_summary(&a, &work), total_s),
+        page::html(&phases, &setup_summary(&a, &work), total_s),
     )
     .with_context(|| format!("writing {}", a.report.display()))?;
     if a.json {
@@ -222,13 +222,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn a_summary(a: &Args, w: &Workload) -> String {
+fn setup_summary(a: &Args, w: &Workload) -> String {
     format!(
         "seed {}, {} tenants, {} states ({}), {} capacities with {} caches, events {} ahead of their executions, {} served executions, {} uploads",
         a.seed,
