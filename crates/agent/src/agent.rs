@@ -209,7 +209,7 @@ pub enum StartError {
 }
 
 impl Agent {
-    /// Opens the cache (checking every held state against its saved manifest and size) and
+    /// Opens the cache (checking every held state's tree against its saved manifest) and
     /// starts the history log. Must run inside a tokio runtime.
     pub fn open(mut cfg: AgentConfig) -> Result<Arc<Self>, StartError> {
         // Paths handed to applications must not depend on the agent's working directory.
@@ -223,8 +223,7 @@ impl Agent {
         let mut space = StateSpace::open(&cfg.cache_dir, cfg.cache_size)?;
         let mut chunks = LocalChunks::new(cfg.cache_dir.join("manifests"));
         for h in space.inventory() {
-            let ok = chunks.load(&h.resource, h.version, &h.path) && size_matches(&h);
-            if !ok {
+            if !chunks.load(&h.resource, h.version, &h.path) {
                 tracing::warn!("{}@{}: unverifiable, dropped", h.resource, h.version);
                 chunks.remove(&h.resource, h.version);
                 space.remove(&h.resource, h.version)?;
@@ -693,17 +692,4 @@ impl Agent {
             .get(resource, min)?;
         self.fresh_enough(&got.0, max_stale).then_some(got)
     }
-}
-
-fn size_matches(h: &Held) -> bool {
-    fn walk(p: &std::path::Path) -> u64 {
-        match std::fs::symlink_metadata(p) {
-            Ok(m) if m.is_dir() => std::fs::read_dir(p)
-                .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum())
-                .unwrap_or(0),
-            Ok(m) if m.is_file() => m.len(),
-            _ => 0,
-        }
-    }
-    walk(&h.path) == h.bytes
 }

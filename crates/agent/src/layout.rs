@@ -194,6 +194,46 @@ impl<'a> Files<'a> {
     }
 }
 
+/// Checks that the installed tree at `root` is complete for `m`: the root has the right kind,
+/// and every entry of a directory state exists with its kind, its size (files) and its target
+/// (symlinks). Run on every held state when the agent opens its cache, so a state damaged
+/// behind the agent's back (or by a crash) is dropped instead of served. Bytes are not
+/// hashed here: delta reuse re-hashes whatever it reads.
+pub fn check_complete(m: &Manifest, root: &Path) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    if m.kind != SourceKind::Directory {
+        return match meta.is_file() && meta.len() == m.logical_size {
+            true => Ok(()),
+            false => Err(format!(
+                "{}: {} bytes, {} expected",
+                root.display(),
+                meta.len(),
+                m.logical_size
+            )),
+        };
+    }
+    if !meta.is_dir() {
+        return Err(format!("{}: not a directory", root.display()));
+    }
+    for e in &m.tree {
+        let p = root.join(std::ffi::OsStr::from_bytes(&e.path));
+        let found = std::fs::symlink_metadata(&p).map_err(|err| format!("{}: {err}", p.display()));
+        let ok = match e.kind {
+            EntryKind::Dir => found?.is_dir(),
+            EntryKind::File => found.map(|f| f.is_file() && f.len() == e.size)?,
+            EntryKind::Symlink => {
+                found?.is_symlink()
+                    && std::fs::read_link(&p)
+                        .is_ok_and(|t| t.as_os_str().as_bytes() == e.symlink_target)
+            }
+        };
+        if !ok {
+            return Err(format!("{}: differs from its manifest", p.display()));
+        }
+    }
+    Ok(())
+}
+
 /// Gives the files their modes and times and completes the tree (symlinks, directory modes).
 pub fn finish(m: &Manifest, root: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;

@@ -36,8 +36,9 @@ impl LocalChunks {
         }
     }
 
-    /// Loads the saved manifest of a held state (at `state_path`); `false` when it is missing
-    /// or damaged (the caller then drops the state: it cannot be verified or reused).
+    /// Loads the saved manifest of a held state (at `state_path`) after checking the state's
+    /// tree is complete for it; `false` when the manifest is missing or damaged or the tree is
+    /// incomplete (the caller then drops the state: it cannot be served, verified or reused).
     pub fn load(&mut self, resource: &ResourceId, version: Version, state_path: &Path) -> bool {
         let p = manifest_path(&self.dir, resource, version);
         let m = match std::fs::read(&p).map(|b| Manifest::decode(&b)) {
@@ -55,6 +56,10 @@ impl LocalChunks {
                 return false;
             }
         };
+        if let Err(why) = crate::layout::check_complete(&m, state_path) {
+            tracing::warn!("{resource}@{version}: incomplete: {why}");
+            return false;
+        }
         self.add(Arc::new(m), state_path);
         true
     }

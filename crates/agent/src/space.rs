@@ -4,6 +4,13 @@
 //! it is checked against the disk, so a state deleted behind the agent's back is forgotten and
 //! leftovers of interrupted installs are removed.
 //!
+//! Removing a state is as atomic as installing one: its path is first renamed into
+//! `<dir>/trash/` (one `rename`, so the state vanishes from `states/` whole), then the index
+//! is saved, and only then are the bytes deleted, on a background thread. A crash at any
+//! moment leaves either the complete state at its path or nothing there; whatever is left in
+//! `trash/` is deleted on the next open. (The open-time check of each state's tree against its
+//! saved manifest, in the agent, catches a state damaged any other way.)
+//!
 //! Installing is two-phase: [`StateSpace::begin`] reserves the bytes (evicting least recently
 //! used states that no one leases) and names the path; the caller writes the state there
 //! atomically (`prewarm_snapshot::restore` does: temporary path, verify, rename); then
@@ -20,6 +27,10 @@ use serde::{Deserialize, Serialize};
 
 const INDEX: &str = "index.json";
 const STATES: &str = "states";
+const TRASH: &str = "trash";
+
+/// Distinguishes trash entries made by one process.
+static TRASH_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// Why the state space refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +193,7 @@ impl StateSpace {
         }
         space.remove_strays(&states_dir)?;
         space.save()?;
+        space.purge_trash();
         Ok(space)
     }
 
@@ -324,10 +336,10 @@ impl StateSpace {
             Some((_, l)) if l.load(Ordering::Acquire) == 0 => {}
             _ => return Ok(false),
         }
-        let path = self.path_of(resource, version);
-        let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        self.discard(&self.path_of(resource, version))?;
         self.states.remove(&key);
         self.save()?;
+        self.purge_trash();
         Ok(true)
     }
 
@@ -390,18 +402,49 @@ impl StateSpace {
             budget: self.budget,
         })?;
         for key in victims {
-            let path = self.path_of(&key.0, key.1);
-            std::fs::remove_dir_all(&path)
-                .or_else(|_| std::fs::remove_file(&path))
-                .or_else(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Ok(()),
-                    _ => Err(e),
-                })
-                .map_err(io(&path))?;
+            self.discard(&self.path_of(&key.0, key.1))?;
             self.states.remove(&key);
             self.evicted.push(key);
         }
-        self.save()
+        self.save()?;
+        self.purge_trash();
+        Ok(())
+    }
+
+    /// Takes a state's path out of `states/` in one `rename` (into `trash/`), so no reader
+    /// and no restarted agent ever sees it half deleted. A path already gone is fine.
+    fn discard(&self, path: &Path) -> Result<(), SpaceError> {
+        let trash = self.dir.join(TRASH);
+        std::fs::create_dir_all(&trash).map_err(io(&trash))?;
+        let name = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            unix_ms(),
+            TRASH_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        match std::fs::rename(path, trash.join(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(path)(e)),
+        }
+    }
+
+    /// Deletes what `trash/` holds, on a background thread (a large tree takes a while and
+    /// nothing waits for it: its bytes left the budget when it was discarded).
+    fn purge_trash(&self) {
+        let trash = self.dir.join(TRASH);
+        let Ok(entries) = std::fs::read_dir(&trash) else {
+            return;
+        };
+        let paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        if paths.is_empty() {
+            return;
+        }
+        std::thread::spawn(move || {
+            for p in paths {
+                remove_tree(&p);
+            }
+        });
     }
 
     /// Records a completed install.
@@ -421,6 +464,33 @@ impl StateSpace {
         self.pending.retain(|p| p.3.load(Ordering::Acquire) > 0);
         self.save()?;
         Ok(self.held(&key.0, key.1, &e))
+    }
+}
+
+/// Deletes a file or a tree, making directories writable first (a state's directories keep
+/// the modes of its snapshot, which may forbid removing their entries). Errors are ignored:
+/// what stays is retried at the next purge.
+fn remove_tree(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => {
+            if m.permissions().mode() & 0o700 != 0o700 {
+                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+            }
+            if std::fs::remove_dir_all(p).is_ok() {
+                return;
+            }
+            if let Ok(rd) = std::fs::read_dir(p) {
+                for e in rd.flatten() {
+                    remove_tree(&e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(p);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(p);
+        }
+        Err(_) => {}
     }
 }
 
@@ -527,6 +597,35 @@ mod tests {
         // When only hinted states are left to free space, they go too.
         install(&mut s, "f", 1, 300).unwrap();
         assert_eq!(s.inventory().len(), 1);
+    }
+
+    #[test]
+    fn eviction_takes_a_state_out_whole_and_leftover_trash_is_purged_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = StateSpace::open(d.path(), 200).unwrap();
+        let slot = s.begin(&id("tree"), v(1), 100).unwrap();
+        std::fs::create_dir_all(slot.path().join("a/b")).unwrap();
+        std::fs::write(slot.path().join("a/b/f"), vec![1u8; 100]).unwrap();
+        s.commit(slot).unwrap();
+        install(&mut s, "x", 1, 100).unwrap();
+        install(&mut s, "y", 1, 100).unwrap(); // evicts the tree
+        assert!(!d.path().join("states/tree/v1").exists());
+        assert!(s.get(&id("tree"), None).is_none());
+        // A crash mid-deletion leaves part of a tree in trash/: never served, purged at open.
+        drop(s);
+        std::fs::create_dir_all(d.path().join("trash/1-2-3/a")).unwrap();
+        std::fs::write(d.path().join("trash/1-2-3/a/f"), b"x").unwrap();
+        let s = StateSpace::open(d.path(), 200).unwrap();
+        assert_eq!(s.inventory().len(), 2);
+        let t0 = std::time::Instant::now();
+        while std::fs::read_dir(d.path().join(TRASH))
+            .unwrap()
+            .next()
+            .is_some()
+        {
+            assert!(t0.elapsed().as_secs() < 10, "trash not purged");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     #[test]

@@ -146,12 +146,22 @@ async fn delta_transfer_of_a_directory_moves_only_changed_chunks() {
         noise(3 << 20, 1)
     );
 
-    // The index survives a restart and still serves (manifests re-loaded, sizes checked).
+    // The index survives a restart and still serves (manifests re-loaded, trees checked).
     drop(a);
     let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
     let (held, _, _) = a.inventory();
     assert_eq!(held.len(), 2);
     assert!(a.hit(&r, Some(Version::new(2).unwrap()), None).is_some());
+
+    // A tree damaged behind the agent's back is dropped at open, not served: a missing empty
+    // file (the total size still matches), a missing symlink.
+    drop(a);
+    std::fs::remove_file(second.held.path.join("empty")).unwrap();
+    std::fs::remove_file(first.held.path.join("link")).unwrap();
+    let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
+    assert!(a.inventory().0.is_empty(), "{:?}", a.inventory().0);
+    assert!(a.hit(&r, None, None).is_none());
+    assert!(!second.held.path.exists(), "the damaged states are gone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

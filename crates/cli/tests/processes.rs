@@ -517,6 +517,102 @@ fn an_agent_killed_mid_transfer_resumes_and_never_shows_a_partial_state() {
     );
 }
 
+/// Files under `root` (not directories); what vanishes while counting is not counted.
+fn count_files(root: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type().is_ok_and(|t| t.is_dir()) {
+            true => count_files(&e.path()),
+            false => 1,
+        })
+        .sum()
+}
+
+#[test]
+fn an_agent_killed_while_evicting_never_serves_a_partial_state() {
+    // The reliability issue's reproduction: a state of 300 directories x 100 empty files plus
+    // 1 MiB, a 30 MiB second state, a 30 MiB budget; the second evicts the first, and the
+    // agent is killed while the first is being deleted. The restarted agent must not serve
+    // the first as a hit with files missing.
+    let c = Cluster::start();
+    let tree = c.path("tree");
+    for d in 0..300 {
+        let sub = tree.join(format!("d{d:03}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..100 {
+            std::fs::write(sub.join(format!("f{f:03}")), b"").unwrap();
+        }
+    }
+    std::fs::write(tree.join("weights.bin"), noise(1 << 20, 31)).unwrap();
+    c.snapshot("tree/a", &tree);
+    let big = c.path("big.bin");
+    std::fs::write(&big, noise(30 << 20, 32)).unwrap();
+    c.snapshot("data/b", &big);
+    let mut caught_mid_delete = 0;
+    for attempt in 0..3 {
+        let name = format!("cap-e{attempt}");
+        let api = format!("127.0.0.1:{}", free_port());
+        let args = ["--cache-size", "30MiB"];
+        let agent = c.agent(&name, &api, &args);
+        let out = c.transfer(&name, "tree/a", &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let second = {
+            let (url, name) = (c.url.clone(), name.clone());
+            std::thread::spawn(move || {
+                run(&[
+                    "transfer",
+                    "--coordinator",
+                    &url,
+                    "--capacity",
+                    &name,
+                    "--resource",
+                    "data/b",
+                ])
+            })
+        };
+        // Kill as soon as the first state is no longer whole at its path (its deletion is
+        // under way).
+        let (state, trash) = (
+            c.path(&format!("{name}/states/tree/a/v1")),
+            c.path(&format!("{name}/trash")),
+        );
+        let t0 = Instant::now();
+        while state.exists() && count_files(&state) == 30_001 {
+            assert!(t0.elapsed() < Duration::from_secs(30), "no eviction");
+        }
+        let deleting = std::fs::read_dir(&trash).is_ok_and(|mut d| d.next().is_some());
+        drop(agent); // SIGKILL
+        caught_mid_delete += usize::from(deleting);
+        let _ = second.join();
+
+        let _agent = c.agent(&name, &api, &args);
+        let (code, body) = http_get(&api, "/v1/states/tree/a?timeout_ms=60000");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let path = Path::new(v["path"].as_str().unwrap());
+        assert_eq!(
+            count_files(path),
+            30_001,
+            "attempt {attempt}: ensure answered hit={} with files missing",
+            v["hit"]
+        );
+        assert_eq!(
+            v["hit"], false,
+            "the evicted state was fetched again, not served as held"
+        );
+    }
+    assert!(
+        caught_mid_delete > 0,
+        "no attempt killed the agent mid-deletion"
+    );
+}
+
 #[test]
 fn agents_keep_serving_through_a_coordinator_restart_and_reattach_with_their_inventory() {
     let mut c = Cluster::start();
