@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prewarm_core::{ResourceId, Version};
-use prewarm_plan::{Candidate, choose_victims};
+use prewarm_engine::{Candidate, choose_victims};
 use serde::{Deserialize, Serialize};
 
 const INDEX: &str = "index.json";

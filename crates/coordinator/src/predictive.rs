@@ -8,14 +8,14 @@
 //! history records agents send back (`History` over gRPC) and can be replaced without a
 //! restart ([`Brain::replace`]).
 //!
-//! The decision code is `prewarm-plan`'s, the same the replay simulator runs.
+//! The decision code is `prewarm-engine`'s, the same the replay simulator runs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use prewarm_core::{CapacityId, Event, HistoryRecord, ResourceId, Version};
-use prewarm_plan::planner::{Target, Want};
-use prewarm_plan::{Decision, Placement, Planner, PlannerConfig, place};
+use prewarm_engine::planner::{Target, Want};
+use prewarm_engine::{Decision, Placement, Planner, PlannerConfig, place};
 use prewarm_predict::{Context, Prediction, Predictor};
 use prewarm_proto::wire::{Priority, TransferRequest, VersionSpec, version_spec};
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,5 @@
-//! prewarm's shared vocabulary: strong ids, state references and the history record.
+//! prewarm's shared vocabulary: strong ids, state references, the history record and the
+//! [`Predictor`] trait the decision engine asks.
 //!
 //! Everything here is pure data. The only IO is reading and writing history records
 //! (JSON Lines) through `std::io` traits, so every other crate — store, agent, coordinator,
@@ -6,6 +7,7 @@
 
 mod history;
 mod ids;
+mod predictor;
 mod size;
 
 pub use history::{
@@ -16,4 +18,5 @@ pub use ids::{
     CapacityId, ChunkHash, IdError, MAX_CAPACITY_ID_LEN, MAX_RESOURCE_ID_LEN, ResourceId, StateRef,
     Version,
 };
+pub use predictor::{Context, Prediction, Predictor, VersionPolicy};
 pub use size::{ByteSize, ParseSizeError, parse_duration};

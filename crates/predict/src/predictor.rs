@@ -1,74 +1,11 @@
-//! The one trait every predictor implements — baselines, learned models and the oracle — so
-//! the coordinator and the replay simulator use them interchangeably.
+//! Helpers shared by the predictors; the trait itself is `prewarm_core`'s (the decision
+//! engine needs it without the models).
 
-use prewarm_core::{Event, HistoryRecord, ResourceId, Version};
-use serde::Serialize;
+use prewarm_core::ResourceId;
+#[cfg(test)]
+use prewarm_core::{Event, HistoryRecord};
 
-/// What a prediction is about: the event that just arrived.
-#[derive(Clone, Copy, Debug)]
-pub struct Context<'a> {
-    /// Event time, Unix seconds.
-    pub ts: f64,
-    /// The event.
-    pub event: &'a Event,
-}
-
-/// Which versions of a predicted resource would do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VersionPolicy {
-    /// The newest committed version.
-    Latest,
-    /// Any version at least this recent.
-    AtLeast(Version),
-}
-
-/// One predicted state and how likely the coming execution reads it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Prediction {
-    /// The resource.
-    pub resource: ResourceId,
-    /// Which versions would do.
-    pub version: VersionPolicy,
-    /// Probability in [0, 1].
-    pub probability: f64,
-}
-
-/// A predictor: learns online from completed executions, predicts for arriving events.
-pub trait Predictor: Send {
-    /// A short name for tables (`frequency`, `markov`, …).
-    fn name(&self) -> &str;
-
-    /// Learns from one completed execution; O(1) amortised.
-    fn observe(&mut self, record: &HistoryRecord);
-
-    /// [`Predictor::observe`] for each of `records` in order, with the same result; learned
-    /// models spread the work over the cores.
-    fn observe_batch(&mut self, records: &[HistoryRecord]) {
-        for r in records {
-            self.observe(r);
-        }
-    }
-
-    /// The `k` most likely resources the execution triggered by `ctx` reads, most likely
-    /// first.
-    fn predict(&mut self, ctx: &Context<'_>, k: usize) -> Vec<Prediction>;
-
-    /// [`Predictor::predict`] for each of `ctxs` in order, with the same answers (no
-    /// `observe` in between); learned models spread the work over the cores.
-    fn predict_batch(&mut self, ctxs: &[Context<'_>], k: usize) -> Vec<Vec<Prediction>> {
-        ctxs.iter().map(|c| self.predict(c, k)).collect()
-    }
-
-    /// Approximate bytes of memory the predictor holds (weights, tables, per-key state).
-    fn memory_bytes(&self) -> u64;
-
-    /// How long after its last use `resource` is worth keeping, seconds — a hint for
-    /// eviction (`None`: no opinion).
-    fn keep_alive(&self, _resource: &ResourceId) -> Option<f64> {
-        None
-    }
-}
+pub use prewarm_core::{Context, Prediction, Predictor, VersionPolicy};
 
 pub(crate) fn latest(resource: ResourceId, probability: f64) -> Prediction {
     Prediction {

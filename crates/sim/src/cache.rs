@@ -1,12 +1,12 @@
 //! One simulated capacity: its cache (what it holds, in flight or installed, within a byte
-//! budget, evicted by [`prewarm_plan::choose_victims`], the agent's own policy), its link
+//! budget, evicted by [`prewarm_engine::choose_victims`], the agent's own policy), its link
 //! (one transfer at a time, on-demand fetches ahead of queued predictive ones), and the
 //! accounting of memory-time and wasted bytes.
 
 use std::collections::BTreeMap;
 
 use prewarm_core::{ResourceId, Version};
-use prewarm_plan::{Candidate, Target, choose_victims};
+use prewarm_engine::{Candidate, Target, choose_victims};
 
 /// A state held or on its way.
 #[derive(Clone, Debug)]

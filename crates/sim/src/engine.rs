@@ -5,8 +5,8 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
 use prewarm_core::{CapacityId, HistoryRecord, ResourceId, Version};
-use prewarm_plan::planner::Want;
-use prewarm_plan::{Planner, PlannerConfig, place};
+use prewarm_engine::planner::Want;
+use prewarm_engine::{Planner, PlannerConfig, place};
 use prewarm_predict::{Context, Prediction, Predictor, VersionPolicy};
 
 use crate::cache::{Entry, SimCache};

@@ -1,6 +1,6 @@
 //! Deterministic trace replay. A discrete-event simulation with a virtual clock drives
 //! prewarm's production decision code — the predictors (`prewarm-predict`), the planner,
-//! placement and eviction (`prewarm-plan`) — over a history, with a transfer-time model
+//! placement and eviction (`prewarm-engine`) — over a history, with a transfer-time model
 //! (`latency + bytes / bandwidth` per capacity link, sizes from the history) and a lead time
 //! between an event and the start of its execution:
 //!
@@ -22,7 +22,7 @@
 mod cache;
 mod engine;
 
-use prewarm_plan::PlannerConfig;
+use prewarm_engine::PlannerConfig;
 use prewarm_predict::Predictor;
 use prewarm_predict::histogram::Histogram;
 use serde::Serialize;

@@ -106,7 +106,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let brain = model(&a.model)?.map(|p| {
         prewarm_coordinator::Brain::new(
             p,
-            prewarm_plan::PlannerConfig {
+            prewarm_engine::PlannerConfig {
                 threshold: a.threshold,
                 max_in_flight: a.max_in_flight.0,
                 bandwidth: a.bandwidth.0 as f64,

@@ -2,7 +2,7 @@
 //! pipeline, in-process, as `POST /v1/events` runs it — JSON ingest of batched bodies
 //! (`prewarm_coordinator::parse_events`), the model's `predict_batch` for the body (a learned
 //! model spreads it over the cores), placement among the capacities and the planner against
-//! each one's holdings (`prewarm-plan`) event by event, plus `observe_batch` of the body's
+//! each one's holdings (`prewarm-engine`) event by event, plus `observe_batch` of the body's
 //! history records as they come back (agents send theirs in batches). Peers in the same
 //! run: the same pipeline with the Markov baseline, and with no model (ingest + placement
 //! only).
@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use prewarm_core::{CapacityId, HistoryRecord, ResourceId, Version};
-use prewarm_plan::planner::{Target, Want};
-use prewarm_plan::{Planner, place};
+use prewarm_engine::planner::{Target, Want};
+use prewarm_engine::{Planner, place};
 use prewarm_predict::baselines::Markov;
 use prewarm_predict::neural::train::untrained;
 use prewarm_predict::neural::{Learned, Model};

@@ -188,7 +188,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     ));
     let brain = Brain::new(
         Box::new(Learned::new(model, 1 << 16)),
-        prewarm_plan::PlannerConfig {
+        prewarm_engine::PlannerConfig {
             bandwidth: 500e6,
             ..Default::default()
         },

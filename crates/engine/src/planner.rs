@@ -15,7 +15,7 @@
 //! through here: they are never capped.
 
 use prewarm_core::{ResourceId, Version};
-use prewarm_predict::VersionPolicy;
+use prewarm_core::VersionPolicy;
 use serde::Serialize;
 
 /// Planner settings.
