@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prewarm_core::{CapacityId, ResourceId, Version};
+use prewarm_core::{CapacityId, Clock, ResourceId, Version};
+use prewarm_engine::{Hint, Rule};
 use prewarm_store::Manifest;
 use prewarm_transfer::{Connection, DataAddr, DataError, Pacer, Priorities, Registry, Token};
 use tokio::sync::{Notify, watch};
@@ -39,6 +40,8 @@ pub struct AgentConfig {
     pub lease: Duration,
     /// Which data-plane channel to use.
     pub data_path: DataPath,
+    /// The clock of history records, uses and keep-alives (the system's, or a test's).
+    pub clock: Clock,
 }
 
 /// Data-plane channel choice.
@@ -220,7 +223,8 @@ impl Agent {
                 path: cfg.cache_dir.clone(),
                 source,
             })?;
-        let mut space = StateSpace::open(&cfg.cache_dir, cfg.cache_size)?;
+        // Least recently used until the coordinator names its engine's rule.
+        let mut space = StateSpace::open(&cfg.cache_dir, cfg.cache_size, Rule::Lru)?;
         let mut chunks = LocalChunks::new(cfg.cache_dir.join("manifests"));
         for h in space.inventory() {
             if !chunks.load(&h.resource, h.version, &h.path) {
@@ -255,6 +259,7 @@ impl Agent {
             cfg,
         });
         agent.update_gauges();
+        tokio::spawn(expire_loop(Arc::downgrade(&agent)));
         Ok(agent)
     }
 
@@ -287,17 +292,72 @@ impl Agent {
         Ok(Connection::connect(&src.addr, self.cfg.token.as_ref()).await?)
     }
 
-    /// A keep-alive hint from the coordinator's model for `resource`.
-    pub fn keep_alive(&self, resource: ResourceId, until_unix_ms: u64) {
+    /// A retention hint from the coordinator's engine for `resource`.
+    pub fn retain(&self, resource: &ResourceId, hint: &Hint) {
         self.local
             .lock()
             .expect("agent lock poisoned")
             .space
-            .keep_alive(resource, until_unix_ms);
+            .hint(resource, hint);
+    }
+
+    /// Evicts by `rule` from now on (the coordinator's engine prices with it).
+    pub fn set_rule(&self, rule: Rule) {
+        self.local
+            .lock()
+            .expect("agent lock poisoned")
+            .space
+            .set_rule(rule);
+    }
+
+    /// The eviction book's horizon, seconds (see [`prewarm_engine::CacheBook::horizon`]).
+    pub fn horizon(&self) -> Option<f64> {
+        self.local
+            .lock()
+            .expect("agent lock poisoned")
+            .space
+            .horizon()
+    }
+
+    /// Whether `resource@version` is leased by an execution now.
+    pub fn leased(&self, resource: &ResourceId, version: Version) -> bool {
+        self.local
+            .lock()
+            .expect("agent lock poisoned")
+            .space
+            .leased(resource, version)
+    }
+
+    /// Drops the unleased states whose keep-alive ran out (run every second, and callable
+    /// by tests driving a manual clock).
+    pub fn expire_now(&self) {
+        self.release_expired();
+        let now = self.cfg.clock.now();
+        let gone = {
+            let mut local = self.local.lock().expect("agent lock poisoned");
+            match local.space.expire(now) {
+                Ok(g) => {
+                    for (r, v) in &g {
+                        local.chunks.remove(r, *v);
+                    }
+                    g
+                }
+                Err(e) => {
+                    tracing::warn!("keep-alive expiry: {e}");
+                    Vec::new()
+                }
+            }
+        };
+        if !gone.is_empty() {
+            self.metrics.expirations.add(gone.len() as u64);
+            self.update_gauges();
+            self.changed.notify_one();
+        }
     }
 
     /// Everything held, with staleness.
     pub fn inventory(&self) -> (Vec<(Held, bool)>, u64, u64) {
+        self.release_expired();
         let local = self.local.lock().expect("agent lock poisoned");
         let sup = self.superseded.lock().expect("agent lock poisoned");
         let held = local
@@ -436,7 +496,10 @@ impl Agent {
         self.release_expired();
         let (slot, sources, _leases) = {
             let mut local = self.local.lock().expect("agent lock poisoned");
-            let slot = local.space.begin(&resource, version, m.logical_size)?;
+            let slot =
+                local
+                    .space
+                    .begin(&resource, version, m.logical_size, self.cfg.clock.now())?;
             for (r, v) in local.space.take_evicted() {
                 local.chunks.remove(&r, v);
                 self.metrics.evictions.inc();
@@ -470,7 +533,7 @@ impl Agent {
         std::fs::rename(&staging, slot.path()).map_err(publish_err(slot.path()))?;
         let held = {
             let mut local = self.local.lock().expect("agent lock poisoned");
-            let held = local.space.commit(slot)?;
+            let held = local.space.commit(slot, self.cfg.clock.now())?;
             local
                 .chunks
                 .save(m.clone(), &held.path)
@@ -684,12 +747,22 @@ impl Agent {
         min: Option<Version>,
         max_stale: Option<Duration>,
     ) -> Option<(Held, crate::space::Lease)> {
-        let got = self
-            .local
-            .lock()
-            .expect("agent lock poisoned")
-            .space
-            .get(resource, min)?;
+        let got = self.local.lock().expect("agent lock poisoned").space.get(
+            resource,
+            min,
+            self.cfg.clock.now(),
+        )?;
         self.fresh_enough(&got.0, max_stale).then_some(got)
+    }
+}
+
+/// Runs [`Agent::expire_now`] every second while the agent lives.
+async fn expire_loop(agent: std::sync::Weak<Agent>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match agent.upgrade() {
+            Some(a) => a.expire_now(),
+            None => return,
+        }
     }
 }

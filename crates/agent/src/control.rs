@@ -65,6 +65,7 @@ pub fn inventory(agent: &Agent) -> Inventory {
         held: held
             .into_iter()
             .map(|(h, stale)| StateVersion {
+                leased: agent.leased(&h.resource, h.version),
                 resource: h.resource.as_str().to_owned(),
                 version: h.version.get(),
                 bytes: h.bytes,
@@ -73,6 +74,7 @@ pub fn inventory(agent: &Agent) -> Inventory {
             .collect(),
         cache_used: used,
         cache_budget: budget,
+        horizon_s: agent.horizon(),
     }
 }
 
@@ -108,6 +110,7 @@ async fn send_history(agent: Arc<Agent>, url: String) {
         let req = wire::HistoryBatch {
             capacity: agent.config().name.as_str().to_owned(),
             jsonl,
+            inventory: Some(inventory(&agent)),
         };
         if let Err(e) = c.history(req).await {
             tracing::warn!("history: {} records not sent: {e}", batch.len());
@@ -203,6 +206,9 @@ async fn attach_once(
         return Err("the coordinator did not welcome".into());
     };
     let source = pick_source(agent, &w, url);
+    if let Some(rule) = prewarm_api::rule_of(&w.eviction_rule) {
+        agent.set_rule(rule);
+    }
     tracing::info!(
         "attached to coordinator {} (data plane {})",
         w.coordinator_instance,
@@ -251,9 +257,12 @@ async fn attach_once(
                         _ => tracing::warn!("invalid invalidation ignored"),
                     }
                 }
-                command::Command::KeepAlive(k) => match ResourceId::new(k.resource) {
-                    Ok(r) => agent.keep_alive(r, k.until_unix_ms),
-                    Err(_) => tracing::warn!("invalid keep-alive hint ignored"),
+                command::Command::Retain(k) => match prewarm_api::hint_of(&k) {
+                    Ok((r, hint)) => {
+                        agent.retain(&r, &hint);
+                        agent.metrics.hints.inc();
+                    }
+                    Err(e) => tracing::warn!("retention hint ignored: {e}"),
                 },
                 command::Command::Welcome(_) => {}
             },

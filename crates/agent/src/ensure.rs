@@ -67,6 +67,7 @@ impl Agent {
     /// See the module docs.
     pub async fn ensure(self: &Arc<Self>, req: EnsureRequest) -> Result<Ensured, EnsureError> {
         let t0 = Instant::now();
+        let ts = self.config().clock.now();
         let result = self.ensure_inner(&req, t0).await;
         let elapsed = t0.elapsed();
         let outcome = match &result {
@@ -89,7 +90,7 @@ impl Agent {
             Err(_) => (None, 0),
         };
         let record = HistoryRecord {
-            ts: prewarm_core::unix_now(),
+            ts,
             event: Event {
                 kind: req.kind.clone().unwrap_or_else(|| "ensure".into()),
                 key: req
@@ -97,6 +98,7 @@ impl Agent {
                     .clone()
                     .unwrap_or_else(|| self.config().name.as_str().to_owned()),
                 attrs,
+                needs: Vec::new(),
             },
             capacity: Some(self.config().name.clone()),
             reads: vec![ReadAccess {

@@ -1,7 +1,8 @@
 //! The state manager of one compute capacity:
 //!
 //! - [`space`]: the local state space (installed versions under the cache dir, byte budget,
-//!   LRU eviction sparing leased states, an index that survives restarts);
+//!   eviction by the decision engine's rule and hints sparing leased states, keep-alive
+//!   expiry, an index that survives restarts);
 //! - [`install`] + [`layout`] + [`local`]: delta, resumable, verified installs into a staging
 //!   path, published by one rename;
 //! - [`agent`]: loads (dedup'd per state, on-demand ahead of predictive), invalidation,

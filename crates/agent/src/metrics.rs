@@ -23,6 +23,10 @@ pub struct AgentMetrics {
     pub states: Gauge,
     /// States evicted.
     pub evictions: Counter,
+    /// States dropped when their keep-alive ran out.
+    pub expirations: Counter,
+    /// Retention hints applied.
+    pub hints: Counter,
     /// Invalidations that concerned a held state.
     pub invalidations: Counter,
     hit: (Counter, Histogram),
@@ -78,6 +82,16 @@ impl AgentMetrics {
             cache_budget: r.gauge("prewarm_agent_cache_budget_bytes", "The cache budget.", &[]),
             states: r.gauge("prewarm_agent_states", "States held.", &[]),
             evictions: r.counter("prewarm_agent_evictions_total", "States evicted.", &[]),
+            expirations: r.counter(
+                "prewarm_agent_expirations_total",
+                "States dropped when their keep-alive ran out.",
+                &[],
+            ),
+            hints: r.counter(
+                "prewarm_agent_hints_total",
+                "Retention hints from the coordinator's engine applied.",
+                &[],
+            ),
             invalidations: r.counter(
                 "prewarm_agent_invalidations_total",
                 "Newer versions announced for held states.",

@@ -11,10 +11,13 @@
 //! `trash/` is deleted on the next open. (The open-time check of each state's tree against its
 //! saved manifest, in the agent, catches a state damaged any other way.)
 //!
-//! Installing is two-phase: [`StateSpace::begin`] reserves the bytes (evicting least recently
-//! used states that no one leases) and names the path; the caller writes the state there
-//! atomically (`prewarm_snapshot::restore` does: temporary path, verify, rename); then
-//! [`StateSpace::commit`] records it. A [`Slot`] dropped without commit frees its reservation.
+//! Installing is two-phase: [`StateSpace::begin`] reserves the bytes (evicting states no one
+//! leases, by the decision engine's rule: the agent owns a [`CacheBook`], the same code the
+//! replay's caches evict by, ranked with the engine's retention hints) and names the path;
+//! the caller writes the state there atomically (`prewarm_snapshot::restore` does: temporary
+//! path, verify, rename); then [`StateSpace::commit`] records it. A [`Slot`] dropped without
+//! commit frees its reservation. [`StateSpace::expire`] drops unleased states whose
+//! keep-alive (from the hints) ran out.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prewarm_core::{ResourceId, Version};
-use prewarm_engine::{Candidate, choose_victims};
+use prewarm_engine::{CacheBook, Hint, Rule};
 use serde::{Deserialize, Serialize};
 
 const INDEX: &str = "index.json";
@@ -84,14 +87,28 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpaceError + '_ {
 #[serde(deny_unknown_fields)]
 struct Entry {
     bytes: u64,
-    /// Logical clock of the last use (larger = more recent).
-    used: u64,
+    /// Last use, Unix seconds.
+    #[serde(default)]
+    last_use: Option<f64>,
+    /// Index files before version 2: a logical clock (larger = more recent).
+    #[serde(default, skip_serializing)]
+    used: Option<u64>,
+}
+
+impl Entry {
+    fn last_use(&self) -> f64 {
+        // An old logical clock keeps its order as (very old) times.
+        self.last_use
+            .unwrap_or_else(|| self.used.unwrap_or(0) as f64 * 1e-9)
+    }
 }
 
 #[derive(Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IndexFile {
-    clock: u64,
+    /// Index files before version 2 kept a logical clock here: read and ignored.
+    #[serde(default, rename = "clock", skip_serializing)]
+    _clock: u64,
     states: Vec<(ResourceId, Version, Entry)>,
 }
 
@@ -147,24 +164,31 @@ impl Drop for Slot {
     }
 }
 
+type Key = (ResourceId, Version);
+
 /// The states one capacity holds, within a byte budget.
 pub struct StateSpace {
     dir: PathBuf,
     budget: u64,
-    clock: u64,
-    states: BTreeMap<(ResourceId, Version), (Entry, Arc<AtomicUsize>)>,
+    states: BTreeMap<Key, (Entry, Arc<AtomicUsize>)>,
+    /// The eviction rule's view (uses, hints). Hints are not persisted: the engine sends
+    /// them again as executions report back.
+    book: CacheBook<Key>,
     /// Installs in progress: (resource, version, bytes, alive marker).
     pending: Vec<(ResourceId, Version, u64, Arc<AtomicUsize>)>,
     /// States evicted since the last [`StateSpace::take_evicted`].
-    evicted: Vec<(ResourceId, Version)>,
-    /// Keep-alive hints: resource → until (Unix ms). Not persisted: the model sends them
-    /// again as executions report back.
-    keep: std::collections::HashMap<ResourceId, u64>,
+    evicted: Vec<Key>,
+    /// Hints for states not held yet (on their way): applied when they are installed.
+    early_hints: std::collections::HashMap<ResourceId, Hint>,
 }
 
+/// Hints kept for states not held yet.
+const EARLY_HINTS: usize = 4096;
+
 impl StateSpace {
-    /// Opens (or creates) the state space in `dir` with a budget of `budget` bytes.
-    pub fn open(dir: &Path, budget: u64) -> Result<Self, SpaceError> {
+    /// Opens (or creates) the state space in `dir` with a budget of `budget` bytes, evicting
+    /// by `rule`.
+    pub fn open(dir: &Path, budget: u64, rule: Rule) -> Result<Self, SpaceError> {
         let states_dir = dir.join(STATES);
         std::fs::create_dir_all(&states_dir).map_err(io(&states_dir))?;
         let ipath = dir.join(INDEX);
@@ -179,15 +203,18 @@ impl StateSpace {
         let mut space = Self {
             dir: dir.to_owned(),
             budget,
-            clock: index.clock,
             states: BTreeMap::new(),
+            book: CacheBook::new(rule, budget),
             pending: Vec::new(),
             evicted: Vec::new(),
-            keep: std::collections::HashMap::new(),
+            early_hints: std::collections::HashMap::new(),
         };
-        for (r, v, e) in index.states {
+        let mut states = index.states;
+        states.sort_by(|a, b| a.2.last_use().total_cmp(&b.2.last_use()));
+        for (r, v, e) in states {
             // Forget states that are gone from disk.
             if std::fs::symlink_metadata(space.path_of(&r, v)).is_ok() {
+                space.book.admit((r.clone(), v), e.bytes, e.last_use());
                 space.states.insert((r, v), (e, Arc::default()));
             }
         }
@@ -240,7 +267,7 @@ impl StateSpace {
 
     fn save(&self) -> Result<(), SpaceError> {
         let index = IndexFile {
-            clock: self.clock,
+            _clock: 0,
             states: self
                 .states
                 .iter()
@@ -291,8 +318,13 @@ impl StateSpace {
     }
 
     /// The newest held version of `resource` that is at least `min` (any when `None`), marked
-    /// used, with a lease that keeps it from eviction while the caller uses it.
-    pub fn get(&mut self, resource: &ResourceId, min: Option<Version>) -> Option<(Held, Lease)> {
+    /// used at `now`, with a lease that keeps it from eviction while the caller uses it.
+    pub fn get(
+        &mut self,
+        resource: &ResourceId,
+        min: Option<Version>,
+        now: f64,
+    ) -> Option<(Held, Lease)> {
         let (key, _) = self
             .states
             .range((resource.clone(), Version::new(1)?)..)
@@ -300,10 +332,9 @@ impl StateSpace {
             .filter(|((_, v), _)| min.is_none_or(|m| *v >= m))
             .last()?;
         let key = key.clone();
-        self.clock += 1;
-        let clock = self.clock;
+        self.book.touch(&key, now);
         let (e, leases) = self.states.get_mut(&key)?;
-        e.used = clock;
+        e.last_use = Some(e.last_use().max(now));
         leases.fetch_add(1, Ordering::AcqRel);
         let lease = Lease(leases.clone());
         let e = e.clone();
@@ -318,10 +349,78 @@ impl StateSpace {
         Some(Lease(leases.clone()))
     }
 
-    /// Keeps the held versions of `resource` from eviction until `until_unix_ms`, while
-    /// states without a current hint can go first.
-    pub fn keep_alive(&mut self, resource: ResourceId, until_unix_ms: u64) {
-        self.keep.insert(resource, until_unix_ms);
+    /// Whether `resource@version` is leased now.
+    pub fn leased(&self, resource: &ResourceId, version: Version) -> bool {
+        self.states
+            .get(&(resource.clone(), version))
+            .is_some_and(|(_, l)| l.load(Ordering::Acquire) > 0)
+    }
+
+    /// The engine's retention hint for the held versions of `resource`.
+    pub fn hint(&mut self, resource: &ResourceId, hint: &Hint) {
+        let keys: Vec<Key> = self
+            .states
+            .range((resource.clone(), Version::FIRST)..)
+            .take_while(|((r, _), _)| r == resource)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            if self.early_hints.len() >= EARLY_HINTS {
+                self.early_hints.clear();
+            }
+            self.early_hints.insert(resource.clone(), hint.clone());
+        }
+        for k in keys {
+            self.book.hint(&k, hint.clone());
+        }
+    }
+
+    /// Switches the eviction rule (the coordinator's engine named another), keeping what is
+    /// held and when it was used.
+    pub fn set_rule(&mut self, rule: Rule) {
+        if self.book.rule() == rule {
+            return;
+        }
+        let mut book = CacheBook::new(rule, self.budget);
+        let mut held: Vec<(&Key, &Entry)> = self.states.iter().map(|(k, (e, _))| (k, e)).collect();
+        held.sort_by(|a, b| a.1.last_use().total_cmp(&b.1.last_use()));
+        for (k, e) in held {
+            book.admit(k.clone(), e.bytes, e.last_use());
+        }
+        self.book = book;
+    }
+
+    /// The eviction book's horizon, seconds.
+    pub fn horizon(&self) -> Option<f64> {
+        self.book.horizon()
+    }
+
+    /// The eviction rule.
+    pub fn rule(&self) -> Rule {
+        self.book.rule()
+    }
+
+    /// Drops the unleased states whose keep-alive ran out by `now`; returns them.
+    pub fn expire(&mut self, now: f64) -> Result<Vec<Key>, SpaceError> {
+        let gone = {
+            let states = &self.states;
+            self.book.expired(now, &|k| {
+                states
+                    .get(k)
+                    .is_some_and(|(_, l)| l.load(Ordering::Acquire) == 0)
+            })
+        };
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        for k in &gone {
+            self.discard(&self.path_of(&k.0, k.1))?;
+            self.states.remove(k);
+            self.book.remove(k);
+        }
+        self.save()?;
+        self.purge_trash();
+        Ok(gone)
     }
 
     /// States evicted since the last call (their owners forget them too).
@@ -338,18 +437,20 @@ impl StateSpace {
         }
         self.discard(&self.path_of(resource, version))?;
         self.states.remove(&key);
+        self.book.remove(&key);
         self.save()?;
         self.purge_trash();
         Ok(true)
     }
 
-    /// Reserves `bytes` for `resource` version `version`, evicting least recently used
-    /// unleased states if needed; the caller writes the state at the slot's path.
+    /// Reserves `bytes` for `resource` version `version` at `now`, evicting unleased states
+    /// by the rule if needed; the caller writes the state at the slot's path.
     pub fn begin(
         &mut self,
         resource: &ResourceId,
         version: Version,
         bytes: u64,
+        now: f64,
     ) -> Result<Slot, SpaceError> {
         self.pending.retain(|p| p.3.load(Ordering::Acquire) > 0);
         let key = (resource.clone(), version);
@@ -360,7 +461,7 @@ impl StateSpace {
         }
         let used = self.used();
         if used + bytes > self.budget {
-            self.evict(used + bytes - self.budget, bytes)?;
+            self.evict(used + bytes - self.budget, bytes, now)?;
         }
         let marker = Arc::new(AtomicUsize::new(1));
         self.pending
@@ -379,23 +480,18 @@ impl StateSpace {
         })
     }
 
-    /// Evicts unleased states, least recently used first, until `need` bytes are freed; frees
-    /// nothing when that is impossible.
-    fn evict(&mut self, need: u64, asked: u64) -> Result<(), SpaceError> {
-        let now_ms = unix_ms();
-        self.keep.retain(|_, u| *u > now_ms);
-        let candidates: Vec<Candidate<(ResourceId, Version)>> = self
-            .states
-            .iter()
-            .map(|(k, (e, l))| Candidate {
-                key: k.clone(),
-                bytes: e.bytes,
-                leased: l.load(Ordering::Acquire) > 0,
-                kept_alive: self.keep.get(&k.0).is_some_and(|u| *u > now_ms),
-                rank: e.used as f64,
+    /// Evicts unleased states by the rule until `need` bytes are freed; frees nothing when
+    /// that is impossible.
+    fn evict(&mut self, need: u64, asked: u64, now: f64) -> Result<(), SpaceError> {
+        let victims = {
+            let states = &self.states;
+            self.book.victims(need, now, &|k| {
+                states
+                    .get(k)
+                    .is_some_and(|(_, l)| l.load(Ordering::Acquire) == 0)
             })
-            .collect();
-        let victims = choose_victims(&candidates, need).map_err(|s| SpaceError::Full {
+        };
+        let victims = victims.map_err(|s| SpaceError::Full {
             need: asked,
             free: self.budget.saturating_sub(self.used()) + s.freeable,
             leased: s.leased,
@@ -404,6 +500,7 @@ impl StateSpace {
         for key in victims {
             self.discard(&self.path_of(&key.0, key.1))?;
             self.states.remove(&key);
+            self.book.remove(&key);
             self.evicted.push(key);
         }
         self.save()?;
@@ -447,17 +544,21 @@ impl StateSpace {
         });
     }
 
-    /// Records a completed install.
-    pub fn commit(&mut self, mut slot: Slot) -> Result<Held, SpaceError> {
+    /// Records a completed install at `now`.
+    pub fn commit(&mut self, mut slot: Slot, now: f64) -> Result<Held, SpaceError> {
         if std::fs::symlink_metadata(&slot.path).is_err() {
             return Err(SpaceError::NotInstalled(slot.path.clone()));
         }
-        self.clock += 1;
         let e = Entry {
             bytes: slot.bytes,
-            used: self.clock,
+            last_use: Some(now),
+            used: None,
         };
         let key = (slot.resource.clone(), slot.version);
+        self.book.admit(key.clone(), e.bytes, now);
+        if let Some(h) = self.early_hints.remove(&key.0) {
+            self.book.hint(&key, h);
+        }
         self.states.insert(key.clone(), (e.clone(), Arc::default()));
         slot.done = true;
         slot.reserved.fetch_sub(1, Ordering::AcqRel);
@@ -504,7 +605,15 @@ fn unix_ms() -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::sync::atomic::AtomicU64;
+
     use super::*;
+
+    /// A test clock: every call is one second later.
+    fn tick() -> f64 {
+        static T: AtomicU64 = AtomicU64::new(1_000);
+        T.fetch_add(1, Ordering::Relaxed) as f64
+    }
 
     fn id(s: &str) -> ResourceId {
         ResourceId::new(s).unwrap()
@@ -515,42 +624,45 @@ mod tests {
     }
 
     fn install(s: &mut StateSpace, r: &str, ver: u64, bytes: u64) -> Result<Held, SpaceError> {
-        let slot = s.begin(&id(r), v(ver), bytes)?;
+        let slot = s.begin(&id(r), v(ver), bytes, tick())?;
         std::fs::write(slot.path(), vec![7u8; bytes as usize]).unwrap();
-        s.commit(slot)
+        s.commit(slot, tick())
     }
 
     #[test]
     fn installs_serves_newest_recent_enough_and_survives_restart() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = StateSpace::open(d.path(), 1000).unwrap();
+        let mut s = StateSpace::open(d.path(), 1000, Rule::Lru).unwrap();
         install(&mut s, "m/a", 1, 100).unwrap();
         install(&mut s, "m/a", 3, 100).unwrap();
-        let (h, _l) = s.get(&id("m/a"), None).unwrap();
+        let (h, _l) = s.get(&id("m/a"), None, tick()).unwrap();
         assert_eq!(h.version, v(3));
         assert!(h.path.ends_with("states/m/a/v3"));
-        assert!(s.get(&id("m/a"), Some(v(4))).is_none());
-        assert_eq!(s.get(&id("m/a"), Some(v(2))).unwrap().0.version, v(3));
-        assert!(s.get(&id("m/b"), None).is_none());
+        assert!(s.get(&id("m/a"), Some(v(4)), tick()).is_none());
+        assert_eq!(
+            s.get(&id("m/a"), Some(v(2)), tick()).unwrap().0.version,
+            v(3)
+        );
+        assert!(s.get(&id("m/b"), None, tick()).is_none());
         assert!(matches!(
             install(&mut s, "m/a", 3, 1),
             Err(SpaceError::Exists(..))
         ));
         drop(s);
-        let mut s = StateSpace::open(d.path(), 1000).unwrap();
+        let mut s = StateSpace::open(d.path(), 1000, Rule::Lru).unwrap();
         assert_eq!(s.inventory().len(), 2);
         assert_eq!(s.used(), 200);
-        assert!(s.get(&id("m/a"), Some(v(3))).is_some());
+        assert!(s.get(&id("m/a"), Some(v(3)), tick()).is_some());
     }
 
     #[test]
     fn evicts_least_recently_used_but_never_a_leased_state() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = StateSpace::open(d.path(), 300).unwrap();
+        let mut s = StateSpace::open(d.path(), 300, Rule::Lru).unwrap();
         install(&mut s, "a", 1, 100).unwrap();
         install(&mut s, "b", 1, 100).unwrap();
         install(&mut s, "c", 1, 100).unwrap();
-        let (_, lease_a) = s.get(&id("a"), None).unwrap(); // a: most recent and leased
+        let (_, lease_a) = s.get(&id("a"), None, tick()).unwrap(); // a: most recent and leased
         install(&mut s, "d", 1, 100).unwrap(); // evicts b, the least recently used
         let names: Vec<String> = s
             .inventory()
@@ -560,7 +672,7 @@ mod tests {
         assert_eq!(names, ["a", "c", "d"]);
         assert!(!d.path().join("states/b/v1").exists());
         // 300 bytes would need a gone too, and a is leased: refused.
-        let err = s.begin(&id("e"), v(1), 300).unwrap_err();
+        let err = s.begin(&id("e"), v(1), 300, tick()).unwrap_err();
         assert!(matches!(err, SpaceError::Full { leased: 100, .. }), "{err}");
         assert_eq!(
             s.inventory().len(),
@@ -578,44 +690,51 @@ mod tests {
     }
 
     #[test]
-    fn keep_alive_hints_make_a_state_go_after_unhinted_ones() {
+    fn hints_expire_unleased_states_past_their_keep_alive() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = StateSpace::open(d.path(), 300).unwrap();
+        let mut s = StateSpace::open(d.path(), 300, Rule::Lru).unwrap();
         install(&mut s, "a", 1, 100).unwrap();
         install(&mut s, "b", 1, 100).unwrap();
         install(&mut s, "c", 1, 100).unwrap();
-        s.keep_alive(id("a"), unix_ms() + 60_000); // a: oldest, but hinted
-        s.keep_alive(id("b"), unix_ms() - 1); // b: a hint already over
-        install(&mut s, "d", 1, 100).unwrap();
-        install(&mut s, "e", 1, 100).unwrap();
-        let names: Vec<String> = s
-            .inventory()
-            .iter()
-            .map(|h| h.resource.to_string())
-            .collect();
-        assert_eq!(names, ["a", "d", "e"], "b and c went before the hinted a");
-        // When only hinted states are left to free space, they go too.
-        install(&mut s, "f", 1, 300).unwrap();
-        assert_eq!(s.inventory().len(), 1);
+        let hint = |keep_until: f64| Hint {
+            keep_until,
+            fetch_s: 1.0,
+            share: 1.0,
+            curve: None,
+            expected: None,
+            next_at: None,
+        };
+        let now = tick();
+        s.hint(&id("a"), &hint(now + 60.0));
+        s.hint(&id("b"), &hint(now - 1.0));
+        s.hint(&id("c"), &hint(now - 1.0));
+        let (_, lease_c) = s.get(&id("c"), None, now).unwrap();
+        let gone = s.expire(now).unwrap();
+        assert_eq!(gone, vec![(id("b"), v(1))], "c is leased, a still kept");
+        assert!(!d.path().join("states/b/v1").exists());
+        drop(lease_c);
+        assert_eq!(s.expire(now).unwrap(), vec![(id("c"), v(1))]);
+        assert_eq!(s.expire(now + 61.0).unwrap(), vec![(id("a"), v(1))]);
+        assert!(s.inventory().is_empty());
     }
 
     #[test]
     fn eviction_takes_a_state_out_whole_and_leftover_trash_is_purged_at_open() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = StateSpace::open(d.path(), 200).unwrap();
-        let slot = s.begin(&id("tree"), v(1), 100).unwrap();
+        let mut s = StateSpace::open(d.path(), 200, Rule::Lru).unwrap();
+        let slot = s.begin(&id("tree"), v(1), 100, tick()).unwrap();
         std::fs::create_dir_all(slot.path().join("a/b")).unwrap();
         std::fs::write(slot.path().join("a/b/f"), vec![1u8; 100]).unwrap();
-        s.commit(slot).unwrap();
+        s.commit(slot, tick()).unwrap();
         install(&mut s, "x", 1, 100).unwrap();
         install(&mut s, "y", 1, 100).unwrap(); // evicts the tree
         assert!(!d.path().join("states/tree/v1").exists());
-        assert!(s.get(&id("tree"), None).is_none());
+        assert!(s.get(&id("tree"), None, tick()).is_none());
         // A crash mid-deletion leaves part of a tree in trash/: never served, purged at open.
         drop(s);
         std::fs::create_dir_all(d.path().join("trash/1-2-3/a")).unwrap();
         std::fs::write(d.path().join("trash/1-2-3/a/f"), b"x").unwrap();
-        let s = StateSpace::open(d.path(), 200).unwrap();
+        let s = StateSpace::open(d.path(), 200, Rule::Lru).unwrap();
         assert_eq!(s.inventory().len(), 2);
         let t0 = std::time::Instant::now();
         while std::fs::read_dir(d.path().join(TRASH))
@@ -631,26 +750,29 @@ mod tests {
     #[test]
     fn abandoned_installs_leave_nothing_and_free_their_reservation() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = StateSpace::open(d.path(), 100).unwrap();
-        let slot = s.begin(&id("x"), v(1), 100).unwrap();
+        let mut s = StateSpace::open(d.path(), 100, Rule::Lru).unwrap();
+        let slot = s.begin(&id("x"), v(1), 100, tick()).unwrap();
         std::fs::write(slot.path(), b"partial").unwrap();
         assert!(matches!(
-            s.begin(&id("y"), v(1), 1),
+            s.begin(&id("y"), v(1), 1, tick()),
             Err(SpaceError::Full { .. })
         ));
         drop(slot);
         assert!(!d.path().join("states/x/v1").exists());
         assert_eq!(s.used(), 0);
         // Committing a slot with nothing written is refused.
-        let slot = s.begin(&id("y"), v(1), 10).unwrap();
-        assert!(matches!(s.commit(slot), Err(SpaceError::NotInstalled(_))));
+        let slot = s.begin(&id("y"), v(1), 10, tick()).unwrap();
+        assert!(matches!(
+            s.commit(slot, tick()),
+            Err(SpaceError::NotInstalled(_))
+        ));
         assert!(s.inventory().is_empty());
     }
 
     #[test]
     fn reopening_forgets_vanished_states_and_removes_leftovers() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = StateSpace::open(d.path(), 1000).unwrap();
+        let mut s = StateSpace::open(d.path(), 1000, Rule::Lru).unwrap();
         install(&mut s, "a", 1, 10).unwrap();
         install(&mut s, "b", 2, 10).unwrap();
         drop(s);
@@ -659,10 +781,10 @@ mod tests {
         std::fs::create_dir_all(d.path().join("states/c/.v1.prewarm-tmp-9-123")).unwrap();
         std::fs::create_dir_all(d.path().join("states/c/v1")).unwrap();
         // A resource whose name looks like a version prefix is not touched while held.
-        let mut s = StateSpace::open(d.path(), 1000).unwrap();
+        let mut s = StateSpace::open(d.path(), 1000, Rule::Lru).unwrap();
         install(&mut s, "videos/v", 1, 10).unwrap();
         drop(s);
-        let s = StateSpace::open(d.path(), 1000).unwrap();
+        let s = StateSpace::open(d.path(), 1000, Rule::Lru).unwrap();
         let names: Vec<String> = s
             .inventory()
             .iter()
@@ -673,7 +795,7 @@ mod tests {
         assert!(!d.path().join("states/c/v1").exists());
         assert!(!d.path().join("states/c/.v1.prewarm-tmp-9-123").exists());
         std::fs::write(d.path().join(INDEX), b"{not json").unwrap();
-        let err = StateSpace::open(d.path(), 1000).err().unwrap();
+        let err = StateSpace::open(d.path(), 1000, Rule::Lru).err().unwrap();
         assert!(err.to_string().contains("damaged index"), "{err}");
     }
 }

@@ -77,6 +77,7 @@ fn agent(cache: &std::path::Path, budget: u64, addr: DataAddr) -> Arc<Agent> {
         token: None,
         lease: Duration::from_secs(60),
         data_path: DataPath::Tcp,
+        clock: prewarm_core::Clock::system(),
     })
     .unwrap();
     a.set_source(Some(Source {

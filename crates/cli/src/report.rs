@@ -144,7 +144,7 @@ pub fn html(r: &Replay) -> String {
         r#"<!doctype html><html><head><meta charset="utf-8"><title>prewarm replay: {}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f4f4f4}}td:first-child{{text-align:left}}</style>
 </head><body><h1>prewarm replay</h1>
-<p>History <code>{}</code>, {} records. {} capacities, cache {} bytes each, link {:.0} MB/s, latency {:.1} ms, lead {:.1} s, keep-alive {:.0} s, warm-up share {:.2} (not counted).</p>
+<p>History <code>{}</code>, {} records. {} capacities, cache {} bytes each, link {:.0} MB/s, latency {:.1} ms, lead {:.1} s, keep-alive {}, memory price {} s per GB·s, warm-up share {:.2} (not counted).</p>
 <table><tr><th>policy</th><th>warm %</th><th>of oracle</th><th>ttr p50 ms</th><th>ttr p99 ms</th><th>moved GB</th><th>wasted GB</th><th>GB·s</th></tr>
 "#,
         esc(&r.history),
@@ -155,7 +155,12 @@ pub fn html(r: &Replay) -> String {
         r.config.bandwidth / 1e6,
         r.config.latency_s * 1e3,
         r.config.lead_s,
-        r.config.keep_alive_s,
+        if r.config.keep_alive_s.is_finite() {
+            format!("{:.0} s", r.config.keep_alive_s)
+        } else {
+            "until pressure".to_owned()
+        },
+        r.config.memory_price,
         r.config.warmup,
     );
     for x in &r.rows {

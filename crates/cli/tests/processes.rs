@@ -962,43 +962,38 @@ fn events_from_nats_jetstream_prefetch_and_survive_a_coordinator_restart() {
 }
 
 #[test]
-fn keep_alive_hints_from_the_model_steer_the_agents_eviction() {
-    // The histogram model keeps what executions read (its fallback window is 4 hours); the
-    // coordinator passes that on, and the agent evicts an unused state before it.
-    let c = Cluster::start_with(&["--model", "histogram"]);
+fn the_engines_keep_alive_expires_used_states_on_the_agent() {
+    // A fixed keep-alive of 2 s (the lru policy): the engine answers each execution's history
+    // with a retention hint, and the agent drops the state once it ran out; a state no
+    // execution used has no hint and stays until pressure.
+    let c = Cluster::start_with(&["--model", "lru", "--keep-alive", "2s"]);
     let coord = c.url.trim_start_matches("http://").to_owned();
     let api = format!("127.0.0.1:{}", free_port());
-    let _a = c.agent("cap-a", &api, &["--cache-size", "3MiB"]);
-    for (i, r) in ["a", "b", "c", "d"].iter().enumerate() {
+    let _a = c.agent("cap-a", &api, &["--lease", "1s"]);
+    for (i, r) in ["a", "b"].iter().enumerate() {
         let f = c.path(r);
         std::fs::write(&f, noise(1 << 20, i as u64 + 21)).unwrap();
         c.snapshot(&format!("k/{r}"), &f);
     }
     let (code, body) = http_get(&api, "/v1/states/k/a?key=s1");
     assert_eq!(code, 200, "{body}");
-    wait_until("a's history at the model", 20, || {
-        let (_, m) = http_get(&coord, "/metrics");
-        metric(&m, "prewarm_coordinator_history_records_total") >= 1.0
-    });
-    std::thread::sleep(Duration::from_millis(500)); // the hint follows the history's answer
-    for r in ["b", "c"] {
-        let out = c.transfer("cap-a", &format!("k/{r}"), &[]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    // Full: d needs room. a is the least recently used, but hinted: b goes.
-    let out = c.transfer("cap-a", "k/d", &[]);
+    let out = c.transfer("cap-a", "k/b", &[]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let mut held: Vec<String> = held(&c.url, "cap-a").into_iter().map(|h| h.0).collect();
-    held.sort();
-    assert_eq!(held, ["k/a", "k/c", "k/d"]);
+    wait_until("a's history at the engine", 20, || {
+        let (_, m) = http_get(&coord, "/metrics");
+        metric(&m, "prewarm_coordinator_hints_total") >= 1.0
+    });
+    wait_until("the keep-alive to run out", 20, || {
+        let held: Vec<String> = held(&c.url, "cap-a").into_iter().map(|h| h.0).collect();
+        held == ["k/b"]
+    });
+    let (_, m) = http_get(&api, "/metrics");
+    assert_eq!(metric(&m, "prewarm_agent_expirations_total"), 1.0, "{m}");
+    assert_eq!(metric(&m, "prewarm_agent_hints_total"), 1.0, "{m}");
 }
 
 #[test]

@@ -126,6 +126,7 @@ where
                                 kind: q.kind.unwrap_or_else(|| "http".into()),
                                 key: q.key,
                                 attrs: Default::default(),
+                                needs: Vec::new(),
                             },
                             capacity,
                         };

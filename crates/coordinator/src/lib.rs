@@ -8,6 +8,7 @@
 //! teaches the model): see [`predictive`]; snapshot watchers asked for a fresh snapshot
 //! before a dirty predicted state moves: see [`watchers`].
 
+mod fleet;
 mod http;
 mod metrics;
 mod nats;
@@ -50,6 +51,8 @@ pub struct CoordinatorConfig {
     pub token: Option<Token>,
     /// How often the store is checked for new versions of held resources.
     pub poll: Duration,
+    /// The clock of decisions (the system's, or a test's).
+    pub clock: prewarm_core::Clock,
 }
 
 /// The coordinator's shared state.
@@ -70,6 +73,8 @@ pub struct Coordinator {
     pub brain: Option<Brain>,
     /// Registered snapshot watchers (the predictive snapshot trigger).
     pub watchers: Watchers,
+    /// The clock of decisions.
+    pub clock: prewarm_core::Clock,
 }
 
 /// Why the coordinator could not start.
@@ -199,6 +204,7 @@ pub async fn start(
         registry: registry.clone(),
         brain,
         watchers: Watchers::default(),
+        clock: cfg.clock.clone(),
     });
     let mut tasks = Vec::new();
     let data = Arc::new(DataServer::new(
@@ -304,6 +310,7 @@ impl Coordinator {
             return; // a newer attach replaced this stream
         }
         cap.tx = None;
+        book.refresh_attached();
         let gone: Vec<u64> = book
             .pending
             .iter()
@@ -334,6 +341,13 @@ impl Coordinator {
         let (watchers, dirty) = self.watchers.totals();
         self.metrics.watchers.set(watchers);
         self.metrics.dirty_bytes.set(dirty);
+    }
+
+    /// Whether no transfer is waiting for its acknowledgement and no predictive transfer is
+    /// under way (tests wait for this between the steps of a history).
+    pub fn settled(&self) -> bool {
+        let book = self.book.lock().expect("book lock poisoned");
+        book.pending.is_empty() && book.moving.is_empty()
     }
 
     /// Capacities, inventories, recent transfers.

@@ -24,6 +24,8 @@ pub struct CoordinatorMetrics {
     pub events_refused: Counter,
     /// History records the model learned from.
     pub history_records: Counter,
+    /// Retention hints sent to agents.
+    pub hints: Counter,
     /// Registered snapshot watchers.
     pub watchers: Gauge,
     /// Un-snapshotted bytes the watchers report, in total.
@@ -52,6 +54,11 @@ impl CoordinatorMetrics {
             history_records: r.counter(
                 "prewarm_coordinator_history_records_total",
                 "History records from agents the model learned from.",
+                &[],
+            ),
+            hints: r.counter(
+                "prewarm_coordinator_hints_total",
+                "Retention hints sent to agents.",
                 &[],
             ),
             watchers: r.gauge(

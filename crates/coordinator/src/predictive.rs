@@ -1,30 +1,27 @@
-//! The predictive loop: an event arrives (`POST /v1/events`), the model predicts the states
-//! the coming execution reads, placement picks the capacity (the event's own, else
-//! state-aware among its key's two rendezvous choices), the planner weighs each prediction
-//! against what that capacity holds and what is already moving to it, and the chosen states
-//! are loaded there as predictive transfers (below on-demand ones, within the agent's
-//! predictive bandwidth limit). A predicted state whose source has un-snapshotted changes
-//! is snapshotted first by its watcher (see [`crate::watchers`]). The model learns from the
-//! history records agents send back (`History` over gRPC) and can be replaced without a
-//! restart ([`Brain::replace`]).
-//!
-//! The decision code is `prewarm-engine`'s, the same the replay simulator runs.
+//! The predictive loop: an event arrives (`POST /v1/events`, NATS or a replayed history), and
+//! the decision engine (`prewarm-engine`, the same the replay simulator runs) predicts the
+//! states the coming execution reads, places it (among all holders, bounded load), prices
+//! the prefetches for that capacity and names the states it expects to be read there. The
+//! chosen states are loaded as predictive transfers (below on-demand ones, within the agent's
+//! predictive bandwidth limit) and the expectations go to the agent as retention hints. A
+//! predicted state whose source has un-snapshotted changes is snapshotted first by its
+//! watcher (see [`crate::watchers`]). The engine learns from the history records agents send
+//! back (`History` over gRPC), answers them with retention hints (keep-alive, next-use
+//! curve) and may ask for pre-warms; the model can be replaced without a restart
+//! ([`Brain::replace`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use prewarm_core::{CapacityId, Event, HistoryRecord, ResourceId, Version};
-use prewarm_engine::planner::{Target, Want};
-use prewarm_engine::{Decision, Placement, Planner, PlannerConfig, place};
-use prewarm_predict::{Context, Prediction, Predictor};
-use prewarm_proto::wire::{Priority, TransferRequest, VersionSpec, version_spec};
+use prewarm_engine::{
+    Decided, Decision, Engine, EngineConfig, EventView, HintFor, Placement, Prewarm, Rule,
+};
+use prewarm_proto::wire::{Command, Priority, TransferRequest, VersionSpec, command, version_spec};
 use serde::{Deserialize, Serialize};
 
-use crate::state::Cap;
+use crate::fleet::BookFleet;
 use crate::{Coordinator, Fresh};
-
-/// Predictions asked per event.
-const TOP_K: usize = 5;
 
 /// Longest wait for a watcher's snapshot before a predictive transfer of a dirty source.
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -52,58 +49,55 @@ pub struct EventOutcome {
     pub transfers: Vec<Decision>,
 }
 
-/// The model and the planner.
+/// The decision engine and what the coordinator caches for it.
 pub struct Brain {
-    predictor: Mutex<Box<dyn Predictor>>,
-    planner: Planner,
+    engine: Mutex<Engine>,
     /// Latest version and size per resource (dropped when a new version is announced).
     sizes: Mutex<HashMap<ResourceId, (Version, u64)>>,
 }
 
 impl Brain {
-    /// A brain around `predictor`.
-    pub fn new(predictor: Box<dyn Predictor>, planner: PlannerConfig) -> Self {
+    /// A brain around an engine configured by `cfg`, with `predictor` (none: placement,
+    /// eviction and keep-alive only).
+    pub fn new(cfg: EngineConfig, predictor: Option<Box<dyn prewarm_core::Predictor>>) -> Self {
         Self {
-            predictor: Mutex::new(predictor),
-            planner: Planner::new(planner),
+            engine: Mutex::new(Engine::new(cfg, predictor)),
             sizes: Mutex::default(),
         }
     }
 
     /// Swaps the model (a retrained one) without stopping.
-    pub fn replace(&self, predictor: Box<dyn Predictor>) {
-        *self.predictor.lock().expect("model lock poisoned") = predictor;
+    pub fn replace(&self, predictor: Box<dyn prewarm_core::Predictor>) {
+        self.engine
+            .lock()
+            .expect("engine lock poisoned")
+            .replace_model(predictor);
     }
 
     /// The model's name.
     pub fn model_name(&self) -> String {
-        self.predictor
+        self.engine
             .lock()
-            .expect("model lock poisoned")
-            .name()
+            .expect("engine lock poisoned")
+            .model_name()
             .to_owned()
     }
 
-    /// Learns from completed executions.
-    pub fn observe(&self, records: &[HistoryRecord]) {
-        let mut p = self.predictor.lock().expect("model lock poisoned");
-        p.observe_batch(records);
+    /// The eviction rule agents are told to use.
+    pub fn rule(&self) -> Rule {
+        self.engine
+            .lock()
+            .expect("engine lock poisoned")
+            .config()
+            .rule
     }
 
-    /// Keep-alive hints for the resources `records` read: resource → until (Unix ms).
-    pub fn hints(&self, records: &[HistoryRecord]) -> HashMap<ResourceId, u64> {
-        let p = self.predictor.lock().expect("model lock poisoned");
-        let mut out: HashMap<ResourceId, u64> = HashMap::new();
-        for r in records {
-            for read in &r.reads {
-                if let Some(k) = p.keep_alive(&read.resource) {
-                    let until = ((r.ts + k.max(0.0)) * 1e3) as u64;
-                    let e = out.entry(read.resource.clone()).or_default();
-                    *e = (*e).max(until);
-                }
-            }
-        }
-        out
+    /// Learns from history with no capacity to answer (what came before this process).
+    pub fn learn(&self, records: &[HistoryRecord]) {
+        self.engine
+            .lock()
+            .expect("engine lock poisoned")
+            .learn(records);
     }
 
     /// Forgets the cached version of `resource` (a new one was committed).
@@ -115,26 +109,13 @@ impl Brain {
     }
 }
 
-/// A capacity as the planner sees it.
-struct View<'a> {
-    cap: &'a Cap,
-    moving: Vec<ResourceId>,
-}
-
-impl Target for View<'_> {
-    fn held(&self, resource: &ResourceId) -> Option<Version> {
-        self.cap.newest(resource)
-    }
-    fn in_flight(&self, resource: &ResourceId) -> bool {
-        self.moving.contains(resource)
-    }
-    fn free_bytes(&self) -> u64 {
-        let i = &self.cap.inventory;
-        i.cache_budget.saturating_sub(i.cache_used)
-    }
-    fn evictable_bytes(&self) -> u64 {
-        // Leases are the agent's to know; it refuses (and says so) when everything is leased.
-        self.cap.inventory.cache_used
+/// A retention hint as the command that carries it.
+fn retain_command(h: &HintFor) -> Command {
+    Command {
+        command: Some(command::Command::Retain(prewarm_api::retain_of(
+            &h.resource,
+            &h.hint,
+        ))),
     }
 }
 
@@ -185,21 +166,23 @@ impl Coordinator {
                 })
                 .collect();
         };
-        let now = prewarm_core::unix_now();
-        let ctxs: Vec<Context<'_>> = events
+        let now = self.clock.now();
+        let views: Vec<EventView<'_>> = events
             .iter()
-            .map(|e| Context {
+            .map(|e| EventView {
                 ts: e.ts.unwrap_or(now),
                 event: &e.event,
+                capacity: e.capacity.as_ref(),
             })
             .collect();
-        let all = {
-            let mut p = brain.predictor.lock().expect("model lock poisoned");
-            p.predict_batch(&ctxs, TOP_K)
-        };
+        let all = brain
+            .engine
+            .lock()
+            .expect("engine lock poisoned")
+            .predict(&views);
         let mut out = Vec::with_capacity(events.len());
-        for (e, preds) in events.iter().zip(all) {
-            out.push(self.decide(brain, e, preds, dispatch).await);
+        for (v, preds) in views.iter().zip(all) {
+            out.push(self.decide(brain, v, &preds, dispatch).await);
         }
         out
     }
@@ -208,78 +191,59 @@ impl Coordinator {
     async fn decide(
         self: &Arc<Self>,
         brain: &Brain,
-        e: &EventIn,
-        preds: Vec<Prediction>,
+        v: &EventView<'_>,
+        preds: &[prewarm_core::Prediction],
         dispatch: bool,
     ) -> EventOutcome {
-        let mut wants = Vec::with_capacity(preds.len());
-        for p in &preds {
-            if let Some((latest, bytes)) = self.size_of(brain, &p.resource).await {
-                wants.push(Want {
-                    resource: p.resource.clone(),
-                    probability: p.probability,
-                    version: p.version,
-                    latest,
-                    bytes,
-                });
+        let mut catalog: HashMap<ResourceId, (Version, u64)> = HashMap::new();
+        for r in v
+            .event
+            .needs
+            .iter()
+            .chain(preds.iter().map(|p| &p.resource))
+        {
+            if let Some(x) = self.size_of(brain, r).await {
+                catalog.insert(r.clone(), x);
             }
         }
-        let predicted: Vec<(ResourceId, f64)> = wants
-            .iter()
-            .map(|w| (w.resource.clone(), w.probability))
-            .collect();
-        let (placement, decisions) = {
-            let book = self.book.lock().expect("book lock poisoned");
-            let attached = book.attached();
-            let placement = place(
-                &e.event.key,
-                e.capacity.as_ref(),
-                &attached,
-                |c, r| book.caps.get(c).is_some_and(|c| c.newest(r).is_some()),
-                &predicted,
-            );
-            let decisions = match placement.as_ref().and_then(|p| book.caps.get(&p.capacity)) {
-                Some(cap) => {
-                    let name = &placement.as_ref().expect("placed").capacity;
-                    let moving: Vec<ResourceId> = book
-                        .moving
-                        .iter()
-                        .filter(|((c, _), _)| c == name)
-                        .map(|((_, r), _)| r.clone())
-                        .collect();
-                    let in_flight = book
-                        .moving
-                        .iter()
-                        .filter(|((c, _), _)| c == name)
-                        .map(|(_, b)| *b)
-                        .sum();
-                    brain.planner.plan(&wants, &View { cap, moving }, in_flight)
-                }
-                None => Vec::new(),
+        let d: Decided = {
+            let mut engine = brain.engine.lock().expect("engine lock poisoned");
+            let mut book = self.book.lock().expect("book lock poisoned");
+            let d = if dispatch {
+                engine.decide(v, preds, &catalog, &BookFleet(&book), v.ts)
+            } else {
+                engine.preview(v, preds, &catalog, &BookFleet(&book), v.ts)
             };
-            (placement, decisions)
+            if dispatch {
+                for h in &d.hints {
+                    if let Some(c) = book.caps.get_mut(&h.capacity) {
+                        c.hint(&h.resource, h.hint.clone());
+                    }
+                }
+            }
+            d
         };
         if !dispatch {
             return EventOutcome {
-                placement,
-                transfers: decisions,
+                placement: d.placement,
+                transfers: d.transfers,
             };
         }
-        if let Some(p) = &placement {
-            for d in &decisions {
-                self.start_predictive(&p.capacity, d);
+        // Hints before loads: the agent applies them in order, so what the execution will
+        // read is kept for it while the prefetches make room (as the engine decided).
+        self.send_hints(&d.hints).await;
+        if let Some(p) = &d.placement {
+            for t in &d.transfers {
+                self.start_predictive(&p.capacity, t);
             }
         }
         // Likely states whose source has changes not yet snapshotted (and that nothing moves
         // now, being held at the newest committed version): ask for a snapshot, so that the
         // new version reaches the holders (invalidation → delta refresh) before the execution.
-        for w in &wants {
-            let moving = decisions.iter().any(|d| d.resource == w.resource);
-            if !moving
-                && w.probability >= brain.planner.cfg.threshold
-                && self.watchers.dirty(&w.resource) > 0
-            {
-                let (me, r) = (self.clone(), w.resource.clone());
+        for p in preds {
+            let moving = d.transfers.iter().any(|t| t.resource == p.resource);
+            if !moving && p.probability > 0.0 && self.watchers.dirty(&p.resource) > 0 {
+                let (me, r) = (self.clone(), p.resource.clone());
                 tokio::spawn(async move {
                     let f = me.watchers.fresh(&r, SNAPSHOT_WAIT).await;
                     me.metrics.snapshot_request(&me.registry, f.label());
@@ -288,20 +252,86 @@ impl Coordinator {
         }
         self.metrics.events.inc();
         EventOutcome {
-            placement,
-            transfers: decisions,
+            placement: d.placement,
+            transfers: d.transfers,
         }
     }
 
-    /// Placement alone (no model, or `GET /v1/placement`).
+    /// Sends retention hints to their capacities (dropped for a departed one).
+    pub(crate) async fn send_hints(&self, hints: &[HintFor]) {
+        for h in hints {
+            let tx = {
+                let book = self.book.lock().expect("book lock poisoned");
+                book.caps.get(&h.capacity).and_then(|c| c.tx.clone())
+            };
+            if let Some(tx) = tx {
+                let _ = tx.send(Ok(retain_command(h))).await;
+                self.metrics.hints.inc();
+            }
+        }
+    }
+
+    /// Learns from records a capacity reported: the engine observes them, the mirror of that
+    /// capacity's eviction book sees the uses, and the hints (and any pre-warms) go out.
+    pub(crate) async fn observe(self: &Arc<Self>, brain: &Brain, records: &[HistoryRecord]) {
+        let obs = {
+            let mut engine = brain.engine.lock().expect("engine lock poisoned");
+            engine.learn(records);
+            let mut book = self.book.lock().expect("book lock poisoned");
+            for r in records {
+                if let Some(cap) = r.capacity.as_ref().and_then(|c| book.caps.get_mut(c)) {
+                    for rd in &r.reads {
+                        cap.cache.touch(&rd.resource, r.ts);
+                    }
+                }
+            }
+            let obs = engine.hints_for(records, &BookFleet(&book));
+            for h in &obs.hints {
+                if let Some(c) = book.caps.get_mut(&h.capacity) {
+                    c.hint(&h.resource, h.hint.clone());
+                }
+            }
+            obs
+        };
+        self.send_hints(&obs.hints).await;
+        for pw in obs.prewarms {
+            let me = self.clone();
+            tokio::spawn(async move { me.prewarm_later(pw).await });
+        }
+    }
+
+    /// Carries out a pre-warm when it is due.
+    async fn prewarm_later(self: Arc<Self>, pw: Prewarm) {
+        let wait = (pw.at - self.clock.now()).max(0.0);
+        tokio::time::sleep(std::time::Duration::from_secs_f64(wait.min(1e7))).await;
+        let Some(brain) = self.brain.as_ref() else {
+            return;
+        };
+        let mut catalog = HashMap::new();
+        if let Some(x) = self.size_of(brain, &pw.resource).await {
+            catalog.insert(pw.resource.clone(), x);
+        }
+        let done = {
+            let mut engine = brain.engine.lock().expect("engine lock poisoned");
+            let book = self.book.lock().expect("book lock poisoned");
+            engine.prewarm(&pw, &catalog, &BookFleet(&book), self.clock.now())
+        };
+        if let Some((d, h)) = done {
+            self.start_predictive(&pw.capacity, &d);
+            self.send_hints(&[h]).await;
+        }
+    }
+
+    /// Placement alone (no engine, or `GET /v1/placement`).
     pub fn place_only(&self, e: &EventIn) -> Option<Placement> {
         let attached = self.book.lock().expect("book lock poisoned").attached();
-        place(
+        prewarm_engine::place(
             &e.event.key,
             e.capacity.as_ref(),
             &attached,
-            |_, _| false,
+            &|_| Vec::new(),
             &[],
+            &prewarm_engine::Loads::default(),
         )
     }
 
@@ -311,7 +341,7 @@ impl Coordinator {
             .lock()
             .expect("book lock poisoned")
             .moving
-            .insert(key.clone(), d.bytes);
+            .insert(key.clone(), (d.version, d.bytes));
         let req = TransferRequest {
             capacity: capacity.as_str().to_owned(),
             resource: d.resource.as_str().to_owned(),
@@ -421,7 +451,7 @@ impl Coordinator {
             };
             self.handle_event(&e, true).await;
             if let Some(b) = &self.brain {
-                b.observe(std::slice::from_ref(r));
+                self.observe(b, std::slice::from_ref(r)).await;
             }
             n += 1;
         }

@@ -270,6 +270,11 @@ impl coordinator_server::Coordinator for Service {
                 data_unix: c.data_unix.clone(),
                 data_fds: c.data_fds.clone(),
                 host_id: prewarm_transfer::host_id(),
+                eviction_rule: c
+                    .brain
+                    .as_ref()
+                    .map(|b| prewarm_api::rule_name(b.rule()).to_owned())
+                    .unwrap_or_default(),
             })),
         };
         tx.send(Ok(welcome))
@@ -277,19 +282,18 @@ impl coordinator_server::Coordinator for Service {
             .map_err(|_| Status::unavailable("stream closed"))?;
         let session = c.next_id.fetch_add(1, Ordering::Relaxed);
         {
+            let rule = c
+                .brain
+                .as_ref()
+                .map_or(prewarm_engine::Rule::Lru, |b| b.rule());
             let mut book = c.book.lock().expect("book lock poisoned");
-            let mut inventory = req.inventory.unwrap_or_default();
-            inventory.capacity = capacity.as_str().to_owned();
+            book.unindex(&capacity);
             book.caps.insert(
                 capacity.clone(),
-                Cap {
-                    tx: Some(tx.clone()),
-                    session,
-                    ensure_addr: req.ensure_addr,
-                    inventory,
-                    attached_unix_ms: now_ms(),
-                },
+                Cap::new(tx.clone(), session, req.ensure_addr, rule, now_ms()),
             );
+            book.set_inventory(&capacity, req.inventory.unwrap_or_default(), c.clock.now());
+            book.refresh_attached();
         }
         tracing::info!("capacity {capacity} attached");
         c.update_gauges();
@@ -307,11 +311,12 @@ impl coordinator_server::Coordinator for Service {
         let capacity = CapacityId::new(inv.capacity.clone())
             .map_err(|e| Status::invalid_argument(format!("invalid capacity id: {e}")))?;
         let mut book = self.0.book.lock().expect("book lock poisoned");
-        let cap = book
-            .caps
-            .get_mut(&capacity)
-            .ok_or_else(|| Status::not_found(format!("capacity {capacity} has not attached")))?;
-        cap.inventory = inv;
+        if !book.caps.contains_key(&capacity) {
+            return Err(Status::not_found(format!(
+                "capacity {capacity} has not attached"
+            )));
+        }
+        book.set_inventory(&capacity, inv, self.0.clock.now());
         Ok(Response::new(ReportReply {}))
     }
 
@@ -377,30 +382,22 @@ impl coordinator_server::Coordinator for Service {
                 Status::invalid_argument(format!("history from {}: {e}", b.capacity))
             })?);
         }
+        let sender = CapacityId::new(b.capacity.clone())
+            .map_err(|e| Status::invalid_argument(format!("invalid capacity id: {e}")))?;
+        // A capacity reports its own executions only.
+        for r in &mut records {
+            r.capacity = Some(sender.clone());
+        }
+        if let Some(inv) = b.inventory {
+            let mut book = self.0.book.lock().expect("book lock poisoned");
+            if book.caps.contains_key(&sender) {
+                book.set_inventory(&sender, inv, self.0.clock.now());
+            }
+        }
         let accepted = match &self.0.brain {
             Some(brain) => {
-                brain.observe(&records);
+                self.0.observe(brain, &records).await;
                 self.0.metrics.history_records.add(records.len() as u64);
-                let hints = brain.hints(&records);
-                let tx = CapacityId::new(b.capacity.clone()).ok().and_then(|c| {
-                    let book = self.0.book.lock().expect("book lock poisoned");
-                    book.caps.get(&c).and_then(|c| c.tx.clone())
-                });
-                if let Some(tx) = tx {
-                    for (resource, until) in hints {
-                        let cmd = Command {
-                            command: Some(command::Command::KeepAlive(
-                                prewarm_proto::wire::KeepAlive {
-                                    resource: resource.as_str().to_owned(),
-                                    until_unix_ms: until,
-                                },
-                            )),
-                        };
-                        if tx.send(Ok(cmd)).await.is_err() {
-                            break;
-                        }
-                    }
-                }
                 records.len() as u64
             }
             None => 0,

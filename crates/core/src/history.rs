@@ -28,6 +28,10 @@ pub struct Event {
     /// Anything else the source knew (method, status, path…).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attrs: BTreeMap<String, serde_json::Value>,
+    /// States the event names as needed (a request for a model names its checkpoint):
+    /// placed and fetched for certain, so only what comes next is left to predict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<ResourceId>,
 }
 
 /// A state an execution read.
@@ -216,6 +220,7 @@ mod tests {
                 kind: "http".into(),
                 key: "tenant-1".into(),
                 attrs: [("method".to_owned(), serde_json::json!("GET"))].into(),
+                needs: Vec::new(),
             },
             capacity: Some(CapacityId::new("pod-1").unwrap()),
             reads: vec![ReadAccess {

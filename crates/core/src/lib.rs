@@ -5,11 +5,13 @@
 //! (JSON Lines) through `std::io` traits, so every other crate — store, agent, coordinator,
 //! predictor, simulator — speaks the same types without pulling in a runtime.
 
+mod clock;
 mod history;
 mod ids;
 mod predictor;
 mod size;
 
+pub use clock::Clock;
 pub use history::{
     Event, HistoryError, HistoryErrorKind, HistoryReader, HistoryRecord, HistoryWriter, ReadAccess,
     WriteAccess, unix_now,

@@ -69,5 +69,16 @@ pub trait Predictor: Send {
     fn keep_alive(&self, _resource: &ResourceId) -> Option<f64> {
         None
     }
-}
 
+    /// Azure-style windows for `resource`, seconds after its last use: (load again after,
+    /// keep until). A pre-warm delay of 0 means keep from the use on. `None`: no opinion.
+    fn windows(&self, _resource: &ResourceId) -> Option<(f64, f64)> {
+        None
+    }
+
+    /// The exact time of `resource`'s next use after `after` (`INFINITY`: never), for a
+    /// predictor that knows the future (the replay's oracle); `None` for every real model.
+    fn known_next_use(&self, _resource: &ResourceId, _after: f64) -> Option<f64> {
+        None
+    }
+}

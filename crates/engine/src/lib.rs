@@ -1,20 +1,31 @@
-//! prewarm's pure decision core, shared by the coordinator, the agent and the replay
-//! simulator so that simulated numbers come from production code:
+//! prewarm's decision engine: pure (no IO, no runtime, time passed in), called the same way
+//! by the coordinator, the replay simulator and the benchmarks, so a replay's numbers come
+//! from production code.
 //!
-//! - [`evict`]: which held states to evict to make room (least recently used first, or by
-//!   any rank, never a leased state, keep-alive hints respected while possible);
-//! - [`planner`]: given the predictions for an event and what the target capacity holds,
-//!   which transfers to request — probability × time saved weighed against bytes, the link's
-//!   bandwidth, cache pressure and a cap on bytes in flight;
-//! - [`placement`]: which capacity should run an event — one that already holds the predicted
-//!   states, else a consistent (rendezvous) hash of the event's key.
-//!
-//! Nothing here does IO or knows a runtime; time is passed in as seconds.
+//! - [`engine`]: the [`Engine`] — an event's predictions → placement → priced prefetches and
+//!   retention hints; completed executions → learning and hints;
+//! - [`planner`]: which predicted states are worth moving, in seconds of cold start saved
+//!   against what they displace, their lateness and their memory-time;
+//! - [`placement`]: which capacity runs an event (among all holders, bounded load);
+//! - [`cache`]: one capacity's eviction and keep-alive rules ([`CacheBook`]), which the agent
+//!   and the simulator's caches both evict by;
+//! - [`nextuse`]: the next-use estimates (per-resource idle-time distributions) behind the
+//!   `value` rule, the priced keep-alive and the planner's reuse term.
 
+pub mod cache;
+pub mod engine;
 pub mod evict;
+pub mod nextuse;
+pub mod nextuse_curve;
 pub mod placement;
 pub mod planner;
 
+pub use cache::{CacheBook, Expected, Hint, Rule};
+pub use engine::{
+    Catalog, Decided, Engine, EngineConfig, EventView, Fleet, HintFor, Holding, Keep, Observed,
+    Prewarm, model_free, rules_for,
+};
 pub use evict::{Candidate, Shortfall, choose_victims};
-pub use placement::{CHOICES, Placement, PlacementReason, place};
-pub use planner::{Decision, Planner, PlannerConfig, Target};
+pub use nextuse_curve::Curve;
+pub use placement::{Loads, Placement, PlacementReason, place};
+pub use planner::{Decision, Planner, PlannerConfig, Target, Want};

@@ -1,9 +1,15 @@
-//! Placement: which capacity runs an event. An event may name its capacity. Otherwise the
-//! event's key ranks the capacities by rendezvous hash; the first choice runs it unless
-//! another of the first [`CHOICES`] holds at least [`SWITCH_MASS`] more of the predicted
-//! probability mass (state-aware). So a key keeps landing on the same one or two
-//! capacities while the set is stable (only ~1/n of the keys move when one joins or leaves),
-//! and popular states cannot pull every event onto the one capacity that holds them.
+//! Placement: which capacity runs an event. An event may name its capacity. Otherwise it goes
+//! to the capacity that holds (or is receiving) the most of what it needs — the states the
+//! event names, else the predicted ones weighted by probability × fetch time — among all
+//! holders, under a bounded load: no capacity takes more than `(1 + ε)` times its fair share
+//! of the recent placements (consistent hashing with bounded loads, Mirrokni et al. 2018).
+//! When no holder can take it, it goes to the first capacity under the bound in the
+//! rendezvous order of its most valuable candidate state (so each state has a stable home,
+//! and a hot state spills over to its next homes, which then hold it too), or of its key
+//! when nothing is predicted. Ray Serve's model multiplexing and Dynamo's LoRA routing do the
+//! first half of this; the spill-over spreads a state whose demand outgrows one capacity.
+
+use std::collections::{HashMap, VecDeque};
 
 use prewarm_core::{CapacityId, ResourceId};
 use serde::Serialize;
@@ -14,9 +20,11 @@ use serde::Serialize;
 pub enum PlacementReason {
     /// The event named it.
     Named,
-    /// It holds predicted states.
+    /// It holds (or receives) what the event needs.
     Holds,
-    /// Consistent hashing of the event's key.
+    /// The home of the event's most valuable candidate state.
+    Home,
+    /// Consistent hashing of the event's key (nothing predicted).
     Hash,
 }
 
@@ -31,14 +39,14 @@ pub struct Placement {
     pub held_probability: f64,
 }
 
-/// Capacities considered per key (the "power of two choices").
-pub const CHOICES: usize = 2;
+/// A state an event may need: (resource, probability, seconds a cold fetch costs).
+pub type Candidate = (ResourceId, f64, f64);
 
-/// Predicted probability mass another choice must hold beyond the first choice's to win.
-pub const SWITCH_MASS: f64 = 0.5;
+/// Headroom over the fair share of recent placements.
+pub const EPSILON: f64 = 0.25;
 
 /// Rendezvous weight of `capacity` for `key`.
-fn weight(key: &str, capacity: &CapacityId) -> u64 {
+pub fn weight(key: &str, capacity: &CapacityId) -> u64 {
     let mut h = blake3::Hasher::new();
     h.update(key.as_bytes());
     h.update(&[0]);
@@ -47,58 +55,110 @@ fn weight(key: &str, capacity: &CapacityId) -> u64 {
     u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// Places an event with sequence key `key` among `capacities` (`None` when there are none).
-/// `holds(c, r)` says whether capacity `c` holds a recent-enough version of `r`; `predicted`
-/// are the predicted resources with their probabilities.
+/// The engine's recent placements (a sliding window), for the load bound.
+#[derive(Clone, Debug, Default)]
+pub struct Loads {
+    window: VecDeque<CapacityId>,
+    counts: HashMap<CapacityId, usize>,
+}
+
+impl Loads {
+    fn len_for(capacities: usize) -> usize {
+        (16 * capacities).max(64)
+    }
+
+    /// Whether `c` may take one more among `n` capacities.
+    pub fn allows(&self, c: &CapacityId, n: usize) -> bool {
+        let n = n.max(1);
+        let placed = self.window.len() + 1;
+        let cap = ((1.0 + EPSILON) * placed as f64 / n as f64).ceil() as usize;
+        self.counts.get(c).copied().unwrap_or(0) < cap.max(1)
+    }
+
+    /// Records a placement on `c` among `n` capacities.
+    pub fn placed(&mut self, c: &CapacityId, n: usize) {
+        self.window.push_back(c.clone());
+        *self.counts.entry(c.clone()).or_default() += 1;
+        while self.window.len() > Self::len_for(n) {
+            if let Some(old) = self.window.pop_front()
+                && let Some(k) = self.counts.get_mut(&old)
+            {
+                *k -= 1;
+                if *k == 0 {
+                    self.counts.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// Places an event with key `key` among `capacities` (`None` when there are none).
+/// `holds(c, r)` says whether `c` holds a recent-enough version of `r` or is receiving one;
+/// `holders(r)` lists such capacities.
 pub fn place(
     key: &str,
     named: Option<&CapacityId>,
     capacities: &[CapacityId],
-    holds: impl Fn(&CapacityId, &ResourceId) -> bool,
-    predicted: &[(ResourceId, f64)],
+    holders: &dyn Fn(&ResourceId) -> Vec<CapacityId>,
+    candidates: &[Candidate],
+    loads: &Loads,
 ) -> Option<Placement> {
+    let n = capacities.len();
     if let Some(c) = named.filter(|c| capacities.contains(c)) {
-        let held_probability = predicted
+        let held_probability = candidates
             .iter()
-            .filter(|(r, _)| holds(c, r))
-            .fold(0.0, |a, (_, p)| a + p);
+            .filter(|(r, _, _)| holders(r).contains(c))
+            .fold(0.0, |a, (_, p, _)| a + p);
         return Some(Placement {
             capacity: c.clone(),
             reason: PlacementReason::Named,
             held_probability,
         });
     }
-    let mut ranked: Vec<(u64, &CapacityId)> =
-        capacities.iter().map(|c| (weight(key, c), c)).collect();
-    ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    let scored: Vec<(f64, &CapacityId)> = ranked
-        .into_iter()
-        .take(CHOICES)
-        .map(|(_, c)| {
-            let mass: f64 = predicted
-                .iter()
-                .filter(|(r, _)| holds(c, r))
-                .fold(0.0, |a, (_, p)| a + p);
-            (mass, c)
-        })
-        .collect();
-    let first = *scored.first()?;
-    // Leave the key's first choice only for clearly more of what is predicted: a weak
-    // prediction must not split a key's executions (and their warm states) over two places.
-    let best = scored
+    // What each holder already has: Σ p · fetch, and Σ p.
+    let mut score: HashMap<CapacityId, (f64, f64)> = HashMap::new();
+    for (r, p, fetch) in candidates {
+        for c in holders(r) {
+            let s = score.entry(c).or_default();
+            s.0 += p * fetch.max(1e-9);
+            s.1 += p;
+        }
+    }
+    let anchor = candidates
         .iter()
-        .copied()
-        .filter(|(m, _)| *m >= first.0 + SWITCH_MASS)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .unwrap_or(first);
+        .max_by(|a, b| (a.1 * a.2).total_cmp(&(b.1 * b.2)).then(b.0.cmp(&a.0)))
+        .map_or(key, |c| c.0.as_str());
+    let best_holder = score
+        .iter()
+        .filter(|(c, _)| capacities.contains(c) && loads.allows(c, n))
+        .max_by(|a, b| {
+            a.1.0
+                .total_cmp(&b.1.0)
+                .then_with(|| weight(anchor, a.0).cmp(&weight(anchor, b.0)))
+        });
+    if let Some((c, (_, mass))) = best_holder {
+        return Some(Placement {
+            capacity: c.clone(),
+            reason: PlacementReason::Holds,
+            held_probability: *mass,
+        });
+    }
+    let mut ranked: Vec<(u64, &CapacityId)> =
+        capacities.iter().map(|c| (weight(anchor, c), c)).collect();
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    let c = ranked
+        .iter()
+        .map(|x| x.1)
+        .find(|c| loads.allows(c, n))
+        .or(ranked.first().map(|x| x.1))?;
     Some(Placement {
-        capacity: best.1.clone(),
-        reason: if best.0 > 0.0 {
-            PlacementReason::Holds
-        } else {
+        capacity: c.clone(),
+        reason: if candidates.is_empty() {
             PlacementReason::Hash
+        } else {
+            PlacementReason::Home
         },
-        held_probability: best.0,
+        held_probability: score.get(c).map_or(0.0, |s| s.1),
     })
 }
 
@@ -108,52 +168,91 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn named_then_holder_then_stable_hash() {
-        let caps: Vec<CapacityId> = (0..4)
+    fn caps(n: usize) -> Vec<CapacityId> {
+        (0..n)
             .map(|i| CapacityId::new(format!("c{i}")).unwrap())
-            .collect();
-        let r = ResourceId::new("m/a").unwrap();
-        let pred = [(r.clone(), 0.8)];
-        let holds = |c: &CapacityId, x: &ResourceId| c.as_str() == "c2" && *x == r;
-        let p = place("k", Some(&caps[1]), &caps, holds, &pred).unwrap();
+            .collect()
+    }
+
+    fn r(s: &str) -> ResourceId {
+        ResourceId::new(s).unwrap()
+    }
+
+    #[test]
+    fn named_then_any_holder_then_the_states_home_then_the_keys_hash() {
+        let caps = caps(4);
+        let m = r("m/a");
+        let holders = |x: &ResourceId| {
+            if *x == r("m/a") {
+                vec![CapacityId::new("c2").unwrap()]
+            } else {
+                vec![]
+            }
+        };
+        let loads = Loads::default();
+        let cand = [(m.clone(), 0.8, 1.0)];
+        let p = place("k", Some(&caps[1]), &caps, &holders, &cand, &loads).unwrap();
         assert_eq!(
             (p.capacity.as_str(), p.reason),
             ("c1", PlacementReason::Named)
         );
-        // A key whose two choices include the holder goes to it; one whose choices do not
-        // stays on its own first choice (popular states do not pull every key over).
-        let mut held_by_choice = 0;
-        for k in 0..100 {
-            let key = format!("k{k}");
-            let p = place(&key, None, &caps, holds, &pred).unwrap();
-            let first = place(&key, None, &caps, |_, _| false, &pred).unwrap();
-            if p.reason == PlacementReason::Holds {
-                assert_eq!(p.capacity.as_str(), "c2");
-                assert!((p.held_probability - 0.8).abs() < 1e-12);
-                held_by_choice += 1;
-            } else {
-                assert_eq!(p.capacity, first.capacity);
-                assert_ne!(first.capacity.as_str(), "c2");
-            }
+        // Every key that needs m/a goes to its holder, whatever the key.
+        for k in 0..50 {
+            let p = place(&format!("k{k}"), None, &caps, &holders, &cand, &loads).unwrap();
+            assert_eq!(
+                (p.capacity.as_str(), p.reason),
+                ("c2", PlacementReason::Holds)
+            );
+            assert!((p.held_probability - 0.8).abs() < 1e-12);
         }
-        assert!((30..70).contains(&held_by_choice), "{held_by_choice}");
-        // Nobody holds anything: a hash, the same every time; removing another capacity moves
-        // few keys.
-        let none = |_: &CapacityId, _: &ResourceId| false;
+        // Nobody holds m/b: every key goes to m/b's home, the same one each time.
+        let cand = [(r("m/b"), 0.6, 1.0)];
+        let homes: std::collections::HashSet<_> = (0..50)
+            .map(|k| place(&format!("k{k}"), None, &caps, &holders, &cand, &loads).unwrap())
+            .map(|p| {
+                assert_eq!(p.reason, PlacementReason::Home);
+                p.capacity
+            })
+            .collect();
+        assert_eq!(homes.len(), 1);
+        // Nothing predicted: the key's hash, stable, moving ~1/n of keys when one leaves.
+        let none = |_: &ResourceId| Vec::new();
         let mut moved = 0;
         for k in 0..1000 {
             let key = format!("key-{k}");
-            let a = place(&key, None, &caps, none, &pred).unwrap();
+            let a = place(&key, None, &caps, &none, &[], &loads).unwrap();
             assert_eq!(a.reason, PlacementReason::Hash);
-            assert_eq!(a, place(&key, None, &caps, none, &pred).unwrap());
-            let b = place(&key, None, &caps[..3], none, &pred).unwrap();
+            let b = place(&key, None, &caps[..3], &none, &[], &loads).unwrap();
             if a.capacity != b.capacity {
                 moved += 1;
                 assert_eq!(a.capacity.as_str(), "c3");
             }
         }
         assert!((150..350).contains(&moved), "{moved} of 1000 moved");
-        assert!(place("k", None, &[], none, &pred).is_none());
+        assert!(place("k", None, &[], &none, &[], &loads).is_none());
+    }
+
+    #[test]
+    fn a_hot_state_spills_over_to_its_next_homes_under_the_load_bound() {
+        let caps = caps(4);
+        let mut loads = Loads::default();
+        let cand = [(r("hot"), 1.0, 1.0)];
+        let mut holding: Vec<CapacityId> = Vec::new();
+        let mut per: HashMap<CapacityId, usize> = HashMap::new();
+        for k in 0..400 {
+            let h = holding.clone();
+            let p = place(&format!("k{k}"), None, &caps, &|_| h.clone(), &cand, &loads).unwrap();
+            loads.placed(&p.capacity, caps.len());
+            if !holding.contains(&p.capacity) {
+                holding.push(p.capacity.clone());
+            }
+            *per.entry(p.capacity).or_default() += 1;
+        }
+        // Demand four times what one capacity may take: it is held everywhere, and no
+        // holder takes much more than (1 + ε) of its fair share (100).
+        assert_eq!(holding.len(), 4, "{per:?}");
+        for n in per.values() {
+            assert!(*n <= 135, "{per:?}");
+        }
     }
 }

@@ -1,27 +1,40 @@
 //! The planner: for one event, which predicted states to move to the capacity that will run
-//! it. A transfer is worth it when the wait it saves, weighted by the chance the state is
-//! read, beats the link time it wastes when it is not:
+//! it. Every term is in seconds of cold start and comes from the model's numbers; nothing is
+//! a hand-set weight. Prefetching `s` (chance `p` that the coming execution reads it) against
+//! not prefetching it:
 //!
 //! ```text
-//! fetch  = latency + bytes / bandwidth                      (the cold wait avoided)
-//! score  = p · fetch − w · (1 − p) · fetch · (1 + pressure)
-//! pressure = bytes that must be evicted to make room / bytes (0 when it fits)
+//! fetch  = latency + bytes / bandwidth
+//! saved  = fetch − lateness      lateness = max(0, queued ahead + fetch − lead)
+//! net    = p · saved                                   (read: the wait is avoided; what it
+//!                                                       displaces and the link time it
+//!                                                       takes would go on demand anyway)
+//!        + (1 − p) · (reuse · fetch − displaced)       (not read: it may be reused within
+//!                                                       the cache's horizon, and what it
+//!                                                       evicted loses its own value)
+//!        − (1 − p) · link_price · fetch                (the link time it took for nothing)
+//!        − (1 − p) · memory_price · bytes · horizon    (the memory-time it held for nothing)
 //! ```
 //!
-//! Candidates under the probability threshold, already held at a recent-enough version,
-//! already on their way, or that cannot fit even after evicting every unleased state are
-//! skipped. The rest go out best score first while the predictive bytes in flight stay under
-//! the cap and the event's transfer count under its limit. On-demand fetches do not pass
+//! The two prices are the operator's: how many seconds of cold start a second of link time
+//! and a GB·s of cache are worth (1 and 0 by default: link time counts like waiting time,
+//! memory is free until it runs out).
+//!
+//! `displaced` is the value (seconds) the capacity's eviction rule says its victims held
+//! ([`crate::CacheBook::peek_victims`]), `reuse` the chance of a use within the horizon from
+//! the next-use estimate. A prefetch goes out when `net > 0`, best first, while the
+//! predictive bytes in flight stay under the cap and the event's transfers under its limit.
+//! Candidates already held at a recent-enough version, already on their way, or that cannot
+//! fit even after evicting every unleased state are skipped. On-demand fetches do not pass
 //! through here: they are never capped.
 
-use prewarm_core::{ResourceId, Version};
-use prewarm_core::VersionPolicy;
+use prewarm_core::{ResourceId, Version, VersionPolicy};
 use serde::Serialize;
 
 /// Planner settings.
 #[derive(Clone, Debug, Serialize)]
 pub struct PlannerConfig {
-    /// Smallest probability acted on.
+    /// Smallest probability acted on (0: the costs alone decide).
     pub threshold: f64,
     /// Cap on predictive bytes in flight to one capacity.
     pub max_in_flight: u64,
@@ -29,22 +42,42 @@ pub struct PlannerConfig {
     pub bandwidth: f64,
     /// Fixed cost of one transfer, seconds.
     pub latency_s: f64,
-    /// Weight of a wasted link-second against a saved second of waiting.
-    pub waste_weight: f64,
     /// Most transfers requested for one event.
     pub max_per_event: usize,
+    /// Time from an event to the start of its execution, seconds (how early a prefetch can
+    /// start before it is late).
+    pub lead_s: f64,
+    /// Price of cache memory, seconds of cold start per GB·s held (0: memory is free until
+    /// it runs out).
+    pub memory_price: f64,
+    /// Price of link time, seconds of cold start per second a transfer occupies the link.
+    pub link_price: f64,
 }
 
 impl Default for PlannerConfig {
     fn default() -> Self {
         Self {
-            threshold: 0.05,
+            threshold: 0.0,
             max_in_flight: 1 << 30,
             bandwidth: 100e6,
             latency_s: 0.005,
-            waste_weight: 0.5,
             max_per_event: 4,
+            lead_s: 1.0,
+            memory_price: 0.0,
+            link_price: 1.0,
         }
+    }
+}
+
+impl PlannerConfig {
+    /// Seconds a cold fetch of `bytes` takes.
+    pub fn fetch_s(&self, bytes: u64) -> f64 {
+        self.latency_s + bytes as f64 / self.bandwidth.max(1.0)
+    }
+
+    /// The price of holding `bytes` for one second, in seconds of cold start.
+    pub fn cost_per_s(&self, bytes: u64) -> f64 {
+        self.memory_price * bytes as f64 / 1e9
     }
 }
 
@@ -61,18 +94,35 @@ pub struct Want {
     pub latest: Version,
     /// Its size.
     pub bytes: u64,
+    /// Chance it is used again within the target's horizon if held (beyond this execution).
+    pub reuse: f64,
+}
+
+impl Want {
+    /// The oldest version that would do.
+    pub fn need(&self) -> Version {
+        match self.version {
+            VersionPolicy::Latest => self.latest,
+            VersionPolicy::AtLeast(v) => v.min(self.latest),
+        }
+    }
 }
 
 /// What the planner needs to know about the target capacity.
 pub trait Target {
-    /// The newest version of `resource` held.
+    /// The newest version of `resource` held (installed).
     fn held(&self, resource: &ResourceId) -> Option<Version>;
     /// A transfer of `resource` is already under way.
     fn in_flight(&self, resource: &ResourceId) -> bool;
     /// Budget minus bytes held and reserved.
     fn free_bytes(&self) -> u64;
-    /// Bytes of held states that could be evicted (not leased).
-    fn evictable_bytes(&self) -> u64;
+    /// Seconds of cold start the states evicted to free `need` bytes (beyond the free
+    /// ones) were expected to save; `None` when that much cannot be freed.
+    fn displaced(&self, need: u64) -> Option<f64>;
+    /// Predictive bytes already moving to it.
+    fn predictive_in_flight(&self) -> u64;
+    /// Its cache's horizon (how long its victims had been idle), seconds.
+    fn horizon(&self) -> Option<f64>;
 }
 
 /// A transfer to request.
@@ -103,35 +153,52 @@ impl Planner {
         Self { cfg }
     }
 
-    /// The transfers to request for `wants` on `target`, given `in_flight` predictive bytes
-    /// already moving to it; best first.
-    pub fn plan(&self, wants: &[Want], target: &dyn Target, in_flight: u64) -> Vec<Decision> {
+    /// The net seconds saved by prefetching `w` when `extra` more bytes than are free must
+    /// be found (and `already` were found for earlier choices), `ahead` seconds of transfers
+    /// queued before it (see the module docs).
+    fn net(&self, w: &Want, target: &dyn Target, already: u64, ahead: f64) -> Option<f64> {
         let c = &self.cfg;
-        let mut free = target.free_bytes();
-        let evictable = target.evictable_bytes();
+        let p = w.probability.clamp(0.0, 1.0);
+        let fetch = c.fetch_s(w.bytes);
+        let free = target.free_bytes();
+        let need_before = already.saturating_sub(free);
+        let need_after = (already + w.bytes).saturating_sub(free);
+        let displaced =
+            target.displaced(need_after)? - target.displaced(need_before).unwrap_or(0.0);
+        let lateness = (ahead + fetch - c.lead_s).max(0.0);
+        let saved = (fetch - lateness).max(0.0);
+        let horizon = target.horizon().unwrap_or(f64::INFINITY);
+        let memory = if c.memory_price > 0.0 {
+            c.cost_per_s(w.bytes) * horizon.min(1e7)
+        } else {
+            0.0
+        };
+        let unread = w.reuse.clamp(0.0, 1.0) * fetch
+            - displaced.max(0.0)
+            - c.link_price.max(0.0) * fetch
+            - memory;
+        Some(p * saved + (1.0 - p) * unread)
+    }
+
+    /// The transfers to request for `wants` on `target`, best first.
+    pub fn plan(&self, wants: &[Want], target: &dyn Target) -> Vec<Decision> {
+        let c = &self.cfg;
+        let in_flight = target.predictive_in_flight();
+        let ahead = in_flight as f64 / c.bandwidth.max(1.0);
         let mut scored: Vec<Decision> = wants
             .iter()
-            .filter(|w| w.probability >= c.threshold && w.probability > 0.0)
+            .filter(|w| w.probability > 0.0 && w.probability >= c.threshold)
+            .filter(|w| {
+                target.held(&w.resource).is_none_or(|h| h < w.need())
+                    && !target.in_flight(&w.resource)
+            })
             .filter_map(|w| {
-                let need = match w.version {
-                    VersionPolicy::Latest => w.latest,
-                    VersionPolicy::AtLeast(v) => v.min(w.latest),
-                };
-                if target.held(&w.resource).is_some_and(|h| h >= need)
-                    || target.in_flight(&w.resource)
-                    || w.bytes > free + evictable
-                {
-                    return None;
-                }
-                let p = w.probability.min(1.0);
-                let fetch = c.latency_s + w.bytes as f64 / c.bandwidth.max(1.0);
-                let pressure = w.bytes.saturating_sub(free) as f64 / w.bytes.max(1) as f64;
-                let score = p * fetch - c.waste_weight * (1.0 - p) * fetch * (1.0 + pressure);
+                let score = self.net(w, target, 0, ahead)?;
                 (score > 0.0).then(|| Decision {
                     resource: w.resource.clone(),
                     version: w.latest,
                     bytes: w.bytes,
-                    probability: p,
+                    probability: w.probability.min(1.0),
                     score,
                 })
             })
@@ -141,8 +208,9 @@ impl Planner {
                 .total_cmp(&a.score)
                 .then_with(|| a.resource.cmp(&b.resource))
         });
+        // Taken in order, each re-priced against the room the earlier ones took.
         let mut out = Vec::new();
-        let mut moving = in_flight;
+        let (mut moving, mut taken) = (in_flight, 0u64);
         for d in scored {
             if out.len() >= c.max_per_event {
                 break;
@@ -150,111 +218,23 @@ impl Planner {
             if moving + d.bytes > c.max_in_flight {
                 continue;
             }
-            moving += d.bytes;
-            free = free.saturating_sub(d.bytes);
-            out.push(d);
+            let w = wants
+                .iter()
+                .find(|w| w.resource == d.resource)
+                .expect("scored from wants");
+            let ahead = moving as f64 / c.bandwidth.max(1.0);
+            match self.net(w, target, taken, ahead) {
+                Some(score) if score > 0.0 => {
+                    moving += d.bytes;
+                    taken += d.bytes;
+                    out.push(Decision { score, ..d });
+                }
+                _ => {}
+            }
         }
         out
     }
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use std::collections::HashMap;
-
-    use super::*;
-
-    struct T {
-        held: HashMap<ResourceId, Version>,
-        moving: Vec<ResourceId>,
-        free: u64,
-        evictable: u64,
-    }
-
-    impl Target for T {
-        fn held(&self, r: &ResourceId) -> Option<Version> {
-            self.held.get(r).copied()
-        }
-        fn in_flight(&self, r: &ResourceId) -> bool {
-            self.moving.contains(r)
-        }
-        fn free_bytes(&self) -> u64 {
-            self.free
-        }
-        fn evictable_bytes(&self) -> u64 {
-            self.evictable
-        }
-    }
-
-    fn want(name: &str, p: f64, latest: u64, bytes: u64) -> Want {
-        Want {
-            resource: ResourceId::new(name).unwrap(),
-            probability: p,
-            version: VersionPolicy::Latest,
-            latest: Version::new(latest).unwrap(),
-            bytes,
-        }
-    }
-
-    fn names(d: &[Decision]) -> Vec<&str> {
-        d.iter().map(|d| d.resource.as_str()).collect()
-    }
-
-    #[test]
-    fn skips_held_unlikely_moving_and_unfitting_and_ranks_the_rest() {
-        let v = |n| Version::new(n).unwrap();
-        let t = T {
-            held: [
-                (ResourceId::new("held").unwrap(), v(2)),
-                (ResourceId::new("old").unwrap(), v(1)),
-            ]
-            .into(),
-            moving: vec![ResourceId::new("moving").unwrap()],
-            free: 1000,
-            evictable: 500,
-        };
-        let p = Planner::default();
-        let wants = [
-            want("held", 0.9, 2, 100),    // held at the latest version
-            want("old", 0.9, 2, 100),     // held, but too old: refresh
-            want("rare", 0.01, 1, 100),   // under the threshold
-            want("coin", 0.3, 1, 100),    // 0.3 - 0.5·0.7 < 0: not worth it
-            want("moving", 0.9, 1, 100),  // already on its way
-            want("huge", 0.9, 1, 2000),   // cannot fit even after evicting
-            want("likely", 0.95, 1, 400), // the best
-        ];
-        let d = p.plan(&wants, &t, 0);
-        assert_eq!(names(&d), vec!["likely", "old"]);
-        assert_eq!(d[1].version, v(2));
-        // The cap on bytes in flight holds back what does not fit under it.
-        let capped = Planner::new(PlannerConfig {
-            max_in_flight: 450,
-            ..Default::default()
-        });
-        assert_eq!(names(&capped.plan(&wants, &t, 0)), vec!["likely"]);
-        assert_eq!(names(&capped.plan(&wants, &t, 400)), Vec::<&str>::new());
-    }
-
-    #[test]
-    fn cache_pressure_raises_the_bar() {
-        let full = || T {
-            held: HashMap::new(),
-            moving: vec![],
-            free: 0,
-            evictable: 10_000,
-        };
-        let roomy = T {
-            free: 10_000,
-            ..full()
-        };
-        let t = full();
-        let w = [want("x", 0.4, 1, 1000)];
-        let p = Planner::default();
-        // p = 0.4: worth it with room (0.4 > 0.5·0.6), not when everything must be evicted
-        // (0.4 < 0.5·0.6·2).
-        assert_eq!(p.plan(&w, &roomy, 0).len(), 1);
-        assert!(p.plan(&w, &t, 0).is_empty());
-    }
-}
+mod tests;

@@ -196,6 +196,10 @@ impl Predictor for Histogram {
         self.windows(resource).map(|(_, keep)| keep)
     }
 
+    fn windows(&self, resource: &ResourceId) -> Option<(f64, f64)> {
+        Histogram::windows(self, resource)
+    }
+
     fn memory_bytes(&self) -> u64 {
         self.per
             .keys()

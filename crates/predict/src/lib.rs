@@ -10,3 +10,45 @@ pub mod neural;
 mod predictor;
 
 pub use predictor::{Context, Prediction, Predictor, VersionPolicy};
+
+/// Why a predictor spec could not be turned into a predictor.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// Not a name this crate knows.
+    #[error("unknown model {0:?} (frequency, markov, histogram, gru:DIR, transformer:DIR)")]
+    Unknown(String),
+    /// A saved model could not be loaded.
+    #[error("loading model {spec}: {source}")]
+    Load {
+        /// The spec.
+        spec: String,
+        /// Why.
+        source: neural::ModelError,
+    },
+}
+
+/// Per-key state a learned model keeps at most (least recently seen keys forgotten).
+pub const MAX_KEYS: usize = 1 << 20;
+
+/// The one table of predictors: `frequency`, `markov`, `histogram`, or a saved learned model
+/// `gru:DIR` / `transformer:DIR` (from `prewarm train`). The coordinator, `eval`, `replay`
+/// and the benchmarks all build their models here.
+pub fn by_name(spec: &str) -> Result<Box<dyn Predictor>, SpecError> {
+    let tau = 3600.0;
+    Ok(match spec {
+        "frequency" => Box::new(baselines::Frequency::new(tau)),
+        "markov" => Box::new(baselines::Markov::new(2, tau)),
+        "histogram" => Box::new(histogram::Histogram::new()),
+        s => match s.split_once(':') {
+            Some(("gru" | "transformer", dir)) => Box::new(
+                neural::Learned::load(std::path::Path::new(dir), MAX_KEYS).map_err(|source| {
+                    SpecError::Load {
+                        spec: s.to_owned(),
+                        source,
+                    }
+                })?,
+            ),
+            _ => return Err(SpecError::Unknown(s.to_owned())),
+        },
+    })
+}

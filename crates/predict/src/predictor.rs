@@ -24,6 +24,7 @@ pub(crate) fn test_record(ts: f64, key: &str, resource: &str) -> HistoryRecord {
             kind: "t".into(),
             key: key.into(),
             attrs: Default::default(),
+            needs: Vec::new(),
         },
         capacity: None,
         reads: vec![prewarm_core::ReadAccess {

@@ -1,12 +1,12 @@
-//! One simulated capacity: its cache (what it holds, in flight or installed, within a byte
-//! budget, evicted by [`prewarm_engine::choose_victims`], the agent's own policy), its link
-//! (one transfer at a time, on-demand fetches ahead of queued predictive ones), and the
+//! One simulated capacity: what it holds, in flight or installed, within a byte budget; its
+//! [`CacheBook`] (the engine's eviction and keep rules, the same the agent runs); its link
+//! (one transfer at a time, on-demand fetches ahead of queued predictive ones); and the
 //! accounting of memory-time and wasted bytes.
 
 use std::collections::BTreeMap;
 
 use prewarm_core::{ResourceId, Version};
-use prewarm_engine::{Candidate, Target, choose_victims};
+use prewarm_engine::{CacheBook, Hint, Rule, Target};
 
 /// A state held or on its way.
 #[derive(Clone, Debug)]
@@ -17,9 +17,6 @@ pub(crate) struct Entry {
     pub started_at: f64,
     /// When the transfer completes (installed from then on).
     pub ready_at: f64,
-    pub last_used: f64,
-    /// When the keep-alive runs out (`INFINITY`: none).
-    pub expires: f64,
     /// Read since it was installed.
     pub read: bool,
     /// Executions using it now.
@@ -31,6 +28,7 @@ pub(crate) struct Entry {
 pub(crate) struct SimCache {
     pub budget: u64,
     pub entries: BTreeMap<ResourceId, Entry>,
+    pub book: CacheBook<ResourceId>,
     pub used: u64,
     /// When the link is next free for predictive transfers.
     pub link_free: f64,
@@ -39,21 +37,23 @@ pub(crate) struct SimCache {
     pub count_from: f64,
     pub mem_byte_s: f64,
     pub wasted: u64,
-    pub now: f64,
+    /// Evictions made.
+    pub evictions: u64,
 }
 
 impl SimCache {
-    pub fn new(budget: u64, count_from: f64) -> Self {
+    pub fn new(budget: u64, count_from: f64, rule: Rule) -> Self {
         Self {
             budget,
             entries: BTreeMap::new(),
+            book: CacheBook::new(rule, budget),
             used: 0,
             link_free: 0.0,
             last_t: f64::NEG_INFINITY,
             count_from,
             mem_byte_s: 0.0,
             wasted: 0,
-            now: 0.0,
+            evictions: 0,
         }
     }
 
@@ -64,12 +64,17 @@ impl SimCache {
             self.mem_byte_s += self.used as f64 * (t - from);
         }
         self.last_t = self.last_t.max(t);
-        self.now = t;
+    }
+
+    /// The latest time the cache was advanced to.
+    pub fn clock(&self) -> f64 {
+        self.last_t
     }
 
     /// Drops `r` (evicted, expired or superseded); unread bytes count as wasted.
     pub fn remove(&mut self, r: &ResourceId) -> Option<Entry> {
         let e = self.entries.remove(r)?;
+        self.book.remove(r);
         self.used -= e.bytes;
         if !e.read && e.ready_at >= self.count_from {
             self.wasted += e.bytes;
@@ -77,79 +82,109 @@ impl SimCache {
         Some(e)
     }
 
-    /// Makes room for and records `e` under `r`; `rank` orders eviction (lower first).
-    /// `false` (and nothing evicted) when it cannot fit.
-    pub fn insert(
-        &mut self,
-        r: ResourceId,
-        e: Entry,
-        rank: &dyn Fn(&ResourceId, &Entry) -> f64,
-    ) -> bool {
-        if let Some(old) = self.remove(&r) {
-            // A superseded version: gone either way.
-            let _ = old;
-        }
+    /// Whether `r` may be evicted at `now` (not in use, not still moving).
+    pub fn evictable(&self, r: &ResourceId, now: f64) -> bool {
+        self.entries
+            .get(r)
+            .is_some_and(|e| e.leases == 0 && e.ready_at <= now)
+    }
+
+    /// Makes room for `e` under `r` at `now` by the book's rule and records it; `Err` (and
+    /// nothing evicted) when it cannot fit. Returns the evicted states.
+    pub fn insert(&mut self, r: ResourceId, e: Entry, now: f64) -> Result<Vec<ResourceId>, ()> {
+        // A superseded version: gone either way.
+        self.remove(&r);
         let room = self.budget.saturating_sub(self.used);
+        let mut evicted = Vec::new();
+        if e.bytes > self.budget {
+            return Err(());
+        }
         if e.bytes > room {
-            let now = self.now;
-            let candidates: Vec<Candidate<ResourceId>> = self
-                .entries
-                .iter()
-                .map(|(k, x)| Candidate {
-                    key: k.clone(),
-                    bytes: x.bytes,
-                    leased: x.leases > 0 || x.ready_at > now,
-                    kept_alive: false,
-                    rank: rank(k, x),
-                })
-                .collect();
-            match choose_victims(&candidates, e.bytes - room) {
-                Ok(victims) => {
-                    for v in victims {
-                        self.remove(&v);
-                    }
-                }
-                Err(_) => return false,
+            let victims = {
+                let entries = &self.entries;
+                let ok = |k: &ResourceId| {
+                    entries
+                        .get(k)
+                        .is_some_and(|x| x.leases == 0 && x.ready_at <= now)
+                };
+                self.book
+                    .victims(e.bytes - room, now, &ok)
+                    .map_err(|_| ())?
+            };
+            for v in victims {
+                self.remove(&v);
+                self.evictions += 1;
+                evicted.push(v);
             }
         }
         self.used += e.bytes;
+        self.book.admit(r.clone(), e.bytes, now);
         self.entries.insert(r, e);
-        true
+        Ok(evicted)
     }
 
-    /// Predictive bytes still moving.
-    pub fn predictive_in_flight(&self) -> u64 {
+    /// Applies a hint; returns its keep-until when it is finite (for the expiry timer).
+    pub fn hint(&mut self, r: &ResourceId, h: Hint) -> Option<f64> {
+        if !self.entries.contains_key(r) {
+            return None;
+        }
+        let until = h.keep_until;
+        self.book.hint(r, h);
+        until.is_finite().then_some(until)
+    }
+
+    /// Whether `r`'s keep-alive has run out at `t` (and it may go).
+    pub fn expired(&self, r: &ResourceId, t: f64) -> bool {
+        self.evictable(r, t) && self.book.hint_of(r).is_some_and(|h| h.keep_until <= t)
+    }
+
+    /// Predictive bytes still moving at `now`.
+    pub fn predictive_in_flight(&self, now: f64) -> u64 {
         self.entries
             .values()
-            .filter(|e| e.predictive && e.ready_at > self.now)
+            .filter(|e| e.predictive && e.ready_at > now)
             .map(|e| e.bytes)
             .sum()
     }
 }
 
-impl Target for SimCache {
+/// A capacity as the planner sees it at a time.
+pub(crate) struct SimTarget<'a>(pub &'a SimCache, pub f64);
+
+impl Target for SimTarget<'_> {
     fn held(&self, resource: &ResourceId) -> Option<Version> {
-        self.entries
+        let SimTarget(c, now) = *self;
+        c.entries
             .get(resource)
-            .filter(|e| e.ready_at <= self.now)
+            .filter(|e| e.ready_at <= now)
             .and_then(|e| Version::new(e.version))
     }
 
     fn in_flight(&self, resource: &ResourceId) -> bool {
-        self.entries
-            .get(resource)
-            .is_some_and(|e| e.ready_at > self.now)
+        let SimTarget(c, now) = *self;
+        c.entries.get(resource).is_some_and(|e| e.ready_at > now)
     }
 
     fn free_bytes(&self) -> u64 {
-        self.budget.saturating_sub(self.used)
+        self.0.budget.saturating_sub(self.0.used)
     }
 
-    fn evictable_bytes(&self) -> u64 {
-        self.entries
-            .values()
-            .filter(|e| e.leases == 0 && e.ready_at <= self.now)
-            .map(|e| e.bytes)
-            .sum()
+    fn displaced(&self, need: u64) -> Option<f64> {
+        if need == 0 {
+            return Some(0.0);
+        }
+        let SimTarget(c, now) = *self;
+        c.book
+            .peek_victims(need, now, &|k| c.evictable(k, now))
+            .ok()
+            .map(|(_, loss)| loss)
+    }
+
+    fn predictive_in_flight(&self) -> u64 {
+        self.0.predictive_in_flight(self.1)
+    }
+
+    fn horizon(&self) -> Option<f64> {
+        self.0.book.horizon()
     }
 }

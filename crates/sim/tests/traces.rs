@@ -55,11 +55,11 @@ fn nasa_replay_orders_the_policies_and_repeats() {
         ]
     };
     let rows: Vec<_> = policies()
-        .iter_mut()
+        .into_iter()
         .map(|p| replay(&records, p, &cfg))
         .collect();
     let again: Vec<_> = policies()
-        .iter_mut()
+        .into_iter()
         .map(|p| replay(&records, p, &cfg))
         .collect();
     assert_eq!(rows, again, "the same inputs give the same numbers");

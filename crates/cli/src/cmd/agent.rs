@@ -70,6 +70,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         token,
         lease: a.lease,
         data_path,
+        clock: prewarm_core::Clock::system(),
     })
     .context("opening the cache")?;
     let listener = tokio::net::TcpListener::bind(a.listen)

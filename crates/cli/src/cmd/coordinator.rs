@@ -30,14 +30,30 @@ pub struct Args {
     poll: Duration,
     #[command(flatten)]
     token: TokenArg,
-    /// The model of the predictive loop: markov, frequency, histogram, gru:DIR,
-    /// transformer:DIR (from `prewarm train`; SIGHUP reloads DIR), or none (transfers by
-    /// request only).
+    /// The policy of the decision engine: a model (markov, frequency, histogram, gru:DIR,
+    /// transformer:DIR from `prewarm train`; SIGHUP reloads DIR), a model-free baseline
+    /// (lru, s3fifo, gdsf: placement, eviction rule and keep-alive only), or none (no engine:
+    /// transfers by request only).
     #[arg(long, default_value = "markov")]
     model: String,
-    /// Smallest predicted probability the planner acts on.
-    #[arg(long, default_value_t = 0.05)]
+    /// Smallest predicted probability the planner acts on (0: the priced costs alone
+    /// decide).
+    #[arg(long, default_value_t = 0.0)]
     threshold: f64,
+    /// Price of cache memory, in seconds of cold start per GB·s held (0: states are kept
+    /// until pressure evicts them).
+    #[arg(long, default_value_t = 0.0)]
+    memory_price: f64,
+    /// Price of link time, in seconds of cold start per second a prefetch occupies the link.
+    #[arg(long, default_value_t = 1.0)]
+    link_price: f64,
+    /// Fixed keep-alive after use for lru, s3fifo and gdsf (default: until pressure).
+    #[arg(long, value_parser = parse_duration)]
+    keep_alive: Option<Duration>,
+    /// Typical time from an event to the start of its execution (how late a prefetch may
+    /// start).
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    lead: Duration,
     /// Cap on predictive bytes in flight to one capacity.
     #[arg(long, default_value = "1GiB")]
     max_in_flight: prewarm_core::ByteSize,
@@ -65,24 +81,39 @@ pub struct Args {
     bandwidth: prewarm_core::ByteSize,
 }
 
-/// The predictor `spec` names (`None` for "none").
+/// The predictor `spec` names (`None` for a model-free policy).
 fn model(spec: &str) -> anyhow::Result<Option<Box<dyn prewarm_predict::Predictor>>> {
-    use prewarm_predict::baselines::{Frequency, Markov};
-    Ok(Some(match spec {
-        "none" => return Ok(None),
-        "markov" => Box::new(Markov::new(2, 3600.0)),
-        "frequency" => Box::new(Frequency::new(3600.0)),
-        "histogram" => Box::new(prewarm_predict::histogram::Histogram::new()),
-        s => match s.split_once(':') {
-            Some(("gru" | "transformer", dir)) => Box::new(
-                prewarm_predict::neural::Learned::load(std::path::Path::new(dir), 1 << 20)
-                    .with_context(|| format!("loading model {s}"))?,
-            ),
-            _ => anyhow::bail!(
-                "unknown --model {s:?} (markov, frequency, histogram, gru:DIR, transformer:DIR, none)"
-            ),
+    if prewarm_engine::model_free(spec) {
+        return Ok(None);
+    }
+    prewarm_predict::by_name(spec)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("--model: {e} (or lru, s3fifo, gdsf, none)"))
+}
+
+/// The engine of policy `a.model` (`None` for "none").
+fn engine(a: &Args) -> anyhow::Result<Option<prewarm_coordinator::Brain>> {
+    if a.model == "none" {
+        return Ok(None);
+    }
+    let family = a.model.split(':').next().unwrap_or(&a.model);
+    let keep = a.keep_alive.map_or(f64::INFINITY, |d| d.as_secs_f64());
+    let (rule, keep) = prewarm_engine::rules_for(family, keep);
+    let cfg = prewarm_engine::EngineConfig {
+        planner: prewarm_engine::PlannerConfig {
+            threshold: a.threshold,
+            max_in_flight: a.max_in_flight.0,
+            bandwidth: a.bandwidth.0 as f64,
+            lead_s: a.lead.as_secs_f64(),
+            memory_price: a.memory_price,
+            link_price: a.link_price,
+            ..Default::default()
         },
-    }))
+        rule,
+        keep,
+        ..Default::default()
+    };
+    Ok(Some(prewarm_coordinator::Brain::new(cfg, model(&a.model)?)))
 }
 
 /// Runs the command.
@@ -102,18 +133,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         data_unix,
         token: a.token.load()?,
         poll: a.poll,
+        clock: prewarm_core::Clock::system(),
     };
-    let brain = model(&a.model)?.map(|p| {
-        prewarm_coordinator::Brain::new(
-            p,
-            prewarm_engine::PlannerConfig {
-                threshold: a.threshold,
-                max_in_flight: a.max_in_flight.0,
-                bandwidth: a.bandwidth.0 as f64,
-                ..Default::default()
-            },
-        )
-    });
+    let brain = engine(&a)?;
     let running = prewarm_coordinator::start(store, cfg, brain)
         .await
         .context("starting the coordinator")?;

@@ -22,12 +22,13 @@ pub struct Args {
     /// History file (JSON Lines), e.g. from `prewarm import`.
     #[arg(long)]
     history: PathBuf,
-    /// Policies: none, lru, histogram, frequency, markov, gru, transformer, oracle; gru and
-    /// transformer train in-process on the warm-up share, or load gru:DIR / transformer:DIR.
+    /// Policies: none, lru, s3fifo, gdsf, histogram, frequency, markov, gru, transformer,
+    /// oracle; gru and transformer train in-process on the warm-up share, or load gru:DIR /
+    /// transformer:DIR.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "none,lru,histogram,frequency,markov,oracle"
+        default_value = "none,lru,s3fifo,gdsf,histogram,frequency,markov,oracle"
     )]
     policies: Vec<String>,
     /// Compute capacities.
@@ -45,9 +46,17 @@ pub struct Args {
     /// Time between an event and the start of its execution.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     lead: Duration,
-    /// Keep-alive after use (lru and predictive policies).
-    #[arg(long, value_parser = parse_duration, default_value = "10m")]
-    keep_alive: Duration,
+    /// Fixed keep-alive after use for lru, s3fifo and gdsf (default: until pressure).
+    #[arg(long, value_parser = parse_duration)]
+    keep_alive: Option<Duration>,
+    /// Price of cache memory for the model-driven policies, in seconds of cold start per
+    /// GB·s held (default 0: kept until pressure).
+    #[arg(long, default_value_t = 0.0)]
+    memory_price: f64,
+    /// Price of link time for the model-driven policies, in seconds of cold start per second
+    /// a transfer occupies the link (a prefetch that is not read costs its link time).
+    #[arg(long, default_value_t = 1.0)]
+    link_price: f64,
     /// Size of a state whose history records carry none (default: the median of the sizes
     /// the history does give, else 64 MiB).
     #[arg(long)]
@@ -58,8 +67,8 @@ pub struct Args {
     /// Predictions per event.
     #[arg(long, default_value_t = 5)]
     top_k: usize,
-    /// The planner's probability threshold.
-    #[arg(long, default_value_t = 0.05)]
+    /// The planner's probability threshold (0: the priced costs alone decide).
+    #[arg(long, default_value_t = 0.0)]
     threshold: f64,
     /// Time budget for training each in-process model.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
@@ -102,6 +111,8 @@ fn policy(name: &str, train_on: &[HistoryRecord], trained: &Trained) -> anyhow::
     let kind = match name {
         "none" => PolicyKind::None,
         "lru" => PolicyKind::Lru,
+        "s3fifo" => PolicyKind::S3Fifo,
+        "gdsf" => PolicyKind::Gdsf,
         "histogram" => PolicyKind::Histogram(Histogram::new()),
         "oracle" => PolicyKind::Oracle,
         "frequency" => PolicyKind::Predictive(Box::new(Frequency::new(tau))),
@@ -146,8 +157,8 @@ fn policy(name: &str, train_on: &[HistoryRecord], trained: &Trained) -> anyhow::
             PolicyKind::Predictive(Box::new(p) as Box<dyn Predictor>)
         }
         other => bail!(
-            "unknown policy {other:?} (none, lru, histogram, frequency, markov, gru, transformer, \
-             oracle, gru:DIR, transformer:DIR)"
+            "unknown policy {other:?} (none, lru, s3fifo, gdsf, histogram, frequency, markov, gru, \
+             transformer, oracle, gru:DIR, transformer:DIR)"
         ),
     };
     Ok(Policy::new(name.split(':').next().unwrap_or(name), kind))
@@ -163,9 +174,9 @@ fn run_all(
     let start = ((records.len() as f64) * cfg.warmup) as usize;
     let mut rows = Vec::new();
     for name in names {
-        let mut p = policy(name, &records[..start.max(1)], trained)?;
+        let p = policy(name, &records[..start.max(1)], trained)?;
         let t0 = std::time::Instant::now();
-        let r = tokio::task::block_in_place(|| replay(records, &mut p, cfg));
+        let r = tokio::task::block_in_place(|| replay(records, p, cfg));
         eprintln!(
             "  {:<12} cache {:>9}: warm {:.1}%  ({:.1} s)",
             r.policy,
@@ -198,7 +209,8 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         bandwidth: a.bandwidth.0 as f64,
         latency_s: a.latency.as_secs_f64(),
         lead_s: a.lead.as_secs_f64(),
-        keep_alive_s: a.keep_alive.as_secs_f64(),
+        keep_alive_s: a.keep_alive.map_or(f64::INFINITY, |d| d.as_secs_f64()),
+        memory_price: a.memory_price,
         default_bytes: a
             .default_size
             .map_or_else(|| median_size(&records), |b| b.0),
@@ -207,6 +219,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         ..SimConfig::default()
     };
     cfg.planner.threshold = a.threshold;
+    cfg.planner.link_price = a.link_price;
     eprintln!(
         "replaying {} records of {} under {} policies…",
         records.len(),

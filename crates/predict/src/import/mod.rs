@@ -239,6 +239,7 @@ pub(crate) fn record(
             kind: kind.to_owned(),
             key,
             attrs: Default::default(),
+            needs: Vec::new(),
         },
         capacity: None,
         reads: vec![prewarm_core::ReadAccess {

@@ -1,24 +1,23 @@
 //! `prewarm bench coordinator`: events per second through the coordinator's decision
 //! pipeline, in-process, as `POST /v1/events` runs it — JSON ingest of batched bodies
-//! (`prewarm_coordinator::parse_events`), the model's `predict_batch` for the body (a learned
-//! model spreads it over the cores), placement among the capacities and the planner against
-//! each one's holdings (`prewarm-engine`) event by event, plus `observe_batch` of the body's
-//! history records as they come back (agents send theirs in batches). Peers in the same
-//! run: the same pipeline with the Markov baseline, and with no model (ingest + placement
-//! only).
+//! (`prewarm_coordinator::parse_events`), the engine's `predict` for the body (a learned
+//! model spreads it over the cores), the engine's `decide` event by event (placement among
+//! holders, the priced planner against the fleet's caches), and `observe` of the body's
+//! history records as they come back (agents send theirs in batches). The fleet is the
+//! replay's model of one (`prewarm_sim::BenchFleet`: transfers land at once). Peers in the
+//! same run: the same pipeline with the Markov baseline, and with no model (placement and
+//! keep-alive only).
 
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use prewarm_core::{CapacityId, HistoryRecord, ResourceId, Version};
-use prewarm_engine::planner::{Target, Want};
-use prewarm_engine::{Planner, place};
+use prewarm_core::{HistoryRecord, Predictor};
+use prewarm_engine::{Engine, EngineConfig, EventView};
 use prewarm_predict::baselines::Markov;
 use prewarm_predict::neural::train::untrained;
 use prewarm_predict::neural::{Learned, Model};
-use prewarm_predict::{Context, Predictor};
+use prewarm_sim::BenchFleet;
 use serde::Serialize;
 
 use super::predict::generated;
@@ -41,6 +40,9 @@ pub struct Args {
     /// Capacities to place on.
     #[arg(long, default_value_t = 16)]
     capacities: usize,
+    /// Cache per capacity.
+    #[arg(long, default_value = "64GiB")]
+    cache_size: prewarm_core::ByteSize,
     /// Events per `POST /v1/events` body.
     #[arg(long, default_value_t = 1_000)]
     batch: usize,
@@ -61,29 +63,6 @@ struct Row {
     transfers: usize,
 }
 
-/// One capacity as the planner sees it.
-struct Cap {
-    held: HashSet<ResourceId>,
-    used: u64,
-}
-
-impl Target for Cap {
-    fn held(&self, r: &ResourceId) -> Option<Version> {
-        self.held
-            .contains(r)
-            .then(|| Version::new(1).expect("1 is a version"))
-    }
-    fn in_flight(&self, _: &ResourceId) -> bool {
-        false
-    }
-    fn free_bytes(&self) -> u64 {
-        (64u64 << 30).saturating_sub(self.used)
-    }
-    fn evictable_bytes(&self) -> u64 {
-        self.used
-    }
-}
-
 fn bodies(records: &[HistoryRecord], batch: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     records
         .chunks(batch.max(1))
@@ -97,86 +76,58 @@ fn bodies(records: &[HistoryRecord], batch: usize) -> anyhow::Result<Vec<Vec<u8>
         .collect()
 }
 
-fn pipeline(
-    name: &str,
-    mut model: Option<Box<dyn Predictor>>,
-    records: &[HistoryRecord],
-    bodies: &[Vec<u8>],
-    caps: &[CapacityId],
-) -> anyhow::Result<Row> {
-    let planner = Planner::default();
-    let sizes: HashMap<&ResourceId, u64> = records
-        .iter()
-        .flat_map(|r| &r.reads)
-        .map(|r| (&r.resource, r.bytes.max(1)))
-        .collect();
-    let mut state: Vec<Cap> = caps
-        .iter()
-        .map(|_| Cap {
-            held: HashSet::new(),
-            used: 0,
-        })
-        .collect();
+/// The setup of one pipeline.
+struct Setup<'a> {
+    records: &'a [HistoryRecord],
+    bodies: &'a [Vec<u8>],
+    capacities: usize,
+    cache_bytes: u64,
+}
+
+fn pipeline(name: &str, model: Option<Box<dyn Predictor>>, s: &Setup<'_>) -> anyhow::Result<Row> {
+    let family = if model.is_some() { "model" } else { "lru" };
+    let (rule, keep) = prewarm_engine::rules_for(family, f64::INFINITY);
+    let mut engine = Engine::new(
+        EngineConfig {
+            rule,
+            keep,
+            ..EngineConfig::default()
+        },
+        model,
+    );
+    let mut fleet = BenchFleet::new(s.records, s.capacities, s.cache_bytes, rule, 1 << 20);
     let (mut ingest, mut predict, mut plan, mut observe) = (0.0, 0.0, 0.0, 0.0);
     let mut transfers = 0;
     let mut i = 0;
     let t0 = Instant::now();
-    for body in bodies {
+    for body in s.bodies {
         let t = Instant::now();
         let (events, _) = prewarm_coordinator::parse_events(body).context("parsing a batch")?;
         ingest += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let ctxs: Vec<Context<'_>> = events
+        let views: Vec<EventView<'_>> = events
             .iter()
-            .map(|e| Context {
+            .map(|e| EventView {
                 ts: e.ts.unwrap_or(0.0),
                 event: &e.event,
+                capacity: e.capacity.as_ref(),
             })
             .collect();
-        let all = match model.as_mut() {
-            Some(m) => m.predict_batch(&ctxs, 5),
-            None => vec![Vec::new(); events.len()],
-        };
+        let all = engine.predict(&views);
         predict += t.elapsed().as_secs_f64();
-        for (e, preds) in events.iter().zip(all) {
+        let mut reported: Vec<HistoryRecord> = s.records[i..i + events.len()].to_vec();
+        for ((v, preds), rec) in views.iter().zip(all).zip(&mut reported) {
             let t1 = Instant::now();
-            let wants: Vec<Want> = preds
-                .iter()
-                .map(|p| Want {
-                    resource: p.resource.clone(),
-                    probability: p.probability,
-                    version: p.version,
-                    latest: Version::new(1).expect("1 is a version"),
-                    bytes: sizes.get(&p.resource).copied().unwrap_or(1 << 20),
-                })
-                .collect();
-            let predicted: Vec<(ResourceId, f64)> = wants
-                .iter()
-                .map(|w| (w.resource.clone(), w.probability))
-                .collect();
-            let idx = |c: &CapacityId| caps.iter().position(|x| x == c).unwrap_or(0);
-            let placed = place(
-                &e.event.key,
-                None,
-                caps,
-                |c, r| state[idx(c)].held.contains(r),
-                &predicted,
-            );
-            let cap = placed.map_or(0, |p| idx(&p.capacity));
-            let decided = planner.plan(&wants, &state[cap], 0);
-            transfers += decided.len();
-            for d in decided {
-                state[cap].used += d.bytes;
-                state[cap].held.insert(d.resource);
-            }
+            let d = engine.decide(v, &preds, fleet.catalog(), fleet.fleet(), v.ts);
+            transfers += fleet.apply(&d, v.ts);
+            rec.capacity = d.placement.map(|p| p.capacity);
             plan += t1.elapsed().as_secs_f64();
         }
         // The executions' history records come back as a batch too (agents send theirs
         // every 200 ms).
         let t = Instant::now();
-        if let Some(m) = model.as_mut() {
-            m.observe_batch(&records[i..i + events.len()]);
-        }
+        let obs = engine.observe(&reported, fleet.fleet());
+        fleet.hints(&obs.hints);
         observe += t.elapsed().as_secs_f64();
         i += events.len();
     }
@@ -215,28 +166,19 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         None => untrained(&records, prewarm_predict::neural::Arch::GRU, 1)
             .context("building the model")?,
     };
-    let caps: Vec<CapacityId> = (0..a.capacities.max(1))
-        .map(|i| CapacityId::new(format!("cap-{i}")))
-        .collect::<Result<_, _>>()?;
     let bodies = bodies(&records, a.batch)?;
+    let setup = Setup {
+        records: &records,
+        bodies: &bodies,
+        capacities: a.capacities,
+        cache_bytes: a.cache_size.0,
+    };
     let name = model.config.arch.name().to_owned();
     let rows = tokio::task::block_in_place(|| -> anyhow::Result<Vec<Row>> {
         Ok(vec![
-            pipeline(
-                &name,
-                Some(Box::new(Learned::new(model, 1 << 20))),
-                &records,
-                &bodies,
-                &caps,
-            )?,
-            pipeline(
-                "markov",
-                Some(Box::new(Markov::new(2, 3600.0))),
-                &records,
-                &bodies,
-                &caps,
-            )?,
-            pipeline("no model", None, &records, &bodies, &caps)?,
+            pipeline(&name, Some(Box::new(Learned::new(model, 1 << 20))), &setup)?,
+            pipeline("markov", Some(Box::new(Markov::new(2, 3600.0))), &setup)?,
+            pipeline("no model", None, &setup)?,
         ])
     })?;
     if a.json {

@@ -74,6 +74,7 @@ pub(super) fn generated(n: usize) -> anyhow::Result<Vec<HistoryRecord>> {
                     kind: ["http", "timer", "upload"][i % 3].into(),
                     key: format!("tenant-{key}"),
                     attrs: Default::default(),
+                    needs: Vec::new(),
                 },
                 capacity: None,
                 reads: vec![ReadAccess {

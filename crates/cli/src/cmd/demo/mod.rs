@@ -186,16 +186,23 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     say(format!(
         "[4/4] serving the same {served} executions with the GRU predicting (fresh agents and store)"
     ));
+    let (rule, keep) = prewarm_engine::rules_for("gru", f64::INFINITY);
     let brain = Brain::new(
-        Box::new(Learned::new(model, 1 << 16)),
-        prewarm_engine::PlannerConfig {
-            bandwidth: 500e6,
+        prewarm_engine::EngineConfig {
+            planner: prewarm_engine::PlannerConfig {
+                bandwidth: 500e6,
+                lead_s: a.lead.as_secs_f64(),
+                ..Default::default()
+            },
+            rule,
+            keep,
             ..Default::default()
         },
+        Some(Box::new(Learned::new(model, 1 << 16))),
     );
     // What the coordinator would have learned from its agents before now: each key's recent
     // states (the model's context), with times ending where serving begins.
-    brain.observe(&work.history(prewarm_core::unix_now()));
+    brain.learn(&work.history(prewarm_core::unix_now()));
     let s = setup("predictive (GRU)", "predictive", Some(brain));
     let warm = tokio::task::spawn_blocking(move || phase::run(s)).await??;
 

@@ -192,6 +192,7 @@ async fn serve(s: Setup) -> anyhow::Result<PhaseResult> {
             data_unix: None,
             token: None,
             poll: Duration::from_millis(100),
+            clock: prewarm_core::Clock::system(),
         },
         s.brain,
     )
@@ -215,6 +216,7 @@ async fn serve(s: Setup) -> anyhow::Result<PhaseResult> {
             token: None,
             lease: Duration::from_secs(1),
             data_path: DataPath::Tcp,
+            clock: prewarm_core::Clock::system(),
         })
         .context("opening an agent's cache")?;
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -253,6 +253,7 @@ impl Workload {
                         kind: e.kind.into(),
                         key: e.key.clone(),
                         attrs: Default::default(),
+                        needs: Vec::new(),
                     },
                     capacity: None,
                     reads: vec![ReadAccess {

@@ -1,0 +1,126 @@
+//! The coordinator's book as the decision engine reads it ([`Fleet`], [`Target`]): the same
+//! questions the replay's fleet answers, from the agents' reports, the predictive transfers
+//! under way and the mirror of each agent's eviction book.
+
+use prewarm_core::{CapacityId, ResourceId, Version};
+use prewarm_engine::{Fleet, Holding, Target};
+
+use crate::state::{Book, Cap};
+
+/// The fleet view of a locked book.
+pub struct BookFleet<'a>(pub &'a Book);
+
+impl Fleet for BookFleet<'_> {
+    fn capacities(&self) -> &[CapacityId] {
+        &self.0.attached
+    }
+
+    fn holders(&self, r: &ResourceId, min: Version) -> Vec<CapacityId> {
+        let book = self.0;
+        let mut out: Vec<CapacityId> = book
+            .holders
+            .get(r)
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                book.caps
+                    .get(*c)
+                    .is_some_and(|cap| cap.tx.is_some() && cap.newest(r).is_some_and(|v| v >= min))
+            })
+            .cloned()
+            .collect();
+        for ((c, res), (v, _)) in &book.moving {
+            if res == r && *v >= min && !out.contains(c) {
+                out.push(c.clone());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn target(&self, c: &CapacityId, now: f64) -> Option<Box<dyn Target + '_>> {
+        let cap = self.0.caps.get(c)?;
+        Some(Box::new(BookTarget {
+            cap,
+            id: c.clone(),
+            book: self.0,
+            now,
+        }))
+    }
+
+    fn holding(&self, c: &CapacityId, r: &ResourceId) -> Option<Holding> {
+        let cap = self.0.caps.get(c)?;
+        if let Some(v) = cap.newest(r) {
+            return Some(Holding {
+                version: v,
+                ready: true,
+            });
+        }
+        self.0
+            .moving
+            .get(&(c.clone(), r.clone()))
+            .map(|(v, _)| Holding {
+                version: *v,
+                ready: false,
+            })
+    }
+}
+
+/// One capacity as the planner sees it.
+struct BookTarget<'a> {
+    cap: &'a Cap,
+    id: CapacityId,
+    book: &'a Book,
+    now: f64,
+}
+
+impl Target for BookTarget<'_> {
+    fn held(&self, resource: &ResourceId) -> Option<Version> {
+        self.cap.newest(resource)
+    }
+
+    fn in_flight(&self, resource: &ResourceId) -> bool {
+        self.book
+            .moving
+            .contains_key(&(self.id.clone(), resource.clone()))
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let reserved: u64 = self.reserved();
+        self.cap
+            .budget
+            .saturating_sub(self.cap.used)
+            .saturating_sub(reserved)
+    }
+
+    fn displaced(&self, need: u64) -> Option<f64> {
+        if need == 0 {
+            return Some(0.0);
+        }
+        self.cap
+            .cache
+            .peek_victims(need, self.now, &|r| self.cap.evictable(r))
+            .ok()
+            .map(|(_, loss)| loss)
+    }
+
+    fn predictive_in_flight(&self) -> u64 {
+        self.reserved()
+    }
+
+    fn horizon(&self) -> Option<f64> {
+        self.cap.cache.horizon()
+    }
+}
+
+impl BookTarget<'_> {
+    /// Predictive bytes moving to this capacity (reserved there once they start).
+    fn reserved(&self) -> u64 {
+        self.book
+            .moving
+            .iter()
+            .filter(|((c, _), _)| *c == self.id)
+            .map(|(_, (_, b))| *b)
+            .sum()
+    }
+}

@@ -1,0 +1,166 @@
+//! The rules on small hand-made caches whose right answers are known.
+
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+fn all(_: &u32) -> bool {
+    true
+}
+
+fn hint(fetch_s: f64) -> Hint {
+    Hint {
+        keep_until: f64::INFINITY,
+        fetch_s,
+        share: 1.0,
+        curve: None,
+        expected: None,
+        next_at: None,
+    }
+}
+
+#[test]
+fn lru_takes_the_least_recent_never_a_leased_one_and_nothing_when_short() {
+    let mut b = CacheBook::new(Rule::Lru, 300);
+    for (k, t) in [(1, 1.0), (2, 2.0), (3, 3.0)] {
+        b.admit(k, 100, t);
+    }
+    b.touch(&1, 4.0);
+    let not_two = |k: &u32| *k != 2;
+    assert_eq!(b.victims(150, 5.0, &not_two).unwrap(), vec![3, 1]);
+    assert_eq!(b.victims(100, 5.0, &all).unwrap(), vec![2]);
+    assert_eq!(
+        b.victims(250, 5.0, &not_two),
+        Err(Shortfall {
+            freeable: 200,
+            leased: 100
+        })
+    );
+    assert!(b.remove(&2));
+    assert!(!b.remove(&2));
+    assert_eq!(b.len(), 2);
+}
+
+#[test]
+fn s3fifo_drops_one_hit_wonders_first_and_readmits_ghosts_to_main() {
+    // Budget of ten 10-byte states: the small queue holds one.
+    let mut b = CacheBook::new(Rule::S3Fifo, 100);
+    for k in 0..10 {
+        b.admit(k, 10, f64::from(k));
+    }
+    // 0..5 are used again: promoted to main when their turn comes.
+    for k in 0..5 {
+        b.touch(&k, 20.0);
+    }
+    let v = b.victims(50, 30.0, &all).unwrap();
+    assert_eq!(v, vec![5, 6, 7, 8, 9], "the unused ones go, in FIFO order");
+    for k in &v {
+        b.remove(k);
+    }
+    // 5 comes back: it is a ghost, so it goes straight to main; 20 and 21 are new and go
+    // to the small queue, which then holds more than its 10% share and is evicted first.
+    b.admit(5, 10, 40.0);
+    b.admit(20, 10, 41.0);
+    b.admit(21, 10, 42.0);
+    let v = b.victims(10, 50.0, &all).unwrap();
+    assert_eq!(
+        v,
+        vec![20],
+        "the newcomer on probation goes before the returning ghost"
+    );
+    b.remove(&20);
+    // Within its share again, the small queue is left alone: main's oldest unused goes.
+    assert_eq!(b.victims(10, 50.0, &all).unwrap(), vec![0]);
+}
+
+#[test]
+fn gdsf_keeps_small_frequent_states_over_large_rare_ones() {
+    let mut b = CacheBook::new(Rule::Gdsf, 1000);
+    b.admit(1, 500, 0.0);
+    b.hint(&1, hint(5.0));
+    b.admit(2, 10, 0.0);
+    b.hint(&2, hint(0.1));
+    for t in 1..5 {
+        b.touch(&2, f64::from(t));
+    }
+    // 2: 5 uses × 0.1 s / 10 B = 0.05; 1: 1 × 5 s / 500 B = 0.01.
+    assert_eq!(b.victims(1, 10.0, &all).unwrap(), vec![1]);
+}
+
+#[test]
+fn value_keeps_what_is_planned_or_soon_needed_and_learns_its_horizon() {
+    let mut b = CacheBook::new(Rule::Value, 300);
+    b.admit(1, 100, 0.0); // never needed again
+    b.hint(
+        &1,
+        Hint {
+            curve: Some(Curve::point(None)),
+            ..hint(1.0)
+        },
+    );
+    b.admit(2, 100, 0.0); // planned: an execution is placed here
+    b.hint(
+        &2,
+        Hint {
+            expected: Some(Expected {
+                p: 0.9,
+                until: 20.0,
+            }),
+            curve: Some(Curve::point(None)),
+            ..hint(1.0)
+        },
+    );
+    b.admit(3, 100, 0.0); // reused every 10 s
+    b.hint(
+        &3,
+        Hint {
+            curve: Some(Curve::point(Some(10.0))),
+            ..hint(1.0)
+        },
+    );
+    assert_eq!(b.victims(100, 5.0, &all).unwrap(), vec![1]);
+    b.remove(&1);
+    assert!(b.horizon().is_some());
+    assert!(b.value(&2, 5.0) > 0.8);
+    // After the plan lapses, the planned state is worth less than the reused one.
+    assert_eq!(b.victims(100, 30.0, &all).unwrap(), vec![2]);
+    // The peek names the same victim and what it is worth, and moves nothing.
+    let (v, loss) = b.peek_victims(100, 30.0, &all).unwrap();
+    assert_eq!(v, vec![2]);
+    assert!((loss - b.value(&2, 30.0)).abs() < 1e-12);
+    assert_eq!(b.victims(100, 30.0, &all).unwrap(), vec![2]);
+}
+
+#[test]
+fn belady_evicts_the_furthest_next_use_and_never_used_again_first() {
+    let mut b = CacheBook::new(Rule::Belady, 300);
+    for (k, next) in [(1, Some(50.0)), (2, None), (3, Some(20.0))] {
+        b.admit(k, 100, 0.0);
+        b.hint(
+            &k,
+            Hint {
+                next_at: Some(next.unwrap_or(f64::INFINITY)),
+                ..hint(1.0)
+            },
+        );
+    }
+    assert_eq!(b.victims(200, 1.0, &all).unwrap(), vec![2, 1]);
+}
+
+#[test]
+fn keep_alive_expiry_lists_only_unleased_states_past_their_time() {
+    let mut b = CacheBook::new(Rule::Lru, 300);
+    for k in 1..=3 {
+        b.admit(k, 10, 0.0);
+        b.hint(
+            &k,
+            Hint {
+                keep_until: f64::from(k) * 10.0,
+                ..hint(1.0)
+            },
+        );
+    }
+    let not_one = |k: &u32| *k != 1;
+    assert_eq!(b.expired(25.0, &not_one), vec![2]);
+    assert_eq!(b.expired(35.0, &all), vec![1, 2, 3]);
+}

@@ -1,0 +1,533 @@
+//! The decision engine: the one place where an event becomes decisions. The coordinator, the
+//! replay simulator and `bench coordinator` each hold an [`Engine`] and call it the same way:
+//!
+//! 1. [`Engine::predict`] — the model's top-k for a batch of events (no-op without a model);
+//! 2. [`Engine::decide`] — per event: the states it needs (named ones for certain, predicted
+//!    ones with their probabilities), placement among all holders under a load bound, the
+//!    priced prefetches for the chosen capacity, and retention hints marking the states the
+//!    execution is expected to read there;
+//! 3. [`Engine::observe`] — completed executions (the history agents report): the model and
+//!    the next-use estimates learn, and every state read gets a retention hint (its keep-alive
+//!    and next-use curve) on the capacity that read it; Azure-style windows may ask for a
+//!    pre-warm later ([`Prewarm`], carried out through [`Engine::prewarm`]).
+//!
+//! The fleet is read through [`Fleet`] (holdings, in-flight transfers, budgets, each
+//! capacity's eviction rule) and the store through [`Catalog`]; time is passed in. Nothing
+//! here does IO, so a replay runs exactly what production runs.
+
+use std::collections::HashMap;
+
+use prewarm_core::{
+    CapacityId, Context, Event, HistoryRecord, Prediction, Predictor, ResourceId, Version,
+    VersionPolicy,
+};
+use serde::Serialize;
+
+use crate::cache::{Expected, Hint, Rule};
+use crate::nextuse::Demand;
+use crate::nextuse_curve::Curve;
+use crate::placement::{Loads, Placement, place};
+use crate::planner::{Decision, Planner, PlannerConfig, Target, Want};
+
+/// How long a held state is kept after a use while there is room.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    /// Dropped when its last use ends.
+    Drop,
+    /// This many seconds after each use (the classic fixed keep-alive); `INFINITY`: until
+    /// pressure.
+    Fixed(f64),
+    /// While holding is worth its memory price (until pressure when the price is 0).
+    Priced,
+    /// The model's windows (Azure's hybrid histogram); this many seconds where it has none.
+    Windows(f64),
+    /// The known next use (the oracle): until pressure, dropped when never used again.
+    Known,
+}
+
+/// The rules of the policy called `policy`: the recency baselines (`none`: dropped after
+/// use; `lru`, `s3fifo`, `gdsf`: kept for `keep_alive_s`, `INFINITY` meaning until
+/// pressure) fetch on demand; `histogram` keeps by Azure's windows; `oracle` by the known
+/// next uses; any other name is a model, evicting by next-use value and keeping while
+/// holding is worth its memory price.
+pub fn rules_for(policy: &str, keep_alive_s: f64) -> (Rule, Keep) {
+    match policy {
+        "none" => (Rule::Lru, Keep::Drop),
+        "lru" => (Rule::Lru, Keep::Fixed(keep_alive_s)),
+        "s3fifo" => (Rule::S3Fifo, Keep::Fixed(keep_alive_s)),
+        "gdsf" => (Rule::Gdsf, Keep::Fixed(keep_alive_s)),
+        "histogram" => (Rule::Lru, Keep::Windows(keep_alive_s)),
+        "oracle" => (Rule::Belady, Keep::Known),
+        _ => (Rule::Value, Keep::Priced),
+    }
+}
+
+/// Whether the policy called `policy` runs without a model.
+pub fn model_free(policy: &str) -> bool {
+    matches!(policy, "none" | "lru" | "s3fifo" | "gdsf")
+}
+
+/// Engine settings.
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineConfig {
+    /// The planner's settings.
+    pub planner: PlannerConfig,
+    /// Predictions asked per event.
+    pub top_k: usize,
+    /// The eviction rule capacities use (the engine prices displacement with it).
+    pub rule: Rule,
+    /// The keep-alive rule.
+    pub keep: Keep,
+    /// Resources whose use statistics are kept (least recently used forgotten beyond).
+    pub max_tracked: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            planner: PlannerConfig::default(),
+            top_k: 5,
+            rule: Rule::Value,
+            keep: Keep::Priced,
+            max_tracked: 1 << 20,
+        }
+    }
+}
+
+/// A state held by, or on its way to, a capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holding {
+    /// Its version.
+    pub version: Version,
+    /// Installed (else still moving).
+    pub ready: bool,
+}
+
+/// What the engine reads of the fleet.
+pub trait Fleet {
+    /// Attached capacities, sorted.
+    fn capacities(&self) -> &[CapacityId];
+    /// Attached capacities holding or receiving a version of `r` at least `min`.
+    fn holders(&self, r: &ResourceId, min: Version) -> Vec<CapacityId>;
+    /// Capacity `c` as the planner sees it at `now`.
+    fn target(&self, c: &CapacityId, now: f64) -> Option<Box<dyn Target + '_>>;
+    /// What `c` holds of `r` (newest version), if anything.
+    fn holding(&self, c: &CapacityId, r: &ResourceId) -> Option<Holding>;
+}
+
+/// The newest committed version of a resource and its size.
+pub trait Catalog {
+    /// `None` for a resource the store does not have.
+    fn latest(&self, r: &ResourceId) -> Option<(Version, u64)>;
+}
+
+impl Catalog for HashMap<ResourceId, (Version, u64)> {
+    fn latest(&self, r: &ResourceId) -> Option<(Version, u64)> {
+        self.get(r).copied()
+    }
+}
+
+/// An event as the engine sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct EventView<'a> {
+    /// When it happened, Unix s.
+    pub ts: f64,
+    /// The event.
+    pub event: &'a Event,
+    /// The capacity that will run it, when the sender decided.
+    pub capacity: Option<&'a CapacityId>,
+}
+
+/// A retention hint for one state on one capacity.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HintFor {
+    /// The capacity.
+    pub capacity: CapacityId,
+    /// The state.
+    pub resource: ResourceId,
+    /// The hint.
+    pub hint: Hint,
+}
+
+/// A pre-warm the keep rule asks for: load `resource` on `capacity` at `at` and keep it
+/// until `hold_until`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Prewarm {
+    /// Where.
+    pub capacity: CapacityId,
+    /// What.
+    pub resource: ResourceId,
+    /// When, Unix s.
+    pub at: f64,
+    /// Kept until, Unix s.
+    pub hold_until: f64,
+}
+
+/// What the engine decided for one event.
+#[derive(Clone, Debug, Serialize)]
+pub struct Decided {
+    /// Where the execution should run (`None`: no capacity attached).
+    pub placement: Option<Placement>,
+    /// The predictive transfers to the placed capacity.
+    pub transfers: Vec<Decision>,
+    /// Retention hints for the placed capacity.
+    pub hints: Vec<HintFor>,
+}
+
+/// What observing completed executions produced.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Observed {
+    /// Retention hints for the states read.
+    pub hints: Vec<HintFor>,
+    /// Pre-warms to carry out later.
+    pub prewarms: Vec<Prewarm>,
+}
+
+/// The decision engine (see the module docs).
+pub struct Engine {
+    cfg: EngineConfig,
+    planner: Planner,
+    predictor: Option<Box<dyn Predictor>>,
+    demand: Demand,
+    loads: Loads,
+    /// Last known size per resource (from records and the catalog), for hints.
+    sizes: HashMap<ResourceId, u64>,
+}
+
+impl Engine {
+    /// An engine deciding with `predictor` (none: placement, keep and eviction only).
+    pub fn new(cfg: EngineConfig, predictor: Option<Box<dyn Predictor>>) -> Self {
+        Self {
+            planner: Planner::new(cfg.planner.clone()),
+            demand: Demand::new(cfg.max_tracked),
+            loads: Loads::default(),
+            sizes: HashMap::new(),
+            predictor,
+            cfg,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The model's name (`none` without one).
+    pub fn model_name(&self) -> &str {
+        self.predictor.as_ref().map_or("none", |p| p.name())
+    }
+
+    /// Swaps the model (a retrained one) without losing what the engine learned.
+    pub fn replace_model(&mut self, p: Box<dyn Predictor>) {
+        self.predictor = Some(p);
+    }
+
+    /// The model, if any.
+    pub fn model(&self) -> Option<&dyn Predictor> {
+        self.predictor.as_deref()
+    }
+
+    /// The model's top-k for each event, in order (empty lists without a model).
+    pub fn predict(&mut self, events: &[EventView<'_>]) -> Vec<Vec<Prediction>> {
+        let k = self.cfg.top_k;
+        match self.predictor.as_mut() {
+            Some(p) => {
+                let ctxs: Vec<Context<'_>> = events
+                    .iter()
+                    .map(|e| Context {
+                        ts: e.ts,
+                        event: e.event,
+                    })
+                    .collect();
+                p.predict_batch(&ctxs, k)
+            }
+            None => vec![Vec::new(); events.len()],
+        }
+    }
+
+    /// The event's candidate states: named ones for certain, then predictions (the larger
+    /// probability when both name one).
+    fn candidates(ev: &EventView<'_>, preds: &[Prediction]) -> Vec<Prediction> {
+        let mut out: Vec<Prediction> = ev
+            .event
+            .needs
+            .iter()
+            .map(|r| Prediction {
+                resource: r.clone(),
+                version: VersionPolicy::Latest,
+                probability: 1.0,
+            })
+            .collect();
+        for p in preds {
+            match out.iter_mut().find(|x| x.resource == p.resource) {
+                Some(x) => x.probability = x.probability.max(p.probability),
+                None => out.push(p.clone()),
+            }
+        }
+        out
+    }
+
+    /// Decides one event at `now` given its predictions (see the module docs); the placement
+    /// counts towards the load bound.
+    pub fn decide(
+        &mut self,
+        ev: &EventView<'_>,
+        preds: &[Prediction],
+        catalog: &dyn Catalog,
+        fleet: &dyn Fleet,
+        now: f64,
+    ) -> Decided {
+        let d = self.decide_inner(ev, preds, catalog, fleet, now);
+        if let Some(p) = &d.placement {
+            self.loads.placed(&p.capacity, fleet.capacities().len());
+        }
+        d
+    }
+
+    /// What [`Engine::decide`] would answer, changing nothing (a placement query).
+    pub fn preview(
+        &mut self,
+        ev: &EventView<'_>,
+        preds: &[Prediction],
+        catalog: &dyn Catalog,
+        fleet: &dyn Fleet,
+        now: f64,
+    ) -> Decided {
+        self.decide_inner(ev, preds, catalog, fleet, now)
+    }
+
+    fn decide_inner(
+        &mut self,
+        ev: &EventView<'_>,
+        preds: &[Prediction],
+        catalog: &dyn Catalog,
+        fleet: &dyn Fleet,
+        now: f64,
+    ) -> Decided {
+        let cands = Self::candidates(ev, preds);
+        let mut wants: Vec<Want> = Vec::with_capacity(cands.len());
+        for p in &cands {
+            if let Some((latest, bytes)) = catalog.latest(&p.resource) {
+                self.sizes.insert(p.resource.clone(), bytes);
+                wants.push(Want {
+                    resource: p.resource.clone(),
+                    probability: p.probability.clamp(0.0, 1.0),
+                    version: p.version,
+                    latest,
+                    bytes,
+                    reuse: 0.0,
+                });
+            }
+        }
+        let pc = &self.cfg.planner;
+        let placing: Vec<(ResourceId, f64, f64)> = wants
+            .iter()
+            .map(|w| (w.resource.clone(), w.probability, pc.fetch_s(w.bytes)))
+            .collect();
+        let needs: HashMap<ResourceId, Version> = wants
+            .iter()
+            .map(|w| (w.resource.clone(), w.need()))
+            .collect();
+        let holders = |r: &ResourceId| match needs.get(r) {
+            Some(v) => fleet.holders(r, *v),
+            None => Vec::new(),
+        };
+        let caps = fleet.capacities();
+        let placement = place(
+            &ev.event.key,
+            ev.capacity,
+            caps,
+            &holders,
+            &placing,
+            &self.loads,
+        );
+        let Some(p) = placement else {
+            return Decided {
+                placement: None,
+                transfers: Vec::new(),
+                hints: Vec::new(),
+            };
+        };
+        let Some(target) = fleet.target(&p.capacity, now) else {
+            return Decided {
+                placement: Some(p),
+                transfers: Vec::new(),
+                hints: Vec::new(),
+            };
+        };
+        let horizon = target.horizon().unwrap_or(f64::INFINITY);
+        for w in &mut wants {
+            let others = holders(&w.resource).len();
+            let idle = self
+                .demand
+                .last_use(&w.resource)
+                .map_or(f64::INFINITY, |t| now - t);
+            w.reuse = self.demand.next_use(&w.resource).within(idle, horizon) / (others + 1) as f64;
+        }
+        let transfers = self.planner.plan(&wants, target.as_ref());
+        drop(target);
+        // The states the execution is expected to read there: kept for it.
+        let until = now + 2.0 * self.cfg.planner.lead_s.max(0.0);
+        let hints = wants
+            .iter()
+            .filter(|w| {
+                transfers.iter().any(|d| d.resource == w.resource)
+                    || fleet.holding(&p.capacity, &w.resource).is_some()
+            })
+            .map(|w| HintFor {
+                capacity: p.capacity.clone(),
+                resource: w.resource.clone(),
+                hint: self.hint(
+                    &w.resource,
+                    fleet,
+                    now,
+                    Some(Expected {
+                        p: w.probability,
+                        until,
+                    }),
+                ),
+            })
+            .collect();
+        Decided {
+            placement: Some(p),
+            transfers,
+            hints,
+        }
+    }
+
+    /// The retention hint for `r` last used (or arriving) at `at`.
+    fn hint(&self, r: &ResourceId, fleet: &dyn Fleet, at: f64, expected: Option<Expected>) -> Hint {
+        let pc = &self.cfg.planner;
+        let bytes = self.sizes.get(r).copied().unwrap_or(0);
+        let fetch_s = pc.fetch_s(bytes);
+        let nu = self.demand.next_use(r);
+        let known = self
+            .predictor
+            .as_ref()
+            .and_then(|p| p.known_next_use(r, at));
+        let keep_until = match self.cfg.keep {
+            Keep::Drop => at,
+            Keep::Fixed(s) => at + s,
+            Keep::Priced => at + nu.keep_for(fetch_s, pc.cost_per_s(bytes)),
+            Keep::Windows(fallback) => match self.predictor.as_ref().and_then(|p| p.windows(r)) {
+                Some((pre, _)) if pre > 0.0 => at,
+                Some((_, keep)) => at + keep,
+                None => at + fallback,
+            },
+            Keep::Known => match known {
+                Some(t) if t.is_finite() => f64::INFINITY,
+                _ => at,
+            },
+        };
+        let holders = fleet.holders(r, Version::FIRST).len().max(1);
+        Hint {
+            keep_until,
+            fetch_s,
+            share: 1.0 / holders as f64,
+            curve: (self.cfg.rule == Rule::Value).then(|| Curve::of(&nu)),
+            expected,
+            next_at: known,
+        }
+    }
+
+    /// Learns from completed executions (time-ordered) and returns the hints and pre-warms
+    /// for the states they read, on the capacities that ran them: [`Engine::learn`] then
+    /// [`Engine::hints_for`].
+    pub fn observe(&mut self, records: &[HistoryRecord], fleet: &dyn Fleet) -> Observed {
+        self.learn(records);
+        self.hints_for(records, fleet)
+    }
+
+    /// The model and the next-use estimates learn from completed executions.
+    pub fn learn(&mut self, records: &[HistoryRecord]) {
+        if let Some(p) = self.predictor.as_mut() {
+            p.observe_batch(records);
+        }
+        for rec in records {
+            for rd in &rec.reads {
+                self.demand.used(&rd.resource, rec.ts);
+                if rd.bytes > 0 {
+                    self.sizes.insert(rd.resource.clone(), rd.bytes);
+                }
+            }
+        }
+    }
+
+    /// The hints and pre-warms for the states `records` read (after [`Engine::learn`]).
+    pub fn hints_for(&self, records: &[HistoryRecord], fleet: &dyn Fleet) -> Observed {
+        let mut out = Observed::default();
+        for rec in records {
+            let Some(cap) = &rec.capacity else {
+                continue;
+            };
+            let end = rec.ts + rec.duration_s.max(0.0);
+            for rd in &rec.reads {
+                let hint = self.hint(&rd.resource, fleet, end, None);
+                if let Keep::Windows(_) = self.cfg.keep
+                    && let Some((pre, keep)) = self
+                        .predictor
+                        .as_ref()
+                        .and_then(|p| p.windows(&rd.resource))
+                    && pre > 0.0
+                {
+                    out.prewarms.push(Prewarm {
+                        capacity: cap.clone(),
+                        resource: rd.resource.clone(),
+                        at: end + pre,
+                        hold_until: end + keep.max(pre),
+                    });
+                }
+                out.hints.push(HintFor {
+                    capacity: cap.clone(),
+                    resource: rd.resource.clone(),
+                    hint,
+                });
+            }
+        }
+        out
+    }
+
+    /// Carries out a pre-warm at `now`: the transfer (when `c` lacks the state) and its hint.
+    pub fn prewarm(
+        &mut self,
+        pw: &Prewarm,
+        catalog: &dyn Catalog,
+        fleet: &dyn Fleet,
+        now: f64,
+    ) -> Option<(Decision, HintFor)> {
+        let (latest, bytes) = catalog.latest(&pw.resource)?;
+        if fleet
+            .holding(&pw.capacity, &pw.resource)
+            .is_some_and(|h| h.version >= latest)
+        {
+            return None;
+        }
+        self.sizes.insert(pw.resource.clone(), bytes);
+        let mut hint = self.hint(&pw.resource, fleet, now, None);
+        hint.keep_until = pw.hold_until;
+        let d = Decision {
+            resource: pw.resource.clone(),
+            version: latest,
+            bytes,
+            probability: 1.0,
+            score: 0.0,
+        };
+        Some((
+            d,
+            HintFor {
+                capacity: pw.capacity.clone(),
+                resource: pw.resource.clone(),
+                hint,
+            },
+        ))
+    }
+
+    /// Resources whose use statistics are held.
+    pub fn tracked(&self) -> usize {
+        self.demand.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,298 @@
+//! When is a state needed next? Per resource, the engine learns the distribution of the idle
+//! time between consecutive uses (a log-binned histogram that forgets slowly), backed off to
+//! the distribution pooled over every resource while a resource has few samples. From it:
+//!
+//! - the chance of a use within a horizon given the time already idle (the hazard view that
+//!   eviction and admission price in seconds), and
+//! - the keep-alive that maximises `fetch · P(reuse before T) − price · bytes · E[time held]`
+//!   (optimal stopping over the bin edges; a price of 0 keeps until pressure).
+//!
+//! This is Azure's hybrid histogram (ATC'20) generalised from one keep/pre-warm window to a
+//! full conditional distribution, as LRB (NSDI'20) uses next-request times for eviction.
+
+use std::collections::HashMap;
+
+use prewarm_core::ResourceId;
+
+/// Bins: `[0, BASE)`, then `[BASE·2^(k-1), BASE·2^k)` for k = 1..BINS-2, then a tail.
+pub const BINS: usize = 28;
+/// Width of the first bin, seconds.
+const BASE: f64 = 0.05;
+/// Samples a distribution holds before it halves them all (it forgets slowly).
+const WINDOW: f32 = 256.0;
+/// Weight of the pooled distribution in a resource's estimate (pseudo-samples).
+const PRIOR: f64 = 2.0;
+
+/// Lower edge of bin `k`, seconds.
+pub fn edge(k: usize) -> f64 {
+    match k {
+        0 => 0.0,
+        k if k >= BINS => f64::INFINITY,
+        k => BASE * f64::powi(2.0, k as i32 - 1),
+    }
+}
+
+fn bin_of(gap: f64) -> usize {
+    if gap < BASE {
+        return 0;
+    }
+    let k = (gap / BASE).log2().floor() + 1.0;
+    if k.is_finite() {
+        (k as usize).min(BINS - 1)
+    } else {
+        BINS - 1
+    }
+}
+
+/// A histogram of idle times.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IdleDist {
+    counts: [f32; BINS],
+    total: f32,
+}
+
+impl IdleDist {
+    /// Counts one idle time.
+    pub fn observe(&mut self, gap_s: f64) {
+        if !gap_s.is_finite() || gap_s < 0.0 {
+            return;
+        }
+        if self.total >= WINDOW {
+            for c in &mut self.counts {
+                *c *= 0.5;
+            }
+            self.total *= 0.5;
+        }
+        self.counts[bin_of(gap_s)] += 1.0;
+        self.total += 1.0;
+    }
+
+    /// Samples (decayed).
+    pub fn samples(&self) -> f64 {
+        f64::from(self.total)
+    }
+
+    /// Unnormalised survival: weight of idle times above `a` (log-uniform inside a bin,
+    /// uniform in the first; the tail bin is all "later than anything seen").
+    fn above(&self, a: f64) -> f64 {
+        if self.total == 0.0 {
+            return 0.0;
+        }
+        let k = bin_of(a.max(0.0));
+        let later: f64 = self.counts[k + 1..].iter().map(|c| f64::from(*c)).sum();
+        let inside = f64::from(self.counts[k]);
+        let frac_above = if k == BINS - 1 {
+            1.0
+        } else if k == 0 {
+            1.0 - a.max(0.0) / BASE
+        } else {
+            let (lo, hi) = (edge(k), edge(k + 1));
+            1.0 - (a / lo).ln() / (hi / lo).ln()
+        };
+        later + inside * frac_above.clamp(0.0, 1.0)
+    }
+
+    /// `P(idle > a)`.
+    pub fn survival(&self, a: f64) -> f64 {
+        if self.total == 0.0 {
+            return 1.0;
+        }
+        self.above(a) / f64::from(self.total)
+    }
+}
+
+/// A resource's estimate: its own histogram backed off to the pooled one.
+#[derive(Clone, Copy, Debug)]
+pub struct NextUse<'a> {
+    own: Option<&'a IdleDist>,
+    pooled: &'a IdleDist,
+}
+
+impl NextUse<'_> {
+    /// `P(idle > a)`, the blend of own and pooled by their sample weights.
+    pub fn survival(&self, a: f64) -> f64 {
+        let n = self.own.map_or(0.0, IdleDist::samples);
+        let own = self.own.map_or(1.0, |d| d.survival(a));
+        let pooled = self.pooled.survival(a);
+        (n * own + PRIOR * pooled) / (n + PRIOR)
+    }
+
+    /// Chance of a use within `h` seconds, given `idle` seconds without one.
+    pub fn within(&self, idle: f64, h: f64) -> f64 {
+        let s = self.survival(idle.max(0.0));
+        if s <= 1e-12 {
+            return 0.0;
+        }
+        (1.0 - self.survival(idle.max(0.0) + h.max(0.0)) / s).clamp(0.0, 1.0)
+    }
+
+    /// How long after a use keeping pays: the `T` maximising
+    /// `fetch · P(reuse ≤ T) − cost_per_s · E[min(idle, T)]`, over the bin edges
+    /// (`INFINITY` when the price is 0 or keeping always pays).
+    pub fn keep_for(&self, fetch_s: f64, cost_per_s: f64) -> f64 {
+        if cost_per_s <= 0.0 {
+            return f64::INFINITY;
+        }
+        let (mut best_t, mut best) = (0.0, 0.0);
+        let mut held = 0.0; // E[min(idle, T)], built bin by bin
+        let mut prev_t = 0.0;
+        let mut prev_s = 1.0;
+        for k in 1..BINS {
+            let t = edge(k);
+            let s = self.survival(t);
+            held += (t - prev_t) * 0.5 * (prev_s + s);
+            let gain = fetch_s * (1.0 - s) - cost_per_s * held;
+            if gain > best {
+                (best_t, best) = (t, gain);
+            }
+            prev_t = t;
+            prev_s = s;
+        }
+        best_t
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Stat {
+    last_use: f64,
+    dist: IdleDist,
+}
+
+/// What the engine knows of each resource's uses.
+#[derive(Clone, Debug, Default)]
+pub struct Demand {
+    stats: HashMap<ResourceId, Stat>,
+    pooled: IdleDist,
+    /// Most resources tracked; beyond it the least recently used half is forgotten.
+    cap: usize,
+}
+
+impl Demand {
+    /// Tracks at most `cap` resources.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(16),
+            ..Self::default()
+        }
+    }
+
+    /// Records a use of `r` at `t`.
+    pub fn used(&mut self, r: &ResourceId, t: f64) {
+        if self.stats.len() >= self.cap && !self.stats.contains_key(r) {
+            self.forget_oldest();
+        }
+        let s = self.stats.entry(r.clone()).or_insert(Stat {
+            last_use: f64::NAN,
+            dist: IdleDist::default(),
+        });
+        if s.last_use.is_finite() && t >= s.last_use {
+            let gap = t - s.last_use;
+            s.dist.observe(gap);
+            self.pooled.observe(gap);
+        }
+        if !s.last_use.is_finite() || t > s.last_use {
+            s.last_use = t;
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        let mut ages: Vec<f64> = self.stats.values().map(|s| s.last_use).collect();
+        let mid = ages.len() / 2;
+        ages.select_nth_unstable_by(mid, f64::total_cmp);
+        let cut = ages[mid];
+        self.stats.retain(|_, s| s.last_use > cut);
+    }
+
+    /// The last use of `r`, if any.
+    pub fn last_use(&self, r: &ResourceId) -> Option<f64> {
+        self.stats
+            .get(r)
+            .map(|s| s.last_use)
+            .filter(|t| t.is_finite())
+    }
+
+    /// `r`'s next-use estimate.
+    pub fn next_use(&self, r: &ResourceId) -> NextUse<'_> {
+        NextUse {
+            own: self.stats.get(r).map(|s| &s.dist),
+            pooled: &self.pooled,
+        }
+    }
+
+    /// The pooled distribution.
+    pub fn pooled(&self) -> &IdleDist {
+        &self.pooled
+    }
+
+    /// Resources tracked.
+    pub fn len(&self) -> usize {
+        self.stats.len()
+    }
+
+    /// Whether nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.stats.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn survival_and_hazard_follow_the_idle_times_seen() {
+        let mut d = IdleDist::default();
+        for _ in 0..50 {
+            d.observe(10.0);
+        }
+        assert!((d.survival(0.0) - 1.0).abs() < 1e-9);
+        assert!(d.survival(5.0) > 0.99 && d.survival(20.0) < 1e-9);
+        let pooled = IdleDist::default();
+        let n = NextUse {
+            own: Some(&d),
+            pooled: &pooled,
+        };
+        // Idle 1 s: the use comes within 20 s almost surely; idle 30 s: the pattern broke
+        // and only the prior is left.
+        assert!(n.within(1.0, 20.0) > 0.9, "{}", n.within(1.0, 20.0));
+        assert!(n.within(1.0, 2.0) < 0.1);
+    }
+
+    #[test]
+    fn keep_alive_is_priced_and_free_memory_keeps_forever() {
+        let mut d = IdleDist::default();
+        for _ in 0..100 {
+            d.observe(60.0);
+        }
+        let pooled = IdleDist::default();
+        let n = NextUse {
+            own: Some(&d),
+            pooled: &pooled,
+        };
+        assert_eq!(n.keep_for(1.0, 0.0), f64::INFINITY);
+        // Cheap memory: keep past the 60 s idle time; dear memory: not worth keeping at all.
+        let t = n.keep_for(10.0, 0.001);
+        assert!((60.0..200.0).contains(&t), "{t}");
+        assert_eq!(n.keep_for(1.0, 1.0), 0.0);
+    }
+
+    #[test]
+    fn demand_learns_gaps_and_forgets_beyond_its_cap() {
+        let mut dm = Demand::new(16);
+        let r = ResourceId::new("a").unwrap();
+        for i in 0..10 {
+            dm.used(&r, f64::from(i) * 5.0);
+        }
+        assert_eq!(dm.last_use(&r), Some(45.0));
+        assert!(dm.next_use(&r).within(0.0, 6.0) > 0.7);
+        for i in 0..40 {
+            dm.used(
+                &ResourceId::new(format!("x{i}")).unwrap(),
+                100.0 + f64::from(i),
+            );
+        }
+        assert!(dm.len() <= 16, "{}", dm.len());
+    }
+}

@@ -1,0 +1,73 @@
+//! The replay's oracle: a [`Predictor`] that knows the trace. For an event it names exactly
+//! what the coming execution reads, with certainty; for any state it knows the next use.
+//! Through the engine (Belady eviction, kept until pressure unless never used again,
+//! bypassing the cache for a state needed later than everything it would evict) it bounds
+//! what any policy can reach with the same placement, planner and transfer model.
+
+use std::collections::HashMap;
+
+use prewarm_core::{Context, HistoryRecord, Prediction, Predictor, ResourceId, VersionPolicy};
+
+/// See the module docs.
+pub struct Future {
+    /// (event time bits, key) → the reads of that execution.
+    reads: HashMap<(u64, String), Vec<Prediction>>,
+    /// Use times per resource, sorted.
+    uses: HashMap<ResourceId, Vec<f64>>,
+}
+
+impl Future {
+    /// The oracle over `records`, whose events arrive `lead_s` before their executions.
+    pub fn new(records: &[HistoryRecord], lead_s: f64) -> Self {
+        let mut reads: HashMap<(u64, String), Vec<Prediction>> = HashMap::new();
+        let mut uses: HashMap<ResourceId, Vec<f64>> = HashMap::new();
+        for r in records {
+            let at = (r.ts - lead_s).to_bits();
+            let e = reads.entry((at, r.event.key.clone())).or_default();
+            for rd in &r.reads {
+                if !e.iter().any(|p| p.resource == rd.resource) {
+                    e.push(Prediction {
+                        resource: rd.resource.clone(),
+                        version: rd
+                            .version
+                            .map_or(VersionPolicy::Latest, VersionPolicy::AtLeast),
+                        probability: 1.0,
+                    });
+                }
+                uses.entry(rd.resource.clone()).or_default().push(r.ts);
+            }
+        }
+        for v in uses.values_mut() {
+            v.sort_by(f64::total_cmp);
+        }
+        Self { reads, uses }
+    }
+}
+
+impl Predictor for Future {
+    fn name(&self) -> &str {
+        "oracle"
+    }
+
+    fn observe(&mut self, _record: &HistoryRecord) {}
+
+    fn predict(&mut self, ctx: &Context<'_>, k: usize) -> Vec<Prediction> {
+        let mut v = self
+            .reads
+            .get(&(ctx.ts.to_bits(), ctx.event.key.clone()))
+            .cloned()
+            .unwrap_or_default();
+        v.truncate(k.max(v.len().min(64)));
+        v
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
+
+    fn known_next_use(&self, resource: &ResourceId, after: f64) -> Option<f64> {
+        let ts = self.uses.get(resource)?;
+        let i = ts.partition_point(|t| *t <= after);
+        Some(ts.get(i).copied().unwrap_or(f64::INFINITY))
+    }
+}

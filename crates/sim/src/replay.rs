@@ -1,0 +1,127 @@
+//! One replay of a history under one policy: build the policy's engine, run the event loop,
+//! turn the tallies into a [`SimReport`].
+
+use prewarm_core::HistoryRecord;
+use prewarm_engine::Engine;
+
+use crate::run::{BUCKETS, Ev, Sim};
+use crate::{DecisionLog, Policy, SimConfig, SimReport};
+
+/// Replays `records` (time-ordered) under `policy`.
+pub fn replay(records: &[HistoryRecord], policy: Policy, cfg: &SimConfig) -> SimReport {
+    run(records, policy, cfg, false).0
+}
+
+/// [`replay`], also returning every decision made, in order.
+pub fn replay_logged(
+    records: &[HistoryRecord],
+    policy: Policy,
+    cfg: &SimConfig,
+) -> (SimReport, DecisionLog) {
+    let (r, log) = run(records, policy, cfg, true);
+    (r, log.unwrap_or_default())
+}
+
+fn run(
+    records: &[HistoryRecord],
+    policy: Policy,
+    cfg: &SimConfig,
+    logged: bool,
+) -> (SimReport, Option<DecisionLog>) {
+    let name = policy.name.clone();
+    let (ec, model) = policy.engine_parts(cfg, records);
+    let rule = ec.rule;
+    let mut engine = Engine::new(ec, model);
+    let mut sim = Sim::new(records, cfg, rule);
+    if logged {
+        sim.log = Some(DecisionLog::default());
+    }
+    // Events are pushed lazily (one ahead) to keep the heap small.
+    if !records.is_empty() {
+        sim.push(records[0].ts - cfg.lead_s, Ev::Event(0));
+    }
+    while let Some((t, ev)) = sim.pop() {
+        match ev {
+            Ev::Event(i) => {
+                if i + 1 < records.len() {
+                    sim.push(records[i + 1].ts - cfg.lead_s, Ev::Event(i + 1));
+                }
+                sim.on_event(&mut engine, i, t);
+                sim.push(records[i].ts.max(t), Ev::Exec(i));
+            }
+            Ev::Exec(i) => sim.on_exec(&mut engine, i, t),
+            Ev::Release(cap, r) => sim.on_release(cap, r, t),
+            Ev::Expire(cap, r) => sim.on_expire(cap, r, t),
+            Ev::Prewarm(pw) => sim.on_prewarm(&mut engine, pw, t),
+        }
+    }
+    let end = records.last().map_or(0.0, |r| r.ts);
+    sim.fleet.advance(end);
+    let log = sim.log.take();
+    (report(name, &sim), log)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+fn report(policy: String, sim: &Sim<'_>) -> SimReport {
+    let tl = &sim.tally;
+    let executions = tl.ttr_ms.len() as u64;
+    let mean = if executions == 0 {
+        0.0
+    } else {
+        tl.ttr_ms.iter().sum::<f64>() / executions as f64
+    };
+    let mut sorted = tl.ttr_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let width = (sim.span / BUCKETS as f64).max(1e-9);
+    let caps = &sim.fleet.caps;
+    SimReport {
+        policy,
+        executions,
+        warm: tl.warm,
+        warm_rate: if executions == 0 {
+            0.0
+        } else {
+            tl.warm as f64 / executions as f64
+        },
+        ready_byte_share: if tl.read_bytes == 0 {
+            0.0
+        } else {
+            tl.ready_bytes as f64 / tl.read_bytes as f64
+        },
+        ttr_p50_ms: percentile(&sorted, 0.5),
+        ttr_p99_ms: percentile(&sorted, 0.99),
+        ttr_mean_ms: mean,
+        bytes: tl.bytes_on_demand + tl.bytes_predictive,
+        bytes_on_demand: tl.bytes_on_demand,
+        bytes_predictive: tl.bytes_predictive,
+        wasted_bytes: caps.iter().map(|c| c.wasted).sum::<u64>()
+            + caps
+                .iter()
+                .flat_map(|c| c.entries.values())
+                .filter(|e| e.predictive && !e.read)
+                .map(|e| e.bytes)
+                .sum::<u64>(),
+        memory_gb_s: caps.iter().map(|c| c.mem_byte_s).sum::<f64>() / 1e9,
+        evictions: caps.iter().map(|c| c.evictions).sum(),
+        oracle_share: None,
+        over_time: tl
+            .over_time
+            .iter()
+            .enumerate()
+            .map(|(i, (n, w))| {
+                let rate = if *n == 0 { 0.0 } else { *w as f64 / *n as f64 };
+                (sim.t0 + i as f64 * width, rate, *n)
+            })
+            .collect(),
+        ttr_percentiles_ms: (0..=100)
+            .map(|q| percentile(&sorted, f64::from(q) / 100.0))
+            .collect(),
+    }
+}
