@@ -179,33 +179,60 @@ pub fn html(r: &Replay) -> String {
         );
     }
     s.push_str("</table>\n");
-    // Warm-start rate vs memory: every (size) run per policy.
-    let mut by_policy: Vec<(String, Vec<(f64, f64)>)> = r
-        .rows
-        .iter()
-        .map(|x| (x.policy.clone(), vec![(x.memory_gb_s, 100.0 * x.warm_rate)]))
-        .collect();
-    for (_, rows) in &r.sweep {
-        for x in rows {
-            if let Some(p) = by_policy.iter_mut().find(|p| p.0 == x.policy) {
-                p.1.push((x.memory_gb_s, 100.0 * x.warm_rate));
+    // Warm-start rate against each cost: every (size) run per policy.
+    s.push_str("<h2>Frontiers: warm-start rate against cache memory-time and bytes moved</h2>\n");
+    if r.sweep.is_empty() {
+        s.push_str("<p>One cache size only: run with <code>--sweep</code> for curves.</p>\n");
+    }
+    for (cost, title, label) in [
+        (
+            prewarm_sim::pareto::Cost::Memory,
+            "warm starts vs memory (cache-size sweep)",
+            "cache memory-time, GB·s (log scale)",
+        ),
+        (
+            prewarm_sim::pareto::Cost::Bytes,
+            "warm starts vs bytes moved (cache-size sweep)",
+            "bytes moved, GB (log scale)",
+        ),
+    ] {
+        let scale = if cost == prewarm_sim::pareto::Cost::Bytes { 1e-9 } else { 1.0 };
+        let mut by_policy: Vec<(String, Vec<(f64, f64)>)> = r
+            .rows
+            .iter()
+            .map(|x| (x.policy.clone(), vec![(scale * cost.of(x), 100.0 * x.warm_rate)]))
+            .collect();
+        for (_, rows) in &r.sweep {
+            for x in rows {
+                if let Some(p) = by_policy.iter_mut().find(|p| p.0 == x.policy) {
+                    p.1.push((scale * cost.of(x), 100.0 * x.warm_rate));
+                }
             }
         }
+        for p in &mut by_policy {
+            p.1.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        s.push_str(&chart(title, label, "warm-start rate, %", &by_policy, true));
     }
-    for p in &mut by_policy {
-        p.1.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if !r.standings.is_empty() {
+        s.push_str("<h2>Learned policies against the baselines' frontier</h2>\n<table><tr><th>learned</th><th>cache bytes</th><th>warm %</th><th>best baseline at ≤ its GB·s</th><th>oracle</th><th>on frontier</th><th>gap closed %</th><th>bytes vs oracle</th></tr>\n");
+        let pct = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.1}", 100.0 * v));
+        for x in &r.standings {
+            let _ = writeln!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&x.policy),
+                x.cache_bytes,
+                100.0 * x.warm_rate,
+                pct(x.baseline_at_cost),
+                pct(x.oracle),
+                if x.on_frontier { "yes" } else { "no" },
+                pct(x.gap_closed),
+                x.bytes_vs_oracle.map_or("-".into(), |b| format!("{b:.2}×")),
+            );
+        }
+        s.push_str("</table>\n");
     }
-    s.push_str("<h2>Warm-start rate vs cache memory-time</h2>\n");
-    if r.sweep.is_empty() {
-        s.push_str("<p>One cache size only: run with <code>--sweep</code> for a curve.</p>\n");
-    }
-    s.push_str(&chart(
-        "warm starts vs memory (cache-size sweep)",
-        "cache memory-time, GB·s",
-        "warm-start rate, %",
-        &by_policy,
-        false,
-    ));
     let cdf: Vec<(String, Vec<(f64, f64)>)> = r
         .rows
         .iter()

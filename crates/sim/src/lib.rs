@@ -21,6 +21,7 @@ mod bench_fleet;
 mod cache;
 mod fleet;
 mod oracle;
+pub mod pareto;
 mod replay;
 mod run;
 

@@ -97,6 +97,8 @@ pub struct Replay {
     pub rows: Vec<SimReport>,
     /// (cache bytes per capacity, rows) per swept size.
     pub sweep: Vec<(u64, Vec<SimReport>)>,
+    /// Each learned policy against the baselines' frontier at every size.
+    pub standings: Vec<prewarm_sim::pareto::Standing>,
 }
 
 /// Models trained in this run, saved once and loaded for every replay that needs them.
@@ -239,12 +241,17 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         };
         sweep.push((size.0, run_all(&records, &a.policies, &c, &trained)?));
     }
+    let mut all = vec![(cfg.cache_bytes, rows.clone())];
+    all.extend(sweep.iter().cloned());
+    all.sort_by_key(|r| r.0);
+    let standings = prewarm_sim::pareto::standings(&all);
     let out = Replay {
         history: a.history.display().to_string(),
         records: records.len(),
         config: cfg,
         rows,
         sweep,
+        standings,
     };
     if let Some(path) = &a.report {
         std::fs::write(path, report::html(&out))
@@ -255,8 +262,45 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         output::json(&out)?;
     } else {
         println!("{}", table(&out.rows));
+        if !out.standings.is_empty() {
+            println!("\n{}", standings_table(&out.standings));
+        }
     }
     Ok(0)
+}
+
+/// The learned policies against the baselines' frontier, per cache size.
+pub fn standings_table(s: &[prewarm_sim::pareto::Standing]) -> String {
+    let pct = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.1}", 100.0 * v));
+    let body: Vec<Vec<String>> = s
+        .iter()
+        .map(|x| {
+            vec![
+                x.policy.clone(),
+                output::bytes(x.cache_bytes),
+                format!("{:.1}", 100.0 * x.warm_rate),
+                pct(x.baseline_at_cost),
+                pct(x.oracle),
+                if x.on_frontier { "yes" } else { "no" }.into(),
+                pct(x.gap_closed),
+                x.bytes_vs_oracle
+                    .map_or("-".into(), |b| format!("{b:.2}×")),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "learned",
+            "cache",
+            "warm %",
+            "best baseline ≤ its GB·s",
+            "oracle",
+            "on frontier",
+            "gap closed %",
+            "bytes vs oracle",
+        ],
+        &body,
+    )
 }
 
 /// The median of the sizes the history gives (per resource, largest seen), else 64 MiB.
@@ -276,6 +320,7 @@ pub fn table(rows: &[SimReport]) -> String {
     let header = [
         "policy",
         "warm %",
+        "bytes ready %",
         "of oracle",
         "ttr p50 ms",
         "ttr p99 ms",
@@ -289,6 +334,7 @@ pub fn table(rows: &[SimReport]) -> String {
             vec![
                 r.policy.clone(),
                 format!("{:.1}", 100.0 * r.warm_rate),
+                format!("{:.1}", 100.0 * r.ready_byte_share),
                 r.oracle_share
                     .map_or("-".into(), |s| format!("{:.0}%", 100.0 * s)),
                 format!("{:.1}", r.ttr_p50_ms),
