@@ -737,6 +737,19 @@ impl Agent {
         q.push_back((now + d, lease));
     }
 
+    /// A lease on exactly `resource@version` without counting a use.
+    pub(crate) fn lease_exact(
+        &self,
+        resource: &ResourceId,
+        version: Version,
+    ) -> Option<crate::space::Lease> {
+        self.local
+            .lock()
+            .expect("agent lock poisoned")
+            .space
+            .lease(resource, version)
+    }
+
     pub(crate) fn history(&self) -> &HistoryLog {
         &self.history
     }

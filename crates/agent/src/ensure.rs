@@ -154,12 +154,9 @@ impl Agent {
                 });
             }
         };
-        // Lease what was installed like a hit would.
-        if let Some((_, lease)) = self.hit(
-            &req.resource,
-            Some(loaded.held.version),
-            Some(Duration::MAX),
-        ) {
+        // Lease what was installed like a hit would (its arrival was its use: not counted
+        // again, as the replay counts it).
+        if let Some(lease) = self.lease_exact(&req.resource, loaded.held.version) {
             self.hold(lease, lease_for);
         }
         let bytes = loaded.held.bytes;

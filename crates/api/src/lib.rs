@@ -79,13 +79,7 @@ pub fn rule_of(name: &str) -> Option<Rule> {
 
 /// The wire name of `rule`.
 pub fn rule_name(rule: Rule) -> &'static str {
-    match rule {
-        Rule::Lru => "lru",
-        Rule::S3Fifo => "s3fifo",
-        Rule::Gdsf => "gdsf",
-        Rule::Value => "value",
-        Rule::Belady => "belady",
-    }
+    rule.name()
 }
 
 #[cfg(test)]

@@ -196,11 +196,20 @@ pub fn html(r: &Replay) -> String {
             "bytes moved, GB (log scale)",
         ),
     ] {
-        let scale = if cost == prewarm_sim::pareto::Cost::Bytes { 1e-9 } else { 1.0 };
+        let scale = if cost == prewarm_sim::pareto::Cost::Bytes {
+            1e-9
+        } else {
+            1.0
+        };
         let mut by_policy: Vec<(String, Vec<(f64, f64)>)> = r
             .rows
             .iter()
-            .map(|x| (x.policy.clone(), vec![(scale * cost.of(x), 100.0 * x.warm_rate)]))
+            .map(|x| {
+                (
+                    x.policy.clone(),
+                    vec![(scale * cost.of(x), 100.0 * x.warm_rate)],
+                )
+            })
             .collect();
         for (_, rows) in &r.sweep {
             for x in rows {

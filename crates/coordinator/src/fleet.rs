@@ -109,7 +109,7 @@ impl Target for BookTarget<'_> {
     }
 
     fn horizon(&self) -> Option<f64> {
-        self.cap.cache.horizon()
+        self.cap.cache.horizon_at(self.now)
     }
 }
 

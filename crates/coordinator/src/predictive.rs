@@ -279,7 +279,12 @@ impl Coordinator {
             engine.learn(records);
             let mut book = self.book.lock().expect("book lock poisoned");
             for r in records {
-                if let Some(cap) = r.capacity.as_ref().and_then(|c| book.caps.get_mut(c)) {
+                // A miss's state arrived for that use (the agent counted it then); a hit is
+                // one more use.
+                let missed = r.event.attrs.get("hit") == Some(&serde_json::Value::Bool(false));
+                if let Some(cap) = r.capacity.as_ref().and_then(|c| book.caps.get_mut(c))
+                    && !missed
+                {
                     for rd in &r.reads {
                         cap.cache.touch(&rd.resource, r.ts);
                     }

@@ -58,6 +58,33 @@ impl Curve {
         (1.0 - self.survival(idle.max(0.0) + h.max(0.0)) / s).clamp(0.0, 1.0)
     }
 
+    /// Expected time to the next use after `idle` seconds without one, seconds: the area
+    /// under the conditional survival curve (trapezoids between edges; what survives the
+    /// last edge counts as used that long again).
+    pub fn expected_remaining(&self, idle: f64) -> f64 {
+        let idle = idle.max(0.0);
+        let s0 = self.survival(idle);
+        if s0 <= 1e-9 {
+            return f64::INFINITY;
+        }
+        let last = edge(BINS - 1);
+        let mut area = 0.0;
+        let (mut x, mut sx) = (idle, s0);
+        for k in 1..BINS {
+            let e = edge(k);
+            if e <= x {
+                continue;
+            }
+            let se = self.survival(e);
+            area += (e - x) * 0.5 * (sx + se);
+            (x, sx) = (e, se);
+        }
+        if x < last {
+            area += (last - x) * sx;
+        }
+        (area + sx * last) / s0
+    }
+
     /// The curve as bytes (little-endian f32s), for the wire.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.0.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -91,6 +118,13 @@ mod tests {
         assert!(c.within(0.0, 20.0) > 0.99);
         assert!(c.within(0.0, 3.0) < 0.01);
         assert_eq!(Curve::point(None).within(0.0, 1e9), 0.0);
+        let r = c.expected_remaining(2.0);
+        assert!((r - 8.0).abs() < 3.0, "about 10 - 2: {r}");
+        assert!(c.expected_remaining(9.0) < r);
+        assert!(
+            Curve::point(None).expected_remaining(5.0) > 1e6,
+            "never: further than all"
+        );
         assert_eq!(Curve::from_bytes(&c.to_bytes()), Some(c));
         assert!(Curve::from_bytes(&[0; 7]).is_none());
         let mut bad = Curve::point(None).to_bytes();

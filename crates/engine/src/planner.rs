@@ -121,7 +121,7 @@ pub trait Target {
     fn displaced(&self, need: u64) -> Option<f64>;
     /// Predictive bytes already moving to it.
     fn predictive_in_flight(&self) -> u64;
-    /// Its cache's horizon (how long its victims had been idle), seconds.
+    /// Its cache's horizon (how long a state admitted now would stay), seconds.
     fn horizon(&self) -> Option<f64>;
 }
 

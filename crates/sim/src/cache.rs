@@ -185,6 +185,6 @@ impl Target for SimTarget<'_> {
     }
 
     fn horizon(&self) -> Option<f64> {
-        self.0.book.horizon()
+        self.0.book.horizon_at(self.1)
     }
 }

@@ -82,9 +82,7 @@ pub struct Standing {
 
 /// The standings of every learned policy at every size: `runs` is (cache bytes, rows).
 pub fn standings(runs: &[(u64, Vec<SimReport>)]) -> Vec<Standing> {
-    let baselines: Vec<Point> = points(runs, Cost::Memory, |p| {
-        !is_learned(p) && p != "oracle"
-    });
+    let baselines: Vec<Point> = points(runs, Cost::Memory, |p| !is_learned(p) && p != "oracle");
     let mut out = Vec::new();
     for (size, rows) in runs {
         let oracle = rows.iter().find(|r| r.policy == "oracle");

@@ -283,8 +283,7 @@ pub fn standings_table(s: &[prewarm_sim::pareto::Standing]) -> String {
                 pct(x.oracle),
                 if x.on_frontier { "yes" } else { "no" }.into(),
                 pct(x.gap_closed),
-                x.bytes_vs_oracle
-                    .map_or("-".into(), |b| format!("{b:.2}×")),
+                x.bytes_vs_oracle.map_or("-".into(), |b| format!("{b:.2}×")),
             ]
         })
         .collect();
