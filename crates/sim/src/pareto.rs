@@ -59,7 +59,8 @@ pub fn best_at(points: &[Point], at: f64) -> Option<f64> {
         .max_by(f64::total_cmp)
 }
 
-/// How a policy fares against the baselines at one cache size.
+/// How a policy fares against the baselines at one cache size: against every baseline at the
+/// same size, and every baseline point (any size) that used no more memory-time.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Standing {
     /// The policy.
@@ -68,7 +69,8 @@ pub struct Standing {
     pub cache_bytes: u64,
     /// Its warm-start rate.
     pub warm_rate: f64,
-    /// The best baseline's at the same memory-time or less (any size swept).
+    /// The best baseline's at the same cache size, or at no more memory-time at any size
+    /// swept.
     pub baseline_at_cost: Option<f64>,
     /// The oracle's at this size.
     pub oracle: Option<f64>,
@@ -86,8 +88,16 @@ pub fn standings(runs: &[(u64, Vec<SimReport>)]) -> Vec<Standing> {
     let mut out = Vec::new();
     for (size, rows) in runs {
         let oracle = rows.iter().find(|r| r.policy == "oracle");
+        let same_size = rows
+            .iter()
+            .filter(|b| !is_learned(&b.policy) && b.policy != "oracle")
+            .map(|b| b.warm_rate)
+            .max_by(f64::total_cmp);
         for r in rows.iter().filter(|r| is_learned(&r.policy)) {
-            let base = best_at(&baselines, r.memory_gb_s);
+            let base = match (best_at(&baselines, r.memory_gb_s), same_size) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
             let o = oracle.map(|o| o.warm_rate);
             let gap_closed = match (base, o) {
                 (Some(b), Some(o)) if o > b + 1e-12 => Some((r.warm_rate - b) / (o - b)),

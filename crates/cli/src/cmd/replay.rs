@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use prewarm_core::{ByteSize, HistoryRecord};
 use prewarm_predict::Predictor;
-use prewarm_predict::baselines::{Frequency, Markov};
 use prewarm_predict::histogram::Histogram;
 use prewarm_predict::neural::{Arch, Learned, TrainOptions, train};
 use prewarm_sim::{Policy, PolicyKind, SimConfig, SimReport, replay};
@@ -23,7 +22,8 @@ pub struct Args {
     #[arg(long)]
     history: PathBuf,
     /// Policies: none, lru, s3fifo, gdsf, histogram, frequency, markov, gru, transformer,
-    /// oracle; gru and transformer train in-process on the warm-up share, or load gru:DIR /
+    /// mixture (the GRU, Markov and frequency mixed by online weights), oracle; gru,
+    /// transformer and mixture train in-process on the warm-up share, or load gru:DIR /
     /// transformer:DIR.
     #[arg(
         long,
@@ -107,9 +107,38 @@ struct Trained {
     budget: Duration,
 }
 
+/// Trains the model `arch` on `train_on` into the run's model directory the first time it is
+/// needed; returns the directory.
+fn trained_dir(
+    arch_name: &str,
+    train_on: &[HistoryRecord],
+    trained: &Trained,
+) -> anyhow::Result<std::path::PathBuf> {
+    let dir = trained.dir.path().join(arch_name);
+    if !dir.exists() {
+        let arch = if arch_name == "gru" {
+            Arch::GRU
+        } else {
+            Arch::TRANSFORMER
+        };
+        let mut o = TrainOptions::new(arch);
+        o.time_budget = Some(trained.budget);
+        eprintln!(
+            "training a {arch_name} on the first {} records (≤ {:?})…",
+            train_on.len(),
+            trained.budget
+        );
+        let mut model = tokio::task::block_in_place(|| train(train_on, &o, &mut |_| {}))
+            .with_context(|| format!("training the {arch_name}"))?;
+        model
+            .save(&dir)
+            .with_context(|| format!("saving the {arch_name}"))?;
+    }
+    Ok(dir)
+}
+
 /// Builds the policy `name` (training a model on `train_on` the first time it is needed).
 fn policy(name: &str, train_on: &[HistoryRecord], trained: &Trained) -> anyhow::Result<Policy> {
-    let tau = 3600.0;
     let kind = match name {
         "none" => PolicyKind::None,
         "lru" => PolicyKind::Lru,
@@ -117,31 +146,20 @@ fn policy(name: &str, train_on: &[HistoryRecord], trained: &Trained) -> anyhow::
         "gdsf" => PolicyKind::Gdsf,
         "histogram" => PolicyKind::Histogram(Histogram::new()),
         "oracle" => PolicyKind::Oracle,
-        "frequency" => PolicyKind::Predictive(Box::new(Frequency::new(tau))),
-        "markov" => PolicyKind::Predictive(Box::new(Markov::new(2, tau))),
+        "frequency" | "markov" => PolicyKind::Predictive(prewarm_predict::by_name(name)?),
         "gru" | "transformer" => {
-            let dir = trained.dir.path().join(name);
-            if !dir.exists() {
-                let arch = if name == "gru" {
-                    Arch::GRU
-                } else {
-                    Arch::TRANSFORMER
-                };
-                let mut o = TrainOptions::new(arch);
-                o.time_budget = Some(trained.budget);
-                eprintln!(
-                    "training a {name} on the first {} records (≤ {:?})…",
-                    train_on.len(),
-                    trained.budget
-                );
-                let mut model = tokio::task::block_in_place(|| train(train_on, &o, &mut |_| {}))
-                    .with_context(|| format!("training the {name}"))?;
-                model
-                    .save(&dir)
-                    .with_context(|| format!("saving the {name}"))?;
-            }
-            let p = Learned::load(&dir, 1 << 20).with_context(|| format!("loading the {name}"))?;
-            PolicyKind::Predictive(Box::new(p))
+            let dir = trained_dir(name, train_on, trained)?;
+            PolicyKind::Predictive(
+                prewarm_predict::by_name(&format!("{name}:{}", dir.display()))
+                    .with_context(|| format!("loading the {name}"))?,
+            )
+        }
+        "mixture" => {
+            let dir = trained_dir("gru", train_on, trained)?;
+            PolicyKind::Predictive(prewarm_predict::by_name(&format!(
+                "mixture:gru:{}",
+                dir.display()
+            ))?)
         }
         spec if spec.starts_with("gru:") || spec.starts_with("transformer:") => {
             let dir = spec.split_once(':').map_or("", |x| x.1);
@@ -160,7 +178,7 @@ fn policy(name: &str, train_on: &[HistoryRecord], trained: &Trained) -> anyhow::
         }
         other => bail!(
             "unknown policy {other:?} (none, lru, s3fifo, gdsf, histogram, frequency, markov, gru, \
-             transformer, oracle, gru:DIR, transformer:DIR)"
+             transformer, mixture, oracle, gru:DIR, transformer:DIR)"
         ),
     };
     Ok(Policy::new(name.split(':').next().unwrap_or(name), kind))

@@ -2,9 +2,11 @@
 //! a workload (tenant sessions with sequential patterns, periodic timers, Zipf popularity,
 //! bursts, states that change version; see [`workload`]), snapshots its states into a store
 //! in a temporary directory, trains a small GRU on the first part, then serves the rest for
-//! real twice — on-demand only, and with the GRU driving predictive transfers — each time
-//! with a coordinator and four agents moving real bytes over loopback ([`phase`]). It prints
-//! warm starts, time-to-ready and bytes for both, and writes `report.html` ([`page`]).
+//! real three times — on-demand only, with the best baseline (Markov) driving the engine, and
+//! with the learned policy (the GRU mixed with Markov and frequency by online weights) —
+//! each time with a coordinator and four agents moving real bytes over loopback
+//! ([`phase`]). It prints warm starts, time-to-ready and bytes side by side, and writes
+//! `report.html` ([`page`]).
 
 mod page;
 mod phase;
@@ -18,6 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use prewarm_coordinator::Brain;
+use prewarm_predict::baselines::{Frequency, Markov};
+use prewarm_predict::mixture::Mixture;
 use prewarm_predict::neural::{Arch, Learned, TrainOptions, train};
 use prewarm_snapshot::Snapshotter;
 use prewarm_store::Store;
@@ -55,6 +59,10 @@ pub struct Args {
     /// Time between an event and its execution's start.
     #[arg(long, value_parser = parse_duration, default_value = "500ms")]
     lead: Duration,
+    /// Price of link time for the predictive policies, in seconds of cold start per second a
+    /// prefetch occupies the link (the demo's link is loopback).
+    #[arg(long, default_value_t = 1.0)]
+    link_price: f64,
     /// Time budget for training the GRU.
     #[arg(long, value_parser = parse_duration, default_value = "20s")]
     train_budget: Duration,
@@ -129,7 +137,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     }
     drop((snap, store));
     say(format!(
-        "[1/4] snapshotted {} states into the store: {:.1} s",
+        "[1/5] snapshotted {} states into the store: {:.1} s",
         work.states.len(),
         t.elapsed().as_secs_f64()
     ));
@@ -155,7 +163,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     .context("training the GRU")?;
     let summary = model.config.training.clone();
     say(format!(
-        "[2/4] trained a GRU (embeddings 64, hidden 128) on {records} history records: {} epochs in {:.1} s, validation top-1 {:.1}%, top-5 {:.1}%",
+        "[2/5] trained a GRU (embeddings 64, hidden 128) on {records} history records: {} epochs in {:.1} s, validation top-1 {:.1}%, top-5 {:.1}%",
         summary.epochs,
         t.elapsed().as_secs_f64(),
         100.0 * summary.validation_top1,
@@ -175,7 +183,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         progress: !a.json,
     };
     say(format!(
-        "[3/4] serving {served} executions on-demand only: coordinator + {} agents (cache {} each), events {} ahead",
+        "[3/5] serving {served} executions on-demand only: coordinator + {} agents (cache {} each), events {} ahead",
         a.capacities,
         output::bytes(a.cache_size),
         output::millis(a.lead.as_secs_f64() * 1e3)
@@ -183,30 +191,36 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let s = setup("on-demand", "on-demand", None);
     let cold = tokio::task::spawn_blocking(move || phase::run(s)).await??;
 
-    say(format!(
-        "[4/4] serving the same {served} executions with the GRU predicting (fresh agents and store)"
-    ));
-    let (rule, keep) = prewarm_engine::rules_for("gru", f64::INFINITY);
-    let brain = Brain::new(
-        prewarm_engine::EngineConfig {
-            planner: prewarm_engine::PlannerConfig {
-                bandwidth: 500e6,
-                lead_s: a.lead.as_secs_f64(),
-                ..Default::default()
-            },
-            rule,
-            keep,
-            ..Default::default()
-        },
-        Some(Box::new(Learned::new(model, 1 << 16))),
-    );
     // What the coordinator would have learned from its agents before now: each key's recent
     // states (the model's context), with times ending where serving begins.
-    brain.learn(&work.history(prewarm_core::unix_now()));
-    let s = setup("predictive (GRU)", "predictive", Some(brain));
+    let before = work.history(prewarm_core::unix_now());
+    say(format!(
+        "[4/5] serving the same {served} executions with the best baseline, Markov, through the same engine (fresh agents and store)"
+    ));
+    let markov = brain(&a, Box::new(Markov::new(2, 3600.0)));
+    markov.learn(&before);
+    let s = setup("markov", "markov", Some(markov));
+    let base = tokio::task::spawn_blocking(move || phase::run(s)).await??;
+
+    say(format!(
+        "[5/5] serving the same {served} executions with the learned policy: the GRU mixed with Markov and frequency by online weights"
+    ));
+    let learned = brain(
+        &a,
+        Box::new(Mixture::new(
+            "learned",
+            vec![
+                Box::new(Learned::new(model, 1 << 16)),
+                Box::new(Markov::new(2, 3600.0)),
+                Box::new(Frequency::new(3600.0)),
+            ],
+        )),
+    );
+    learned.learn(&before);
+    let s = setup("learned (GRU mixture)", "learned", Some(learned));
     let warm = tokio::task::spawn_blocking(move || phase::run(s)).await??;
 
-    let phases = [cold, warm];
+    let phases = [cold, base, warm];
     let total_s = started.elapsed().as_secs_f64();
     std::fs::write(
         &a.report,
@@ -227,6 +241,26 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// The coordinator's engine for a model (the priced planner at the demo's loopback
+/// bandwidth, next-use eviction, priced keep-alive).
+fn brain(a: &Args, model: Box<dyn prewarm_core::Predictor>) -> Brain {
+    let (rule, keep) = prewarm_engine::rules_for("model", f64::INFINITY);
+    Brain::new(
+        prewarm_engine::EngineConfig {
+            planner: prewarm_engine::PlannerConfig {
+                bandwidth: 500e6,
+                lead_s: a.lead.as_secs_f64(),
+                link_price: a.link_price,
+                ..Default::default()
+            },
+            rule,
+            keep,
+            ..Default::default()
+        },
+        Some(model),
+    )
 }
 
 fn setup_summary(a: &Args, w: &Workload) -> String {

@@ -1,5 +1,5 @@
-//! The demo's `report.html`: the comparison table, the time-to-ready distribution of both
-//! runs and their warm-start rate over the served time. Self-contained (inline SVG).
+//! The demo's `report.html`: the comparison table, the time-to-ready distribution of every
+//! run and their warm-start rate over the served time. Self-contained (inline SVG).
 
 use std::fmt::Write as _;
 
@@ -16,7 +16,7 @@ pub fn html(phases: &[PhaseResult], setup: &str, seconds: f64) -> String {
         r#"<!doctype html><html><head><meta charset="utf-8"><title>prewarm demo</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f4f4f4}}td:first-child{{text-align:left}}</style>
 </head><body><h1>prewarm demo</h1>
-<p>{}. The same executions were served twice by a real coordinator and real agents over loopback: on-demand only, then with a GRU trained on the workload's history predicting which states each event's execution will read. Run took {seconds:.0} s.</p>
+<p>{}. The same executions were served three times by a real coordinator and real agents over loopback: on-demand only; with the best baseline, Markov, predicting through the decision engine; and with the learned policy — a GRU trained on the workload's history, mixed with Markov and frequency by online weights — predicting which states each event's execution will read. Run took {seconds:.0} s.</p>
 <table><tr><th>run</th><th>executions</th><th>warm starts</th><th>time-to-ready p50</th><th>p99</th><th>bytes over the wire</th><th>reused (delta)</th><th>predictive transfers</th><th>never read after</th><th>cold reads: first use / new version / evicted / predicted, not ready</th><th>failed</th></tr>
 "#,
         esc(setup)
