@@ -235,11 +235,13 @@ impl Agent {
         }
         let registry = Registry::default();
         let metrics = AgentMetrics::new(&registry);
-        let history = HistoryLog::start(cfg.cache_dir.join("history.jsonl")).map_err(|source| {
-            StartError::Io {
-                path: cfg.cache_dir.join("history.jsonl"),
-                source,
-            }
+        let history = HistoryLog::start(
+            cfg.cache_dir.join("history.jsonl"),
+            crate::history::MAX_HISTORY_BYTES,
+        )
+        .map_err(|source| StartError::Io {
+            path: cfg.cache_dir.join("history.jsonl"),
+            source,
         })?;
         let (finished_tx, finished_rx) = tokio::sync::mpsc::unbounded_channel();
         let agent = Arc::new(Agent {

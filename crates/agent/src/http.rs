@@ -109,6 +109,17 @@ async fn ensure(
             }
         },
     };
+    for (what, v) in [("key", &q.key), ("type", &q.kind)] {
+        if v.as_ref()
+            .is_some_and(|v| v.len() > prewarm_core::MAX_KEY_LEN)
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("{what} is over {} bytes", prewarm_core::MAX_KEY_LEN),
+            );
+        }
+    }
     let timeout_ms = q.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     if timeout_ms > MAX_TIMEOUT_MS {
         return error(

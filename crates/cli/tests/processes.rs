@@ -409,10 +409,23 @@ fn non_loopback_listeners_require_the_token() {
         wrong.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(2));
-    let (code, _) = http_get(&format!("127.0.0.1:{port}"), "/metrics");
+    let addr = format!("127.0.0.1:{port}");
+    let (code, _) = http_get(&addr, "/metrics");
     assert_eq!(code, 401);
+    // Unknown paths answer 401 without the token; a body is refused before it is read.
+    let (code, text) = http_get(&addr, "/nothing/here");
+    assert_eq!(code, 401, "{text}");
+    assert!(text.contains("\"error\":\"unauthorized\""), "{text}");
+    let (code, text) = http_post(&addr, "/v1/events", &vec![b' '; 3 << 20]);
+    assert_eq!(code, 401, "{text}");
+    // Many refusals make a few log lines, not one each.
+    for _ in 0..300 {
+        let _ = http_get(&addr, "/metrics");
+    }
     let log = std::fs::read_to_string(dir.path().join("c.log")).unwrap();
     assert!(log.contains("refused"), "refusals are logged: {log}");
+    let lines = log.lines().filter(|l| l.contains("refused")).count();
+    assert!(lines < 60, "{lines} refusal lines for ~300 refusals");
 }
 
 #[test]
@@ -795,8 +808,17 @@ fn events_drive_predictive_transfers_learned_from_agent_history() {
             400,
             "ts must be finite",
         ),
-        (&huge[..], 413, ""),
+        (&huge[..], 413, "\"error\":\"too_large\""),
         (many.as_bytes(), 413, "at most 10000"),
+        (
+            format!(
+                r#"{{"event": {{"type": "t", "key": "{}"}}}}"#,
+                "k".repeat(2000)
+            )
+            .as_bytes(),
+            400,
+            "at most 1024",
+        ),
     ] {
         let (code, text) = http_post(&coord, "/v1/events", body);
         assert_eq!(code, want, "{text}");
@@ -804,6 +826,10 @@ fn events_drive_predictive_transfers_learned_from_agent_history() {
     }
     let (code, _) = http_get(&coord, "/v1/placement?colour=red");
     assert_eq!(code, 400);
+    // A path the coordinator does not serve: a plain 404 with a message, not a gRPC answer.
+    let (code, text) = http_get(&coord, "/nothing/here");
+    assert_eq!(code, 404, "{text}");
+    assert!(text.contains("\"error\":\"not_found\""), "{text}");
     let (code, body) = http_post(
         &coord,
         "/v1/events",

@@ -1,20 +1,32 @@
 //! The coordinator's HTTP routes beside gRPC (same port): `POST /v1/events` (one event
 //! object or an array; all or nothing; 400/401/413 with `{error, message}`) and
 //! `GET /v1/placement?key=K&type=T[&capacity=C]` (where an event would run and what would
-//! move, without moving anything).
+//! move, without moving anything). Any other path: 401 without the token, else 404, both as
+//! `{error, message}`.
+//!
+//! The token is checked from the headers before a body is read, so an unauthenticated
+//! client cannot make the coordinator buffer anything; a body is then read up to its limit
+//! and refused with 413 beyond it. Refusals are logged within a budget ([`Throttle`]).
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{DefaultBodyLimit, Query};
+use axum::body::Body;
+use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prewarm_core::{CapacityId, Event};
 use serde::Deserialize;
 
+use prewarm_transfer::Throttle;
+use prewarm_transfer::warn_throttled;
+
 use crate::Coordinator;
 use crate::predictive::{EventIn, EventsError, MAX_EVENTS_BODY, parse_events};
+
+/// The log budget of refused HTTP requests.
+static REFUSALS: std::sync::LazyLock<Throttle> = std::sync::LazyLock::new(Throttle::default);
 
 type Check = dyn Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync;
 
@@ -59,17 +71,28 @@ where
     axum::Router::new()
         .route(
             "/v1/events",
-            post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            post(move |headers: HeaderMap, body: Body| {
                 let (c, check) = (c.clone(), check.clone());
                 async move {
                     if !authorized(&check, &headers) {
-                        tracing::warn!("POST /v1/events refused: missing or wrong token");
+                        warn_throttled!(
+                            REFUSALS,
+                            "POST /v1/events refused: missing or wrong token"
+                        );
                         return refuse(
                             StatusCode::UNAUTHORIZED,
                             "unauthorized",
                             "missing or wrong bearer token".into(),
                         );
                     }
+                    let Ok(body) = axum::body::to_bytes(body, MAX_EVENTS_BODY).await else {
+                        c.metrics.events_refused.inc();
+                        return refuse(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "too_large",
+                            format!("the body is over {MAX_EVENTS_BODY} bytes"),
+                        );
+                    };
                     let (events, batch) = match parse_events(&body) {
                         Ok(x) => x,
                         Err(e) => {
@@ -135,5 +158,33 @@ where
                 },
             ),
         )
-        .layer(DefaultBodyLimit::max(MAX_EVENTS_BODY))
+}
+
+/// The answer to any path the coordinator does not serve: 401 without the token, else 404.
+pub fn fallback<F>(check: F) -> axum::routing::MethodRouter
+where
+    F: Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    axum::routing::any(move |headers: HeaderMap, uri: axum::http::Uri| {
+        let check = check.clone();
+        async move {
+            if !authorized(&check, &headers) {
+                warn_throttled!(REFUSALS, "{} refused: missing or wrong token", uri.path());
+                return refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing or wrong bearer token".into(),
+                );
+            }
+            refuse(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no such path: {}", uri.path()),
+            )
+        }
+    })
 }

@@ -247,9 +247,14 @@ pub async fn start(
 
 async fn serve_grpc(c: Arc<Coordinator>, l: tokio::net::TcpListener, token: Option<Token>) {
     use axum::routing::get;
+    static GRPC_REFUSALS: std::sync::LazyLock<prewarm_transfer::Throttle> =
+        std::sync::LazyLock::new(prewarm_transfer::Throttle::default);
     let check = move |req: tonic::Request<()>| match &token {
         Some(t) if !t.matches_bearer(req.metadata().get("authorization").map(|v| v.as_bytes())) => {
-            tracing::warn!("gRPC call without a valid token refused");
+            prewarm_transfer::warn_throttled!(
+                GRPC_REFUSALS,
+                "gRPC call without a valid token refused"
+            );
             Err(tonic::Status::unauthenticated(
                 "missing or wrong bearer token",
             ))
@@ -264,7 +269,7 @@ async fn serve_grpc(c: Arc<Coordinator>, l: tokio::net::TcpListener, token: Opti
     let metrics_token = check.clone();
     let router = tonic::service::Routes::new(svc)
         .into_axum_router()
-        .merge(http::routes(c.clone(), check))
+        .merge(http::routes(c.clone(), check.clone()))
         .route(
             "/metrics",
             get(move |headers: axum::http::HeaderMap| {
@@ -287,7 +292,8 @@ async fn serve_grpc(c: Arc<Coordinator>, l: tokio::net::TcpListener, token: Opti
                     }
                 }
             }),
-        );
+        )
+        .fallback_service(http::fallback(check));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
     let r = tonic::transport::Server::builder()
         .accept_http1(true)

@@ -408,6 +408,9 @@ pub enum EventsError {
     /// A time that is not a finite, non-negative number.
     #[error("event {0}: ts must be finite and non-negative")]
     BadTime(usize),
+    /// A key or type too long, or another invalid field.
+    #[error("event {0}: {1}")]
+    Invalid(usize, String),
 }
 
 /// Parses a body holding one event object or an array of them; all or nothing.
@@ -429,6 +432,13 @@ pub fn parse_events(body: &[u8]) -> Result<(Vec<EventIn>, bool), EventsError> {
         .position(|e| e.ts.is_some_and(|t| !t.is_finite() || t < 0.0))
     {
         return Err(EventsError::BadTime(i));
+    }
+    if let Some((i, e)) = events
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| e.event.validate().err().map(|e| (i, e)))
+    {
+        return Err(EventsError::Invalid(i, e.to_string()));
     }
     Ok((events, batch))
 }

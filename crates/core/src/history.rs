@@ -81,9 +81,29 @@ pub struct HistoryRecord {
     pub duration_s: f64,
 }
 
-impl HistoryRecord {
-    /// Checks the invariants serde cannot: finite, non-negative times.
+/// Longest event key and event type, in bytes: every model keeps state per key, so a key is
+/// a name, not a payload.
+pub const MAX_KEY_LEN: usize = 1024;
+
+impl Event {
+    /// Checks what serde cannot: a key and a type of bounded length.
     pub fn validate(&self) -> Result<(), HistoryErrorKind> {
+        for (what, v) in [("key", &self.key), ("type", &self.kind)] {
+            if v.len() > MAX_KEY_LEN {
+                return Err(HistoryErrorKind::TooLong(format!(
+                    "event {what} of {} bytes (at most {MAX_KEY_LEN})",
+                    v.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HistoryRecord {
+    /// Checks the invariants serde cannot: finite, non-negative times; bounded keys.
+    pub fn validate(&self) -> Result<(), HistoryErrorKind> {
+        self.event.validate()?;
         if !self.ts.is_finite() || self.ts < 0.0 {
             return Err(HistoryErrorKind::BadTime(format!("ts is {}", self.ts)));
         }
@@ -119,6 +139,9 @@ pub enum HistoryErrorKind {
     /// A time is NaN, infinite or negative.
     #[error("invalid time: {0}")]
     BadTime(String),
+    /// A key or type is longer than [`MAX_KEY_LEN`].
+    #[error("too long: {0}")]
+    TooLong(String),
 }
 
 /// Reads history records from JSON Lines; blank lines are skipped.

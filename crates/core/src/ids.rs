@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 /// Longest accepted resource id, in bytes.
 pub const MAX_RESOURCE_ID_LEN: usize = 256;
+/// Longest `/`-separated segment of a resource id, in bytes: each segment is a directory
+/// name in the store and in every agent's cache, and file systems stop at 255 bytes, with
+/// room left for the suffixes prewarm adds (temporary siblings, version directories).
+pub const MAX_SEGMENT_LEN: usize = 200;
 /// Longest accepted capacity id, in bytes.
 pub const MAX_CAPACITY_ID_LEN: usize = 128;
 
@@ -49,9 +53,10 @@ pub enum IdError {
         /// Extra allowed characters, for the message.
         extra: &'static str,
     },
-    /// A `/`-separated segment is empty, `.` or `..` (this also rejects a leading `/`).
+    /// A `/`-separated segment is empty, `.`, `..` (this also rejects a leading `/`), or
+    /// longer than [`MAX_SEGMENT_LEN`].
     #[error(
-        "resource id {id:?} has an invalid segment {segment:?} (segments may not be empty, \".\" or \"..\")"
+        "resource id {id:?} has an invalid segment {segment:?} (segments may not be empty, \".\" or \"..\", or longer than {MAX_SEGMENT_LEN} bytes)"
     )]
     BadSegment {
         /// The offending id.
@@ -64,7 +69,8 @@ pub enum IdError {
 /// The id of a piece of shared state: model weights, a cache, a dataset, per-tenant data.
 ///
 /// 1–256 bytes of `[A-Za-z0-9._/-]`, made of `/`-separated segments, none of them empty,
-/// `.` or `..`, so an id is always a safe relative path.
+/// `.` or `..` or over 200 bytes, so an id is always a safe relative path that every file
+/// system prewarm stores it on can hold.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ResourceId(String);
@@ -74,10 +80,9 @@ impl ResourceId {
     pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
         let s = s.into();
         check_chars("resource", &s, MAX_RESOURCE_ID_LEN, true)?;
-        if let Some(segment) = s
-            .split('/')
-            .find(|seg| seg.is_empty() || *seg == "." || *seg == "..")
-        {
+        if let Some(segment) = s.split('/').find(|seg| {
+            seg.is_empty() || *seg == "." || *seg == ".." || seg.len() > MAX_SEGMENT_LEN
+        }) {
             return Err(IdError::BadSegment {
                 segment: segment.to_owned(),
                 id: s,
@@ -341,7 +346,8 @@ mod tests {
             "models/llama-7b/v1.safetensors",
             "x.y_z-1",
             "a/b/c",
-            &"a".repeat(256),
+            &"a".repeat(200),
+            &format!("{}/{}", "a".repeat(200), "b".repeat(55)),
         ] {
             check_resource(good, true);
         }
@@ -359,6 +365,9 @@ mod tests {
             "ü",
             "a\\b",
             &"a".repeat(257),
+            // One segment a file system cannot name (the store and caches make it a directory).
+            &"a".repeat(201),
+            &format!("m/{}", "x".repeat(254)),
         ] {
             check_resource(bad, false);
         }

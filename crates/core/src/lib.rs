@@ -13,12 +13,12 @@ mod size;
 
 pub use clock::Clock;
 pub use history::{
-    Event, HistoryError, HistoryErrorKind, HistoryReader, HistoryRecord, HistoryWriter, ReadAccess,
-    WriteAccess, unix_now,
+    Event, HistoryError, HistoryErrorKind, HistoryReader, HistoryRecord, HistoryWriter,
+    MAX_KEY_LEN, ReadAccess, WriteAccess, unix_now,
 };
 pub use ids::{
-    CapacityId, ChunkHash, IdError, MAX_CAPACITY_ID_LEN, MAX_RESOURCE_ID_LEN, ResourceId, StateRef,
-    Version,
+    CapacityId, ChunkHash, IdError, MAX_CAPACITY_ID_LEN, MAX_RESOURCE_ID_LEN, MAX_SEGMENT_LEN,
+    ResourceId, StateRef, Version,
 };
 pub use predictor::{Context, Prediction, Predictor, VersionPolicy};
 pub use size::{ByteSize, ParseSizeError, parse_duration};

@@ -128,9 +128,16 @@ struct Counts {
 pub struct Markov {
     order: usize,
     tables: Vec<HashMap<Vec<ResourceId>, Counts>>,
-    history: HashMap<String, Vec<ResourceId>>,
+    /// Per key: when it was last seen (a tick) and its last reads.
+    history: HashMap<String, (u64, Vec<ResourceId>)>,
+    tick: u64,
     fallback: Frequency,
 }
+
+/// Keys whose recent reads Markov keeps (the least recently seen half is forgotten beyond).
+pub const MARKOV_MAX_KEYS: usize = 1 << 18;
+/// Contexts per order it keeps (the rarest are forgotten beyond).
+pub const MARKOV_MAX_CONTEXTS: usize = 1 << 20;
 
 impl Markov {
     /// Markov of order `order` (≥ 1) backing off to frequency with time constant `tau_s`.
@@ -140,6 +147,7 @@ impl Markov {
             order,
             tables: (0..order).map(|_| HashMap::new()).collect(),
             history: HashMap::new(),
+            tick: 0,
             fallback: Frequency::new(tau_s),
         }
     }
@@ -150,7 +158,7 @@ impl Markov {
         // Borrowed ids while scoring; only the k kept are cloned.
         let mut probs: HashMap<&ResourceId, f64> = HashMap::new();
         let mut mass = 1.0;
-        if let Some(hist) = self.history.get(&ctx.event.key) {
+        if let Some((_, hist)) = self.history.get(&ctx.event.key) {
             for n in (1..=self.order.min(hist.len())).rev() {
                 let Some(c) = self.tables[n - 1].get(&hist[hist.len() - n..]) else {
                     continue;
@@ -183,6 +191,24 @@ impl Markov {
     }
 }
 
+/// Drops the least recently seen half of the keys.
+fn forget_oldest_keys(history: &mut HashMap<String, (u64, Vec<ResourceId>)>) {
+    let mut ticks: Vec<u64> = history.values().map(|(t, _)| *t).collect();
+    let mid = ticks.len() / 2;
+    ticks.select_nth_unstable(mid);
+    let cut = ticks[mid];
+    history.retain(|_, (t, _)| *t > cut);
+}
+
+/// Drops the contexts seen least often until at most half the cap is left.
+fn forget_rare_contexts(table: &mut HashMap<Vec<ResourceId>, Counts>) {
+    let mut at_least = 2;
+    while table.len() > MARKOV_MAX_CONTEXTS / 2 {
+        table.retain(|_, c| c.total >= at_least);
+        at_least *= 2;
+    }
+}
+
 impl Predictor for Markov {
     fn name(&self) -> &str {
         "markov"
@@ -190,11 +216,20 @@ impl Predictor for Markov {
 
     fn observe(&mut self, record: &HistoryRecord) {
         self.fallback.observe(record);
-        let hist = self.history.entry(record.event.key.clone()).or_default();
+        self.tick += 1;
+        if self.history.len() >= MARKOV_MAX_KEYS && !self.history.contains_key(&record.event.key) {
+            forget_oldest_keys(&mut self.history);
+        }
+        let (seen, hist) = self.history.entry(record.event.key.clone()).or_default();
+        *seen = self.tick;
         for read in &record.reads {
             for n in 1..=self.order.min(hist.len()) {
                 let ctx = hist[hist.len() - n..].to_vec();
-                let c = self.tables[n - 1].entry(ctx).or_default();
+                let table = &mut self.tables[n - 1];
+                if table.len() >= MARKOV_MAX_CONTEXTS && !table.contains_key(&ctx) {
+                    forget_rare_contexts(table);
+                }
+                let c = table.entry(ctx).or_default();
                 *c.next.entry(read.resource.clone()).or_default() += 1;
                 c.total += 1;
             }
@@ -222,7 +257,7 @@ impl Predictor for Markov {
         let hist: u64 = self
             .history
             .iter()
-            .map(|(k, h)| 64 + k.len() as u64 + h.iter().map(id_bytes).sum::<u64>())
+            .map(|(k, (_, h))| 64 + k.len() as u64 + h.iter().map(id_bytes).sum::<u64>())
             .sum();
         tables + hist + self.fallback.memory_bytes()
     }
@@ -385,5 +420,23 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn markov_forgets_the_oldest_keys_beyond_its_cap() {
+        let mut m = Markov::new(2, 3600.0);
+        for i in 0..(MARKOV_MAX_KEYS + 1000) {
+            m.observe(&crate::predictor::test_record(
+                i as f64,
+                &format!("key-{i}"),
+                "r",
+            ));
+        }
+        assert!(m.history.len() <= MARKOV_MAX_KEYS, "{}", m.history.len());
+        assert!(
+            m.history
+                .contains_key(&format!("key-{}", MARKOV_MAX_KEYS + 999))
+        );
+        assert!(!m.history.contains_key("key-0"), "the oldest went first");
     }
 }

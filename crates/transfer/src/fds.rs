@@ -51,13 +51,18 @@ const MAX_RUN: u64 = 8 << 20;
 /// How long a pack-channel connection may sit idle before the server drops it.
 const IDLE: Duration = Duration::from_secs(600);
 
-/// Reads one frame through `fill` (which must fill the buffer it is given completely).
+/// Reads one frame of at most `max` bytes through `fill` (which must fill the buffer it is
+/// given completely); a longer one is refused before anything is allocated for it.
 fn read_frame_with(
+    max: u32,
     mut fill: impl FnMut(&mut [u8]) -> Result<(), FrameError>,
 ) -> Result<Frame, FrameError> {
     let mut len = [0u8; 4];
     fill(&mut len)?;
     let len = frame::check_len(u32::from_le_bytes(len))?;
+    if len > max {
+        return Err(FrameError::Oversize(len));
+    }
     let mut buf = bytes::BytesMut::zeroed(len as usize);
     fill(&mut buf)?;
     frame::split(buf)
@@ -79,6 +84,9 @@ impl DataServer {
         loop {
             match listener.accept().await {
                 Ok((s, _)) => {
+                    let Some(permit) = self.admit("pack channel") else {
+                        continue;
+                    };
                     let s = match s.into_std().and_then(|s| {
                         s.set_nonblocking(false)?;
                         Ok(s)
@@ -92,7 +100,10 @@ impl DataServer {
                     let (me, rt) = (self.clone(), tokio::runtime::Handle::current());
                     let spawned = std::thread::Builder::new()
                         .name("prewarm-packs".into())
-                        .spawn(move || me.pack_channel(s, &rt));
+                        .spawn(move || {
+                            me.pack_channel(s, &rt);
+                            drop(permit);
+                        });
                     if let Err(e) = spawned {
                         tracing::warn!("pack channel: cannot start a thread: {e}");
                     }
@@ -107,7 +118,7 @@ impl DataServer {
 
     fn pack_channel(&self, mut s: UnixStream, rt: &tokio::runtime::Handle) {
         let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        let hello = read_frame_with(|b| Ok(s.read_exact(b)?));
+        let hello = read_frame_with(frame::MAX_HELLO, |b| Ok(s.read_exact(b)?));
         if let Some(why) = self.refuse_hello(hello) {
             tracing::warn!("pack channel: refused connection: {why}");
             self.metrics.refused.inc();
@@ -125,7 +136,7 @@ impl DataServer {
         let _ = s.set_read_timeout(Some(IDLE));
         let mut slots: HashMap<PackId, u32> = HashMap::new();
         loop {
-            let f = match read_frame_with(|b| Ok(s.read_exact(b)?)) {
+            let f = match read_frame_with(frame::MAX_FRAME, |b| Ok(s.read_exact(b)?)) {
                 Ok(f) => f,
                 Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
                 Err(e) => {
@@ -358,7 +369,7 @@ impl PackChannel {
     }
 
     fn read_frame(&mut self) -> Result<Frame, DataError> {
-        Ok(read_frame_with(|b| self.recv_exact(b))?)
+        Ok(read_frame_with(frame::MAX_FRAME, |b| self.recv_exact(b))?)
     }
 
     /// Where `hashes` lie (blocking): receives the packs passed on the way.

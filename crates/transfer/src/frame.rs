@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const MAGIC: &[u8; 4] = b"PWD1";
 /// Largest frame accepted (a 16 MiB chunk, or a manifest of ~1M chunks).
 pub const MAX_FRAME: u32 = 64 << 20;
+/// Largest `HELLO` accepted (the magic and a token).
+pub const MAX_HELLO: u32 = 4096;
 /// Most hashes in one `CHUNKS` request.
 pub const MAX_HASHES: usize = 8192;
 /// Bytes of `kind` + `request`.
@@ -134,6 +136,16 @@ pub enum FrameError {
 
 /// Reads one frame.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameError> {
+    read_frame_limited(r, MAX_FRAME).await
+}
+
+/// Reads one frame of at most `max` bytes: a longer one is refused from its length field,
+/// before anything is allocated for it (a `HELLO` is read this way: nothing large is
+/// buffered for a client that has not shown its token).
+pub async fn read_frame_limited<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: u32,
+) -> Result<Frame, FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -141,6 +153,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameE
         Err(e) => return Err(e.into()),
     }
     let len = check_len(u32::from_le_bytes(len))?;
+    if len > max {
+        return Err(FrameError::Oversize(len));
+    }
     // Read straight into uninitialised capacity: no zeroing pass over every chunk.
     let mut buf = BytesMut::with_capacity(len as usize);
     while buf.len() < len as usize {

@@ -11,6 +11,7 @@ pub mod frame;
 pub mod metrics;
 pub mod pace;
 pub mod server;
+pub mod throttle;
 
 pub use auth::{Token, TokenError};
 pub use client::{Connection, DataAddr, DataError, FetchStats, Received, verify_batch};
@@ -18,6 +19,7 @@ pub use fds::PackChannel;
 pub use metrics::Registry;
 pub use pace::{Pacer, Priorities};
 pub use server::{DataServer, Faults};
+pub use throttle::Throttle;
 
 /// An id of this host, equal for processes on one machine (boot): `/proc/sys/kernel/random/boot_id`
 /// plus the host name. Decides whether the same-host channel can be used.

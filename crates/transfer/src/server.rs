@@ -2,6 +2,14 @@
 //! the store. Requests on one connection are read ahead and their pack reads run while
 //! earlier answers are still being written, so a pipelining client keeps the link busy.
 //! Chunks go out as stored (compressed or raw) and are verified by the receiver.
+//!
+//! Bounded everywhere a client could make it allocate: at most [`MAX_CONNECTIONS`] at once,
+//! of which [`MAX_HANDSHAKES`] may still be saying hello; the hello itself is read only up
+//! to [`frame::MAX_HELLO`] bytes and within 10 s; once accepted, a connection's chunk reads
+//! wait for room in its budget of [`CONN_BUDGET`] bytes read but not yet written, so a
+//! client that pipelines requests without reading answers holds at most that much.
+//! Store failures reach clients as a plain code and message, never a server path (the
+//! detail goes to the log, throttled).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,17 +19,25 @@ use bytes::Bytes;
 use prewarm_core::{ChunkHash, ResourceId, StateRef, Version};
 use prewarm_store::{BlobLoc, FetchError, ReadManifestError, Store};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::auth::Token;
 use crate::frame::{self, Code, Frame, FrameError, Kind, MAGIC, MAX_HASHES};
 use crate::metrics::{Counter, Registry};
+use crate::throttle::Throttle;
+use crate::warn_throttled;
 
 /// Answers computed ahead of the one being written, per connection.
 const READ_AHEAD: usize = 4;
 /// How long a client has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once (more are closed at accept).
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections that may be in their hello at once.
+pub const MAX_HANDSHAKES: usize = 64;
+/// Bytes of chunk reads one connection may hold before they are written.
+pub const CONN_BUDGET: usize = 64 << 20;
 
 /// Deliberate faults, for tests of the receiving side.
 #[derive(Clone, Copy, Debug, Default)]
@@ -58,6 +74,12 @@ pub struct DataServer {
     sent_chunks: AtomicU64,
     /// Chunks already sent (only tracked with `corrupt_every`).
     seen: std::sync::Mutex<std::collections::HashSet<ChunkHash>>,
+    /// Room for connections, and for connections still in their hello.
+    connections: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+    /// Log budgets of refusals and of store failures.
+    refusals: Throttle,
+    failures: Throttle,
 }
 
 /// A refusal: its code and message.
@@ -67,7 +89,8 @@ type ReadChunks = Vec<(ChunkHash, BlobLoc, Bytes)>;
 
 enum Answer {
     Manifest(Result<Vec<u8>, Refusal>),
-    Chunks(Result<ReadChunks, Refusal>),
+    /// The chunks read, and the room they hold in the connection's budget until written.
+    Chunks(Result<ReadChunks, Refusal>, Option<OwnedSemaphorePermit>),
     Error(Code, String),
 }
 
@@ -112,6 +135,10 @@ impl DataServer {
             faults: Faults::default(),
             sent_chunks: AtomicU64::new(0),
             seen: Default::default(),
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+            refusals: Throttle::default(),
+            failures: Throttle::default(),
         }
     }
 
@@ -126,9 +153,15 @@ impl DataServer {
         loop {
             match listener.accept().await {
                 Ok((s, peer)) => {
+                    let Some(permit) = self.admit(&peer.to_string()) else {
+                        continue; // over the limit: the socket is dropped, closing it
+                    };
                     let _ = s.set_nodelay(true);
                     let me = self.clone();
-                    tokio::spawn(async move { me.handle(s, &peer.to_string()).await });
+                    tokio::spawn(async move {
+                        me.handle(s, &peer.to_string()).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!("data plane accept: {e}");
@@ -143,8 +176,14 @@ impl DataServer {
         loop {
             match listener.accept().await {
                 Ok((s, _)) => {
+                    let Some(permit) = self.admit("unix") else {
+                        continue;
+                    };
                     let me = self.clone();
-                    tokio::spawn(async move { me.handle(s, "unix").await });
+                    tokio::spawn(async move {
+                        me.handle(s, "unix").await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!("data plane accept (unix): {e}");
@@ -152,6 +191,19 @@ impl DataServer {
                 }
             }
         }
+    }
+
+    /// Room for one more connection, or `None` (counted, logged within its budget).
+    pub(crate) fn admit(&self, peer: &str) -> Option<OwnedSemaphorePermit> {
+        let permit = self.connections.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.metrics.refused.inc();
+            warn_throttled!(
+                self.refusals,
+                "data plane: {peer} refused: {MAX_CONNECTIONS} connections already open"
+            );
+        }
+        permit
     }
 
     /// Serves one connection until the client closes it or misbehaves.
@@ -162,15 +214,25 @@ impl DataServer {
         let (rd, wr) = tokio::io::split(stream);
         let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
         let mut wr = BufWriter::with_capacity(1 << 20, wr);
-        let hello = tokio::time::timeout(HELLO_TIMEOUT, frame::read_frame(&mut rd)).await;
-        let refusal = self.refuse_hello(hello.unwrap_or_else(|_| {
-            Err(FrameError::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no hello within 10 s",
-            )))
-        }));
+        let hello = match self.handshakes.clone().try_acquire_owned() {
+            Ok(_permit) => tokio::time::timeout(
+                HELLO_TIMEOUT,
+                frame::read_frame_limited(&mut rd, frame::MAX_HELLO),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(FrameError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no hello within 10 s",
+                )))
+            }),
+            Err(_) => Err(FrameError::Io(std::io::Error::other(format!(
+                "{MAX_HANDSHAKES} connections already saying hello"
+            )))),
+        };
+        let refusal = self.refuse_hello(hello);
         if let Some(why) = refusal {
-            tracing::warn!(%peer, "data plane: refused connection: {why}");
+            warn_throttled!(self.refusals, "data plane: refused {peer}: {why}");
             self.metrics.refused.inc();
             let _ = frame::write_frame(
                 &mut wr,
@@ -191,6 +253,7 @@ impl DataServer {
         }
         let (tx, rx) = mpsc::channel::<(u32, JoinHandle<Answer>)>(READ_AHEAD);
         let writer = tokio::spawn(self.clone().write_answers(wr, rx));
+        let budget = Arc::new(Semaphore::new(CONN_BUDGET >> 10));
         loop {
             let f = match frame::read_frame(&mut rd).await {
                 Ok(f) => f,
@@ -200,7 +263,7 @@ impl DataServer {
                         FrameError::Oversize(_) => Code::Oversize,
                         _ => Code::BadRequest,
                     };
-                    tracing::warn!(%peer, "data plane: {e}; closing");
+                    warn_throttled!(self.refusals, "data plane: {peer}: {e}; closing");
                     self.metrics.refused.inc();
                     let msg = e.to_string();
                     let _ = tx
@@ -211,7 +274,13 @@ impl DataServer {
             };
             self.metrics.requests.inc();
             let request = f.request;
-            let job = self.clone().answer(f);
+            // Room for what this request will read, taken in request order (the writer frees
+            // it in the same order, so waiting here cannot deadlock).
+            let permit = match f.kind {
+                Kind::Chunks => Some(self.room_for(&f.body, &budget).await),
+                _ => None,
+            };
+            let job = self.clone().answer(f, permit);
             if tx.send((request, tokio::spawn(job))).await.is_err() {
                 break;
             }
@@ -236,12 +305,39 @@ impl DataServer {
         }
     }
 
-    async fn answer(self: Arc<Self>, f: Frame) -> Answer {
+    /// Waits for room in `budget` for the stored bytes `body`'s hashes name (all of it when
+    /// one request is larger than the whole budget).
+    async fn room_for(&self, body: &[u8], budget: &Arc<Semaphore>) -> OwnedSemaphorePermit {
+        let bytes: u64 = parse_hashes(body)
+            .ok()
+            .and_then(|h| self.store.locate(&h).ok())
+            .map_or(0, |locs| {
+                locs.iter().map(|l| u64::from(l.stored_length)).sum()
+            });
+        let kib = ((bytes >> 10) + 1).min((CONN_BUDGET >> 10) as u64) as u32;
+        budget
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .expect("the budget is never closed")
+    }
+
+    async fn answer(self: Arc<Self>, f: Frame, permit: Option<OwnedSemaphorePermit>) -> Answer {
         match f.kind {
             Kind::Manifest => Answer::Manifest(self.manifest(&f.body).await),
-            Kind::Chunks => Answer::Chunks(self.chunks(&f.body).await),
+            Kind::Chunks => Answer::Chunks(self.chunks(&f.body).await, permit),
             k => Answer::Error(Code::BadRequest, format!("unexpected {k:?} frame")),
         }
+    }
+
+    /// A store failure as a client sees it: the code, a plain message (the detail, which
+    /// names server paths, goes to the log).
+    fn store_failure(&self, what: &str, e: &dyn std::fmt::Display) -> Refusal {
+        warn_throttled!(self.failures, "data plane: {what}: {e}");
+        (
+            Code::Store,
+            format!("the coordinator's store failed to {what} (see its log)"),
+        )
     }
 
     async fn manifest(&self, body: &[u8]) -> Result<Vec<u8>, Refusal> {
@@ -271,7 +367,7 @@ impl DataServer {
                 e @ (ReadManifestError::UnknownResource(_)
                 | ReadManifestError::UnknownVersion { .. }),
             ) => Err((Code::UnknownState, e.to_string())),
-            Err(e) => Err((Code::Store, e.to_string())),
+            Err(e) => Err(self.store_failure("read a manifest", &e)),
         }
     }
 
@@ -294,7 +390,7 @@ impl DataServer {
                 .map(|(h, (l, b))| (h, l, b))
                 .collect()),
             Err(e @ FetchError::Missing(_)) => Err((Code::UnknownChunk, e.to_string())),
-            Err(e) => Err((Code::Store, e.to_string())),
+            Err(e) => Err(self.store_failure("read chunks", &e)),
         }
     }
 
@@ -312,7 +408,7 @@ impl DataServer {
                 Answer::Manifest(Ok(m)) => {
                     frame::write_frame(&mut wr, Kind::ManifestOk, request, &m).await
                 }
-                Answer::Chunks(Ok(chunks)) => {
+                Answer::Chunks(Ok(chunks), _permit) => {
                     // Frames of the whole request: headers built here, bodies sent from the
                     // pack reads as they are, with vectored writes (no copy into a buffer).
                     let mut frames = Vec::with_capacity(chunks.len());
@@ -335,7 +431,7 @@ impl DataServer {
                     }
                 }
                 Answer::Manifest(Err((code, msg)))
-                | Answer::Chunks(Err((code, msg)))
+                | Answer::Chunks(Err((code, msg)), _)
                 | Answer::Error(code, msg) => {
                     if code != Code::UnknownState {
                         self.metrics.refused.inc();

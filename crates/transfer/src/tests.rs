@@ -135,6 +135,59 @@ async fn oversize_and_malformed_requests_are_refused() {
     assert_eq!(frame::parse_error(&f.body).0, Code::Unauthorized);
 }
 
+#[tokio::test]
+async fn an_oversize_hello_is_refused_before_anything_is_buffered() {
+    let t = Token::new("0123456789abcdef0123").unwrap();
+    let (addr, _, _) = setup(Some(t)).await;
+    let DataAddr::Tcp(a) = &addr else {
+        unreachable!()
+    };
+    // A hello announcing 60 MiB: refused from its length field (the server reads nothing
+    // more and answers at once), not after 60 MiB were buffered for an unauthenticated peer.
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    s.write_all(&(60u32 << 20).to_le_bytes()).await.unwrap();
+    s.write_all(&[Kind::Hello as u8, 0, 0, 0, 0]).await.unwrap();
+    s.write_all(MAGIC).await.unwrap();
+    let f = tokio::time::timeout(std::time::Duration::from_secs(5), frame::read_frame(&mut s))
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    assert_eq!(f.kind, Kind::Error);
+    let (code, msg) = frame::parse_error(&f.body);
+    assert_eq!(code, Code::Unauthorized);
+    assert!(msg.contains("limit"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_client_pipelining_without_reading_is_held_to_its_budget_and_then_served() {
+    let (addr, r, data) = setup(None).await;
+    let mut c = Connection::connect(&addr, None).await.unwrap();
+    let m = c.manifest(&r, None).await.unwrap();
+    let hashes: Vec<u8> = m.chunks.iter().flat_map(|c| *c.hash.as_bytes()).collect();
+    // 40 requests for the whole state, none of it read yet: the server reads ahead only as
+    // far as the connection's budget allows, and every answer still arrives, whole.
+    let mut s = raw(&addr).await;
+    for i in 0..40 {
+        frame::write_frame(&mut s, Kind::Chunks, i, &hashes)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut rd = frame::FrameReader::new(s);
+    let mut got = 0usize;
+    let mut done = 0;
+    while done < 40 {
+        let f = rd.next().await.unwrap();
+        match f.kind {
+            Kind::Chunk => got += f.body.len(),
+            Kind::Done => done += 1,
+            k => panic!("{k:?}"),
+        }
+    }
+    assert!(got >= 40 * m.chunks.len() * 37, "every chunk frame arrived");
+    assert!(!data.is_empty());
+}
+
 /// A local-directory store with two resources (so two packs), served on a Unix socket and a
 /// pack channel.
 async fn setup_local(
