@@ -1,12 +1,13 @@
 //! Mapping raw names from traces (URLs, function hashes) to valid resource ids.
 
-use prewarm_core::{MAX_RESOURCE_ID_LEN, ResourceId};
+use prewarm_core::{MAX_RESOURCE_ID_LEN, MAX_SEGMENT_LEN, ResourceId};
 
 /// Maps raw bytes to a resource id under `namespace`, deterministically.
 ///
 /// Allowed bytes (`[A-Za-z0-9._-]` and `/`) are kept; others become `_`; empty, `.` and `..`
 /// segments become `_`, `_.`, `_..`; a trailing `/` becomes a final `_index` segment. When
-/// anything was changed (or the id had to be shortened to fit 256 bytes), `~` is not
+/// anything was changed (or the id, or a segment, had to be shortened to fit 256 and 200
+/// bytes), `~` is not
 /// available, so a `-h` + 12 hex digits of the raw name's BLAKE3 is appended to keep distinct
 /// names distinct.
 pub fn resource_for(namespace: &str, raw: &[u8]) -> ResourceId {
@@ -34,6 +35,11 @@ pub fn resource_for(namespace: &str, raw: &[u8]) -> ResourceId {
             .collect();
         if seg.is_empty() || seg == "." || seg == ".." {
             seg.insert(0, '_');
+            changed = true;
+        }
+        let suffix_len = 15;
+        if seg.len() > MAX_SEGMENT_LEN - suffix_len {
+            seg.truncate(MAX_SEGMENT_LEN - suffix_len);
             changed = true;
         }
         segments.push(seg);
@@ -97,5 +103,13 @@ mod tests {
         );
         let long = resource_for("url", &[b'x'; 1000]);
         assert!(long.as_str().len() <= MAX_RESOURCE_ID_LEN);
+        let segs = resource_for(
+            "url",
+            format!("/{}/{}", "a".repeat(300), "b".repeat(30)).as_bytes(),
+        );
+        assert!(
+            segs.segments().all(|s| s.len() <= MAX_SEGMENT_LEN),
+            "{segs}"
+        );
     }
 }
