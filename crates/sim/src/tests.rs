@@ -180,3 +180,61 @@ fn a_write_makes_held_copies_stale() {
     assert_eq!(r.executions, 200);
     assert_eq!(r.warm, 200 - 2 - 50);
 }
+
+/// Predicts `x` with probability `px` and `y` with `1 - px`, whatever the event.
+struct Fixed {
+    px: f64,
+}
+
+impl Predictor for Fixed {
+    fn name(&self) -> &str {
+        "fixed"
+    }
+    fn observe(&mut self, _: &HistoryRecord) {}
+    fn predict(&mut self, _: &Context<'_>, _: usize) -> Vec<Prediction> {
+        let p = |r: &str, probability: f64| Prediction {
+            resource: ResourceId::new(r).unwrap(),
+            version: VersionPolicy::Latest,
+            probability,
+        };
+        vec![p("c/x", self.px), p("c/y", 1.0 - self.px)]
+    }
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
+}
+
+#[test]
+fn a_calibrated_model_keeps_what_an_over_confident_one_gives_away() {
+    // One capacity holding one 10 MB state; seven executions in ten read y, three read x.
+    // Told honestly (x at 0.3), the planner keeps y rather than trade it for a likely miss;
+    // told x at 0.9, it keeps swapping y out for x and loses y's hits.
+    let h: Vec<HistoryRecord> = (0..500)
+        .map(|i| {
+            let r = if i % 10 < 3 { "c/x" } else { "c/y" };
+            rec(1_000.0 + 10.0 * f64::from(i), "k", &[r], &[])
+        })
+        .collect();
+    let c = SimConfig {
+        capacities: 1,
+        cache_bytes: 10_000_000,
+        warmup: 0.1,
+        ..cfg()
+    };
+    let run = |px: f64| {
+        replay(
+            &h,
+            Policy::new("m", PolicyKind::Predictive(Box::new(Fixed { px }))),
+            &c,
+        )
+    };
+    let (honest, bold) = (run(0.3), run(0.9));
+    assert!(honest.warm_rate >= 0.65, "{honest:?}");
+    assert!(
+        honest.warm_rate > bold.warm_rate + 0.1,
+        "calibrated {} vs over-confident {}",
+        honest.warm_rate,
+        bold.warm_rate
+    );
+    assert!(honest.bytes < bold.bytes, "and moves less");
+}

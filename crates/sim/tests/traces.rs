@@ -1,5 +1,6 @@
 //! The simulator on a real trace (NASA-HTTP, 1 July 1995, from `../shared/traces`): the
-//! policies order as they must, and a replay is repeatable.
+//! policies order as they must, the oracle bounds every one of them, and a replay is
+//! repeatable.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -46,7 +47,13 @@ fn nasa_replay_orders_the_policies_and_repeats() {
         vec![
             Policy::new("none", PolicyKind::None),
             Policy::new("lru", PolicyKind::Lru),
+            Policy::new("s3fifo", PolicyKind::S3Fifo),
+            Policy::new("gdsf", PolicyKind::Gdsf),
             Policy::new("histogram", PolicyKind::Histogram(Histogram::new())),
+            Policy::new(
+                "mixture",
+                PolicyKind::Predictive(prewarm_predict::by_name("mixture").unwrap()),
+            ),
             Policy::new(
                 "markov",
                 PolicyKind::Predictive(Box::new(Markov::new(2, 3600.0))),
@@ -69,6 +76,10 @@ fn nasa_replay_orders_the_policies_and_repeats() {
     assert!(
         warm("markov") > warm("lru"),
         "prediction beats keep-alive alone"
+    );
+    assert!(
+        warm("gdsf") > warm("lru"),
+        "size-aware eviction pays on a web log"
     );
     for r in &rows {
         assert!(
