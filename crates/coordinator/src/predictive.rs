@@ -332,6 +332,7 @@ impl Coordinator {
         let attached = self.book.lock().expect("book lock poisoned").attached();
         prewarm_engine::place(
             &e.event.key,
+            true,
             e.capacity.as_ref(),
             &attached,
             &|_| Vec::new(),

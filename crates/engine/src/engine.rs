@@ -23,6 +23,7 @@ use prewarm_core::{
 };
 use serde::Serialize;
 
+use crate::affinity::Affinity;
 use crate::cache::{Expected, Hint, Rule};
 use crate::nextuse::Demand;
 use crate::nextuse_curve::Curve;
@@ -193,6 +194,8 @@ pub struct Engine {
     loads: Loads,
     /// Last known size per resource (from records and the catalog), for hints.
     sizes: HashMap<ResourceId, u64>,
+    /// Each key's recent states and how often keys repeat them (placement).
+    affinity: Affinity,
 }
 
 impl Engine {
@@ -203,6 +206,7 @@ impl Engine {
             demand: Demand::new(cfg.max_tracked),
             loads: Loads::default(),
             sizes: HashMap::new(),
+            affinity: Affinity::default(),
             predictor,
             cfg,
         }
@@ -321,14 +325,34 @@ impl Engine {
             }
         }
         let pc = &self.cfg.planner;
-        let placing: Vec<(ResourceId, f64, f64)> = wants
+        let mut placing: Vec<(ResourceId, f64, f64)> = wants
             .iter()
             .map(|w| (w.resource.clone(), w.probability, pc.fetch_s(w.bytes)))
             .collect();
-        let needs: HashMap<ResourceId, Version> = wants
+        let mut needs: HashMap<ResourceId, Version> = wants
             .iter()
             .map(|w| (w.resource.clone(), w.need()))
             .collect();
+        // The key's own recent states, for the share of the probability the model left.
+        let assigned: f64 = wants.iter().map(|w| w.probability).sum();
+        let own = self.affinity.candidates(&ev.event.key, assigned);
+        // Home by key when the key's own states are a better bet than the model's top one.
+        let top = wants.iter().map(|w| w.probability).fold(0.0, f64::max);
+        let by_key =
+            ev.event.needs.is_empty() && !own.is_empty() && self.affinity.repeat_rate() > top;
+        for (r, mass) in own {
+            if mass <= 0.0 {
+                continue;
+            }
+            match placing.iter_mut().find(|x| x.0 == r) {
+                Some(x) => x.1 = x.1.max(mass),
+                None => {
+                    let bytes = self.sizes.get(&r).copied().unwrap_or(0);
+                    placing.push((r.clone(), mass, pc.fetch_s(bytes)));
+                    needs.insert(r, Version::FIRST);
+                }
+            }
+        }
         let holders = |r: &ResourceId| match needs.get(r) {
             Some(v) => fleet.holders(r, *v),
             None => Vec::new(),
@@ -336,6 +360,7 @@ impl Engine {
         let caps = fleet.capacities();
         let placement = place(
             &ev.event.key,
+            by_key,
             ev.capacity,
             caps,
             &holders,
@@ -445,6 +470,7 @@ impl Engine {
             p.observe_batch(records);
         }
         for rec in records {
+            self.affinity.observe(rec);
             for rd in &rec.reads {
                 self.demand.used(&rd.resource, rec.ts);
                 if rd.bytes > 0 {

@@ -12,6 +12,7 @@
 //! - [`nextuse`]: the next-use estimates (per-resource idle-time distributions) behind the
 //!   `value` rule, the priced keep-alive and the planner's reuse term.
 
+pub mod affinity;
 pub mod cache;
 pub mod engine;
 pub mod evict;

@@ -1,7 +1,8 @@
 //! Placement: which capacity runs an event. An event may name its capacity. Otherwise it goes
 //! to the capacity that holds (or is receiving) the most of what it needs — the states the
-//! event names, else the predicted ones weighted by probability × fetch time — among all
-//! holders, under a bounded load: no capacity takes more than `(1 + ε)` times its fair share
+//! event names, else the predicted ones by probability (ties by probability × fetch time),
+//! with the key's own recent states for the probability the model left unassigned (see
+//! [`crate::affinity`]) — among all holders, under a bounded load: no capacity takes more than `(1 + ε)` times its fair share
 //! of the recent placements (consistent hashing with bounded loads, Mirrokni et al. 2018).
 //! When no holder can take it, it goes to the first capacity under the bound in the
 //! rendezvous order of its most valuable candidate state (so each state has a stable home,
@@ -93,10 +94,14 @@ impl Loads {
 }
 
 /// Places an event with key `key` among `capacities` (`None` when there are none).
-/// `holds(c, r)` says whether `c` holds a recent-enough version of `r` or is receiving one;
-/// `holders(r)` lists such capacities.
+/// `holders(r)` lists the capacities that hold a recent-enough version of `r` or are
+/// receiving one. With `by_key` the home (and the tie-break among holders) is the key's
+/// rendezvous order rather than its most valuable candidate's: for keys that keep reading
+/// their own states, which then live together.
+#[allow(clippy::too_many_arguments)]
 pub fn place(
     key: &str,
+    by_key: bool,
     named: Option<&CapacityId>,
     capacities: &[CapacityId],
     holders: &dyn Fn(&ResourceId) -> Vec<CapacityId>,
@@ -115,7 +120,8 @@ pub fn place(
             held_probability,
         });
     }
-    // What each holder already has: Σ p · fetch, and Σ p.
+    // What each holder already has: the chance the execution finds its reads there (Σ p),
+    // then the seconds that saves (Σ p · fetch) to break ties.
     let mut score: HashMap<CapacityId, (f64, f64)> = HashMap::new();
     for (r, p, fetch) in candidates {
         for c in holders(r) {
@@ -126,14 +132,20 @@ pub fn place(
     }
     let anchor = candidates
         .iter()
-        .max_by(|a, b| (a.1 * a.2).total_cmp(&(b.1 * b.2)).then(b.0.cmp(&a.0)))
+        .filter(|_| !by_key)
+        .max_by(|a, b| {
+            a.1.total_cmp(&b.1)
+                .then((a.1 * a.2).total_cmp(&(b.1 * b.2)))
+                .then(b.0.cmp(&a.0))
+        })
         .map_or(key, |c| c.0.as_str());
     let best_holder = score
         .iter()
         .filter(|(c, _)| capacities.contains(c) && loads.allows(c, n))
         .max_by(|a, b| {
-            a.1.0
-                .total_cmp(&b.1.0)
+            a.1.1
+                .total_cmp(&b.1.1)
+                .then(a.1.0.total_cmp(&b.1.0))
                 .then_with(|| weight(anchor, a.0).cmp(&weight(anchor, b.0)))
         });
     if let Some((c, (_, mass))) = best_holder {
@@ -191,14 +203,23 @@ mod tests {
         };
         let loads = Loads::default();
         let cand = [(m.clone(), 0.8, 1.0)];
-        let p = place("k", Some(&caps[1]), &caps, &holders, &cand, &loads).unwrap();
+        let p = place("k", false, Some(&caps[1]), &caps, &holders, &cand, &loads).unwrap();
         assert_eq!(
             (p.capacity.as_str(), p.reason),
             ("c1", PlacementReason::Named)
         );
         // Every key that needs m/a goes to its holder, whatever the key.
         for k in 0..50 {
-            let p = place(&format!("k{k}"), None, &caps, &holders, &cand, &loads).unwrap();
+            let p = place(
+                &format!("k{k}"),
+                false,
+                None,
+                &caps,
+                &holders,
+                &cand,
+                &loads,
+            )
+            .unwrap();
             assert_eq!(
                 (p.capacity.as_str(), p.reason),
                 ("c2", PlacementReason::Holds)
@@ -208,7 +229,18 @@ mod tests {
         // Nobody holds m/b: every key goes to m/b's home, the same one each time.
         let cand = [(r("m/b"), 0.6, 1.0)];
         let homes: std::collections::HashSet<_> = (0..50)
-            .map(|k| place(&format!("k{k}"), None, &caps, &holders, &cand, &loads).unwrap())
+            .map(|k| {
+                place(
+                    &format!("k{k}"),
+                    false,
+                    None,
+                    &caps,
+                    &holders,
+                    &cand,
+                    &loads,
+                )
+                .unwrap()
+            })
             .map(|p| {
                 assert_eq!(p.reason, PlacementReason::Home);
                 p.capacity
@@ -220,16 +252,16 @@ mod tests {
         let mut moved = 0;
         for k in 0..1000 {
             let key = format!("key-{k}");
-            let a = place(&key, None, &caps, &none, &[], &loads).unwrap();
+            let a = place(&key, false, None, &caps, &none, &[], &loads).unwrap();
             assert_eq!(a.reason, PlacementReason::Hash);
-            let b = place(&key, None, &caps[..3], &none, &[], &loads).unwrap();
+            let b = place(&key, false, None, &caps[..3], &none, &[], &loads).unwrap();
             if a.capacity != b.capacity {
                 moved += 1;
                 assert_eq!(a.capacity.as_str(), "c3");
             }
         }
         assert!((150..350).contains(&moved), "{moved} of 1000 moved");
-        assert!(place("k", None, &[], &none, &[], &loads).is_none());
+        assert!(place("k", false, None, &[], &none, &[], &loads).is_none());
     }
 
     #[test]
@@ -241,7 +273,16 @@ mod tests {
         let mut per: HashMap<CapacityId, usize> = HashMap::new();
         for k in 0..400 {
             let h = holding.clone();
-            let p = place(&format!("k{k}"), None, &caps, &|_| h.clone(), &cand, &loads).unwrap();
+            let p = place(
+                &format!("k{k}"),
+                false,
+                None,
+                &caps,
+                &|_| h.clone(),
+                &cand,
+                &loads,
+            )
+            .unwrap();
             loads.placed(&p.capacity, caps.len());
             if !holding.contains(&p.capacity) {
                 holding.push(p.capacity.clone());

@@ -5,15 +5,20 @@
 //! are kept per context — the event's type — starting from the global ones, so a model that
 //! predicts uploads well and sessions badly is trusted for uploads only.
 //!
-//! Regret: in log-loss, at most `ln(members)` plus the fixed share's switching cost over the
-//! best member in hindsight, per context.
+//! Regret: in log-loss, at most `ln(members) / η` plus the fixed share's switching cost over
+//! the best member in hindsight, per context (η < 1 tempers each update; a full Bayesian
+//! update let a single unforeseen read swing the weights from one member to another).
 
 use std::collections::{HashMap, VecDeque};
 
 use prewarm_core::{Context, HistoryRecord, Prediction, Predictor, ResourceId};
 
 /// Probability floor for a read a member did not predict (its log-loss is then bounded).
-const FLOOR: f64 = 1e-4;
+const FLOOR: f64 = 1e-3;
+/// Learning rate of the weights (tempered Bayes / Hedge): one execution that a member did
+/// not foresee costs its weight at most a factor `FLOOR^ETA` (≈ 0.18), so one surprise,
+/// such as a session's first read, does not hand the mixture to a popularity baseline.
+const ETA: f64 = 0.25;
 /// Fixed-share mixing: the weight every member gets back each update (it costs at most
 /// `-ln(1 - SHARE)` per event against the best member, and lets a member that starts winning
 /// be trusted again after a few hundred events).
@@ -22,6 +27,10 @@ const SHARE: f64 = 0.002;
 const MAX_PENDING: usize = 1 << 16;
 /// Predictions asked of each member, per prediction asked of the mixture.
 const WIDEN: usize = 2;
+/// Records at the end of each learned batch scored prequentially (predicted, then read).
+const PREQUENTIAL: usize = 4096;
+/// Predictions per member in a prequential score.
+const PREQUENTIAL_K: usize = 16;
 
 /// The members' predictions for one key's pending execution.
 type Pending = Vec<Vec<Prediction>>;
@@ -50,7 +59,7 @@ fn updated(log_w: &[f64], losses: &[f64]) -> Vec<f64> {
         &log_w
             .iter()
             .zip(losses)
-            .map(|(l, loss)| l - loss)
+            .map(|(l, loss)| l - ETA * loss)
             .collect::<Vec<_>>(),
     );
     let n = w.len() as f64;
@@ -166,12 +175,34 @@ impl Predictor for Mixture {
         }
     }
 
+    /// The last [`PREQUENTIAL`] records of a batch are also scored as if predicted just
+    /// before each (what a member would have said, then what was read), so weights learned
+    /// from history are in place when serving starts rather than after it.
     fn observe_batch(&mut self, records: &[HistoryRecord]) {
-        for r in records {
+        let (head, tail) = records.split_at(records.len().saturating_sub(PREQUENTIAL));
+        for r in head {
             self.score(r);
         }
         for m in &mut self.members {
-            m.observe_batch(records);
+            m.observe_batch(head);
+        }
+        for r in tail {
+            if !self.pending.contains_key(&r.event.key) {
+                let ctx = Context {
+                    ts: r.ts,
+                    event: &r.event,
+                };
+                let per_member: Pending = self
+                    .members
+                    .iter_mut()
+                    .map(|m| m.predict(&ctx, PREQUENTIAL_K))
+                    .collect();
+                self.remember(&r.event.key, per_member);
+            }
+            self.score(r);
+            for m in &mut self.members {
+                m.observe(r);
+            }
         }
     }
 
@@ -277,6 +308,23 @@ mod tests {
     }
 
     #[test]
+    fn weights_are_learned_from_a_history_batch_before_any_serving() {
+        let mut m = Mixture::new(
+            "mix",
+            vec![
+                Box::new(Always("says-a", id("a"))),
+                Box::new(Always("says-b", id("b"))),
+            ],
+        );
+        let history: Vec<_> = (0..200)
+            .map(|i| test_record(f64::from(i), &format!("k{}", i % 3), "b"))
+            .collect();
+        m.observe_batch(&history);
+        let w = m.weights("t");
+        assert!(w[1].1 > 0.9, "scored on history alone: {w:?}");
+    }
+
+    #[test]
     fn a_mixture_of_baselines_scores_no_worse_than_its_best_member() {
         // Sessions walking a cycle: Markov learns it, frequency cannot.
         let seq = ["a", "b", "c", "d", "e"];
@@ -323,8 +371,8 @@ mod tests {
             mix.observe(r);
         }
         let (lm, lx) = (loss(&mut markov), loss(&mut mix));
-        // The regret bound: ln(members) plus the fixed share's cost per scored event.
-        let bound = 2f64.ln() + 1_800.0 * -(1.0 - SHARE).ln() * 1.5;
+        // The regret bound: (ln(members) plus the fixed share's cost per scored event) / η.
+        let bound = (2f64.ln() + 1_800.0 * -(1.0 - SHARE).ln() * 1.5) / ETA;
         assert!(
             lx <= lm + bound,
             "mixture {lx} vs markov {lm} (bound {bound})"
