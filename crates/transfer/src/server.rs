@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::Token;
 use crate::frame::{self, Code, Frame, FrameError, Kind, MAGIC, MAX_HASHES};
-use crate::metrics::{Counter, Registry};
+use prewarm_metrics::{Counter, Registry};
 
 /// Answers computed ahead of the one being written, per connection.
 const READ_AHEAD: usize = 4;
