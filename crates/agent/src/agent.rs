@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use prewarm_core::{CapacityId, Clock, ResourceId, Version};
 use prewarm_engine::{Hint, Rule};
+use prewarm_metrics::Registry;
 use prewarm_store::Manifest;
-use prewarm_transfer::{Connection, DataAddr, DataError, Pacer, Priorities, Registry, Token};
+use prewarm_transfer::{Connection, DataAddr, DataError, Pacer, Priorities, Token};
 use tokio::sync::{Notify, watch};
 
 use crate::history::HistoryLog;

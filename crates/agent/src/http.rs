@@ -183,7 +183,7 @@ async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
         return *r;
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, prewarm_metrics::CONTENT_TYPE)],
         ctx.agent.registry.render(),
     )
         .into_response()

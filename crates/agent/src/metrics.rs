@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use prewarm_transfer::metrics::{Counter, Gauge, Histogram, LATENCY_BUCKETS, Registry};
+use prewarm_metrics::{Counter, Gauge, Histogram, LATENCY_BUCKETS, Registry};
 
 /// Handles to the agent's metrics.
 pub struct AgentMetrics {

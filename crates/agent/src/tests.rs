@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prewarm_core::{CapacityId, ResourceId, Version};
+use prewarm_metrics::Registry;
 use prewarm_snapshot::Snapshotter;
 use prewarm_store::Store;
-use prewarm_transfer::{DataAddr, DataError, DataServer, Faults, Registry};
+use prewarm_transfer::{DataAddr, DataError, DataServer, Faults};
 
 use crate::agent::{Agent, AgentConfig, DataPath, LoadError, Priority, Source, Want};
 use crate::client::{ClientError, EnsureClient};

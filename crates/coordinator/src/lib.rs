@@ -24,12 +24,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prewarm_core::{CapacityId, ResourceId, Version};
+use prewarm_metrics::Registry;
 use prewarm_proto::wire::{
     CapacityStatus, Command, FailureKind, Invalidate, StatusReply, TransferAck, command,
     coordinator_server::CoordinatorServer,
 };
 use prewarm_store::Store;
-use prewarm_transfer::{DataServer, Registry, Token, TokenError, auth};
+use prewarm_transfer::{DataServer, Token, TokenError, auth};
 
 pub use metrics::CoordinatorMetrics;
 pub use nats::{NatsConfig, NatsError};

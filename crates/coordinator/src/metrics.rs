@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use prewarm_metrics::{Counter, Gauge, Histogram, LATENCY_BUCKETS, Registry};
 use prewarm_proto::wire::{FailureKind, TransferAck};
-use prewarm_transfer::metrics::{Counter, Gauge, Histogram, LATENCY_BUCKETS, Registry};
 
 /// Handles to the coordinator's metrics.
 pub struct CoordinatorMetrics {

@@ -1,11 +1,10 @@
-//! The predictive side of prewarm: real traces into history records ([`import`]), predictors
-//! behind one trait ([`Predictor`]: baselines now, learned models as issue 4 lands), and
-//! online evaluation ([`eval`]).
+//! The predictive side of prewarm: predictors behind one trait ([`Predictor`]: baselines and
+//! learned models) and online evaluation ([`eval`]). Traces become history records in
+//! `prewarm-import`.
 
 pub mod baselines;
 pub mod eval;
 pub mod histogram;
-pub mod import;
 pub mod mixture;
 pub mod neural;
 mod predictor;

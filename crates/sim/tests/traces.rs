@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use prewarm_import::{Format, ImportOptions, import};
 use prewarm_predict::baselines::Markov;
 use prewarm_predict::histogram::Histogram;
-use prewarm_predict::import::{Format, ImportOptions, import};
 use prewarm_sim::{Policy, PolicyKind, SimConfig, replay};
 
 fn traces() -> Option<PathBuf> {

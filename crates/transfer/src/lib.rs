@@ -1,14 +1,13 @@
 //! The parts of prewarm's transfer protocol that the agent and the coordinator share: the
 //! data plane (a length-prefixed, pipelined chunk stream over TCP or, on one host, a Unix
 //! socket; see [`frame`] for the format; on one host, pack files passed by descriptor, see
-//! [`fds`]), pacing of predictive transfers, the shared token,
-//! and a Prometheus metrics registry. The control plane (gRPC) lives in `prewarm-proto`.
+//! [`fds`]), pacing of predictive transfers and the shared token. The control plane (gRPC)
+//! lives in `prewarm-proto`; the metrics registry in `prewarm-metrics`.
 
 pub mod auth;
 pub mod client;
 pub mod fds;
 pub mod frame;
-pub mod metrics;
 pub mod pace;
 pub mod server;
 pub mod throttle;
@@ -16,7 +15,6 @@ pub mod throttle;
 pub use auth::{Token, TokenError};
 pub use client::{Connection, DataAddr, DataError, FetchStats, Received, verify_batch};
 pub use fds::PackChannel;
-pub use metrics::Registry;
 pub use pace::{Pacer, Priorities};
 pub use server::{DataServer, Faults};
 pub use throttle::Throttle;

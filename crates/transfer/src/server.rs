@@ -24,9 +24,9 @@ use tokio::task::JoinHandle;
 
 use crate::auth::Token;
 use crate::frame::{self, Code, Frame, FrameError, Kind, MAGIC, MAX_HASHES};
-use crate::metrics::{Counter, Registry};
 use crate::throttle::Throttle;
 use crate::warn_throttled;
+use prewarm_metrics::{Counter, Registry};
 
 /// Answers computed ahead of the one being written, per connection.
 const READ_AHEAD: usize = 4;

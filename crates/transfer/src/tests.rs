@@ -13,7 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::frame::{self, Code, Kind, MAGIC, MAX_FRAME};
-use crate::{Connection, DataAddr, DataError, DataServer, Registry, Token, verify_batch};
+use prewarm_metrics::Registry;
+
+use crate::{Connection, DataAddr, DataError, DataServer, Token, verify_batch};
 
 async fn setup(token: Option<Token>) -> (DataAddr, ResourceId, Vec<u8>) {
     let store = Arc::new(Store::memory().await);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use prewarm_core::HistoryWriter;
-use prewarm_predict::import::{ColRef, CsvMapping, Format, ImportOptions, TimeFormat, import};
+use prewarm_import::{ColRef, CsvMapping, Format, ImportOptions, TimeFormat, import};
 
 use crate::output;
 

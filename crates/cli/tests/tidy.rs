@@ -1,0 +1,292 @@
+//! Tidy: the dependency rules of ARCHITECTURE.md, checked on `cargo metadata` (normal
+//! dependencies, for this host, from the lock file and the local registry cache), and a `//!`
+//! doc on the first line of every Rust file under `crates/`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+/// Crates that know nothing of an async runtime or sockets, and what that rules out.
+const PURE: &[&str] = &["prewarm-core", "prewarm-engine", "prewarm-predict"];
+const RUNTIME: &[&str] = &["tokio", "tonic", "axum", "hyper", "async-nats"];
+/// The decision engine leaves models and trace parsing to others.
+const ENGINE: &str = "prewarm-engine";
+const NOT_IN_ENGINE: &[&str] = &["candle-core", "candle-nn", "csv", "chrono"];
+/// Only the binary knows these (directly).
+const CLI: &str = "prewarm";
+const CLI_ONLY: &[&str] = &["clap", "anyhow"];
+
+/// The resolved graph: package names by id, each package's dependencies with whether the
+/// edge is a normal one and whether it is a non-dev one (normal or build).
+struct Graph {
+    names: HashMap<String, String>,
+    deps: HashMap<String, Vec<(String, bool, bool)>>,
+    members: Vec<String>,
+}
+
+fn graph(meta: &Value) -> Graph {
+    let names = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| (str_of(&p["id"]), str_of(&p["name"])))
+        .collect();
+    let mut deps = HashMap::new();
+    for n in meta["resolve"]["nodes"].as_array().expect("resolve.nodes") {
+        let edges = n["deps"]
+            .as_array()
+            .expect("deps")
+            .iter()
+            .map(|d| {
+                let kinds: Vec<&Value> = d["dep_kinds"]
+                    .as_array()
+                    .expect("dep_kinds")
+                    .iter()
+                    .collect();
+                let normal = kinds.iter().any(|k| k["kind"].is_null());
+                let non_dev = kinds.iter().any(|k| k["kind"] != "dev");
+                (str_of(&d["pkg"]), normal, non_dev)
+            })
+            .collect();
+        deps.insert(str_of(&n["id"]), edges);
+    }
+    let members = meta["workspace_members"]
+        .as_array()
+        .expect("workspace_members")
+        .iter()
+        .map(str_of)
+        .collect();
+    Graph {
+        names,
+        deps,
+        members,
+    }
+}
+
+fn str_of(v: &Value) -> String {
+    v.as_str().expect("a string").to_owned()
+}
+
+impl Graph {
+    fn id_of(&self, name: &str) -> Option<&String> {
+        self.members.iter().find(|id| self.names[*id] == name)
+    }
+
+    /// Names `id` uses directly, build dependencies included, dev-dependencies not.
+    fn direct(&self, id: &str) -> BTreeSet<&str> {
+        self.deps[id]
+            .iter()
+            .filter(|(_, _, non_dev)| *non_dev)
+            .map(|(to, ..)| self.names[to].as_str())
+            .collect()
+    }
+
+    /// Names reachable from `id` through normal dependencies.
+    fn reachable(&self, id: &str) -> BTreeSet<&str> {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![id];
+        while let Some(x) = stack.pop() {
+            for (to, normal, _) in &self.deps[x] {
+                if *normal && seen.insert(to.as_str()) {
+                    stack.push(to);
+                }
+            }
+        }
+        seen.into_iter().map(|id| self.names[id].as_str()).collect()
+    }
+}
+
+fn forbid(out: &mut Vec<String>, krate: &str, banned: &[&str], deps: &BTreeSet<&str>, how: &str) {
+    for b in banned.iter().filter(|b| deps.contains(*b)) {
+        out.push(format!("{krate} depends on {b} ({how})"));
+    }
+}
+
+/// Every broken rule, one line each.
+fn violations(g: &Graph) -> Vec<String> {
+    let mut out = Vec::new();
+    for krate in PURE.iter().chain(&[ENGINE, CLI]) {
+        if g.id_of(krate).is_none() {
+            out.push(format!(
+                "{krate} is not a workspace member: rename it here too"
+            ));
+        }
+    }
+    let transitively = "directly or through normal dependencies";
+    for id in &g.members {
+        let name = g.names[id].as_str();
+        let reachable = g.reachable(id);
+        if PURE.contains(&name) {
+            forbid(&mut out, name, RUNTIME, &reachable, transitively);
+        }
+        if name == ENGINE {
+            forbid(&mut out, name, NOT_IN_ENGINE, &reachable, transitively);
+        }
+        if name != CLI {
+            forbid(
+                &mut out,
+                name,
+                CLI_ONLY,
+                &g.direct(id),
+                "only the binary may",
+            );
+        }
+    }
+    out
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// This host's target triple, from `rustc -vV`.
+fn host() -> String {
+    let out = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+        .arg("-vV")
+        .output()
+        .expect("running rustc -vV");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    text.lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names the host")
+        .to_owned()
+}
+
+fn metadata() -> Value {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--filter-platform",
+        ])
+        .arg(host())
+        .output()
+        .expect("running cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("cargo metadata's JSON")
+}
+
+#[test]
+fn dependencies_follow_the_architecture() {
+    let v = violations(&graph(&metadata()));
+    assert!(v.is_empty(), "dependency rules broken:\n{}", v.join("\n"));
+}
+
+/// A workspace of `members` (name → its dependencies as `(name, kind)`; kind `None` is normal)
+/// in `cargo metadata`'s shape.
+fn fake(members: &[&str], edges: &[(&str, &str, Option<&str>)]) -> Value {
+    let mut all: BTreeSet<&str> = members.iter().copied().collect();
+    all.extend(edges.iter().flat_map(|(a, b, _)| [*a, *b]));
+    let id = |n: &str| format!("id-{n}");
+    let nodes: Vec<Value> = all
+        .iter()
+        .map(|n| {
+            let deps: Vec<Value> = edges
+                .iter()
+                .filter(|(from, ..)| from == n)
+                .map(|(_, to, kind)| json!({"pkg": id(to), "dep_kinds": [{"kind": kind}]}))
+                .collect();
+            json!({"id": id(n), "deps": deps})
+        })
+        .collect();
+    json!({
+        "packages": all.iter().map(|n| json!({"id": id(n), "name": n})).collect::<Vec<_>>(),
+        "resolve": {"nodes": nodes},
+        "workspace_members": members.iter().map(|n| id(n)).collect::<Vec<_>>(),
+    })
+}
+
+#[test]
+fn the_rules_catch_what_they_forbid() {
+    let members = [
+        "prewarm-core",
+        "prewarm-engine",
+        "prewarm-predict",
+        "prewarm",
+        "prewarm-x",
+    ];
+    let ok = fake(
+        &members,
+        &[
+            ("prewarm", "clap", None),
+            ("prewarm", "tokio", None),
+            ("prewarm-engine", "csv", Some("dev")),
+            ("prewarm-x", "anyhow", Some("dev")),
+            ("prewarm-predict", "candle-core", None),
+        ],
+    );
+    assert_eq!(violations(&graph(&ok)), Vec::<String>::new());
+    let bad = fake(
+        &members,
+        &[
+            ("prewarm-engine", "helper", None),
+            ("helper", "tokio", None),
+            ("helper", "chrono", None),
+            ("prewarm-core", "anyhow", Some("build")),
+            ("prewarm-x", "clap", None),
+            ("prewarm-predict", "devonly", Some("dev")),
+            ("devonly", "hyper", None),
+        ],
+    );
+    assert_eq!(
+        violations(&graph(&bad)),
+        [
+            "prewarm-core depends on anyhow (only the binary may)",
+            "prewarm-engine depends on tokio (directly or through normal dependencies)",
+            "prewarm-engine depends on chrono (directly or through normal dependencies)",
+            "prewarm-x depends on clap (only the binary may)",
+        ]
+    );
+    let renamed = fake(&["prewarm-core", "prewarm-engine", "prewarm"], &[]);
+    assert_eq!(
+        violations(&graph(&renamed)),
+        ["prewarm-predict is not a workspace member: rename it here too"]
+    );
+}
+
+/// Rust files under `dir`, skipping build output.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).expect("readable") {
+        let p = e.expect("an entry").path();
+        if p.is_dir() && p.file_name() != Some("target".as_ref()) {
+            rust_files(&p, out);
+        } else if p.extension() == Some("rs".as_ref()) {
+            out.push(p);
+        }
+    }
+}
+
+fn starts_with_doc(text: &str) -> bool {
+    text.starts_with("//!")
+}
+
+#[test]
+fn every_rust_file_starts_with_a_module_doc() {
+    assert!(!starts_with_doc("// a comment\n//! late doc\n"));
+    assert!(!starts_with_doc("\n//! after a blank line\n"));
+    let mut files = Vec::new();
+    rust_files(&workspace_root().join("crates"), &mut files);
+    assert!(files.len() > 50, "found only {} files", files.len());
+    let missing: Vec<String> = files
+        .iter()
+        .filter(|p| !starts_with_doc(&std::fs::read_to_string(p).expect("utf-8")))
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "files whose first line is not a `//!` doc:\n{}",
+        missing.join("\n")
+    );
+}
