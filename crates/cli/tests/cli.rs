@@ -383,6 +383,22 @@ fn import_and_eval_refuse_bad_input() {
     };
     bad_input(&run(args(true)), "line 3");
     assert!(!out.exists(), "a failed import writes nothing");
+    // A file with no valid row is an error, not "imported 0 records".
+    let junk = dir.path().join("junk.log");
+    std::fs::write(&junk, "junk\nmore junk\n").unwrap();
+    let junk_args = [
+        "import",
+        "--format",
+        "clf",
+        "-o",
+        out.to_str().unwrap(),
+        junk.to_str().unwrap(),
+    ];
+    bad_input(
+        &run(junk_args.iter().map(|s| s.to_string()).collect()),
+        "no valid rows",
+    );
+    assert!(!out.exists(), "a failed import writes nothing");
     let ok = run(args(false));
     assert!(ok.status.success());
     assert!(String::from_utf8_lossy(&ok.stdout).contains("imported 2 records"));

@@ -105,9 +105,9 @@ pub fn import(inputs: &[PathBuf], sink: &mut Sink) -> Result<(), ImportError> {
             }
             None => {
                 return Err(ImportError::Format(format!(
-                    "{}: not an Azure 2019 invocation, duration or memory file (header starts {:?})",
+                    "{}: not an Azure 2019 invocation, duration or memory file (header starts {})",
                     p.display(),
-                    header.iter().take(4).collect::<Vec<_>>()
+                    super::capped(&header.iter().take(4).collect::<Vec<_>>().join(","))
                 )));
             }
         }

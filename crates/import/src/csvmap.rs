@@ -123,12 +123,16 @@ fn resolve(
     match (c, header) {
         (ColRef::Index(i), _) => Ok(*i),
         (ColRef::Name(n), Some(h)) => h.iter().position(|f| f == n.as_bytes()).ok_or_else(|| {
+            let names: Vec<String> = h
+                .iter()
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect();
             ImportError::Format(format!(
-                "{}: no column {n:?}; columns are {:?}",
+                "{}: no column {:?}; the file has {} columns: {}",
                 path.display(),
-                h.iter()
-                    .map(|f| String::from_utf8_lossy(f).into_owned())
-                    .collect::<Vec<_>>()
+                super::capped(n),
+                names.len(),
+                super::capped(&names.join(", "))
             ))
         }),
         (ColRef::Name(n), None) => Err(ImportError::Format(format!(

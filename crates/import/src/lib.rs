@@ -113,6 +113,30 @@ pub enum ImportError {
     /// The inputs do not fit the format (missing columns, missing mapping…).
     #[error("{0}")]
     Format(String),
+    /// Not one row of the inputs was valid.
+    #[error("no valid rows in the input ({malformed} malformed rows skipped{})", first.as_ref().map(|f| format!("; the first: {f}")).unwrap_or_default())]
+    NoRecords {
+        /// Rows skipped as malformed.
+        malformed: u64,
+        /// The first skipped row, as `file line N: reason`.
+        first: Option<String>,
+    },
+}
+
+/// Longest reason or column list a message carries (a garbage input can hold a megabyte in
+/// one field).
+pub(crate) const MAX_MESSAGE: usize = 200;
+
+/// `s` cut to [`MAX_MESSAGE`] bytes (at a character boundary), marked when cut.
+pub(crate) fn capped(s: &str) -> String {
+    if s.len() <= MAX_MESSAGE {
+        return s.to_owned();
+    }
+    let mut end = MAX_MESSAGE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
 }
 
 /// Collects rows and skips, enforcing `strict`.
@@ -141,7 +165,7 @@ impl Sink {
         let m = Malformed {
             file: file.display().to_string(),
             line,
-            reason: reason.into(),
+            reason: capped(&reason.into()),
         };
         if self.strict {
             return Err(ImportError::Strict {
@@ -162,11 +186,17 @@ impl Sink {
     }
 }
 
+/// The file's bytes, without a leading UTF-8 byte-order mark (editors and Excel write one;
+/// left in, it becomes part of the first key or column name).
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ImportError> {
-    std::fs::read(path).map_err(|source| ImportError::Io {
+    let mut data = std::fs::read(path).map_err(|source| ImportError::Io {
         path: path.to_owned(),
         source,
-    })
+    })?;
+    if data.starts_with(b"\xEF\xBB\xBF") {
+        data.drain(..3);
+    }
+    Ok(data)
 }
 
 /// Imports `inputs` in `format`; the records come back sorted by time (stable).
@@ -207,6 +237,15 @@ pub fn import(
         mut report,
         ..
     } = sink;
+    if records.is_empty() {
+        return Err(ImportError::NoRecords {
+            malformed: report.malformed,
+            first: report
+                .examples
+                .first()
+                .map(|m| format!("{} line {}: {}", m.file, m.line, m.reason)),
+        });
+    }
     records.sort_by(|a, b| a.ts.total_cmp(&b.ts));
     report.records = records.len() as u64;
     let keys: std::collections::HashSet<&str> =

@@ -166,3 +166,55 @@ fn malformed_rows_are_counted_or_fatal_under_strict() {
     .unwrap_err();
     assert!(matches!(e, ImportError::Io { .. }));
 }
+
+#[test]
+fn garbage_is_an_error_boms_are_stripped_and_messages_stay_short() {
+    let dir = tempfile::tempdir().unwrap();
+    // No valid row at all: an error naming the first skipped row, not "imported 0 records".
+    let garbage = dir.path().join("garbage.log");
+    std::fs::write(&garbage, "\u{1}\u{2}junk\nmore junk\n\u{7f}\n").unwrap();
+    let e = import(
+        Format::Clf,
+        std::slice::from_ref(&garbage),
+        &ImportOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, ImportError::NoRecords { malformed: 3, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("line 1"), "{e}");
+
+    // A byte-order mark written by an editor is not part of the first host.
+    let bom = dir.path().join("bom.log");
+    std::fs::write(
+        &bom,
+        "\u{feff}alpha - - [01/Jul/1995:00:00:01 -0400] \"GET /a HTTP/1.0\" 200 10\n",
+    )
+    .unwrap();
+    let (recs, _) = import(Format::Clf, &[bom], &ImportOptions::default()).unwrap();
+    assert_eq!(recs[0].event.key, "alpha");
+
+    // A header of a million columns: the missing-column message stays short.
+    let wide = dir.path().join("wide.csv");
+    let header: Vec<String> = (0..1_000_000).map(|i| format!("c{i}")).collect();
+    std::fs::write(&wide, format!("{}\n", header.join(","))).unwrap();
+    let opts = ImportOptions {
+        strict: false,
+        csv: Some(CsvMapping {
+            time_cols: vec![ColRef::Name("t".into())],
+            time_format: TimeFormat::Unix,
+            key_col: None,
+            resource_col: ColRef::Name("item".into()),
+            namespace: "items".into(),
+            bytes_col: None,
+            duration_col: None,
+            type_col: None,
+            header: true,
+            delimiter: b',',
+        }),
+    };
+    let e = import(Format::Csv, &[wide], &opts).unwrap_err().to_string();
+    assert!(e.contains("1000000 columns"), "{}", &e[..e.len().min(300)]);
+    assert!(e.len() < 600, "{} bytes", e.len());
+}
