@@ -1108,3 +1108,104 @@ fn a_dirty_watched_source_is_snapshotted_before_its_predicted_transfer() {
         held(&c.url, "cap-a").contains(&("shop/x".to_owned(), 2))
     });
 }
+
+/// `n` history records of keys cycling through loops of `prefix/` resources.
+fn cycles(n: usize, prefix: &str) -> String {
+    let loops = [
+        ["a", "b", "c"],
+        ["d", "e", "f"],
+        ["a", "e", "c"],
+        ["f", "b", "d"],
+    ];
+    (0..n)
+        .map(|i| {
+            let key = i % 8;
+            let res = loops[key % 4][(i / 8) % 3];
+            format!(
+                "{{\"ts\": {i}, \"event\": {{\"type\": \"http\", \"key\": \"k{key}\"}}, \"reads\": [{{\"resource\": \"{prefix}/{res}\", \"bytes\": 100}}], \"duration_s\": 0.01}}\n"
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_coordinator_retrains_its_model_from_history_and_serves_the_better_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old.jsonl"), dir.path().join("new.jsonl"));
+    std::fs::write(&old, cycles(1_200, "r")).unwrap();
+    // What executions read now: states the serving model never saw.
+    std::fs::write(&new, cycles(2_000, "s")).unwrap();
+    let model = dir.path().join("gru");
+    let trained = run(&[
+        "train",
+        "--history",
+        old.to_str().unwrap(),
+        "--model",
+        "gru",
+        "--embed",
+        "16",
+        "--hidden",
+        "24",
+        "--seq-len",
+        "8",
+        "--lr",
+        "0.03",
+        "--epochs",
+        "6",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert!(trained.status.success(), "{trained:?}");
+    let before = std::fs::read_to_string(model.join("config.json")).unwrap();
+    let spec = format!("gru:{}", model.display());
+    let c = Cluster::start_with(&[
+        "--model",
+        &spec,
+        "--replay",
+        new.to_str().unwrap(),
+        "--replay-speed",
+        "0",
+        "--retrain-every",
+        "2s",
+        "--retrain-budget",
+        "3s",
+    ]);
+    let mut last = serde_json::Value::Null;
+    wait_until("a retraining round", 120, || {
+        last = status_json(&c.url)["model"].clone();
+        last["rounds"].as_u64().unwrap_or(0) >= 1
+    });
+    assert_eq!(last["retraining"], true, "{last}");
+    assert_eq!(last["failures"], 0, "{last}");
+    assert!(last["held_out"].as_u64().unwrap() >= 100, "{last}");
+    // The stale model cannot predict states it never saw; the challenger trained on them
+    // scores better and serves, and is saved where a restart finds it.
+    assert!(
+        last["challenger_log_loss"].as_f64().unwrap() < last["champion_log_loss"].as_f64().unwrap(),
+        "{last}"
+    );
+    assert!(last["swaps"].as_u64().unwrap() >= 1, "{last}");
+    let after = std::fs::read_to_string(model.join("config.json")).unwrap();
+    assert_ne!(before, after, "the winner was saved to the model directory");
+    let (_, metrics) = http_get(&c.url.replace("http://", ""), "/metrics");
+    assert!(
+        metric(
+            &metrics,
+            "prewarm_coordinator_retrains_total{result=\"swapped\"}"
+        ) >= 1.0
+    );
+    assert!(metrics.contains("prewarm_coordinator_model_log_loss{model=\"challenger\"}"));
+
+    // Retraining needs a learned model: a clear error, nothing started.
+    let out = run(&[
+        "coordinator",
+        "--store",
+        &c.store,
+        "--model",
+        "markov",
+        "--retrain-every",
+        "1m",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--retrain-every needs a learned model"));
+}

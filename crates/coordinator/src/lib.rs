@@ -13,6 +13,7 @@ mod http;
 mod metrics;
 mod nats;
 mod predictive;
+mod retrain;
 mod service;
 mod state;
 mod watchers;
@@ -35,6 +36,7 @@ use prewarm_transfer::{DataServer, Token, TokenError, auth};
 pub use metrics::CoordinatorMetrics;
 pub use nats::{NatsConfig, NatsError};
 pub use predictive::{Brain, EventIn, EventOutcome, EventsError, MAX_BATCH, parse_events};
+pub use retrain::{ModelReport, RetrainSettings};
 pub use service::{ResolveFailure, Service};
 use state::Book;
 pub use watchers::{Fresh, Watchers};
@@ -76,6 +78,31 @@ pub struct Coordinator {
     pub watchers: Watchers,
     /// The clock of decisions.
     pub clock: prewarm_core::Clock,
+}
+
+/// The serving model's status, on the wire.
+fn model_status(b: &Brain) -> prewarm_proto::wire::ModelStatus {
+    let name = b.model_name();
+    let m = b.model.lock().expect("model lock poisoned").clone();
+    let (champion, challenger, held_out) = m
+        .last
+        .as_ref()
+        .map(|r| (r.champion, r.challenger, r.held_out as u64))
+        .unwrap_or_default();
+    prewarm_proto::wire::ModelStatus {
+        name,
+        retraining: m.retraining,
+        rounds: m.rounds,
+        swaps: m.swaps,
+        failures: m.failures,
+        champion_log_loss: champion.log_loss,
+        challenger_log_loss: challenger.log_loss,
+        champion_top5: champion.top5,
+        challenger_top5: challenger.top5,
+        held_out,
+        last_round_unix_ms: m.last_unix_ms,
+        last_error: m.last_error,
+    }
 }
 
 /// Why the coordinator could not start.
@@ -374,6 +401,7 @@ impl Coordinator {
                 })
                 .collect(),
             recent: book.recent.iter().rev().cloned().collect(),
+            model: self.brain.as_ref().map(model_status),
         }
     }
 

@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
-use prewarm_metrics::{Counter, Gauge, Histogram, LATENCY_BUCKETS, Registry};
+use prewarm_metrics::{Counter, FloatGauge, Gauge, Histogram, LATENCY_BUCKETS, Registry};
 use prewarm_proto::wire::{FailureKind, TransferAck};
+
+const RETRAINS: &str =
+    "Background retraining rounds by result (swapped: the challenger now serves; kept: it lost).";
+const LOG_LOSS: &str = "Log-loss (nats) on the latest retraining round's held-back window, serving model and challenger.";
 
 /// Handles to the coordinator's metrics.
 pub struct CoordinatorMetrics {
@@ -30,6 +34,16 @@ pub struct CoordinatorMetrics {
     pub watchers: Gauge,
     /// Un-snapshotted bytes the watchers report, in total.
     pub dirty_bytes: Gauge,
+    /// Retraining rounds whose challenger replaced the serving model.
+    pub retrains_swapped: Counter,
+    /// Retraining rounds whose challenger lost.
+    pub retrains_kept: Counter,
+    /// Retraining rounds that failed.
+    pub retrains_failed: Counter,
+    /// The serving model's log-loss on the latest round's held-back window.
+    pub champion_log_loss: FloatGauge,
+    /// The latest challenger's log-loss on the same window.
+    pub challenger_log_loss: FloatGauge,
 }
 
 impl CoordinatorMetrics {
@@ -65,6 +79,31 @@ impl CoordinatorMetrics {
                 "prewarm_coordinator_watchers",
                 "Registered snapshot watchers.",
                 &[],
+            ),
+            retrains_swapped: r.counter(
+                "prewarm_coordinator_retrains_total",
+                RETRAINS,
+                &[("result", "swapped")],
+            ),
+            retrains_kept: r.counter(
+                "prewarm_coordinator_retrains_total",
+                RETRAINS,
+                &[("result", "kept")],
+            ),
+            retrains_failed: r.counter(
+                "prewarm_coordinator_retrains_total",
+                RETRAINS,
+                &[("result", "failed")],
+            ),
+            champion_log_loss: r.float_gauge(
+                "prewarm_coordinator_model_log_loss",
+                LOG_LOSS,
+                &[("model", "champion")],
+            ),
+            challenger_log_loss: r.float_gauge(
+                "prewarm_coordinator_model_log_loss",
+                LOG_LOSS,
+                &[("model", "challenger")],
             ),
             dirty_bytes: r.gauge(
                 "prewarm_coordinator_dirty_bytes",

@@ -10,7 +10,7 @@
 //! curve) and may ask for pre-warms; the model can be replaced without a restart
 //! ([`Brain::replace`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use prewarm_core::{CapacityId, Event, HistoryRecord, ResourceId, Version};
@@ -54,6 +54,10 @@ pub struct Brain {
     engine: Mutex<Engine>,
     /// Latest version and size per resource (dropped when a new version is announced).
     sizes: Mutex<HashMap<ResourceId, (Version, u64)>>,
+    /// The newest history records, for retraining (at most `keep`; 0: none kept).
+    recent: Mutex<(usize, VecDeque<HistoryRecord>)>,
+    /// The serving model's retraining rounds (see [`crate::retrain`]).
+    pub(crate) model: Mutex<crate::retrain::ModelReport>,
 }
 
 impl Brain {
@@ -63,7 +67,33 @@ impl Brain {
         Self {
             engine: Mutex::new(Engine::new(cfg, predictor)),
             sizes: Mutex::default(),
+            recent: Mutex::default(),
+            model: Mutex::default(),
         }
+    }
+
+    /// Keeps the newest `records` history records for retraining.
+    pub fn keep_history(&self, records: usize) {
+        let mut r = self.recent.lock().expect("history lock poisoned");
+        r.0 = records;
+        let over = r.1.len().saturating_sub(records);
+        r.1.drain(..over);
+    }
+
+    /// The kept history, oldest first.
+    pub fn recent_history(&self) -> Vec<HistoryRecord> {
+        let r = self.recent.lock().expect("history lock poisoned");
+        r.1.iter().cloned().collect()
+    }
+
+    fn remember(&self, records: &[HistoryRecord]) {
+        let mut r = self.recent.lock().expect("history lock poisoned");
+        if r.0 == 0 {
+            return;
+        }
+        r.1.extend(records.iter().cloned());
+        let over = r.1.len().saturating_sub(r.0);
+        r.1.drain(..over);
     }
 
     /// Swaps the model (a retrained one) without stopping.
@@ -98,6 +128,7 @@ impl Brain {
             .lock()
             .expect("engine lock poisoned")
             .learn(records);
+        self.remember(records);
     }
 
     /// Forgets the cached version of `resource` (a new one was committed).
@@ -274,6 +305,7 @@ impl Coordinator {
     /// Learns from records a capacity reported: the engine observes them, the mirror of that
     /// capacity's eviction book sees the uses, and the hints (and any pre-warms) go out.
     pub(crate) async fn observe(self: &Arc<Self>, brain: &Brain, records: &[HistoryRecord]) {
+        brain.remember(records);
         let obs = {
             let mut engine = brain.engine.lock().expect("engine lock poisoned");
             engine.learn(records);

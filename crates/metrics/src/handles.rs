@@ -43,6 +43,21 @@ impl Gauge {
     }
 }
 
+/// A gauge holding a real number (a score, a loss).
+#[derive(Clone, Debug, Default)]
+pub struct FloatGauge(pub(crate) PcGauge<f64, AtomicU64>);
+
+impl FloatGauge {
+    /// Sets the value.
+    pub fn set(&self, v: f64) {
+        self.0.set(v);
+    }
+    /// The current value.
+    pub fn get(&self) -> f64 {
+        self.0.get()
+    }
+}
+
 /// A latency histogram (seconds).
 #[derive(Clone, Debug)]
 pub struct Histogram(pub(crate) PcHistogram);

@@ -21,7 +21,7 @@ use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram as PcHistogram;
 
-pub use handles::{Counter, Gauge, Histogram};
+pub use handles::{Counter, FloatGauge, Gauge, Histogram};
 
 /// The `Content-Type` of [`Registry::render`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -47,12 +47,14 @@ impl MetricConstructor<PcHistogram> for Buckets {
 
 type CounterFamily = Family<Labels, prometheus_client::metrics::counter::Counter<u64, AtomicU64>>;
 type GaugeFamily = Family<Labels, prometheus_client::metrics::gauge::Gauge<u64, AtomicU64>>;
+type FloatGaugeFamily = Family<Labels, prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>>;
 type HistogramFamily = Family<Labels, PcHistogram, Buckets>;
 
 /// One registered name.
 enum Registered {
     Counter(CounterFamily),
     Gauge(GaugeFamily),
+    FloatGauge(FloatGaugeFamily),
     Histogram(HistogramFamily),
 }
 
@@ -61,6 +63,7 @@ impl Registered {
         match self {
             Registered::Counter(_) => "counter",
             Registered::Gauge(_) => "gauge",
+            Registered::FloatGauge(_) => "float gauge",
             Registered::Histogram(_) => "histogram",
         }
     }
@@ -117,6 +120,7 @@ impl Registry {
         match &r {
             Registered::Counter(f) => inner.registry.register(registered_as, help, f.clone()),
             Registered::Gauge(f) => inner.registry.register(registered_as, help, f.clone()),
+            Registered::FloatGauge(f) => inner.registry.register(registered_as, help, f.clone()),
             Registered::Histogram(f) => inner.registry.register(registered_as, help, f.clone()),
         }
         inner.names.insert(name, r);
@@ -157,6 +161,26 @@ impl Registry {
             },
         );
         Gauge(family.map_or_else(Default::default, |f| f.get_or_create_owned(&owned(labels))))
+    }
+
+    /// The real-valued gauge `name{labels}` (created on first use).
+    pub fn float_gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+    ) -> FloatGauge {
+        let family = self.family(
+            name,
+            name,
+            help,
+            || Registered::FloatGauge(FloatGaugeFamily::default()),
+            |r| match r {
+                Registered::FloatGauge(f) => Some(f.clone()),
+                _ => None,
+            },
+        );
+        FloatGauge(family.map_or_else(Default::default, |f| f.get_or_create_owned(&owned(labels))))
     }
 
     /// The histogram `name{labels}` (created on first use) with `bounds` (seconds, ascending;

@@ -13,6 +13,7 @@ fn renders_the_exposition_format() {
     c.add(3);
     r.counter("x_total", "Things.", &[("why", "a\"b")]).inc();
     r.gauge("g_bytes", "Bytes.", &[]).set(42);
+    r.float_gauge("loss", "Loss.", &[("model", "a")]).set(0.25);
     let h = r.histogram("lat_seconds", "Latency.", &[("op", "get")], &[0.001, 0.01]);
     h.observe(Duration::from_micros(500));
     h.observe(Duration::from_millis(5));
@@ -22,6 +23,7 @@ fn renders_the_exposition_format() {
         "# HELP x_total Things.\n# TYPE x_total counter\n",
         "x_total{why=\"a\\\"b\"} 4\n",
         "# HELP g_bytes Bytes.\n# TYPE g_bytes gauge\ng_bytes 42\n",
+        "# TYPE loss gauge\nloss{model=\"a\"} 0.25\n",
         "# TYPE lat_seconds histogram\n",
         "lat_seconds_bucket{op=\"get\",le=\"0.001\"} 1\n",
         "lat_seconds_bucket{op=\"get\",le=\"0.01\"} 2\n",

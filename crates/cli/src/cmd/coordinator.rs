@@ -79,6 +79,43 @@ pub struct Args {
     /// Link bandwidth to a capacity, bytes/s (prices the time a transfer saves).
     #[arg(long, default_value = "125MB")]
     bandwidth: prewarm_core::ByteSize,
+    /// Retrain a gru:DIR or transformer:DIR model in the background this often from the
+    /// agents' history; the challenger serves (and is saved to DIR) only when it scores a
+    /// lower log-loss than the serving model on the newest held-back history.
+    #[arg(long, value_parser = parse_duration)]
+    retrain_every: Option<Duration>,
+    /// Wall-clock training budget of one retraining round.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    retrain_budget: Duration,
+    /// History records kept for retraining (the newest).
+    #[arg(long, default_value_t = 200_000)]
+    retrain_history: usize,
+}
+
+/// The retraining settings `a` asks for (`None`: no retraining).
+fn retraining(a: &Args) -> anyhow::Result<Option<prewarm_coordinator::RetrainSettings>> {
+    let Some(every) = a.retrain_every else {
+        return Ok(None);
+    };
+    let dir = match a.model.split_once(':') {
+        Some(("gru" | "transformer", dir)) => PathBuf::from(dir),
+        _ => anyhow::bail!(
+            "--retrain-every needs a learned model (--model gru:DIR or transformer:DIR), not {:?}",
+            a.model
+        ),
+    };
+    if every.is_zero() || a.retrain_history < 100 {
+        anyhow::bail!("--retrain-every must be positive and --retrain-history at least 100");
+    }
+    Ok(Some(prewarm_coordinator::RetrainSettings {
+        every,
+        dir,
+        history: a.retrain_history,
+        round: prewarm_predict::neural::retrain::RetrainConfig {
+            budget: a.retrain_budget,
+            ..Default::default()
+        },
+    }))
 }
 
 /// The predictor `spec` names (`None` for a model-free policy).
@@ -136,9 +173,13 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         clock: prewarm_core::Clock::system(),
     };
     let brain = engine(&a)?;
+    let retrain = retraining(&a)?;
     let running = prewarm_coordinator::start(store, cfg, brain)
         .await
         .context("starting the coordinator")?;
+    if let Some(r) = retrain {
+        tokio::spawn(running.coordinator.clone().run_retraining(r));
+    }
     eprintln!(
         "prewarm coordinator {}: gRPC and /metrics on {}, data plane on {}{}",
         running.coordinator.instance,

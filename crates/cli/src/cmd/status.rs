@@ -53,13 +53,45 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 })
             })
             .collect();
+        let model = s.model.as_ref().map(|m| {
+            serde_json::json!({
+                "name": m.name, "retraining": m.retraining, "rounds": m.rounds, "swaps": m.swaps,
+                "failures": m.failures, "champion_log_loss": m.champion_log_loss,
+                "challenger_log_loss": m.challenger_log_loss, "champion_top5": m.champion_top5,
+                "challenger_top5": m.challenger_top5, "held_out": m.held_out,
+                "last_round_unix_ms": m.last_round_unix_ms, "last_error": m.last_error,
+            })
+        });
         println!(
             "{}",
-            serde_json::json!({ "coordinator": s.coordinator_instance, "capacities": caps, "recent": recent })
+            serde_json::json!({ "coordinator": s.coordinator_instance, "model": model, "capacities": caps, "recent": recent })
         );
         return Ok(0);
     }
     println!("coordinator {}", s.coordinator_instance);
+    if let Some(m) = &s.model {
+        print!("  model {}", m.name);
+        if m.retraining {
+            print!(
+                ": {} retraining rounds, {} swapped, {} failed",
+                m.rounds, m.swaps, m.failures
+            );
+            if m.rounds > 0 {
+                print!(
+                    "; last: challenger {:.3} vs serving {:.3} nats (top-5 {:.1}% vs {:.1}%) on {} held-back records",
+                    m.challenger_log_loss,
+                    m.champion_log_loss,
+                    100.0 * m.challenger_top5,
+                    100.0 * m.champion_top5,
+                    m.held_out
+                );
+            }
+            if !m.last_error.is_empty() {
+                print!(" ({})", m.last_error);
+            }
+        }
+        println!();
+    }
     for c in &s.capacities {
         let inv = c.inventory.clone().unwrap_or_default();
         println!(

@@ -12,6 +12,7 @@ pub mod features;
 pub mod kernel;
 pub mod model;
 pub mod net;
+pub mod retrain;
 pub mod train;
 
 #[cfg(test)]
