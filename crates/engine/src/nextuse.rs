@@ -99,6 +99,21 @@ impl IdleDist {
         }
         self.above(a) / f64::from(self.total)
     }
+
+    /// `P(idle > edge(k))` for every k at once (suffix sums: one pass, no logarithms).
+    fn survival_at_edges(&self) -> [f64; BINS] {
+        let mut out = [1.0; BINS];
+        if self.total == 0.0 {
+            return out;
+        }
+        let total = f64::from(self.total);
+        let mut above = 0.0;
+        for k in (0..BINS).rev() {
+            above += f64::from(self.counts[k]);
+            out[k] = above / total;
+        }
+        out
+    }
 }
 
 /// A resource's estimate: its own histogram backed off to the pooled one.
@@ -115,6 +130,15 @@ impl NextUse<'_> {
         let own = self.own.map_or(1.0, |d| d.survival(a));
         let pooled = self.pooled.survival(a);
         (n * own + PRIOR * pooled) / (n + PRIOR)
+    }
+
+    /// [`NextUse::survival`] at every bin edge (what a [`crate::nextuse_curve::Curve`]
+    /// holds), in one pass.
+    pub fn survival_at_edges(&self) -> [f64; BINS] {
+        let n = self.own.map_or(0.0, IdleDist::samples);
+        let own = self.own.map_or([1.0; BINS], IdleDist::survival_at_edges);
+        let pooled = self.pooled.survival_at_edges();
+        std::array::from_fn(|k| (n * own[k] + PRIOR * pooled[k]) / (n + PRIOR))
     }
 
     /// Chance of a use within `h` seconds, given `idle` seconds without one.
@@ -240,6 +264,31 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn survival_at_the_edges_in_one_pass_equals_the_pointwise_one() {
+        let (mut own, mut pooled) = (IdleDist::default(), IdleDist::default());
+        for i in 0..500 {
+            own.observe(f64::from(i % 37) * 0.7);
+            pooled.observe(f64::from(i) * 3.1);
+        }
+        for n in [
+            NextUse {
+                own: Some(&own),
+                pooled: &pooled,
+            },
+            NextUse {
+                own: None,
+                pooled: &pooled,
+            },
+        ] {
+            let fast = n.survival_at_edges();
+            for (k, f) in fast.iter().enumerate() {
+                let slow = n.survival(edge(k));
+                assert!((f - slow).abs() < 1e-9, "edge {k}: {f} vs {slow}");
+            }
+        }
+    }
 
     #[test]
     fn survival_and_hazard_follow_the_idle_times_seen() {

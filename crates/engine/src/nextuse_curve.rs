@@ -13,7 +13,7 @@ pub struct Curve(pub Vec<f32>);
 impl Curve {
     /// Freezes `n`.
     pub fn of(n: &NextUse<'_>) -> Self {
-        Curve((0..BINS).map(|k| n.survival(edge(k)) as f32).collect())
+        Curve(n.survival_at_edges().iter().map(|s| *s as f32).collect())
     }
 
     /// A use at exactly `gap` seconds after the last (the oracle's knowledge), or never.
