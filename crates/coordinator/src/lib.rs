@@ -386,6 +386,9 @@ impl Coordinator {
 
     /// Capacities, inventories, recent transfers.
     pub fn status(&self) -> StatusReply {
+        // The engine's lock is taken before the book's everywhere (`observe`); the model's
+        // status takes it, so it is read before the book is locked.
+        let model = self.brain.as_ref().map(model_status);
         let book = self.book.lock().expect("book lock poisoned");
         StatusReply {
             coordinator_instance: self.instance.clone(),
@@ -401,7 +404,7 @@ impl Coordinator {
                 })
                 .collect(),
             recent: book.recent.iter().rev().cloned().collect(),
-            model: self.brain.as_ref().map(model_status),
+            model,
         }
     }
 
