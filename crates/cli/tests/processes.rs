@@ -379,6 +379,10 @@ fn non_loopback_listeners_require_the_token() {
             &store,
             "--listen",
             &listen,
+            // Its own free port: the default (the --listen port + 1) may be another
+            // test's, and the coordinator then never starts.
+            "--data-listen",
+            &format!("0.0.0.0:{}", free_port()),
             "--data-unix",
             "none",
             "--token-file",
@@ -387,7 +391,7 @@ fn non_loopback_listeners_require_the_token() {
         &dir.path().join("c.log"),
     );
     let url = format!("http://127.0.0.1:{port}");
-    wait_until("the coordinator", 20, || {
+    wait_until("the coordinator", 60, || {
         run(&["status", "--coordinator", &url, "--token-file", tok])
             .status
             .success()
