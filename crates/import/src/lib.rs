@@ -290,3 +290,23 @@ pub(crate) fn record(
         duration_s,
     }
 }
+
+/// The shared public traces: `$PREWARM_TRACES`, else `shared/traces` beside the checkout
+/// (`manifest_dir` is the calling crate's `CARGO_MANIFEST_DIR`, two levels below the
+/// workspace root). `None` (with a note) when absent — except under `CI`, where a missing
+/// trace directory is a failure: the tests that replay real traces must not pass vacuously.
+pub fn shared_traces(manifest_dir: &Path) -> Option<PathBuf> {
+    let p = std::env::var_os("PREWARM_TRACES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir.join("../../../shared/traces"));
+    if p.is_dir() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must provide the shared traces at {}",
+        p.display()
+    );
+    eprintln!("no traces at {}: skipping", p.display());
+    None
+}

@@ -12,20 +12,7 @@ use prewarm_predict::histogram::Histogram;
 use prewarm_sim::{Policy, PolicyKind, SimConfig, replay};
 
 fn traces() -> Option<PathBuf> {
-    let p = std::env::var_os("PREWARM_TRACES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces"));
-    if p.is_dir() {
-        Some(p)
-    } else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide the shared traces at {}",
-            p.display()
-        );
-        eprintln!("no traces at {}: skipping", p.display());
-        None
-    }
+    prewarm_import::shared_traces(Path::new(env!("CARGO_MANIFEST_DIR")))
 }
 
 #[test]
