@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -71,9 +72,24 @@ pub enum IdError {
 /// 1–256 bytes of `[A-Za-z0-9._/-]`, made of `/`-separated segments, none of them empty,
 /// `.` or `..` or over 200 bytes, so an id is always a safe relative path that every file
 /// system prewarm stores it on can hold.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Shared (`Arc<str>`): the decision engine clones ids per event, and a clone is a
+/// reference count, not an allocation.
+#[derive(Clone, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ResourceId(String);
+pub struct ResourceId(Arc<str>);
+
+impl PartialEq for ResourceId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl std::hash::Hash for ResourceId {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+    }
+}
 
 impl ResourceId {
     /// Validates `s` as a resource id.
@@ -88,7 +104,7 @@ impl ResourceId {
                 id: s,
             });
         }
-        Ok(Self(s))
+        Ok(Self(s.into()))
     }
 
     /// Validates raw bytes (for example a path from the file system) as a resource id.
@@ -142,7 +158,7 @@ impl TryFrom<String> for ResourceId {
 
 impl From<ResourceId> for String {
     fn from(r: ResourceId) -> String {
-        r.0
+        r.0.as_ref().to_owned()
     }
 }
 
@@ -168,16 +184,31 @@ impl fmt::Debug for ResourceId {
 /// A compute capacity (VM, container, GPU pod): the unit that holds local state.
 ///
 /// 1–128 bytes of `[A-Za-z0-9._-]`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Shared (`Arc<str>`): the decision engine clones ids per event, and a clone is a
+/// reference count, not an allocation.
+#[derive(Clone, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct CapacityId(String);
+pub struct CapacityId(Arc<str>);
+
+impl PartialEq for CapacityId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl std::hash::Hash for CapacityId {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+    }
+}
 
 impl CapacityId {
     /// Validates `s` as a capacity id.
     pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
         let s = s.into();
         check_chars("capacity", &s, MAX_CAPACITY_ID_LEN, false)?;
-        Ok(Self(s))
+        Ok(Self(s.into()))
     }
 
     /// The id as a string slice.
@@ -195,7 +226,7 @@ impl TryFrom<String> for CapacityId {
 
 impl From<CapacityId> for String {
     fn from(c: CapacityId) -> String {
-        c.0
+        c.0.as_ref().to_owned()
     }
 }
 

@@ -4,7 +4,7 @@
 //! (a popularity baseline says "the popular states" for every event) still goes where its
 //! own states are, while a confident prediction pulls it to where the predicted ones are.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use prewarm_core::{HistoryRecord, ResourceId};
 

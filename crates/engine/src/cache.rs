@@ -24,7 +24,9 @@
 mod choose;
 mod s3fifo;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashMapExt};
 use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
@@ -385,17 +387,20 @@ impl<K: Clone + Eq + Hash + Ord> CacheBook<K> {
         if need == 0 {
             return Ok(Vec::new());
         }
-        let (freeable, leased) = self.freeable(evictable);
-        if freeable < need {
-            return Err(Shortfall { freeable, leased });
-        }
-        let out = match self.rule {
-            Rule::Lru => self.by_recency(need, evictable, &Default::default()),
-            Rule::Gdsf | Rule::Belady | Rule::Value => {
-                self.by_priority(need, evictable, &Default::default())
+        let none = Default::default();
+        let (out, freed) = match self.rule {
+            Rule::Lru => self.by_recency(need, evictable, &none),
+            Rule::Gdsf | Rule::Belady | Rule::Value => self.by_priority(need, evictable, &none),
+            Rule::S3Fifo => {
+                // Its choice moves its queues: refuse before moving anything.
+                self.enough(need, evictable)?;
+                let out = self.by_s3fifo(need, evictable);
+                (out, need)
             }
-            Rule::S3Fifo => self.by_s3fifo(need, evictable),
         };
+        if freed < need {
+            return Err(self.shortfall(evictable));
+        }
         self.learn_horizon(&out, now);
         if matches!(self.rule, Rule::Gdsf | Rule::Value)
             && let Some(top) = out
@@ -418,28 +423,37 @@ impl<K: Clone + Eq + Hash + Ord> CacheBook<K> {
         now: f64,
         evictable: &dyn Fn(&K) -> bool,
     ) -> Result<(Vec<K>, f64), Shortfall> {
-        let (freeable, leased) = self.freeable(evictable);
-        if freeable < need {
-            return Err(Shortfall { freeable, leased });
-        }
         let none = Default::default();
-        let v = match self.rule {
+        let (v, freed) = match self.rule {
             // S3-FIFO's choice moves its queues; its recency order stands in for a peek.
             Rule::Lru | Rule::S3Fifo => self.by_recency(need, evictable, &none),
             Rule::Gdsf | Rule::Belady | Rule::Value => self.by_priority(need, evictable, &none),
         };
+        // The walks stop once `need` is freed; short of it, every evictable state was
+        // walked, and only then is the whole book summed (for the error).
+        if freed < need {
+            return Err(self.shortfall(evictable));
+        }
         let loss = v.iter().map(|k| self.value(k, now)).sum();
         Ok((v, loss))
     }
 
-    fn freeable(&self, evictable: &dyn Fn(&K) -> bool) -> (u64, u64) {
-        self.entries.iter().fold((0, 0), |(f, l), (k, m)| {
+    /// What can and cannot be freed (a scan of the book: the error path only).
+    fn shortfall(&self, evictable: &dyn Fn(&K) -> bool) -> Shortfall {
+        let (freeable, leased) = self.entries.iter().fold((0, 0), |(f, l), (k, m)| {
             if evictable(k) {
                 (f + m.bytes, l)
             } else {
                 (f, l + m.bytes)
             }
-        })
+        });
+        Shortfall { freeable, leased }
+    }
+
+    /// `Ok` when `need` bytes can be freed.
+    fn enough(&self, need: u64, evictable: &dyn Fn(&K) -> bool) -> Result<(), Shortfall> {
+        let s = self.shortfall(evictable);
+        if s.freeable < need { Err(s) } else { Ok(()) }
     }
 
     fn learn_horizon(&mut self, victims: &[K], now: f64) {

@@ -15,7 +15,7 @@
 //! capacity's eviction rule) and the store through [`Catalog`]; time is passed in. Nothing
 //! here does IO, so a replay runs exactly what production runs.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use prewarm_core::{
     CapacityId, Context, Event, HistoryRecord, Prediction, Predictor, ResourceId, Version,
@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::affinity::Affinity;
 use crate::cache::{Expected, Hint, Rule};
+use crate::calibrate::Calibration;
 use crate::nextuse::Demand;
 use crate::nextuse_curve::Curve;
 use crate::placement::{Loads, Placement, place};
@@ -82,6 +83,10 @@ pub struct EngineConfig {
     pub keep: Keep,
     /// Resources whose use statistics are kept (least recently used forgotten beyond).
     pub max_tracked: usize,
+    /// Plan with the model's probabilities calibrated online ([`crate::calibrate`]) rather
+    /// than as the model states them. Off by default: on the shared traces it moved warm
+    /// starts by −1.5 to +0.2 points (BENCHMARKS.md, "Calibration").
+    pub calibrate: bool,
 }
 
 impl Default for EngineConfig {
@@ -92,6 +97,7 @@ impl Default for EngineConfig {
             rule: Rule::Value,
             keep: Keep::Priced,
             max_tracked: 1 << 20,
+            calibrate: false,
         }
     }
 }
@@ -123,7 +129,9 @@ pub trait Catalog {
     fn latest(&self, r: &ResourceId) -> Option<(Version, u64)>;
 }
 
-impl Catalog for HashMap<ResourceId, (Version, u64)> {
+impl<S: std::hash::BuildHasher> Catalog
+    for std::collections::HashMap<ResourceId, (Version, u64), S>
+{
     fn latest(&self, r: &ResourceId) -> Option<(Version, u64)> {
         self.get(r).copied()
     }
@@ -196,6 +204,8 @@ pub struct Engine {
     sizes: HashMap<ResourceId, u64>,
     /// Each key's recent states and how often keys repeat them (placement).
     affinity: Affinity,
+    /// How often the model's predictions came true, by probability (`None`: raw numbers).
+    calibration: Option<Calibration>,
 }
 
 impl Engine {
@@ -207,6 +217,9 @@ impl Engine {
             loads: Loads::default(),
             sizes: HashMap::new(),
             affinity: Affinity::default(),
+            calibration: cfg
+                .calibrate
+                .then(|| Calibration::new(2.0 * cfg.planner.lead_s.max(0.5))),
             predictor,
             cfg,
         }
@@ -286,6 +299,14 @@ impl Engine {
         if let Some(p) = &d.placement {
             self.loads.placed(&p.capacity, fleet.capacities().len());
         }
+        if let Some(c) = self.calibration.as_mut() {
+            let raw: Vec<(ResourceId, f64)> = preds
+                .iter()
+                .filter(|p| !ev.event.needs.contains(&p.resource))
+                .map(|p| (p.resource.clone(), p.probability))
+                .collect();
+            c.predicted(&ev.event.key, ev.ts, &raw);
+        }
         d
     }
 
@@ -309,6 +330,20 @@ impl Engine {
         fleet: &dyn Fleet,
         now: f64,
     ) -> Decided {
+        let calibrated: Vec<Prediction>;
+        let preds = match self.calibration.as_mut() {
+            Some(c) if c.scored() > 0 => {
+                calibrated = preds
+                    .iter()
+                    .map(|p| Prediction {
+                        probability: c.map(p.probability),
+                        ..p.clone()
+                    })
+                    .collect();
+                &calibrated
+            }
+            _ => preds,
+        };
         let cands = Self::candidates(ev, preds);
         let mut wants: Vec<Want> = Vec::with_capacity(cands.len());
         for p in &cands {
@@ -471,6 +506,9 @@ impl Engine {
         }
         for rec in records {
             self.affinity.observe(rec);
+            if let Some(c) = self.calibration.as_mut() {
+                c.observe(rec);
+            }
             for rd in &rec.reads {
                 self.demand.used(&rd.resource, rec.ts);
                 if rd.bytes > 0 {

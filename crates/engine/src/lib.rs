@@ -9,11 +9,13 @@
 //! - [`placement`]: which capacity runs an event (among all holders, bounded load);
 //! - [`cache`]: one capacity's eviction and keep-alive rules ([`CacheBook`]), which the agent
 //!   and the simulator's caches both evict by;
+//! - [`calibrate`]: the model's probabilities mapped to how often such predictions came true;
 //! - [`nextuse`]: the next-use estimates (per-resource idle-time distributions) behind the
 //!   `value` rule, the priced keep-alive and the planner's reuse term.
 
 pub mod affinity;
 pub mod cache;
+pub mod calibrate;
 pub mod engine;
 pub mod evict;
 pub mod nextuse;

@@ -10,7 +10,7 @@
 //! This is Azure's hybrid histogram (ATC'20) generalised from one keep/pre-warm window to a
 //! full conditional distribution, as LRB (NSDI'20) uses next-request times for eviction.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use prewarm_core::ResourceId;
 

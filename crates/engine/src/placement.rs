@@ -10,7 +10,9 @@
 //! when nothing is predicted. Ray Serve's model multiplexing and Dynamo's LoRA routing do the
 //! first half of this; the spill-over spreads a state whose demand outgrows one capacity.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 
 use prewarm_core::{CapacityId, ResourceId};
 use serde::Serialize;
@@ -46,14 +48,30 @@ pub type Candidate = (ResourceId, f64, f64);
 /// Headroom over the fair share of recent placements.
 pub const EPSILON: f64 = 0.25;
 
+/// A stable 64-bit hash of `s` (FNV-1a, then SplitMix64's finalizer): rendezvous weights must
+/// agree across processes and releases, so no seeded hasher.
+fn stable_hash(s: &str) -> u64 {
+    let h = s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    mix(h)
+}
+
+/// SplitMix64's finalizer.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Rendezvous weight of `capacity` for a key whose [`stable_hash`] is `key`.
+fn weight_of(key: u64, capacity: &CapacityId) -> u64 {
+    mix(key ^ stable_hash(capacity.as_str()).rotate_left(17))
+}
+
 /// Rendezvous weight of `capacity` for `key`.
 pub fn weight(key: &str, capacity: &CapacityId) -> u64 {
-    let mut h = blake3::Hasher::new();
-    h.update(key.as_bytes());
-    h.update(&[0]);
-    h.update(capacity.as_str().as_bytes());
-    let b = h.finalize();
-    u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"))
+    weight_of(stable_hash(key), capacity)
 }
 
 /// The engine's recent placements (a sliding window), for the load bound.
@@ -139,6 +157,7 @@ pub fn place(
                 .then(b.0.cmp(&a.0))
         })
         .map_or(key, |c| c.0.as_str());
+    let anchor = stable_hash(anchor);
     let best_holder = score
         .iter()
         .filter(|(c, _)| capacities.contains(c) && loads.allows(c, n))
@@ -146,7 +165,7 @@ pub fn place(
             a.1.1
                 .total_cmp(&b.1.1)
                 .then(a.1.0.total_cmp(&b.1.0))
-                .then_with(|| weight(anchor, a.0).cmp(&weight(anchor, b.0)))
+                .then_with(|| weight_of(anchor, a.0).cmp(&weight_of(anchor, b.0)))
         });
     if let Some((c, (_, mass))) = best_holder {
         return Some(Placement {
@@ -155,8 +174,10 @@ pub fn place(
             held_probability: *mass,
         });
     }
-    let mut ranked: Vec<(u64, &CapacityId)> =
-        capacities.iter().map(|c| (weight(anchor, c), c)).collect();
+    let mut ranked: Vec<(u64, &CapacityId)> = capacities
+        .iter()
+        .map(|c| (weight_of(anchor, c), c))
+        .collect();
     ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
     let c = ranked
         .iter()

@@ -3,7 +3,7 @@
 //! (one transfer at a time, on-demand fetches ahead of queued predictive ones); and the
 //! accounting of memory-time and wasted bytes.
 
-use std::collections::BTreeMap;
+use foldhash::{HashMap, HashMapExt};
 
 use prewarm_core::{ResourceId, Version};
 use prewarm_engine::{CacheBook, Hint, Rule, Target};
@@ -27,7 +27,7 @@ pub(crate) struct Entry {
 
 pub(crate) struct SimCache {
     pub budget: u64,
-    pub entries: BTreeMap<ResourceId, Entry>,
+    pub entries: HashMap<ResourceId, Entry>,
     pub book: CacheBook<ResourceId>,
     pub used: u64,
     /// When the link is next free for predictive transfers.
@@ -39,13 +39,16 @@ pub(crate) struct SimCache {
     pub wasted: u64,
     /// Evictions made.
     pub evictions: u64,
+    /// Predictive transfers not yet complete at the last clock (resource, ready at):
+    /// `predictive_in_flight` sums these instead of scanning every entry per event.
+    moving: Vec<(ResourceId, f64)>,
 }
 
 impl SimCache {
     pub fn new(budget: u64, count_from: f64, rule: Rule) -> Self {
         Self {
             budget,
-            entries: BTreeMap::new(),
+            entries: HashMap::new(),
             book: CacheBook::new(rule, budget),
             used: 0,
             link_free: 0.0,
@@ -54,6 +57,7 @@ impl SimCache {
             mem_byte_s: 0.0,
             wasted: 0,
             evictions: 0,
+            moving: Vec::new(),
         }
     }
 
@@ -64,6 +68,8 @@ impl SimCache {
             self.mem_byte_s += self.used as f64 * (t - from);
         }
         self.last_t = self.last_t.max(t);
+        let now = self.last_t;
+        self.moving.retain(|(_, ready)| *ready > now);
     }
 
     /// The latest time the cache was advanced to.
@@ -118,6 +124,9 @@ impl SimCache {
             }
         }
         self.used += e.bytes;
+        if e.predictive && e.ready_at > now {
+            self.moving.push((r.clone(), e.ready_at));
+        }
         self.book.admit(r.clone(), e.bytes, now);
         self.entries.insert(r, e);
         Ok(evicted)
@@ -140,9 +149,16 @@ impl SimCache {
 
     /// Predictive bytes still moving at `now`.
     pub fn predictive_in_flight(&self, now: f64) -> u64 {
-        self.entries
-            .values()
-            .filter(|e| e.predictive && e.ready_at > now)
+        // An entry counts once, while it is the one that was queued (not dropped, superseded
+        // or replaced since).
+        self.moving
+            .iter()
+            .filter(|(_, ready)| *ready > now)
+            .filter_map(|(r, ready)| {
+                self.entries
+                    .get(r)
+                    .filter(|e| e.predictive && e.ready_at == *ready)
+            })
             .map(|e| e.bytes)
             .sum()
     }

@@ -3,7 +3,7 @@
 //! the fleet; and the store as the engine reads it ([`Catalog`]): versions bumped by the
 //! trace's writes, sizes from its reads.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use prewarm_core::{CapacityId, HistoryRecord, ResourceId, Version};
 use prewarm_engine::{Catalog, Engine, Fleet, Holding, Rule, Target};

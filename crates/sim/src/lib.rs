@@ -60,6 +60,8 @@ pub struct SimConfig {
     pub top_k: usize,
     /// Share of the records replayed before counting starts (predictors learn meanwhile).
     pub warmup: f64,
+    /// Models' probabilities calibrated online by the engine (the oracle's never are).
+    pub calibrate: bool,
     /// The planner's settings (its bandwidth, latency, lead and price are set from the
     /// above).
     pub planner: PlannerConfig,
@@ -78,6 +80,7 @@ impl Default for SimConfig {
             default_bytes: 64 << 20,
             top_k: 5,
             warmup: 0.2,
+            calibrate: false,
             planner: PlannerConfig::default(),
         }
     }
@@ -146,6 +149,7 @@ impl Policy {
             top_k: cfg.top_k,
             rule,
             keep,
+            calibrate: cfg.calibrate && family != "oracle",
             ..EngineConfig::default()
         };
         (ec, model)

@@ -4,7 +4,9 @@
 //! counts.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use foldhash::{HashMap, HashMapExt};
 
 use prewarm_core::{CapacityId, HistoryRecord, ResourceId, Version};
 use prewarm_engine::{Decision, Engine, EventView, HintFor, Prewarm, Rule};

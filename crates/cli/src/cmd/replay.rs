@@ -57,6 +57,10 @@ pub struct Args {
     /// a transfer occupies the link (a prefetch that is not read costs its link time).
     #[arg(long, default_value_t = 1.0)]
     link_price: f64,
+    /// Plan with the models' probabilities calibrated online against how often such
+    /// predictions came true, not as the models state them.
+    #[arg(long)]
+    calibrate: bool,
     /// Size of a state whose history records carry none (default: the median of the sizes
     /// the history does give, else 64 MiB).
     #[arg(long)]
@@ -236,6 +240,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             .map_or_else(|| median_size(&records), |b| b.0),
         top_k: a.top_k,
         warmup: a.warmup,
+        calibrate: a.calibrate,
         ..SimConfig::default()
     };
     cfg.planner.threshold = a.threshold;

@@ -1,7 +1,7 @@
 //! Victim choice, one function per rule (the book's indexes make each a walk from the
 //! cheapest end).
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 use std::hash::Hash;
 
 use super::CacheBook;
@@ -13,7 +13,7 @@ impl<K: Clone + Eq + Hash + Ord> CacheBook<K> {
         need: u64,
         evictable: &dyn Fn(&K) -> bool,
         taken: &HashSet<K>,
-    ) -> Vec<K> {
+    ) -> (Vec<K>, u64) {
         let mut freed = 0;
         let mut out = Vec::new();
         for k in index {
@@ -25,26 +25,27 @@ impl<K: Clone + Eq + Hash + Ord> CacheBook<K> {
                 out.push(k.clone());
             }
         }
-        out
+        (out, freed)
     }
 
-    /// Least recently used first.
+    /// Least recently used first, and the bytes they free (less than `need` only when
+    /// every evictable state was taken).
     pub(super) fn by_recency(
         &self,
         need: u64,
         evictable: &dyn Fn(&K) -> bool,
         taken: &HashSet<K>,
-    ) -> Vec<K> {
+    ) -> (Vec<K>, u64) {
         self.walk(self.recency.iter().map(|x| &x.2), need, evictable, taken)
     }
 
-    /// Smallest priority first.
+    /// Smallest priority first, and the bytes they free.
     pub(super) fn by_priority(
         &self,
         need: u64,
         evictable: &dyn Fn(&K) -> bool,
         taken: &HashSet<K>,
-    ) -> Vec<K> {
+    ) -> (Vec<K>, u64) {
         self.walk(self.prio.iter().map(|x| &x.2), need, evictable, taken)
     }
 
@@ -57,7 +58,7 @@ impl<K: Clone + Eq + Hash + Ord> CacheBook<K> {
             // Only states outside the queues are left (a caller that did not remove earlier
             // victims): least recently used among them.
             let taken: HashSet<K> = out.iter().cloned().collect();
-            out.extend(self.by_recency(need - freed, evictable, &taken));
+            out.extend(self.by_recency(need - freed, evictable, &taken).0);
         }
         out
     }

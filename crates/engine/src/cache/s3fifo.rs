@@ -2,7 +2,9 @@
 //! wonders, a main FIFO with reinsertion (two use bits), and a ghost FIFO of recent
 //! small-queue victims whose return goes straight to main.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashSet, HashSetExt};
 use std::hash::Hash;
 
 /// The small queue's share of the budget.
@@ -74,7 +76,7 @@ impl<K: Clone + Eq + Hash> S3Fifo<K> {
         &mut self,
         need: u64,
         budget: u64,
-        entries: &mut std::collections::HashMap<K, E>,
+        entries: &mut foldhash::HashMap<K, E>,
         evictable: &dyn Fn(&K) -> bool,
     ) -> (Vec<K>, u64) {
         let mut freed = 0;
