@@ -85,13 +85,23 @@ where
                             "missing or wrong bearer token".into(),
                         );
                     }
-                    let Ok(body) = axum::body::to_bytes(body, MAX_EVENTS_BODY).await else {
-                        c.metrics.events_refused.inc();
-                        return refuse(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "too_large",
-                            format!("the body is over {MAX_EVENTS_BODY} bytes"),
-                        );
+                    let body = match axum::body::to_bytes(body, MAX_EVENTS_BODY).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            c.metrics.events_refused.inc();
+                            if prewarm_http::deadline::timed_out(&e) {
+                                return refuse(
+                                    StatusCode::REQUEST_TIMEOUT,
+                                    "timeout",
+                                    e.to_string(),
+                                );
+                            }
+                            return refuse(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "too_large",
+                                format!("the body is over {MAX_EVENTS_BODY} bytes"),
+                            );
+                        }
                     };
                     let (events, batch) = match parse_events(&body) {
                         Ok(x) => x,

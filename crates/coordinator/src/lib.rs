@@ -322,16 +322,10 @@ async fn serve_grpc(c: Arc<Coordinator>, l: tokio::net::TcpListener, token: Opti
             }),
         )
         .fallback_service(http::fallback(check));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
-    let r = tonic::transport::Server::builder()
-        .accept_http1(true)
-        .tcp_nodelay(true)
-        .add_routes(tonic::service::Routes::from(router))
-        .serve_with_incoming(incoming)
-        .await;
-    if let Err(e) = r {
-        tracing::error!("gRPC server: {e}");
-    }
+    // gRPC (HTTP/2) and the JSON API (HTTP/1) on one port, bounded against slow and idle
+    // clients; quiet control streams are kept by HTTP/2 pings.
+    let e = prewarm_http::serve(l, router, prewarm_http::Limits::default()).await;
+    tracing::error!("coordinator port: {e}");
 }
 
 impl Coordinator {

@@ -78,11 +78,13 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let local = listener.local_addr()?;
     let router = prewarm_agent::http::router(agent.clone(), http_token);
-    // Small JSON answers: without TCP_NODELAY each would wait on the client's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
-        let _ = s.set_nodelay(true);
-    });
-    let http = tokio::spawn(async move { axum::serve(listener, router).await });
+    // Bounded against slow and idle clients (connection cap, header, body and idle
+    // deadlines); TCP_NODELAY for the small JSON answers.
+    let http = tokio::spawn(prewarm_http::serve(
+        listener,
+        router,
+        prewarm_http::Limits::default(),
+    ));
     let control = tokio::spawn(prewarm_agent::control::run(
         agent.clone(),
         a.coordinator.clone(),
