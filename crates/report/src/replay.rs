@@ -1,0 +1,183 @@
+//! The replay's report: everything one `prewarm replay` produced ([`Replay`], plain data the
+//! command fills in) and its HTML page — the table and three plots: warm-start rate against
+//! cache memory-time and bytes moved (the cache-size sweep), the time-to-ready distribution,
+//! and the warm-start rate over time.
+
+use std::fmt::Write as _;
+
+use prewarm_sim::{SimConfig, SimReport};
+use serde::Serialize;
+
+use crate::html::{chart, esc};
+
+/// Everything a replay produced.
+#[derive(Serialize)]
+pub struct Replay {
+    /// The history replayed.
+    pub history: String,
+    /// Records in it.
+    pub records: usize,
+    /// The settings.
+    pub config: SimConfig,
+    /// One row per policy at the configured cache size.
+    pub rows: Vec<SimReport>,
+    /// (cache bytes per capacity, rows) per swept size.
+    pub sweep: Vec<(u64, Vec<SimReport>)>,
+    /// Each learned policy against the baselines' frontier at every size.
+    pub standings: Vec<prewarm_sim::pareto::Standing>,
+}
+
+/// The replay's report page.
+pub fn html(r: &Replay) -> String {
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>prewarm replay: {}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f4f4f4}}td:first-child{{text-align:left}}</style>
+</head><body><h1>prewarm replay</h1>
+<p>History <code>{}</code>, {} records. {} capacities, cache {} bytes each, link {:.0} MB/s, latency {:.1} ms, lead {:.1} s, keep-alive {}, memory price {} s per GB·s, warm-up share {:.2} (not counted).</p>
+<table><tr><th>policy</th><th>warm %</th><th>of oracle</th><th>ttr p50 ms</th><th>ttr p99 ms</th><th>moved GB</th><th>wasted GB</th><th>GB·s</th></tr>
+"#,
+        esc(&r.history),
+        esc(&r.history),
+        r.records,
+        r.config.capacities,
+        r.config.cache_bytes,
+        r.config.bandwidth / 1e6,
+        r.config.latency_s * 1e3,
+        r.config.lead_s,
+        if r.config.keep_alive_s.is_finite() {
+            format!("{:.0} s", r.config.keep_alive_s)
+        } else {
+            "until pressure".to_owned()
+        },
+        r.config.memory_price,
+        r.config.warmup,
+    );
+    for x in &r.rows {
+        let _ = writeln!(
+            s,
+            "<tr><td>{}</td><td>{:.1}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.2}</td><td>{:.2}</td><td>{:.0}</td></tr>",
+            esc(&x.policy),
+            100.0 * x.warm_rate,
+            x.oracle_share
+                .map_or("-".into(), |o| format!("{:.0}%", 100.0 * o)),
+            x.ttr_p50_ms,
+            x.ttr_p99_ms,
+            x.bytes as f64 / 1e9,
+            x.wasted_bytes as f64 / 1e9,
+            x.memory_gb_s
+        );
+    }
+    s.push_str("</table>\n");
+    // Warm-start rate against each cost: every (size) run per policy.
+    s.push_str("<h2>Frontiers: warm-start rate against cache memory-time and bytes moved</h2>\n");
+    if r.sweep.is_empty() {
+        s.push_str("<p>One cache size only: run with <code>--sweep</code> for curves.</p>\n");
+    }
+    for (cost, title, label) in [
+        (
+            prewarm_sim::pareto::Cost::Memory,
+            "warm starts vs memory (cache-size sweep)",
+            "cache memory-time, GB·s (log scale)",
+        ),
+        (
+            prewarm_sim::pareto::Cost::Bytes,
+            "warm starts vs bytes moved (cache-size sweep)",
+            "bytes moved, GB (log scale)",
+        ),
+    ] {
+        let scale = if cost == prewarm_sim::pareto::Cost::Bytes {
+            1e-9
+        } else {
+            1.0
+        };
+        let mut by_policy: Vec<(String, Vec<(f64, f64)>)> = r
+            .rows
+            .iter()
+            .map(|x| {
+                (
+                    x.policy.clone(),
+                    vec![(scale * cost.of(x), 100.0 * x.warm_rate)],
+                )
+            })
+            .collect();
+        for (_, rows) in &r.sweep {
+            for x in rows {
+                if let Some(p) = by_policy.iter_mut().find(|p| p.0 == x.policy) {
+                    p.1.push((scale * cost.of(x), 100.0 * x.warm_rate));
+                }
+            }
+        }
+        for p in &mut by_policy {
+            p.1.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        s.push_str(&chart(title, label, "warm-start rate, %", &by_policy, true));
+    }
+    if !r.standings.is_empty() {
+        s.push_str("<h2>Learned policies against the baselines' frontier</h2>\n<table><tr><th>learned</th><th>cache bytes</th><th>warm %</th><th>best baseline at ≤ its GB·s</th><th>oracle</th><th>on frontier</th><th>gap closed %</th><th>bytes vs oracle</th></tr>\n");
+        let pct = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.1}", 100.0 * v));
+        for x in &r.standings {
+            let _ = writeln!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&x.policy),
+                x.cache_bytes,
+                100.0 * x.warm_rate,
+                pct(x.baseline_at_cost),
+                pct(x.oracle),
+                if x.on_frontier { "yes" } else { "no" },
+                pct(x.gap_closed),
+                x.bytes_vs_oracle.map_or("-".into(), |b| format!("{b:.2}×")),
+            );
+        }
+        s.push_str("</table>\n");
+    }
+    let cdf: Vec<(String, Vec<(f64, f64)>)> = r
+        .rows
+        .iter()
+        .map(|x| {
+            (
+                x.policy.clone(),
+                x.ttr_percentiles_ms
+                    .iter()
+                    .enumerate()
+                    .map(|(q, ms)| (*ms, q as f64))
+                    .collect(),
+            )
+        })
+        .collect();
+    s.push_str("<h2>Time to ready</h2>\n");
+    s.push_str(&chart(
+        "time-to-ready distribution (CDF)",
+        "ms from execution start until every read is ready (log scale)",
+        "percentile of executions",
+        &cdf,
+        true,
+    ));
+    let over: Vec<(String, Vec<(f64, f64)>)> = r
+        .rows
+        .iter()
+        .map(|x| {
+            let t0 = x.over_time.first().map_or(0.0, |p| p.0);
+            (
+                x.policy.clone(),
+                x.over_time
+                    .iter()
+                    .filter(|p| p.2 > 0)
+                    .map(|p| ((p.0 - t0) / 3600.0, 100.0 * p.1))
+                    .collect(),
+            )
+        })
+        .collect();
+    s.push_str("<h2>Warm-start rate over time</h2>\n");
+    s.push_str(&chart(
+        "warm-start rate over the replay",
+        "hours since the end of the warm-up",
+        "warm-start rate, %",
+        &over,
+        false,
+    ));
+    s.push_str("</body></html>\n");
+    s
+}
