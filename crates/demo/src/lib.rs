@@ -82,8 +82,8 @@ pub enum DemoError {
     Snapshot {
         /// The state.
         id: prewarm_core::ResourceId,
-        /// Why.
-        source: prewarm_snapshot::SnapshotError,
+        /// Why (boxed: it is large).
+        source: Box<prewarm_snapshot::SnapshotError>,
     },
     /// The GRU did not train.
     #[error("training the GRU")]

@@ -49,7 +49,7 @@ pub async fn store(a: &Settings, work: &Workload, dir: &Path) -> Result<Prepared
             .await
             .map_err(|source| DemoError::Snapshot {
                 id: s.id.clone(),
-                source,
+                source: Box::new(source),
             })?;
     }
     a.say(format!(
