@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn tables_align_and_figures_read_well() {
         let t = table(&["a", "bb"], &[vec!["xyz".into(), "1".into()]]);
-        assert_eq!(t, "a     bb\n---  --\nxyz   1");
+        assert_eq!(t, "a    bb\n---  --\nxyz   1");
         assert_eq!(millis(0.5), "500 µs");
         assert_eq!(millis(12.34), "12.3 ms");
         assert_eq!(millis(12_000.0), "12.0 s");
