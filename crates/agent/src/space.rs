@@ -516,7 +516,7 @@ impl StateSpace {
         let name = format!(
             "{}-{}-{}",
             std::process::id(),
-            unix_ms(),
+            prewarm_core::Clock::system().now_ms(),
             TRASH_SEQ.fetch_add(1, Ordering::Relaxed)
         );
         match std::fs::rename(path, trash.join(name)) {
@@ -593,12 +593,6 @@ fn remove_tree(p: &Path) {
         }
         Err(_) => {}
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

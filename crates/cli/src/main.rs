@@ -3,9 +3,7 @@
 //! Errors print as one line on stderr with exit code 2; `verify` exits 1 when it finds damage.
 
 mod cmd;
-mod dataset;
 mod output;
-mod report;
 
 use clap::{Parser, Subcommand};
 

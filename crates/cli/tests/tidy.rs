@@ -10,8 +10,14 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-/// Crates that know nothing of an async runtime or sockets, and what that rules out.
-const PURE: &[&str] = &["prewarm-core", "prewarm-engine", "prewarm-predict"];
+/// Crates that know nothing of an async runtime or sockets, and what that rules out. The
+/// report crate is among them: its pages and tables are built from plain data.
+const PURE: &[&str] = &[
+    "prewarm-core",
+    "prewarm-engine",
+    "prewarm-predict",
+    "prewarm-report",
+];
 const RUNTIME: &[&str] = &["tokio", "tonic", "axum", "hyper", "async-nats"];
 /// The decision engine leaves models and trace parsing to others.
 const ENGINE: &str = "prewarm-engine";
@@ -19,6 +25,9 @@ const NOT_IN_ENGINE: &[&str] = &["candle-core", "candle-nn", "csv", "chrono"];
 /// Only the binary knows these (directly).
 const CLI: &str = "prewarm";
 const CLI_ONLY: &[&str] = &["clap", "anyhow"];
+/// The libraries the binary's heavier commands are thin over (they, too, are held to
+/// `CLI_ONLY`, like every crate but the binary).
+const COMMAND_LIBRARIES: &[&str] = &["prewarm-bench", "prewarm-demo", "prewarm-report"];
 
 /// The resolved graph: package names by id, each package's dependencies with whether the
 /// edge is a normal one and whether it is a non-dev one (normal or build).
@@ -109,7 +118,7 @@ fn forbid(out: &mut Vec<String>, krate: &str, banned: &[&str], deps: &BTreeSet<&
 /// Every broken rule, one line each.
 fn violations(g: &Graph) -> Vec<String> {
     let mut out = Vec::new();
-    for krate in PURE.iter().chain(&[ENGINE, CLI]) {
+    for krate in PURE.iter().chain(&[ENGINE, CLI]).chain(COMMAND_LIBRARIES) {
         if g.id_of(krate).is_none() {
             out.push(format!(
                 "{krate} is not a workspace member: rename it here too"
@@ -214,6 +223,9 @@ fn the_rules_catch_what_they_forbid() {
         "prewarm-core",
         "prewarm-engine",
         "prewarm-predict",
+        "prewarm-report",
+        "prewarm-bench",
+        "prewarm-demo",
         "prewarm",
         "prewarm-x",
     ];
@@ -238,6 +250,9 @@ fn the_rules_catch_what_they_forbid() {
             ("prewarm-x", "clap", None),
             ("prewarm-predict", "devonly", Some("dev")),
             ("devonly", "hyper", None),
+            ("prewarm-bench", "anyhow", None),
+            ("prewarm-demo", "clap", None),
+            ("prewarm-report", "tokio", None),
         ],
     );
     assert_eq!(
@@ -246,13 +261,28 @@ fn the_rules_catch_what_they_forbid() {
             "prewarm-core depends on anyhow (only the binary may)",
             "prewarm-engine depends on tokio (directly or through normal dependencies)",
             "prewarm-engine depends on chrono (directly or through normal dependencies)",
+            "prewarm-report depends on tokio (directly or through normal dependencies)",
+            "prewarm-bench depends on anyhow (only the binary may)",
+            "prewarm-demo depends on clap (only the binary may)",
             "prewarm-x depends on clap (only the binary may)",
         ]
     );
-    let renamed = fake(&["prewarm-core", "prewarm-engine", "prewarm"], &[]);
+    let renamed = fake(
+        &[
+            "prewarm-core",
+            "prewarm-engine",
+            "prewarm-report",
+            "prewarm-bench",
+            "prewarm",
+        ],
+        &[],
+    );
     assert_eq!(
         violations(&graph(&renamed)),
-        ["prewarm-predict is not a workspace member: rename it here too"]
+        [
+            "prewarm-predict is not a workspace member: rename it here too",
+            "prewarm-demo is not a workspace member: rename it here too",
+        ]
     );
 }
 
@@ -288,5 +318,39 @@ fn every_rust_file_starts_with_a_module_doc() {
         missing.is_empty(),
         "files whose first line is not a `//!` doc:\n{}",
         missing.join("\n")
+    );
+}
+
+/// Server calls that would bypass `prewarm-http`'s bounds if used outside it.
+fn unbounded_server_calls(text: &str) -> Vec<&'static str> {
+    ["axum::serve(", "Server::builder()", "serve_with_incoming("]
+        .into_iter()
+        .filter(|pat| text.contains(pat))
+        .collect()
+}
+
+#[test]
+fn every_listener_is_served_through_prewarm_http() {
+    assert_eq!(
+        unbounded_server_calls("tokio::spawn(axum::serve(l, r));"),
+        ["axum::serve("]
+    );
+    let mut files = Vec::new();
+    rust_files(&workspace_root().join("crates"), &mut files);
+    let http = workspace_root().join("crates/http");
+    let found: Vec<String> = files
+        .iter()
+        // Tests may serve stubs however they like; production listeners may not.
+        .filter(|p| !p.starts_with(&http) && !p.ends_with("tests.rs") && !p.ends_with("tidy.rs"))
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(p).expect("utf-8");
+            let calls = unbounded_server_calls(&text);
+            (!calls.is_empty()).then(|| format!("{}: {calls:?}", p.display()))
+        })
+        .collect();
+    assert!(
+        found.is_empty(),
+        "HTTP served outside prewarm-http (no connection cap, header, body or idle bound):\n{}",
+        found.join("\n")
     );
 }

@@ -35,6 +35,11 @@ impl Clock {
         }
     }
 
+    /// Now, whole Unix milliseconds (file times, manifests' creation times).
+    pub fn now_ms(&self) -> u64 {
+        (self.now() * 1e3).max(0.0) as u64
+    }
+
     /// Whether it is set by hand.
     pub fn is_manual(&self) -> bool {
         self.0.is_some()
@@ -51,6 +56,7 @@ mod tests {
         let d = c.clone();
         d.set(7.5);
         assert_eq!(c.now(), 7.5);
+        assert_eq!(c.now_ms(), 7500);
         assert!(Clock::system().now() > 1.7e9);
         Clock::system().set(1.0); // ignored
         assert!(Clock::system().now() > 1.7e9);

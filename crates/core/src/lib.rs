@@ -10,6 +10,7 @@ mod history;
 mod ids;
 mod predictor;
 mod size;
+mod stats;
 
 pub use clock::Clock;
 pub use history::{
@@ -22,3 +23,4 @@ pub use ids::{
 };
 pub use predictor::{Context, Prediction, Predictor, VersionPolicy};
 pub use size::{ByteSize, ParseSizeError, parse_duration};
+pub use stats::percentile;

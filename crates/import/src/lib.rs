@@ -14,6 +14,7 @@ mod azure2019;
 mod azure2021;
 mod clf;
 mod csvmap;
+mod history_file;
 mod resource;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use prewarm_core::HistoryRecord;
 use serde::Serialize;
 
 pub use csvmap::{ColRef, CsvMapping, TimeFormat};
+pub use history_file::{ReadHistoryError, read_history};
 pub use resource::resource_for;
 
 /// A trace format.

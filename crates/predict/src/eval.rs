@@ -102,14 +102,6 @@ struct Horizon {
     bins: [(f64, u64, u64); 10],
 }
 
-/// The `q` quantile (0..=1) of ascending `sorted` values, nearest rank below; 0 when empty.
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 - 1.0) * q) as usize)
-        .copied()
-        .unwrap_or(0.0)
-}
-
 /// Evaluates `p` on `records` (time-ordered): the first `warmup` share only trains. Horizon
 /// figures look `horizon_s` seconds ahead of each scored event (the event's own execution
 /// included).
@@ -185,7 +177,7 @@ pub fn evaluate(
         .sum();
     let ratio = |(s, c): (f64, u64)| if c == 0 { 0.0 } else { s / c as f64 };
     times.sort_by(f64::total_cmp);
-    let pct = |q: f64| percentile(&times, q);
+    let pct = |q: f64| prewarm_core::percentile(&times, q);
     let d = n.max(1) as f64;
     EvalRow {
         model: p.name().to_owned(),

@@ -61,14 +61,6 @@ fn run(
     (report(name, &sim), log)
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i]
-}
-
 fn report(policy: String, sim: &Sim<'_>) -> SimReport {
     let tl = &sim.tally;
     let executions = tl.ttr_ms.len() as u64;
@@ -95,8 +87,8 @@ fn report(policy: String, sim: &Sim<'_>) -> SimReport {
         } else {
             tl.ready_bytes as f64 / tl.read_bytes as f64
         },
-        ttr_p50_ms: percentile(&sorted, 0.5),
-        ttr_p99_ms: percentile(&sorted, 0.99),
+        ttr_p50_ms: prewarm_core::percentile(&sorted, 0.5),
+        ttr_p99_ms: prewarm_core::percentile(&sorted, 0.99),
         ttr_mean_ms: mean,
         bytes: tl.bytes_on_demand + tl.bytes_predictive,
         bytes_on_demand: tl.bytes_on_demand,
@@ -121,7 +113,7 @@ fn report(policy: String, sim: &Sim<'_>) -> SimReport {
             })
             .collect(),
         ttr_percentiles_ms: (0..=100)
-            .map(|q| percentile(&sorted, f64::from(q) / 100.0))
+            .map(|q| prewarm_core::percentile(&sorted, f64::from(q) / 100.0))
             .collect(),
     }
 }

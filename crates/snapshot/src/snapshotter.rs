@@ -170,7 +170,7 @@ impl Snapshotter {
             .filter(|m| m.chunker == self.chunker && m.kind == kind)
         {
             let trust = (kind == SourceKind::Directory && self.trust_mtime)
-                .then(|| now_unix_ms() - RACY_MS);
+                .then(|| prewarm_core::Clock::system().now_ms() as i64 - RACY_MS);
             attach_previous(m, &tree, &mut segments, &self.store.index(), trust);
         }
         let t1 = std::time::Instant::now();
@@ -265,12 +265,6 @@ fn attach_previous(
             }
         }
     }
-}
-
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 enum Walked {

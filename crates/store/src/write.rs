@@ -286,9 +286,7 @@ impl Store {
                 .put(&Path::from_iter(["index", &name]), PutPayload::from(body))
                 .await?;
         }
-        let created_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let created_unix_ms = prewarm_core::Clock::system().now_ms() as i64;
         const ATTEMPTS: u32 = 16;
         for _ in 0..ATTEMPTS {
             let parent = self.latest(resource).await?;

@@ -2,12 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, bail};
-use prewarm_predict::Predictor;
-use prewarm_predict::baselines::{Frequency, Markov, Oracle};
+use anyhow::bail;
 use prewarm_predict::eval::evaluate;
-use prewarm_predict::histogram::Histogram;
-use prewarm_predict::neural::Learned;
+use prewarm_predict::{Options, by_name_with};
 
 use super::{parse_duration, read_history};
 use crate::output;
@@ -50,16 +47,15 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     }
     let records = read_history(&a.history)?;
     let start = ((records.len() as f64) * a.warmup) as usize;
-    let tau = a.tau.as_secs_f64();
+    let options = Options {
+        tau: a.tau.as_secs_f64(),
+        order: a.order,
+        future: Some((&records, a.horizon.as_secs_f64())),
+        scored_from: records.get(start).map(|r| r.ts),
+    };
     let mut rows = Vec::new();
     for name in &a.models {
-        let mut p: Box<dyn Predictor> = match name.as_str() {
-            "frequency" => Box::new(Frequency::new(tau)),
-            "markov" => Box::new(Markov::new(a.order, tau)),
-            "histogram" => Box::new(Histogram::new()),
-            "oracle" => Box::new(Oracle::new(&records, a.horizon.as_secs_f64())),
-            spec => learned(spec, &records, start)?,
-        };
+        let mut p = by_name_with(name, &options)?;
         let recs = &records;
         let (warmup, horizon) = (a.warmup, a.horizon.as_secs_f64());
         rows.push(tokio::task::block_in_place(|| {
@@ -107,38 +103,4 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         println!("{}", output::table(&header, &table));
     }
     Ok(0)
-}
-
-/// Loads `gru:DIR` or `transformer:DIR`, refusing a model trained on the records it would be
-/// scored on.
-fn learned(
-    spec: &str,
-    records: &[prewarm_core::HistoryRecord],
-    start: usize,
-) -> anyhow::Result<Box<dyn Predictor>> {
-    let Some((kind, dir)) = spec.split_once(':') else {
-        bail!(
-            "unknown model {spec:?} (frequency, markov, histogram, oracle, gru:DIR, transformer:DIR)"
-        );
-    };
-    if kind != "gru" && kind != "transformer" {
-        bail!("unknown model kind {kind:?} in {spec:?} (gru:DIR or transformer:DIR)");
-    }
-    let p = Learned::load(std::path::Path::new(dir), 1 << 20)
-        .with_context(|| format!("loading model {spec}"))?;
-    let cfg = &p.model().config;
-    if cfg.arch.name() != kind {
-        bail!("{dir} holds a {} model, not a {kind}", cfg.arch.name());
-    }
-    if let Some(first) = records.get(start)
-        && first.ts < cfg.training.last_ts
-    {
-        bail!(
-            "{spec} was trained on records up to t={} but the scored part starts at t={}: \
-                 train with --until no larger than --warmup, so the model is scored on the future",
-            cfg.training.last_ts,
-            first.ts
-        );
-    }
-    Ok(Box::new(p))
 }

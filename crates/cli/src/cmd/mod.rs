@@ -20,8 +20,8 @@ pub mod watch_link;
 
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
-use prewarm_core::{HistoryReader, HistoryRecord, ResourceId};
+use anyhow::Context;
+use prewarm_core::{HistoryRecord, ResourceId};
 use prewarm_store::Store;
 
 /// `--store` and `--resource`, shared by most commands.
@@ -91,22 +91,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 /// Reads a whole history file, refusing an empty one or one out of time order.
 pub fn read_history(path: &std::path::Path) -> anyhow::Result<Vec<HistoryRecord>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut records = Vec::new();
-    for r in HistoryReader::new(std::io::BufReader::new(file)) {
-        records.push(r.with_context(|| format!("reading {}", path.display()))?);
-    }
-    if records.is_empty() {
-        bail!("{} holds no history records", path.display());
-    }
-    if let Some(w) = records.windows(2).position(|w| w[1].ts < w[0].ts) {
-        bail!(
-            "{}: records are out of time order at record {} (import sorts them)",
-            path.display(),
-            w + 2
-        );
-    }
-    Ok(records)
+    Ok(prewarm_import::read_history(path)?)
 }
 
 /// `--token-file`, shared by the networked commands.

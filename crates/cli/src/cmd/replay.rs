@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use prewarm_core::{ByteSize, HistoryRecord};
-use prewarm_predict::Predictor;
 use prewarm_predict::histogram::Histogram;
-use prewarm_predict::neural::{Arch, Learned, TrainOptions, train};
+use prewarm_predict::neural::{Arch, TrainOptions, train};
+use prewarm_predict::{Options, SpecError, by_name_with};
+use prewarm_report::Replay;
 use prewarm_sim::{Policy, PolicyKind, SimConfig, SimReport, replay};
-use serde::Serialize;
 
 use super::{parse_duration, read_history};
-use crate::{output, report};
+use crate::output;
 
 /// Arguments of `prewarm replay`.
 #[derive(clap::Args, Debug)]
@@ -88,23 +88,6 @@ pub struct Args {
     json: bool,
 }
 
-/// Everything a replay produced.
-#[derive(Serialize)]
-pub struct Replay {
-    /// The history replayed.
-    pub history: String,
-    /// Records in it.
-    pub records: usize,
-    /// The settings.
-    pub config: SimConfig,
-    /// One row per policy at the configured cache size.
-    pub rows: Vec<SimReport>,
-    /// (cache bytes per capacity, rows) per swept size.
-    pub sweep: Vec<(u64, Vec<SimReport>)>,
-    /// Each learned policy against the baselines' frontier at every size.
-    pub standings: Vec<prewarm_sim::pareto::Standing>,
-}
-
 /// Models trained in this run, saved once and loaded for every replay that needs them.
 struct Trained {
     dir: tempfile::TempDir,
@@ -141,8 +124,15 @@ fn trained_dir(
     Ok(dir)
 }
 
-/// Builds the policy `name` (training a model on `train_on` the first time it is needed).
-fn policy(name: &str, train_on: &[HistoryRecord], trained: &Trained) -> anyhow::Result<Policy> {
+/// Builds the policy `name`: the simulator's own kinds here, predictors through
+/// [`prewarm_predict::by_name_with`] (bare `gru`, `transformer` and `mixture` train on
+/// `train_on` the first time they are needed; a model trained on scored records is refused).
+fn policy(
+    name: &str,
+    train_on: &[HistoryRecord],
+    scored_from: Option<f64>,
+    trained: &Trained,
+) -> anyhow::Result<Policy> {
     let kind = match name {
         "none" => PolicyKind::None,
         "lru" => PolicyKind::Lru,
@@ -150,40 +140,30 @@ fn policy(name: &str, train_on: &[HistoryRecord], trained: &Trained) -> anyhow::
         "gdsf" => PolicyKind::Gdsf,
         "histogram" => PolicyKind::Histogram(Histogram::new()),
         "oracle" => PolicyKind::Oracle,
-        "frequency" | "markov" => PolicyKind::Predictive(prewarm_predict::by_name(name)?),
-        "gru" | "transformer" => {
-            let dir = trained_dir(name, train_on, trained)?;
-            PolicyKind::Predictive(
-                prewarm_predict::by_name(&format!("{name}:{}", dir.display()))
-                    .with_context(|| format!("loading the {name}"))?,
-            )
-        }
-        "mixture" => {
-            let dir = trained_dir("gru", train_on, trained)?;
-            PolicyKind::Predictive(prewarm_predict::by_name(&format!(
-                "mixture:gru:{}",
-                dir.display()
-            ))?)
-        }
-        spec if spec.starts_with("gru:") || spec.starts_with("transformer:") => {
-            let dir = spec.split_once(':').map_or("", |x| x.1);
-            let p = Learned::load(std::path::Path::new(dir), 1 << 20)
-                .with_context(|| format!("loading model {spec}"))?;
-            if let Some(last) = train_on.last()
-                && p.model().config.training.last_ts > last.ts
-            {
-                bail!(
-                    "{spec} was trained on records past the warm-up (t > {}): it would be \
-                         scored on what it trained on",
-                    last.ts
-                );
+        spec => {
+            let spec = match spec {
+                "gru" | "transformer" => {
+                    format!("{spec}:{}", trained_dir(spec, train_on, trained)?.display())
+                }
+                "mixture" => format!(
+                    "mixture:gru:{}",
+                    trained_dir("gru", train_on, trained)?.display()
+                ),
+                other => other.to_owned(),
+            };
+            let o = Options {
+                scored_from,
+                ..Options::default()
+            };
+            match by_name_with(&spec, &o) {
+                Ok(p) => PolicyKind::Predictive(p),
+                Err(SpecError::Unknown(_)) => bail!(
+                    "unknown policy {name:?} (none, lru, s3fifo, gdsf, histogram, frequency, markov, gru, \
+                     transformer, mixture, oracle, gru:DIR, transformer:DIR, mixture:SPEC)"
+                ),
+                Err(e) => return Err(e.into()),
             }
-            PolicyKind::Predictive(Box::new(p) as Box<dyn Predictor>)
         }
-        other => bail!(
-            "unknown policy {other:?} (none, lru, s3fifo, gdsf, histogram, frequency, markov, gru, \
-             transformer, mixture, oracle, gru:DIR, transformer:DIR)"
-        ),
     };
     Ok(Policy::new(name.split(':').next().unwrap_or(name), kind))
 }
@@ -196,9 +176,10 @@ fn run_all(
     trained: &Trained,
 ) -> anyhow::Result<Vec<SimReport>> {
     let start = ((records.len() as f64) * cfg.warmup) as usize;
+    let scored_from = records.get(start).map(|r| r.ts);
     let mut rows = Vec::new();
     for name in names {
-        let p = policy(name, &records[..start.max(1)], trained)?;
+        let p = policy(name, &records[..start.max(1)], scored_from, trained)?;
         let t0 = std::time::Instant::now();
         let r = tokio::task::block_in_place(|| replay(records, p, cfg));
         eprintln!(
@@ -277,7 +258,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         standings,
     };
     if let Some(path) = &a.report {
-        std::fs::write(path, report::html(&out))
+        std::fs::write(path, prewarm_report::replay::html(&out))
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("report written to {}", path.display());
     }

@@ -6,48 +6,74 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context as _;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use prewarm_core::{Event, HistoryRecord, ReadAccess, ResourceId};
+use prewarm_core::{Event, HistoryRecord, ReadAccess, ResourceId, percentile};
 use prewarm_predict::baselines::Markov;
-use prewarm_predict::eval::percentile;
-use prewarm_predict::neural::features::KeyTail;
+use prewarm_predict::neural::features::{KeyTail, Step};
 use prewarm_predict::neural::kernel::Precision;
+use prewarm_predict::neural::model::ModelConfig;
 use prewarm_predict::neural::net::{Batch, Dims, Net};
 use prewarm_predict::neural::train::untrained;
-use prewarm_predict::neural::{Arch, Learned, Model};
+use prewarm_predict::neural::{Arch, Learned, Model, ModelError, TrainError};
 use prewarm_predict::{Context, Predictor};
+use prewarm_report::text;
 use serde::Serialize;
 
-use crate::cmd::read_history;
-use crate::output;
-
-/// Arguments of `prewarm bench predict`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
+/// What `prewarm bench predict` measures.
+#[derive(Clone, Debug)]
+pub struct Settings {
     /// A trained model directory (default: an untrained GRU, embeddings 64, hidden 128, over
     /// 512 resources — the size the target names).
-    #[arg(long)]
-    model: Option<PathBuf>,
+    pub model: Option<PathBuf>,
     /// History to replay (default: a generated one, 64 keys over 512 resources).
-    #[arg(long)]
-    history: Option<PathBuf>,
+    pub history: Option<PathBuf>,
     /// Events to time.
-    #[arg(long, default_value_t = 20_000)]
-    events: usize,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+    pub events: usize,
 }
 
+/// Why the benchmark failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictBenchError {
+    /// The history could not be read.
+    #[error(transparent)]
+    History(#[from] prewarm_import::ReadHistoryError),
+    /// A generated resource id is invalid.
+    #[error(transparent)]
+    Id(#[from] prewarm_core::IdError),
+    /// The model could not be loaded.
+    #[error("loading {}", dir.display())]
+    Load {
+        /// Its directory.
+        dir: PathBuf,
+        /// Why.
+        source: ModelError,
+    },
+    /// The untrained model could not be built.
+    #[error("building the model")]
+    Build(#[source] TrainError),
+    /// The candle peer failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// One measured path.
 #[derive(Serialize)]
-struct Row {
+pub struct Row {
     what: String,
     events: usize,
     p50_us: f64,
     p99_us: f64,
     mean_us: f64,
+}
+
+/// What the benchmark measured.
+pub struct Report {
+    /// One row per path, the kernel first.
+    pub rows: Vec<Row>,
+    arch: Arch,
+    resources: usize,
+    events: usize,
 }
 
 fn row(what: &str, mut t: Vec<f64>) -> Row {
@@ -63,7 +89,8 @@ fn row(what: &str, mut t: Vec<f64>) -> Row {
     }
 }
 
-pub(super) fn generated(n: usize) -> anyhow::Result<Vec<HistoryRecord>> {
+/// `n` generated history records: 64 keys, each walking 8 of 512 resources.
+pub fn generated(n: usize) -> Result<Vec<HistoryRecord>, prewarm_core::IdError> {
     (0..n)
         .map(|i| {
             let key = i % 64;
@@ -89,29 +116,42 @@ pub(super) fn generated(n: usize) -> anyhow::Result<Vec<HistoryRecord>> {
         .collect()
 }
 
+/// `dir`'s model, or an untrained GRU over `records`.
+pub(crate) fn model_or_untrained(
+    dir: Option<&std::path::Path>,
+    records: &[HistoryRecord],
+) -> Result<Model, PredictBenchError> {
+    match dir {
+        Some(dir) => Model::load(dir).map_err(|source| PredictBenchError::Load {
+            dir: dir.to_owned(),
+            source,
+        }),
+        None => untrained(records, Arch::GRU, 1).map_err(PredictBenchError::Build),
+    }
+}
+
 /// Runs the benchmark.
-pub async fn run(a: Args) -> anyhow::Result<i32> {
+pub fn run(a: &Settings) -> Result<Report, PredictBenchError> {
     let records = match &a.history {
-        Some(h) => read_history(h)?,
+        Some(h) => prewarm_import::read_history(h)?,
         None => generated(a.events.max(1024))?,
     };
-    let model = match &a.model {
-        Some(dir) => Model::load(dir).with_context(|| format!("loading {}", dir.display()))?,
-        None => untrained(&records, Arch::GRU, 1).context("building the model")?,
-    };
+    let model = model_or_untrained(a.model.as_deref(), &records)?;
     let cfg = model.config.clone();
     let tensors = model.tensors.clone();
-    let rows = tokio::task::block_in_place(|| measure(&a, &records, model, &cfg, tensors))?;
-    if a.json {
-        output::json(&rows)?;
-    } else {
-        println!(
-            "{} over {} resource tokens ({:?}); {} events",
-            cfg.arch.name(),
-            cfg.dims.resources,
-            cfg.arch,
-            a.events
-        );
+    let rows = measure(a, &records, model, &cfg, tensors)?;
+    Ok(Report {
+        rows,
+        arch: cfg.arch,
+        resources: cfg.dims.resources,
+        events: a.events,
+    })
+}
+
+impl Report {
+    /// The terminal text.
+    pub fn text(&self) -> String {
+        let rows = &self.rows;
         let table: Vec<Vec<String>> = rows
             .iter()
             .map(|r| {
@@ -124,34 +164,43 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 ]
             })
             .collect();
-        println!(
-            "{}",
-            output::table(
+        format!(
+            "{} over {} resource tokens ({:?}); {} events\n{}",
+            self.arch.name(),
+            self.resources,
+            self.arch,
+            self.events,
+            text::table(
                 &["per event", "p50 µs", "p99 µs", "mean µs", "vs kernel"],
                 &table
             )
-        );
+        )
     }
-    Ok(0)
 }
 
+/// The four measurements, in order: the kernel, the predictor, candle, Markov.
 fn measure(
-    a: &Args,
+    a: &Settings,
     records: &[HistoryRecord],
-    model: Model,
-    cfg: &prewarm_predict::neural::model::ModelConfig,
+    mut model: Model,
+    cfg: &ModelConfig,
     tensors: std::collections::HashMap<String, Tensor>,
-) -> anyhow::Result<Vec<Row>> {
+) -> Result<Vec<Row>, PredictBenchError> {
     let n = a.events.min(records.len());
-    let timed = &records[records.len() - n..];
-    let mut rows = Vec::new();
-
-    // 1. The kernel alone: one step and the output layer, one key, hot caches; with the
-    //    default arithmetic (f16 weights where the CPU has F16C) and with f32 weights.
-    let tail = KeyTail::default();
+    let (warm, timed) = records.split_at(records.len() - n);
     let r0 = &timed[0];
-    let step = tail.step(&cfg.vocab, &r0.event.kind, &r0.event.key, r0.ts);
-    let mut model = model;
+    let step = KeyTail::default().step(&cfg.vocab, &r0.event.kind, &r0.event.key, r0.ts);
+    let mut rows = kernel_rows(&mut model, &step, n);
+    rows.extend(predictor_rows(model, cfg, warm, timed));
+    rows.push(candle_row(cfg, tensors, &step, n)?);
+    rows.push(markov_row(warm, timed));
+    Ok(rows)
+}
+
+/// The kernel alone: one step and the output layer, one key, hot caches; with the default
+/// arithmetic (f16 weights where the CPU has F16C) and with f32 weights.
+fn kernel_rows(model: &mut Model, step: &Step, n: usize) -> Vec<Row> {
+    let mut rows = Vec::new();
     let default = model.kernel.precision();
     for precision in [default, Precision::F32] {
         model.kernel.set_precision(precision);
@@ -160,8 +209,8 @@ fn measure(
         let mut t = Vec::with_capacity(n);
         for _ in 0..n {
             let s = Instant::now();
-            state = model.kernel.step(&state, &step);
-            model.kernel.logits(&state, &step, &mut logits);
+            state = model.kernel.step(&state, step);
+            model.kernel.logits(&state, step, &mut logits);
             t.push(s.elapsed().as_secs_f64() * 1e6);
         }
         rows.push(row(
@@ -173,13 +222,24 @@ fn measure(
         }
     }
     model.kernel.set_precision(default);
+    rows
+}
 
-    // 2. The predictor: predict top 5, then observe, across keys.
+/// The predictor: predict top 5, then observe, across keys.
+fn predictor_rows(
+    model: Model,
+    cfg: &ModelConfig,
+    warm: &[HistoryRecord],
+    timed: &[HistoryRecord],
+) -> [Row; 2] {
     let mut p = Learned::new(model, 1 << 20);
-    for r in &records[..records.len() - n] {
+    for r in warm {
         p.observe(r);
     }
-    let (mut tp, mut to) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut tp, mut to) = (
+        Vec::with_capacity(timed.len()),
+        Vec::with_capacity(timed.len()),
+    );
     for r in timed {
         let s = Instant::now();
         let out = p.predict(
@@ -196,10 +256,19 @@ fn measure(
         to.push(s.elapsed().as_secs_f64() * 1e6);
     }
     let both: Vec<f64> = tp.iter().zip(&to).map(|(a, b)| a + b).collect();
-    rows.push(row(&format!("{} predict (top 5)", cfg.arch.name()), tp));
-    rows.push(row(&format!("{} predict + observe", cfg.arch.name()), both));
+    [
+        row(&format!("{} predict (top 5)", cfg.arch.name()), tp),
+        row(&format!("{} predict + observe", cfg.arch.name()), both),
+    ]
+}
 
-    // 3. Peer: the same weights through candle, one step of batch 1.
+/// Peer: the same weights through candle, one step of batch 1.
+fn candle_row(
+    cfg: &ModelConfig,
+    tensors: std::collections::HashMap<String, Tensor>,
+    step: &Step,
+    n: usize,
+) -> Result<Row, PredictBenchError> {
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
     let dims = Dims {
         resources: cfg.dims.resources,
@@ -225,14 +294,16 @@ fn measure(
         std::hint::black_box(out.to_vec3::<f32>()?);
         t.push(s.elapsed().as_secs_f64() * 1e6);
     }
-    rows.push(row("candle one step, batch 1 (default threads)", t));
+    Ok(row("candle one step, batch 1 (default threads)", t))
+}
 
-    // 4. Peer: the Markov baseline on the same events.
+/// Peer: the Markov baseline on the same events.
+fn markov_row(warm: &[HistoryRecord], timed: &[HistoryRecord]) -> Row {
     let mut m = Markov::new(2, 3600.0);
-    for r in &records[..records.len() - n] {
+    for r in warm {
         m.observe(r);
     }
-    let mut t = Vec::with_capacity(n);
+    let mut t = Vec::with_capacity(timed.len());
     for r in timed {
         let s = Instant::now();
         std::hint::black_box(m.predict(
@@ -245,6 +316,5 @@ fn measure(
         m.observe(r);
         t.push(s.elapsed().as_secs_f64() * 1e6);
     }
-    rows.push(row("markov predict + observe", t));
-    Ok(rows)
+    row("markov predict + observe", t)
 }

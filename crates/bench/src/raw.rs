@@ -7,33 +7,34 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 
-/// Arguments of the hidden `prewarm bench raw-recv`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Where to listen (one connection per run, until killed).
-    #[arg(long)]
-    listen: SocketAddr,
-    /// Directory to write each received stream into (none: discard).
-    #[arg(long)]
-    out: Option<PathBuf>,
-}
-
 /// Frame size of the raw stream.
 pub const FRAME: usize = 1 << 20;
 
-/// Runs the receiver forever.
-pub fn run(a: Args) -> anyhow::Result<i32> {
-    let l = TcpListener::bind(a.listen)?;
+/// Why the raw stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RawError {
+    /// A socket or file operation failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The peer sent a frame larger than [`FRAME`].
+    #[error("frame of {0} bytes")]
+    Frame(usize),
+}
+
+/// Receives on `listen` forever, one connection per run, writing each stream to a file
+/// under `out` (none: discarding it); returns only on error.
+pub fn recv(listen: SocketAddr, out: Option<&Path>) -> Result<std::convert::Infallible, RawError> {
+    let l = TcpListener::bind(listen)?;
     let mut n = 0u64;
     loop {
         let (s, _) = l.accept()?;
         n += 1;
-        let out = a.out.as_ref().map(|d| d.join(format!("raw-{n}")));
-        receive(s, out.as_deref())?;
+        let file: Option<PathBuf> = out.map(|d| d.join(format!("raw-{n}")));
+        receive(s, file.as_deref())?;
     }
 }
 
-fn receive(mut s: TcpStream, out: Option<&Path>) -> anyhow::Result<()> {
+fn receive(mut s: TcpStream, out: Option<&Path>) -> Result<(), RawError> {
     let mut file = match out {
         Some(p) => Some(std::fs::File::create(p)?),
         None => None,
@@ -46,7 +47,9 @@ fn receive(mut s: TcpStream, out: Option<&Path>) -> anyhow::Result<()> {
         if len == 0 {
             break;
         }
-        anyhow::ensure!(len <= FRAME, "frame of {len} bytes");
+        if len > FRAME {
+            return Err(RawError::Frame(len));
+        }
         s.read_exact(&mut buf[..len])?;
         if let Some(f) = file.as_mut() {
             f.write_all(&buf[..len])?;
@@ -61,7 +64,7 @@ fn receive(mut s: TcpStream, out: Option<&Path>) -> anyhow::Result<()> {
 }
 
 /// Sends `file` to a receiver at `addr`; returns once the receiver has written everything.
-pub fn send(addr: SocketAddr, file: &Path) -> anyhow::Result<()> {
+pub fn send(addr: SocketAddr, file: &Path) -> Result<(), RawError> {
     let mut s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
     let mut f = std::fs::File::open(file)?;
@@ -88,4 +91,27 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_arrives_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::write(&src, vec![7u8; FRAME + 123]).unwrap();
+        let addr: SocketAddr = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        std::thread::spawn(move || recv(addr, None));
+        let mut tries = 0;
+        while let Err(e) = send(addr, &src) {
+            tries += 1;
+            assert!(tries < 100, "{e}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }

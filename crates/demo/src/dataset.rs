@@ -225,3 +225,24 @@ pub fn tree_digest(root: &Path) -> std::io::Result<String> {
     walk(root, root, &mut h)?;
     Ok(h.finalize().to_hex().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_sets_are_deterministic_and_edits_undo() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let fa = generate(a.path(), 600 << 10, 3).unwrap();
+        generate(b.path(), 600 << 10, 3).unwrap();
+        assert_eq!(fa.iter().map(|f| f.size).sum::<u64>(), 600 << 10);
+        assert_eq!(du(a.path()), 600 << 10);
+        let before = tree_digest(a.path()).unwrap();
+        assert_eq!(before, tree_digest(b.path()).unwrap());
+        let edits = apply_edits(&fa, 0.05, 4096, 7).unwrap();
+        assert!(!edits.is_empty());
+        assert_ne!(tree_digest(a.path()).unwrap(), before);
+        undo_edits(&fa, &edits).unwrap();
+        assert_eq!(tree_digest(a.path()).unwrap(), before);
+    }
+}

@@ -11,48 +11,51 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context as _;
 use prewarm_core::{HistoryRecord, Predictor};
 use prewarm_engine::{Engine, EngineConfig, EventView};
 use prewarm_predict::baselines::Markov;
-use prewarm_predict::neural::train::untrained;
-use prewarm_predict::neural::{Learned, Model};
+use prewarm_predict::neural::Learned;
+use prewarm_report::text;
 use prewarm_sim::BenchFleet;
 use serde::Serialize;
 
-use super::predict::generated;
-use crate::cmd::read_history;
-use crate::output;
+use crate::predict::{PredictBenchError, generated, model_or_untrained};
 
-/// Arguments of `prewarm bench coordinator`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
+/// What `prewarm bench coordinator` measures.
+#[derive(Clone, Debug)]
+pub struct Settings {
     /// A trained GRU or Transformer directory (default: an untrained GRU 64/128).
-    #[arg(long)]
-    model: Option<PathBuf>,
+    pub model: Option<PathBuf>,
     /// History whose events are replayed (default: a generated one, 64 keys over 512
     /// resources).
-    #[arg(long)]
-    history: Option<PathBuf>,
+    pub history: Option<PathBuf>,
     /// Events to time per pipeline.
-    #[arg(long, default_value_t = 100_000)]
-    events: usize,
+    pub events: usize,
     /// Capacities to place on.
-    #[arg(long, default_value_t = 16)]
-    capacities: usize,
-    /// Cache per capacity.
-    #[arg(long, default_value = "64GiB")]
-    cache_size: prewarm_core::ByteSize,
+    pub capacities: usize,
+    /// Cache per capacity, bytes.
+    pub cache_bytes: u64,
     /// Events per `POST /v1/events` body.
-    #[arg(long, default_value_t = 1_000)]
-    batch: usize,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+    pub batch: usize,
 }
 
+/// Why the benchmark failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorBenchError {
+    /// The history or the model could not be had.
+    #[error(transparent)]
+    Input(#[from] PredictBenchError),
+    /// A body could not be encoded.
+    #[error("encoding a batch")]
+    Encode(#[from] serde_json::Error),
+    /// The coordinator refused a body.
+    #[error("parsing a batch")]
+    Parse(#[source] prewarm_coordinator::EventsError),
+}
+
+/// One pipeline's figures.
 #[derive(Serialize)]
-struct Row {
+pub struct Row {
     pipeline: String,
     events: usize,
     events_per_s: f64,
@@ -63,7 +66,15 @@ struct Row {
     transfers: usize,
 }
 
-fn bodies(records: &[HistoryRecord], batch: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+/// What the benchmark measured.
+pub struct Report {
+    /// The learned model's pipeline, Markov's, and the one with no model.
+    pub rows: Vec<Row>,
+    batch: usize,
+    capacities: usize,
+}
+
+fn bodies(records: &[HistoryRecord], batch: usize) -> Result<Vec<Vec<u8>>, serde_json::Error> {
     records
         .chunks(batch.max(1))
         .map(|c| {
@@ -71,7 +82,7 @@ fn bodies(records: &[HistoryRecord], batch: usize) -> anyhow::Result<Vec<Vec<u8>
                 .iter()
                 .map(|r| serde_json::json!({"ts": r.ts, "event": r.event}))
                 .collect();
-            Ok(serde_json::to_vec(&events)?)
+            serde_json::to_vec(&events)
         })
         .collect()
 }
@@ -84,7 +95,11 @@ struct Setup<'a> {
     cache_bytes: u64,
 }
 
-fn pipeline(name: &str, model: Option<Box<dyn Predictor>>, s: &Setup<'_>) -> anyhow::Result<Row> {
+fn pipeline(
+    name: &str,
+    model: Option<Box<dyn Predictor>>,
+    s: &Setup<'_>,
+) -> Result<Row, CoordinatorBenchError> {
     let family = if model.is_some() { "model" } else { "lru" };
     let (rule, keep) = prewarm_engine::rules_for(family, f64::INFINITY);
     let mut engine = Engine::new(
@@ -102,7 +117,8 @@ fn pipeline(name: &str, model: Option<Box<dyn Predictor>>, s: &Setup<'_>) -> any
     let t0 = Instant::now();
     for body in s.bodies {
         let t = Instant::now();
-        let (events, _) = prewarm_coordinator::parse_events(body).context("parsing a batch")?;
+        let (events, _) =
+            prewarm_coordinator::parse_events(body).map_err(CoordinatorBenchError::Parse)?;
         ingest += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let views: Vec<EventView<'_>> = events
@@ -154,36 +170,38 @@ fn rayon_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Runs the benchmark.
-pub async fn run(a: Args) -> anyhow::Result<i32> {
+/// Runs the benchmark (blocking: call it off the async threads).
+pub fn run(a: &Settings) -> Result<Report, CoordinatorBenchError> {
     let mut records = match &a.history {
-        Some(h) => read_history(h)?,
-        None => generated(a.events)?,
+        Some(h) => prewarm_import::read_history(h).map_err(PredictBenchError::from)?,
+        None => generated(a.events).map_err(PredictBenchError::from)?,
     };
     records.truncate(a.events);
-    let model = match &a.model {
-        Some(dir) => Model::load(dir).with_context(|| format!("loading {}", dir.display()))?,
-        None => untrained(&records, prewarm_predict::neural::Arch::GRU, 1)
-            .context("building the model")?,
-    };
+    let model = model_or_untrained(a.model.as_deref(), &records)?;
     let bodies = bodies(&records, a.batch)?;
     let setup = Setup {
         records: &records,
         bodies: &bodies,
         capacities: a.capacities,
-        cache_bytes: a.cache_size.0,
+        cache_bytes: a.cache_bytes,
     };
     let name = model.config.arch.name().to_owned();
-    let rows = tokio::task::block_in_place(|| -> anyhow::Result<Vec<Row>> {
-        Ok(vec![
-            pipeline(&name, Some(Box::new(Learned::new(model, 1 << 20))), &setup)?,
-            pipeline("markov", Some(Box::new(Markov::new(2, 3600.0))), &setup)?,
-            pipeline("no model", None, &setup)?,
-        ])
-    })?;
-    if a.json {
-        output::json(&rows)?;
-    } else {
+    let rows = vec![
+        pipeline(&name, Some(Box::new(Learned::new(model, 1 << 20))), &setup)?,
+        pipeline("markov", Some(Box::new(Markov::new(2, 3600.0))), &setup)?,
+        pipeline("no model", None, &setup)?,
+    ];
+    Ok(Report {
+        rows,
+        batch: a.batch,
+        capacities: a.capacities,
+    })
+}
+
+impl Report {
+    /// The terminal text.
+    pub fn text(&self) -> String {
+        let rows = &self.rows;
         let body: Vec<Vec<String>> = rows
             .iter()
             .map(|r| {
@@ -198,16 +216,13 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 ]
             })
             .collect();
-        println!(
-            "{} events, {} per body, {} capacities, models on {} threads (RAYON_NUM_THREADS)",
+        format!(
+            "{} events, {} per body, {} capacities, models on {} threads (RAYON_NUM_THREADS)\n{}",
             rows[0].events,
-            a.batch,
-            a.capacities,
-            rayon_threads()
-        );
-        println!(
-            "{}",
-            output::table(
+            self.batch,
+            self.capacities,
+            rayon_threads(),
+            text::table(
                 &[
                     "pipeline",
                     "events/s",
@@ -219,7 +234,6 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 ],
                 &body
             )
-        );
+        )
     }
-    Ok(0)
 }

@@ -3,10 +3,10 @@
 
 use std::fmt::Write as _;
 
-use super::phase::{PhaseResult, percentile};
-use super::warm_rate;
-use crate::output;
-use crate::report::{chart, esc};
+use prewarm_report::html::{chart, esc};
+use prewarm_report::text;
+
+use crate::phase::PhaseResult;
 
 /// The page.
 pub fn html(phases: &[PhaseResult], setup: &str, seconds: f64) -> String {
@@ -27,19 +27,19 @@ pub fn html(phases: &[PhaseResult], setup: &str, seconds: f64) -> String {
             "<tr><td>{}</td><td>{}</td><td>{:.1}%</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({})</td><td>{}</td><td>{} / {} / {} / {}</td><td>{}</td></tr>",
             esc(&p.label),
             p.execs.len(),
-            warm_rate(p),
-            output::millis(percentile(&p.execs, 0.5)),
-            output::millis(percentile(&p.execs, 0.99)),
-            output::bytes(p.wire_bytes),
-            output::bytes(p.reused_bytes),
+            p.warm_rate(),
+            text::millis(p.ready_ms(0.5)),
+            text::millis(p.ready_ms(0.99)),
+            text::bytes(p.wire_bytes),
+            text::bytes(p.reused_bytes),
             p.prefetches,
-            output::bytes(p.prefetched_bytes),
-            output::bytes(p.prefetched_unread_bytes),
+            text::bytes(p.prefetched_bytes),
+            text::bytes(p.prefetched_unread_bytes),
             p.cold.first_use,
             p.cold.new_version,
             p.cold.evicted,
             p.cold.late,
-            p.execs.iter().filter(|e| e.failed).count()
+            p.failed()
         );
     }
     s.push_str("</table>\n<h2>Time to ready</h2>\n");
@@ -47,7 +47,7 @@ pub fn html(phases: &[PhaseResult], setup: &str, seconds: f64) -> String {
         .iter()
         .map(|p| {
             let pts = (0..=100)
-                .map(|q| (percentile(&p.execs, f64::from(q) / 100.0), f64::from(q)))
+                .map(|q| (p.ready_ms(f64::from(q) / 100.0), f64::from(q)))
                 .collect();
             (p.label.clone(), pts)
         })
