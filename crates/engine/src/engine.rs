@@ -193,6 +193,16 @@ pub struct Observed {
     pub prewarms: Vec<Prewarm>,
 }
 
+/// What placement weighs for one event ([`Engine::decide`]'s third stage).
+struct Placing {
+    /// The wants and the key's own recent states: (resource, probability, fetch seconds).
+    candidates: Vec<crate::placement::Candidate>,
+    /// The oldest version of each that would do.
+    needs: HashMap<ResourceId, Version>,
+    /// Home the event by its key rather than by its most likely state.
+    by_key: bool,
+}
+
 /// The decision engine (see the module docs).
 pub struct Engine {
     cfg: EngineConfig,
@@ -330,74 +340,22 @@ impl Engine {
         fleet: &dyn Fleet,
         now: f64,
     ) -> Decided {
-        let calibrated: Vec<Prediction>;
-        let preds = match self.calibration.as_mut() {
-            Some(c) if c.scored() > 0 => {
-                calibrated = preds
-                    .iter()
-                    .map(|p| Prediction {
-                        probability: c.map(p.probability),
-                        ..p.clone()
-                    })
-                    .collect();
-                &calibrated
-            }
-            _ => preds,
-        };
-        let cands = Self::candidates(ev, preds);
-        let mut wants: Vec<Want> = Vec::with_capacity(cands.len());
-        for p in &cands {
-            if let Some((latest, bytes)) = catalog.latest(&p.resource) {
-                self.sizes.insert(p.resource.clone(), bytes);
-                wants.push(Want {
-                    resource: p.resource.clone(),
-                    probability: p.probability.clamp(0.0, 1.0),
-                    version: p.version,
-                    latest,
-                    bytes,
-                    reuse: 0.0,
-                });
-            }
-        }
-        let pc = &self.cfg.planner;
-        let mut placing: Vec<(ResourceId, f64, f64)> = wants
-            .iter()
-            .map(|w| (w.resource.clone(), w.probability, pc.fetch_s(w.bytes)))
-            .collect();
-        let mut needs: HashMap<ResourceId, Version> = wants
-            .iter()
-            .map(|w| (w.resource.clone(), w.need()))
-            .collect();
-        // The key's own recent states, for the share of the probability the model left.
-        let assigned: f64 = wants.iter().map(|w| w.probability).sum();
-        let own = self.affinity.candidates(&ev.event.key, assigned);
-        // Home by key when the key's own states are a better bet than the model's top one.
-        let top = wants.iter().map(|w| w.probability).fold(0.0, f64::max);
-        let by_key =
-            ev.event.needs.is_empty() && !own.is_empty() && self.affinity.repeat_rate() > top;
-        for (r, mass) in own {
-            if mass <= 0.0 {
-                continue;
-            }
-            match placing.iter_mut().find(|x| x.0 == r) {
-                Some(x) => x.1 = x.1.max(mass),
-                None => {
-                    let bytes = self.sizes.get(&r).copied().unwrap_or(0);
-                    placing.push((r.clone(), mass, pc.fetch_s(bytes)));
-                    needs.insert(r, Version::FIRST);
-                }
-            }
-        }
+        let preds = self.calibrated(preds);
+        let mut wants = self.wants(ev, &preds, catalog);
+        let Placing {
+            candidates: placing,
+            needs,
+            by_key,
+        } = self.placing(ev, &wants);
         let holders = |r: &ResourceId| match needs.get(r) {
             Some(v) => fleet.holders(r, *v),
             None => Vec::new(),
         };
-        let caps = fleet.capacities();
         let placement = place(
             &ev.event.key,
             by_key,
             ev.capacity,
-            caps,
+            fleet.capacities(),
             &holders,
             &placing,
             &self.loads,
@@ -417,7 +375,107 @@ impl Engine {
             };
         };
         let horizon = target.horizon().unwrap_or(f64::INFINITY);
-        for w in &mut wants {
+        self.price_reuse(&mut wants, &holders, horizon, now);
+        let transfers = self.planner.plan(&wants, target.as_ref());
+        drop(target);
+        let hints = self.expected_hints(&wants, &transfers, &p.capacity, fleet, now);
+        Decided {
+            placement: Some(p),
+            transfers,
+            hints,
+        }
+    }
+
+    /// Stage 1: the model's predictions, calibrated when the engine calibrates and has
+    /// scored any.
+    fn calibrated<'p>(&mut self, preds: &'p [Prediction]) -> std::borrow::Cow<'p, [Prediction]> {
+        match self.calibration.as_mut() {
+            Some(c) if c.scored() > 0 => preds
+                .iter()
+                .map(|p| Prediction {
+                    probability: c.map(p.probability),
+                    ..p.clone()
+                })
+                .collect::<Vec<_>>()
+                .into(),
+            _ => preds.into(),
+        }
+    }
+
+    /// Stage 2: the candidates the store has, as the planner's wants.
+    fn wants(
+        &mut self,
+        ev: &EventView<'_>,
+        preds: &[Prediction],
+        catalog: &dyn Catalog,
+    ) -> Vec<Want> {
+        let cands = Self::candidates(ev, preds);
+        let mut wants: Vec<Want> = Vec::with_capacity(cands.len());
+        for p in &cands {
+            if let Some((latest, bytes)) = catalog.latest(&p.resource) {
+                self.sizes.insert(p.resource.clone(), bytes);
+                wants.push(Want {
+                    resource: p.resource.clone(),
+                    probability: p.probability.clamp(0.0, 1.0),
+                    version: p.version,
+                    latest,
+                    bytes,
+                    reuse: 0.0,
+                });
+            }
+        }
+        wants
+    }
+
+    /// Stage 3: what placement weighs — the wants, plus the key's own recent states for the
+    /// share of the probability the model left; the version each needs; and whether to
+    /// home the event by its key (the key's states are a better bet than the model's top
+    /// one, and the event names nothing).
+    fn placing(&self, ev: &EventView<'_>, wants: &[Want]) -> Placing {
+        let pc = &self.cfg.planner;
+        let mut placing: Vec<(ResourceId, f64, f64)> = wants
+            .iter()
+            .map(|w| (w.resource.clone(), w.probability, pc.fetch_s(w.bytes)))
+            .collect();
+        let mut needs: HashMap<ResourceId, Version> = wants
+            .iter()
+            .map(|w| (w.resource.clone(), w.need()))
+            .collect();
+        let assigned: f64 = wants.iter().map(|w| w.probability).sum();
+        let own = self.affinity.candidates(&ev.event.key, assigned);
+        let top = wants.iter().map(|w| w.probability).fold(0.0, f64::max);
+        let by_key =
+            ev.event.needs.is_empty() && !own.is_empty() && self.affinity.repeat_rate() > top;
+        for (r, mass) in own {
+            if mass <= 0.0 {
+                continue;
+            }
+            match placing.iter_mut().find(|x| x.0 == r) {
+                Some(x) => x.1 = x.1.max(mass),
+                None => {
+                    let bytes = self.sizes.get(&r).copied().unwrap_or(0);
+                    placing.push((r.clone(), mass, pc.fetch_s(bytes)));
+                    needs.insert(r, Version::FIRST);
+                }
+            }
+        }
+        Placing {
+            candidates: placing,
+            needs,
+            by_key,
+        }
+    }
+
+    /// Stage 4: each want's chance of a use within the target's horizon beyond this
+    /// execution, shared among the capacities that hold it.
+    fn price_reuse(
+        &self,
+        wants: &mut [Want],
+        holders: &dyn Fn(&ResourceId) -> Vec<CapacityId>,
+        horizon: f64,
+        now: f64,
+    ) {
+        for w in wants {
             let others = holders(&w.resource).len();
             let idle = self
                 .demand
@@ -425,18 +483,27 @@ impl Engine {
                 .map_or(f64::INFINITY, |t| now - t);
             w.reuse = self.demand.next_use(&w.resource).within(idle, horizon) / (others + 1) as f64;
         }
-        let transfers = self.planner.plan(&wants, target.as_ref());
-        drop(target);
-        // The states the execution is expected to read there: kept for it.
+    }
+
+    /// Stage 5: the states the execution is expected to read on `cap` (held or on their
+    /// way), kept for it.
+    fn expected_hints(
+        &self,
+        wants: &[Want],
+        transfers: &[Decision],
+        cap: &CapacityId,
+        fleet: &dyn Fleet,
+        now: f64,
+    ) -> Vec<HintFor> {
         let until = now + 2.0 * self.cfg.planner.lead_s.max(0.0);
-        let hints = wants
+        wants
             .iter()
             .filter(|w| {
                 transfers.iter().any(|d| d.resource == w.resource)
-                    || fleet.holding(&p.capacity, &w.resource).is_some()
+                    || fleet.holding(cap, &w.resource).is_some()
             })
             .map(|w| HintFor {
-                capacity: p.capacity.clone(),
+                capacity: cap.clone(),
                 resource: w.resource.clone(),
                 hint: self.hint(
                     &w.resource,
@@ -448,12 +515,7 @@ impl Engine {
                     }),
                 ),
             })
-            .collect();
-        Decided {
-            placement: Some(p),
-            transfers,
-            hints,
-        }
+            .collect()
     }
 
     /// The retention hint for `r` last used (or arriving) at `at`.
