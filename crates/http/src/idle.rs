@@ -40,20 +40,26 @@ impl<T> IdleIo<T> {
         (io, in_flight)
     }
 
-    /// `Ready(Err)` once the connection is idle past its bound; else arms the timer.
+    /// `Ready(Err)` once the connection is idle past its bound; else the timer is armed.
+    /// The timer is moved only when it fires early (traffic since it was set), not on
+    /// every read: re-registering a timer per request cost the API's p99.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            self.last = Instant::now();
-            return Poll::Pending;
-        }
-        let deadline = self.last + self.idle;
-        self.sleep.as_mut().reset(deadline);
-        match self.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection idle past its limit",
-            ))),
-            Poll::Pending => Poll::Pending,
+        loop {
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                self.last = Instant::now();
+                return Poll::Pending;
+            }
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let deadline = self.last + self.idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle past its limit",
+                )));
+            }
+            self.sleep.as_mut().reset(deadline);
         }
     }
 }
