@@ -643,6 +643,14 @@ fn replay_compares_policies_deterministically_and_writes_a_report() {
     assert!(warm("oracle") >= warm("markov"), "{rows:?}");
     assert_eq!(rows[3]["oracle_share"].as_f64(), Some(1.0));
     assert_eq!(a["sweep"].as_array().unwrap().len(), 2);
+    // A cyclic history names every state in its warm-up: nothing is unforeseeable.
+    assert_eq!(
+        a["ceiling"]["unforeseeable"].as_u64(),
+        Some(0),
+        "{}",
+        a["ceiling"]
+    );
+    assert!(a["ceiling"]["executions"].as_u64().unwrap() > 2_000);
     let html = std::fs::read_to_string(&report).unwrap();
     for want in [
         "<svg",
@@ -650,6 +658,7 @@ fn replay_compares_policies_deterministically_and_writes_a_report() {
         "time-to-ready",
         "over the replay",
         "markov",
+        "Causal ceiling 100.0%",
     ] {
         assert!(html.contains(want), "report lacks {want}");
     }

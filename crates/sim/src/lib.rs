@@ -19,6 +19,7 @@
 
 mod bench_fleet;
 mod cache;
+pub mod ceiling;
 mod fleet;
 mod oracle;
 pub mod pareto;

@@ -78,12 +78,17 @@ pub struct Standing {
     pub on_frontier: bool,
     /// `(policy − baseline) / (oracle − baseline)` at matched memory-time.
     pub gap_closed: Option<f64>,
+    /// `(policy − baseline) / (ceiling − baseline)`: the same against the causal ceiling
+    /// (see [`crate::ceiling`]), the part of the gap a policy that learns only from the past
+    /// can close at all.
+    pub causal_gap_closed: Option<f64>,
     /// Its bytes moved over the oracle's at this size.
     pub bytes_vs_oracle: Option<f64>,
 }
 
-/// The standings of every learned policy at every size: `runs` is (cache bytes, rows).
-pub fn standings(runs: &[(u64, Vec<SimReport>)]) -> Vec<Standing> {
+/// The standings of every learned policy at every size: `runs` is (cache bytes, rows);
+/// `ceiling` the history's causal ceiling (a warm-start rate), when known.
+pub fn standings(runs: &[(u64, Vec<SimReport>)], ceiling: Option<f64>) -> Vec<Standing> {
     let baselines: Vec<Point> = points(runs, Cost::Memory, |p| !is_learned(p) && p != "oracle");
     let mut out = Vec::new();
     for (size, rows) in runs {
@@ -103,6 +108,10 @@ pub fn standings(runs: &[(u64, Vec<SimReport>)]) -> Vec<Standing> {
                 (Some(b), Some(o)) if o > b + 1e-12 => Some((r.warm_rate - b) / (o - b)),
                 _ => None,
             };
+            let causal_gap_closed = match (base, ceiling) {
+                (Some(b), Some(c)) if c > b + 1e-12 => Some((r.warm_rate - b) / (c - b)),
+                _ => None,
+            };
             out.push(Standing {
                 policy: r.policy.clone(),
                 cache_bytes: *size,
@@ -111,6 +120,7 @@ pub fn standings(runs: &[(u64, Vec<SimReport>)]) -> Vec<Standing> {
                 oracle: o,
                 on_frontier: base.is_none_or(|b| r.warm_rate + 1e-12 >= b),
                 gap_closed,
+                causal_gap_closed,
                 bytes_vs_oracle: oracle
                     .filter(|o| o.bytes > 0)
                     .map(|o| r.bytes as f64 / o.bytes as f64),
@@ -185,10 +195,11 @@ mod tests {
                 ],
             ),
         ];
-        let s = standings(&runs);
+        let s = standings(&runs, Some(0.8));
         assert_eq!(s.len(), 2);
         assert!(s[0].on_frontier);
         assert!((s[0].gap_closed.unwrap() - 0.25).abs() < 1e-9); // (0.6-0.5)/(0.9-0.5)
+        assert!((s[0].causal_gap_closed.unwrap() - 1.0 / 3.0).abs() < 1e-9); // (0.6-0.5)/(0.8-0.5)
         assert!((s[0].bytes_vs_oracle.unwrap() - 3.0).abs() < 1e-9);
         assert!(!s[1].on_frontier);
         assert_eq!(s[1].baseline_at_cost, Some(0.70));

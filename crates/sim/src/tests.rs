@@ -8,7 +8,7 @@ use prewarm_predict::{Context, Prediction, Predictor, VersionPolicy};
 
 use crate::{Policy, PolicyKind, SimConfig, replay};
 
-fn rec(ts: f64, key: &str, reads: &[&str], writes: &[&str]) -> HistoryRecord {
+pub(crate) fn rec(ts: f64, key: &str, reads: &[&str], writes: &[&str]) -> HistoryRecord {
     HistoryRecord {
         ts,
         event: Event {

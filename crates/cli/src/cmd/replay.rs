@@ -248,7 +248,8 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let mut all = vec![(cfg.cache_bytes, rows.clone())];
     all.extend(sweep.iter().cloned());
     all.sort_by_key(|r| r.0);
-    let standings = prewarm_sim::pareto::standings(&all);
+    let ceiling = prewarm_sim::ceiling::ceiling(&records, cfg.warmup);
+    let standings = prewarm_sim::pareto::standings(&all, Some(ceiling.warm_rate));
     let out = Replay {
         history: a.history.display().to_string(),
         records: records.len(),
@@ -256,6 +257,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         rows,
         sweep,
         standings,
+        ceiling,
     };
     if let Some(path) = &a.report {
         std::fs::write(path, prewarm_report::replay::html(&out))
@@ -266,11 +268,23 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         output::json(&out)?;
     } else {
         println!("{}", table(&out.rows));
+        println!("\n{}", ceiling_line(&out.ceiling));
         if !out.standings.is_empty() {
             println!("\n{}", standings_table(&out.standings));
         }
     }
     Ok(0)
+}
+
+/// What bounds every causal policy, in one sentence.
+pub fn ceiling_line(c: &prewarm_sim::ceiling::Ceiling) -> String {
+    format!(
+        "causal ceiling {:.1}%: {} of {} counted executions read a state no earlier record \
+         named (the oracle starts them warm; no policy that learns from the past can)",
+        100.0 * c.warm_rate,
+        c.unforeseeable,
+        c.executions
+    )
 }
 
 /// The learned policies against the baselines' frontier, per cache size.
@@ -287,6 +301,7 @@ pub fn standings_table(s: &[prewarm_sim::pareto::Standing]) -> String {
                 pct(x.oracle),
                 if x.on_frontier { "yes" } else { "no" }.into(),
                 pct(x.gap_closed),
+                pct(x.causal_gap_closed),
                 x.bytes_vs_oracle.map_or("-".into(), |b| format!("{b:.2}×")),
             ]
         })
@@ -300,6 +315,7 @@ pub fn standings_table(s: &[prewarm_sim::pareto::Standing]) -> String {
             "oracle",
             "on frontier",
             "gap closed %",
+            "of causal gap %",
             "bytes vs oracle",
         ],
         &body,
