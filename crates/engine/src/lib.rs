@@ -22,6 +22,7 @@ pub mod nextuse;
 pub mod nextuse_curve;
 pub mod placement;
 pub mod planner;
+pub mod spread;
 
 pub use cache::{CacheBook, Expected, Hint, Rule};
 pub use engine::{

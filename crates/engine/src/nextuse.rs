@@ -92,6 +92,22 @@ impl IdleDist {
         later + inside * frac_above.clamp(0.0, 1.0)
     }
 
+    /// The mean of the idle times seen (bin midpoints; the tail bin, "later than anything
+    /// seen", left out), with the weight it rests on; `None` when there are none.
+    fn mean(&self) -> Option<(f64, f64)> {
+        let (mut sum, mut n) = (0.0, 0.0);
+        for (k, c) in self.counts[..BINS - 1].iter().enumerate() {
+            let mid = if k == 0 {
+                BASE / 2.0
+            } else {
+                (edge(k) * edge(k + 1)).sqrt()
+            };
+            sum += f64::from(*c) * mid;
+            n += f64::from(*c);
+        }
+        (n > 0.0).then(|| (sum / n, n))
+    }
+
     /// `P(idle > a)`.
     pub fn survival(&self, a: f64) -> f64 {
         if self.total == 0.0 {
@@ -139,6 +155,19 @@ impl NextUse<'_> {
         let own = self.own.map_or([1.0; BINS], IdleDist::survival_at_edges);
         let pooled = self.pooled.survival_at_edges();
         std::array::from_fn(|k| (n * own[k] + PRIOR * pooled[k]) / (n + PRIOR))
+    }
+
+    /// The mean idle time between uses, own and pooled blended by their sample weights
+    /// (`INFINITY` when neither saw a finite one).
+    pub fn mean_gap(&self) -> f64 {
+        let own = self.own.and_then(IdleDist::mean);
+        let pooled = self.pooled.mean();
+        match (own, pooled) {
+            (Some((o, n)), Some((p, _))) => (n * o + PRIOR * p) / (n + PRIOR),
+            (Some((o, _)), None) => o,
+            (None, Some((p, _))) => p,
+            (None, None) => f64::INFINITY,
+        }
     }
 
     /// Chance of a use within `h` seconds, given `idle` seconds without one.

@@ -63,6 +63,8 @@ pub struct SimConfig {
     pub warmup: f64,
     /// Models' probabilities calibrated online by the engine (the oracle's never are).
     pub calibrate: bool,
+    /// States just read are offered to one more capacity (the engine's `spread`).
+    pub spread: bool,
     /// The planner's settings (its bandwidth, latency, lead and price are set from the
     /// above).
     pub planner: PlannerConfig,
@@ -82,6 +84,7 @@ impl Default for SimConfig {
             top_k: 5,
             warmup: 0.2,
             calibrate: false,
+            spread: false,
             planner: PlannerConfig::default(),
         }
     }
@@ -151,6 +154,7 @@ impl Policy {
             rule,
             keep,
             calibrate: cfg.calibrate && family != "oracle",
+            spread: cfg.spread,
             ..EngineConfig::default()
         };
         (ec, model)

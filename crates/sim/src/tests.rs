@@ -238,3 +238,41 @@ fn a_calibrated_model_keeps_what_an_over_confident_one_gives_away() {
     );
     assert!(honest.bytes < bold.bytes, "and moves less");
 }
+
+/// Clients that each send one request, for one of forty states in a scrambled order: no
+/// client repeats and no sequence repeats, so neither placement nor a model can follow a
+/// key, and a state is warm only where a copy already is.
+fn one_shot_clients() -> Vec<HistoryRecord> {
+    let states: Vec<String> = (0..40).map(|i| format!("p/{i}")).collect();
+    (0..400usize)
+        .map(|i| {
+            let s = &states[(i * 17 + i / 40) % 40];
+            rec(1_000.0 + 5.0 * i as f64, &format!("client{i}"), &[s], &[])
+        })
+        .collect()
+}
+
+#[test]
+fn spreading_copies_a_popular_state_to_the_capacities_that_lack_it() {
+    let h = one_shot_clients();
+    let run = |spread: bool| {
+        let c = SimConfig {
+            capacities: 4,
+            cache_bytes: 1_000_000_000,
+            memory_price: 0.0,
+            keep_alive_s: f64::INFINITY,
+            spread,
+            ..cfg()
+        };
+        let markov = Policy::new(
+            "markov",
+            PolicyKind::Predictive(Box::new(Markov::new(1, 3600.0))),
+        );
+        replay(&h, markov, &c)
+    };
+    let (off, on) = (run(false), run(true));
+    assert!(on.warm > off.warm, "spread {} vs not {}", on.warm, off.warm);
+    assert!(on.bytes_predictive > off.bytes_predictive, "{on:?}");
+    // Forty states on four capacities: never more than 160 copies in all.
+    assert!(on.bytes <= 160 * 10_000_000, "{on:?}");
+}

@@ -61,6 +61,10 @@ pub struct Args {
     /// predictions came true, not as the models state them.
     #[arg(long)]
     calibrate: bool,
+    /// Offer each state just read to one more capacity, taken when the calibrated chance it
+    /// is used there pays for its link time and what it displaces (model-driven policies).
+    #[arg(long)]
+    spread: bool,
     /// Size of a state whose history records carry none (default: the median of the sizes
     /// the history does give, else 64 MiB).
     #[arg(long)]
@@ -222,6 +226,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         top_k: a.top_k,
         warmup: a.warmup,
         calibrate: a.calibrate,
+        spread: a.spread,
         ..SimConfig::default()
     };
     cfg.planner.threshold = a.threshold;
