@@ -31,7 +31,7 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Keep the newest N versions per resource and reclaim unreferenced chunks.
     Gc(cmd::gc::Args),
-    /// Import a real trace (Azure Functions, web logs, any CSV) as history records.
+    /// Import a real trace (Azure Functions, Azure LLM inference, web logs, any CSV) as history records.
     Import(cmd::import::Args),
     /// Evaluate predictors online on a history (top-1/top-5, log-loss, latency).
     Eval(cmd::eval::Args),

@@ -1,6 +1,9 @@
-//! Azure Functions 2021: `app,func,end_timestamp,duration` (seconds), one row per invocation.
-//! The start is `end − duration` (clamped at 0); the key is the app; the resource is
-//! `fn/<func>`.
+//! Azure Functions Invocation Trace 2021 (SOSP'21), as published
+//! (`AzureFunctionsInvocationTraceForTwoWeeksJan2021.txt` inside the `.rar`, or any excerpt,
+//! gzipped or not): a header `app,func,end_timestamp,duration` and one row per invocation,
+//! times in seconds. The start is `end − duration` (clamped at 0); the event type is
+//! `invoke`; the key is the app; the resource is `fn/<app>/<func>`, since the dataset's
+//! function ids are "unique only within an application".
 
 use std::path::Path;
 
@@ -8,7 +11,9 @@ use super::{ImportError, Sink, read_file, record, resource_for};
 
 pub fn import(path: &Path, sink: &mut Sink) -> Result<(), ImportError> {
     let data = read_file(path)?;
-    let mut rd = csv::ReaderBuilder::new().from_reader(&data[..]);
+    let mut rd = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(&data[..]);
     let header = rd
         .headers()
         .map_err(|e| ImportError::Format(format!("{}: {e}", path.display())))?
@@ -36,17 +41,15 @@ pub fn import(path: &Path, sink: &mut Sink) -> Result<(), ImportError> {
         });
         match parsed {
             Some((app, func, end, dur))
-                if end.is_finite() && dur.is_finite() && dur >= 0.0 && !app.is_empty() =>
+                if end.is_finite()
+                    && dur.is_finite()
+                    && dur >= 0.0
+                    && !app.is_empty()
+                    && !func.is_empty() =>
             {
                 let start = (end - dur).max(0.0);
-                sink.push(record(
-                    start,
-                    "invoke",
-                    app,
-                    resource_for("fn", func.as_bytes()),
-                    0,
-                    dur,
-                ));
+                let resource = resource_for("fn", format!("{app}/{func}").as_bytes());
+                sink.push(record(start, "invoke", app, resource, 0, dur));
             }
             _ => sink.malformed(
                 path,

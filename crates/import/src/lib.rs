@@ -1,17 +1,20 @@
 //! Importers: real traces → history records (`prewarm_core::HistoryRecord`), sorted by time.
 //!
-//! | format | input | event | key | resource |
+//! | format | input (as published) | event | key | resource |
 //! |---|---|---|---|---|
-//! | `azure2019` | `*_inv.csv` (+ `*_run.csv`, `*_mem.csv`) per-minute counts | `invoke` | app | `fn/<function>` |
-//! | `azure2021` | `app,func,end_timestamp,duration` | `invoke` | app | `fn/<func>` |
-//! | `clf` | Common/Combined Log Format, or NASA's tab-separated variant | `http` | host | `url/<path>` |
-//! | `csv` | any CSV, columns mapped by flags | `--type-col` or `request` | `--key-col` | `<ns>/<value>` |
+//! | `azure2019` | `invocations_per_function_md.anon.dNN.csv` (`HashOwner,HashApp,HashFunction,Trigger,1..1440`, or any window of minutes by number), the vHive sample `*_inv.csv` (`minute_1..`); + `function_durations_percentiles…`, `app_memory_percentiles…` | the trigger (`http`, `timer`…), `invoke` without one | app | `fn/<function>` |
+//! | `azure2021` | `app,func,end_timestamp,duration` | `invoke` | app | `fn/<app>/<func>` |
+//! | `azure-llm` | Azure LLM inference 2023/2024 (`TIMESTAMP,ContextTokens,GeneratedTokens`), LMM 2025 (`+NumImages`) | `inference` | the service (`code`, `conv`… from the file name) | `model/<service>` |
+//! | `clf` | Common/Combined Log Format (NASA's original logs among them), W3C Extended Log Format (`#Fields:`), NASA's tab-separated variant | `http` | host | `url/<path>` |
+//! | `csv` | any CSV, columns mapped by flags; the resource column may hold a list | `--type-col` or `request` | `--key-col` | `<ns>/<value>` |
 //!
-//! Malformed rows are counted and reported with file and line; `strict` makes the first one
-//! fatal. Raw names become resource ids through [`resource_for`].
+//! Inputs compressed with gzip are read directly (told by their magic bytes, whatever their
+//! name). Malformed rows are counted and reported with file and line; `strict` makes the
+//! first one fatal. Raw names become resource ids through [`resource_for`].
 
 mod azure2019;
 mod azure2021;
+mod azurellm;
 mod clf;
 mod csvmap;
 mod history_file;
@@ -22,7 +25,7 @@ use std::path::{Path, PathBuf};
 use prewarm_core::HistoryRecord;
 use serde::Serialize;
 
-pub use csvmap::{ColRef, CsvMapping, TimeFormat};
+pub use csvmap::{ColRef, CsvMapping, ListSyntax, TimeFormat};
 pub use history_file::{ReadHistoryError, read_history};
 pub use resource::resource_for;
 
@@ -33,7 +36,10 @@ pub enum Format {
     Azure2019,
     /// Azure Functions 2021: one row per invocation.
     Azure2021,
-    /// Web server logs: Common/Combined Log Format, or the NASA tab-separated variant.
+    /// Azure LLM inference traces (2023, 2024) and the LMM trace (2025): one row per request.
+    AzureLlm,
+    /// Web server logs: Common/Combined Log Format, W3C Extended Log Format, or the NASA
+    /// tab-separated variant.
     Clf,
     /// Any CSV with a column mapping.
     Csv,
@@ -45,10 +51,11 @@ impl std::str::FromStr for Format {
         match s {
             "azure2019" => Ok(Self::Azure2019),
             "azure2021" => Ok(Self::Azure2021),
-            "clf" | "nasa" => Ok(Self::Clf),
+            "azure-llm" | "azurellm" | "llm" => Ok(Self::AzureLlm),
+            "clf" | "nasa" | "elf" | "w3c" => Ok(Self::Clf),
             "csv" => Ok(Self::Csv),
             _ => Err(format!(
-                "unknown format {s:?} (azure2019, azure2021, clf, csv)"
+                "unknown format {s:?} (azure2019, azure2021, azure-llm, clf, csv)"
             )),
         }
     }
@@ -188,17 +195,43 @@ impl Sink {
     }
 }
 
-/// The file's bytes, without a leading UTF-8 byte-order mark (editors and Excel write one;
-/// left in, it becomes part of the first key or column name).
+/// The file's bytes, decompressed when they are gzip (told by the magic bytes `1f 8b`, not
+/// the name; concatenated members are read as one stream), without a leading UTF-8
+/// byte-order mark (editors and Excel write one; left in, it becomes part of the first key or
+/// column name).
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ImportError> {
-    let mut data = std::fs::read(path).map_err(|source| ImportError::Io {
+    let io = |source| ImportError::Io {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let mut data = std::fs::read(path).map_err(io)?;
+    if data.starts_with(&[0x1f, 0x8b]) {
+        let mut plain = Vec::with_capacity(data.len().saturating_mul(4));
+        std::io::Read::read_to_end(
+            &mut flate2::read::MultiGzDecoder::new(&data[..]),
+            &mut plain,
+        )
+        .map_err(|e| io(std::io::Error::new(e.kind(), format!("gzip: {e}"))))?;
+        data = plain;
+    }
     if data.starts_with(b"\xEF\xBB\xBF") {
         data.drain(..3);
     }
     Ok(data)
+}
+
+/// The file's name without a trailing `.gz` and without its extension
+/// (`app_memory_percentiles.anon.d03.csv.gz` → `app_memory_percentiles.anon.d03`).
+pub(crate) fn base_name(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() => stem.to_owned(),
+        _ => name.to_owned(),
+    }
 }
 
 /// Imports `inputs` in `format`; the records come back sorted by time (stable).
@@ -216,6 +249,11 @@ pub fn import(
         Format::Azure2021 => {
             for p in inputs {
                 azure2021::import(p, &mut sink)?;
+            }
+        }
+        Format::AzureLlm => {
+            for p in inputs {
+                azurellm::import(p, &mut sink)?;
             }
         }
         Format::Clf => {

@@ -1,18 +1,43 @@
-//! `prewarm import`: real traces → history records (JSON Lines), sorted by time.
+//! `prewarm import`: real traces → history records (JSON Lines), sorted by time. What each
+//! format reads is in `prewarm_import`'s docs and, for users, in `prewarm import --help`.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use prewarm_core::HistoryWriter;
-use prewarm_import::{ColRef, CsvMapping, Format, ImportOptions, TimeFormat, import};
+use prewarm_import::{ColRef, CsvMapping, Format, ImportOptions, ListSyntax, TimeFormat, import};
 
 use crate::output;
 
+/// The formats, as `prewarm import --help` shows them after the flags.
+const FORMATS: &str = "\
+Formats, each as its dataset publishes it (.gz inputs are read directly):
+  azure2019  Azure Functions 2019: invocations_per_function_md.anon.dNN.csv
+             (HashOwner,HashApp,HashFunction,Trigger,1..1440, or a window of minutes such
+             as 480..959, kept at its offset), or the vHive sample (minute_1..minute_N).
+             Several days in one import: day N (dNN in the name) starts at (N-1)*86400 s.
+             Add function_durations_percentiles.anon.dNN.csv and
+             app_memory_percentiles.anon.dNN.csv for durations and sizes. The trigger
+             (http, timer, queue...) is the event type, the app the key, fn/<function> the
+             resource.
+  azure2021  Azure Functions 2021: app,func,end_timestamp,duration (resource fn/<app>/<func>).
+  azure-llm  Azure LLM inference 2023/2024 (TIMESTAMP,ContextTokens,GeneratedTokens) and
+             the LMM 2025 trace (+NumImages); the service (code, conv...) from the file
+             name is the key and model/<service> the resource.
+  clf        Web logs: Common or Combined Log Format (NASA's original logs too), W3C
+             Extended Log Format (#Fields: directive), NASA's tab-separated variant.
+  csv        Any CSV, columns mapped by the --*-col flags. With --resource-list the
+             resource column holds every resource one execution read (a;b;c with
+             --resource-list ';', [\"a\",\"b\"] with --resource-list json): one record, several
+             reads; --bytes-col then holds one size for each, or a list of the same length.";
+
 /// Arguments of `prewarm import`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = FORMATS)]
 pub struct Args {
-    /// Input format: azure2019, azure2021, clf (also NASA's TSV), csv.
+    /// Input format: azure2019, azure2021, azure-llm, clf (also W3C extended and NASA's TSV),
+    /// csv.
     #[arg(long)]
     format: Format,
     /// Output file (JSON Lines history records).
@@ -33,6 +58,11 @@ pub struct Args {
     /// csv: the resource column.
     #[arg(long)]
     resource_col: Option<ColRef>,
+    /// csv: the resource column lists every resource one execution read, separated by this
+    /// byte (`;`, `|`, `tab`) or as a JSON array (`json`); one record with several reads.
+    /// --bytes-col then holds one size for each or a list of the same length.
+    #[arg(long)]
+    resource_list: Option<ListSyntax>,
     /// csv: resource ids become NAMESPACE/<value>.
     #[arg(long, default_value = "res")]
     namespace: String,
@@ -79,6 +109,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 time_format: a.time_format.clone(),
                 key_col: a.key_col.clone(),
                 resource_col,
+                resource_list: a.resource_list,
                 namespace: a.namespace.clone(),
                 bytes_col: a.bytes_col.clone(),
                 duration_col: a.duration_col.clone(),
@@ -87,7 +118,13 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 delimiter,
             })
         }
-        _ => None,
+        _ => {
+            anyhow::ensure!(
+                a.resource_list.is_none(),
+                "--resource-list applies to --format csv only"
+            );
+            None
+        }
     };
     let opts = ImportOptions {
         strict: a.strict,
