@@ -145,9 +145,9 @@ class Agent:
         resource: str,
         *,
         lease: Optional[Duration] = None,
-        **ensure: Any,
+        **options: Any,
     ) -> Iterator[State]:
-        """``ensure(resource, **ensure)``, and keeps the state leased while the block runs.
+        """``ensure(resource, **options)``, and keeps the state leased while the block runs.
 
         The lease (``lease`` long, default the agent's) is renewed from a background thread
         every third of its length, and released when the block exits, even by an exception::
@@ -155,7 +155,7 @@ class Agent:
             with agent.holding("models/llama", min_version=3) as state:
                 serve(state.path)
         """
-        state = self.ensure(resource, lease=lease, **ensure)
+        state = self.ensure(resource, lease=lease, **options)
         if state.lease is None:  # evicted before it could be leased: nothing to hold
             yield state
             return
