@@ -56,10 +56,11 @@ def test_holding_keeps_the_lease_past_its_length_and_releases_it(cluster: Cluste
     bare = agent.ensure(resource, lease=0.3)
     assert bare.lease_ms == 300 and leased(agent, resource)
     wait_until("the bare lease to expire", 5, lambda: not leased(agent, resource))
-    # Inside the block the lease is renewed: still held after three times its length.
-    with agent.holding(resource, lease=0.3) as state:
+    # Inside the block the lease is renewed (every 0.4 s): still held after 2.5 times its
+    # length.
+    with agent.holding(resource, lease=1.2) as state:
         assert state.version == 1 and state.path.exists()
-        time.sleep(1.0)
+        time.sleep(3.0)
         assert leased(agent, resource), "renewed while the block runs"
         lease = state.lease
     assert not leased(agent, resource), "released at once when the block exits"

@@ -34,4 +34,5 @@ def test_placement_answers_without_moving_anything(cluster: Cluster) -> None:
     anywhere = coordinator.placement("session-9")
     assert anywhere.placement is not None
     assert anywhere.placement.capacity.startswith("cap-")
-    assert 0.0 <= anywhere.placement.held_probability <= 1.0
+    # A probability mass, summed in floating point (seen at 1 + 7e-11).
+    assert 0.0 <= anywhere.placement.held_probability <= 1.0 + 1e-6
