@@ -452,11 +452,11 @@ async fn leases_are_chosen_renewed_and_released_over_http() {
     };
 
     // A short lease asked for expires by itself.
-    let first = ensure("lease_ms=300").await;
-    assert_eq!((first.lease_ms, first.hit), (300, false));
+    let first = ensure("lease_ms=1000").await;
+    assert_eq!((first.lease_ms, first.hit), (1000, false));
     let id1 = first.lease.unwrap();
     assert!(leased_over_http(&c, "models/l").await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     assert!(!leased_over_http(&c, "models/l").await, "expired");
     assert!(matches!(
         c.put(&format!("/v1/leases/{id1}")).await,
@@ -469,14 +469,14 @@ async fn leases_are_chosen_renewed_and_released_over_http() {
     let id2 = second.lease.unwrap();
     assert_ne!(id1, id2);
     let renewed = c
-        .put(&format!("/v1/leases/{id2}?lease_ms=200"))
+        .put(&format!("/v1/leases/{id2}?lease_ms=1000"))
         .await
         .unwrap();
     let renewed: serde_json::Value = serde_json::from_slice(&renewed).unwrap();
-    assert_eq!(renewed, serde_json::json!({"lease": id2, "lease_ms": 200}));
+    assert_eq!(renewed, serde_json::json!({"lease": id2, "lease_ms": 1000}));
     assert!(leased_over_http(&c, "models/l").await);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(!leased_over_http(&c, "models/l").await, "renewed to 200 ms");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(!leased_over_http(&c, "models/l").await, "renewed to 1 s");
 
     // Released at once; a second release is refused.
     let id3 = ensure("lease_ms=60000").await.lease.unwrap();
