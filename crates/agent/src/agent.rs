@@ -176,9 +176,9 @@ pub struct Agent {
     history: HistoryLog,
     /// Signalled whenever the inventory changes.
     pub changed: Notify,
-    /// Leases handed out by `ensure`, released when they expire (checked on each call: no
-    /// timer task per call).
-    leases: Mutex<std::collections::VecDeque<(Instant, crate::space::Lease)>>,
+    /// Leases handed out by `ensure`, released when they expire, or early by the application
+    /// (see [`crate::leases`]).
+    leases: Mutex<crate::leases::Leases>,
     /// Loads the agent started itself (refreshes, resumes), for the control loop to report.
     finished_tx: tokio::sync::mpsc::UnboundedSender<Finished>,
     finished_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Finished>>>,
@@ -725,19 +725,34 @@ impl Agent {
     /// Drops `ensure` leases that have expired (before eviction decisions, and on each call).
     fn release_expired(&self) {
         let now = Instant::now();
-        let mut q = self.leases.lock().expect("agent lock poisoned");
-        while q.front().is_some_and(|(until, _)| *until <= now) {
-            q.pop_front();
-        }
+        self.leases.lock().expect("agent lock poisoned").expire(now);
     }
 
-    /// Keeps `lease` for `d`, and releases expired ones.
-    pub(crate) fn hold(&self, lease: crate::space::Lease, d: Duration) {
+    /// Keeps `lease` for `d`, releases expired ones, and returns the lease's id.
+    pub(crate) fn hold(&self, lease: crate::space::Lease, d: Duration) -> u64 {
         self.release_expired();
-        let now = Instant::now();
-        let mut q = self.leases.lock().expect("agent lock poisoned");
-        // Every lease has the same duration, so the queue stays ordered by expiry.
-        q.push_back((now + d, lease));
+        let until = Instant::now() + d;
+        self.leases
+            .lock()
+            .expect("agent lock poisoned")
+            .hold(lease, until)
+    }
+
+    /// Extends `ensure` lease `id` to `d` from now; false when it has expired or was released.
+    pub fn renew_lease(&self, id: u64, d: Duration) -> bool {
+        self.release_expired();
+        let until = Instant::now() + d;
+        self.leases
+            .lock()
+            .expect("agent lock poisoned")
+            .renew(id, until)
+    }
+
+    /// Releases `ensure` lease `id` now (its state may be evicted from then on); false when
+    /// it had expired or was released already.
+    pub fn release_lease(&self, id: u64) -> bool {
+        self.release_expired();
+        self.leases.lock().expect("agent lock poisoned").release(id)
     }
 
     /// A lease on exactly `resource@version` without counting a use.

@@ -94,6 +94,16 @@ impl EnsureClient {
         self.call(hyper::Method::POST, path, body).await
     }
 
+    /// PUTs `path` (a lease renewal) and returns the body of a 2xx answer.
+    pub async fn put(&self, path: &str) -> Result<Bytes, ClientError> {
+        self.call(hyper::Method::PUT, path, Bytes::new()).await
+    }
+
+    /// DELETEs `path` (a lease release) and returns the body of a 2xx answer.
+    pub async fn delete(&self, path: &str) -> Result<Bytes, ClientError> {
+        self.call(hyper::Method::DELETE, path, Bytes::new()).await
+    }
+
     async fn call(
         &self,
         method: hyper::Method,

@@ -1,7 +1,9 @@
 //! `ensure`: what the application calls before it reads a state. A hit (a recent-enough
 //! version is installed) answers at once; a miss fetches on demand, ahead of predictive
 //! transfers, and answers when the state is installed or the timeout passes (the fetch then
-//! carries on, so the next call hits). Every call becomes a history record.
+//! carries on, so the next call hits). Every call becomes a history record. An answer holds
+//! its state from eviction for a lease (the agent's `--lease`, or the caller's), which the
+//! application may renew or release by its id.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -45,6 +47,13 @@ pub struct Ensured {
     pub hit: bool,
     /// Time waited, milliseconds.
     pub wait_ms: u64,
+    /// The lease keeping the state from eviction (renew or release it by this id); `None`
+    /// when the state was evicted again before it could be leased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
+    /// How long the lease lasts from the answer, milliseconds.
+    #[serde(default)]
+    pub lease_ms: u64,
 }
 
 /// Why `ensure` failed.
@@ -64,11 +73,21 @@ pub enum EnsureError {
 }
 
 impl Agent {
-    /// See the module docs.
+    /// See the module docs; the answer's lease lasts the agent's `lease`.
     pub async fn ensure(self: &Arc<Self>, req: EnsureRequest) -> Result<Ensured, EnsureError> {
+        let lease = self.config().lease;
+        self.ensure_leased(req, lease).await
+    }
+
+    /// [`Agent::ensure`] with a lease of `lease_for` instead of the agent's default.
+    pub async fn ensure_leased(
+        self: &Arc<Self>,
+        req: EnsureRequest,
+        lease_for: Duration,
+    ) -> Result<Ensured, EnsureError> {
         let t0 = Instant::now();
         let ts = self.config().clock.now();
-        let result = self.ensure_inner(&req, t0).await;
+        let result = self.ensure_inner(&req, t0, lease_for).await;
         let elapsed = t0.elapsed();
         let outcome = match &result {
             Ok((e, _)) if e.hit => "hit",
@@ -117,10 +136,11 @@ impl Agent {
         self: &Arc<Self>,
         req: &EnsureRequest,
         t0: Instant,
+        lease_for: Duration,
     ) -> Result<(Ensured, u64), EnsureError> {
-        let lease_for = self.config().lease;
+        let lease_ms = lease_for.as_millis() as u64;
         if let Some((held, lease)) = self.hit(&req.resource, req.min_version, req.max_stale) {
-            self.hold(lease, lease_for);
+            let lease = Some(self.hold(lease, lease_for));
             let bytes = held.bytes;
             let e = Ensured {
                 resource: held.resource.to_string(),
@@ -128,6 +148,8 @@ impl Agent {
                 path: held.path,
                 hit: true,
                 wait_ms: t0.elapsed().as_millis() as u64,
+                lease,
+                lease_ms,
             };
             return Ok((e, bytes));
         }
@@ -156,9 +178,9 @@ impl Agent {
         };
         // Lease what was installed like a hit would (its arrival was its use: not counted
         // again, as the replay counts it).
-        if let Some(lease) = self.lease_exact(&req.resource, loaded.held.version) {
-            self.hold(lease, lease_for);
-        }
+        let lease = self
+            .lease_exact(&req.resource, loaded.held.version)
+            .map(|l| self.hold(l, lease_for));
         let bytes = loaded.held.bytes;
         let e = Ensured {
             resource: loaded.held.resource.to_string(),
@@ -166,6 +188,8 @@ impl Agent {
             path: loaded.held.path,
             hit: false,
             wait_ms: t0.elapsed().as_millis() as u64,
+            lease,
+            lease_ms,
         };
         Ok((e, bytes))
     }

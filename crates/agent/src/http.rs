@@ -1,10 +1,17 @@
 //! The application's HTTP API on the agent:
 //!
-//! - `GET /v1/states/{resource}?min_version=N&timeout_ms=T&key=K&type=E&max_stale_ms=S` →
-//!   `{resource, version, path, hit, wait_ms}`; errors are `{error, message}` with 400
-//!   (invalid id or parameter), 401 (token), 404 (unknown resource or version), 504 (not
-//!   ready in time; the fetch continues), 507 (cache full of leased states), 502/503 (source).
-//! - `GET /v1/inventory` → what the capacity holds.
+//! - `GET /v1/states/{resource}?min_version=N&timeout_ms=T&key=K&type=E&max_stale_ms=S&lease_ms=L`
+//!   → `{resource, version, path, hit, wait_ms, lease, lease_ms}`; errors are
+//!   `{error, message}` with 400 (invalid id or parameter), 401 (token), 404 (unknown
+//!   resource or version), 504 (not ready in time; the fetch continues), 507 (cache full of
+//!   leased states), 502/503 (source). The answer's state is leased (kept from eviction) for
+//!   `lease_ms` (default: the agent's `--lease`; at most [`MAX_LEASE_MS`]); `lease` is the
+//!   lease's id.
+//! - `PUT /v1/leases/{id}?lease_ms=L` → `{lease, lease_ms}`: the lease now ends `L` ms from
+//!   now (default: `--lease`). `DELETE /v1/leases/{id}` → 204: released now. Both answer
+//!   404 `unknown_lease` once the lease expired or was released.
+//! - `GET /v1/inventory` → what the capacity holds (`{capacity, cache_used, cache_budget,
+//!   states: [{resource, version, bytes, path, stale, leased}]}`).
 //! - `GET /metrics` → Prometheus text.
 //!
 //! On a non-loopback listener every request needs `authorization: Bearer <token>`.
@@ -17,7 +24,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use prewarm_core::{ResourceId, Version};
 use prewarm_transfer::{DataError, Token};
 use serde::Deserialize;
@@ -30,6 +37,8 @@ use crate::space::SpaceError;
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
 /// Default `timeout_ms`.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Longest `lease_ms` accepted (1 hour; renew for longer).
+pub const MAX_LEASE_MS: u64 = 3_600_000;
 
 #[derive(Clone)]
 struct Ctx {
@@ -46,12 +55,20 @@ struct EnsureQuery {
     #[serde(rename = "type")]
     kind: Option<String>,
     max_stale_ms: Option<u64>,
+    lease_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseQuery {
+    lease_ms: Option<u64>,
 }
 
 /// The router; `token` is required when given.
 pub fn router(agent: Arc<Agent>, token: Option<Token>) -> Router {
     Router::new()
         .route("/v1/states/{*resource}", get(ensure))
+        .route("/v1/leases/{id}", put(renew).delete(release))
         .route("/v1/inventory", get(inventory))
         .route("/metrics", get(metrics))
         .with_state(Ctx { agent, token })
@@ -120,6 +137,10 @@ async fn ensure(
             );
         }
     }
+    let lease = match lease_for(&ctx, q.lease_ms) {
+        Ok(d) => d,
+        Err(r) => return *r,
+    };
     let timeout_ms = q.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     if timeout_ms > MAX_TIMEOUT_MS {
         return error(
@@ -136,7 +157,7 @@ async fn ensure(
         kind: q.kind,
         max_stale: q.max_stale_ms.map(Duration::from_millis),
     };
-    match ctx.agent.ensure(req).await {
+    match ctx.agent.ensure_leased(req, lease).await {
         Ok(e) => axum::Json(e).into_response(),
         Err(e) => {
             let (status, kind) = match &e {
@@ -157,6 +178,75 @@ async fn ensure(
     }
 }
 
+/// The lease `lease_ms` asks for (the agent's default when `None`), or a 400.
+fn lease_for(ctx: &Ctx, lease_ms: Option<u64>) -> Result<Duration, Box<Response>> {
+    match lease_ms {
+        None => Ok(ctx.agent.config().lease),
+        Some(ms @ 1..=MAX_LEASE_MS) => Ok(Duration::from_millis(ms)),
+        Some(ms) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("lease_ms {ms} is not within 1..={MAX_LEASE_MS}"),
+        ))),
+    }
+}
+
+/// A lease id from the path, or a 400.
+fn lease_id(id: &str) -> Result<u64, Box<Response>> {
+    id.parse().map_err(|_| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{id:?} is not a lease id"),
+        ))
+    })
+}
+
+fn unknown_lease(id: u64) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "unknown_lease",
+        format!("lease {id} expired or was released"),
+    )
+}
+
+async fn renew(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<LeaseQuery>, QueryRejection>,
+) -> Response {
+    let checked = authorized(&ctx, &headers)
+        .and_then(|()| lease_id(&id))
+        .and_then(|id| match query {
+            Ok(Query(q)) => lease_for(&ctx, q.lease_ms).map(|d| (id, d)),
+            Err(e) => Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                e.body_text(),
+            ))),
+        });
+    let (id, d) = match checked {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    if !ctx.agent.renew_lease(id, d) {
+        return unknown_lease(id);
+    }
+    axum::Json(serde_json::json!({ "lease": id, "lease_ms": d.as_millis() as u64 })).into_response()
+}
+
+async fn release(State(ctx): State<Ctx>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let id = match authorized(&ctx, &headers).and_then(|()| lease_id(&id)) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    if !ctx.agent.release_lease(id) {
+        return unknown_lease(id);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
 async fn inventory(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&ctx, &headers) {
         return *r;
@@ -168,6 +258,7 @@ async fn inventory(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
             serde_json::json!({
                 "resource": h.resource.as_str(), "version": h.version.get(),
                 "bytes": h.bytes, "path": h.path, "stale": stale,
+                "leased": ctx.agent.leased(&h.resource, h.version),
             })
         })
         .collect();

@@ -6,8 +6,8 @@
 //! - [`install`] + [`layout`] + [`local`]: delta, resumable, verified installs into a staging
 //!   path, published by one rename;
 //! - [`agent`]: loads (dedup'd per state, on-demand ahead of predictive), invalidation,
-//!   staleness; [`ensure`]: the application's call; [`history`]: every call logged as
-//!   training data;
+//!   staleness; [`ensure`]: the application's call, with its leases (renewed or released
+//!   by id); [`history`]: every call logged as training data;
 //! - [`http`]: the application's HTTP API and `/metrics`; [`client`]: a Rust client for it;
 //! - [`control`]: the gRPC side (attach, commands, acknowledgements, inventory reports).
 
@@ -19,6 +19,7 @@ pub mod history;
 pub mod http;
 pub mod install;
 pub mod layout;
+mod leases;
 pub mod local;
 pub mod metrics;
 pub mod space;

@@ -129,6 +129,14 @@ pub struct Held {
 #[derive(Debug)]
 pub struct Lease(Arc<AtomicUsize>);
 
+#[cfg(test)]
+impl Lease {
+    /// A lease on a bare counter the caller already incremented.
+    pub(crate) fn counted(c: Arc<AtomicUsize>) -> Self {
+        Lease(c)
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);

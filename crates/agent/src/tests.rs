@@ -419,3 +419,94 @@ async fn the_http_api_hits_misses_and_refuses_through_the_client() {
         "{metrics}"
     );
 }
+
+/// The inventory's `leased` flag of `resource`'s only version, over HTTP.
+async fn leased_over_http(c: &EnsureClient, resource: &str) -> bool {
+    let body = c.get("/v1/inventory").await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let states = v["states"].as_array().unwrap();
+    let s = states.iter().find(|s| s["resource"] == resource).unwrap();
+    s["leased"].as_bool().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_chosen_renewed_and_released_over_http() {
+    let e = env().await;
+    let r = id("models/l");
+    e.snap
+        .commit_bytes(&r, Bytes::from(noise(1 << 20, 9)))
+        .await
+        .unwrap();
+    let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let router = crate::http::router(a.clone(), None);
+    tokio::spawn(async move { axum::serve(l, router).await });
+    let c = EnsureClient::new(addr, None);
+    let ensure = |q: &'static str| {
+        let c = &c;
+        async move {
+            let body = c.get(&format!("/v1/states/models/l?{q}")).await.unwrap();
+            serde_json::from_slice::<crate::Ensured>(&body).unwrap()
+        }
+    };
+
+    // A short lease asked for expires by itself.
+    let first = ensure("lease_ms=1000").await;
+    assert_eq!((first.lease_ms, first.hit), (1000, false));
+    let id1 = first.lease.unwrap();
+    assert!(leased_over_http(&c, "models/l").await);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(!leased_over_http(&c, "models/l").await, "expired");
+    assert!(matches!(
+        c.put(&format!("/v1/leases/{id1}")).await,
+        Err(ClientError::Api { status: 404, kind, .. }) if kind == "unknown_lease"
+    ));
+
+    // The default lease (60 s), shortened by a renewal, then gone.
+    let second = ensure("").await;
+    assert_eq!((second.lease_ms, second.hit), (60_000, true));
+    let id2 = second.lease.unwrap();
+    assert_ne!(id1, id2);
+    let renewed = c
+        .put(&format!("/v1/leases/{id2}?lease_ms=1000"))
+        .await
+        .unwrap();
+    let renewed: serde_json::Value = serde_json::from_slice(&renewed).unwrap();
+    assert_eq!(renewed, serde_json::json!({"lease": id2, "lease_ms": 1000}));
+    assert!(leased_over_http(&c, "models/l").await);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(!leased_over_http(&c, "models/l").await, "renewed to 1 s");
+
+    // Released at once; a second release is refused.
+    let id3 = ensure("lease_ms=60000").await.lease.unwrap();
+    assert!(leased_over_http(&c, "models/l").await);
+    assert!(
+        c.delete(&format!("/v1/leases/{id3}"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!leased_over_http(&c, "models/l").await, "released");
+    match c.delete(&format!("/v1/leases/{id3}")).await {
+        Err(ClientError::Api { status: 404, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    for bad in [
+        "/v1/states/models/l?lease_ms=0",
+        "/v1/states/models/l?lease_ms=3600001",
+        "/v1/leases/x",
+        "/v1/leases/1?lease_ms=0",
+        "/v1/leases/1?bogus=1",
+    ] {
+        let got = if bad.starts_with("/v1/leases") {
+            c.put(bad).await
+        } else {
+            c.get(bad).await
+        };
+        match got {
+            Err(ClientError::Api { status: 400, .. }) => {}
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}

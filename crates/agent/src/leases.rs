@@ -1,0 +1,118 @@
+//! The leases `ensure` hands out: each answer keeps its state from eviction until its lease
+//! expires, unless the application renews it (`PUT /v1/leases/{id}`) or releases it early
+//! (`DELETE /v1/leases/{id}`). Expiry is checked on each call (no timer task per lease)
+//! through a min-heap of deadlines; a renewal pushes a new deadline and the old one is
+//! skipped when it comes up (the heap is rebuilt when such leftovers pile up).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::Instant;
+
+use crate::space::Lease;
+
+/// The held leases by id.
+#[derive(Debug, Default)]
+pub(crate) struct Leases {
+    next: u64,
+    held: HashMap<u64, (Instant, Lease)>,
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+impl Leases {
+    /// Holds `lease` until `until`; returns its id (never 0, never reused).
+    pub(crate) fn hold(&mut self, lease: Lease, until: Instant) -> u64 {
+        self.next += 1;
+        let id = self.next;
+        self.held.insert(id, (until, lease));
+        self.deadlines.push(Reverse((until, id)));
+        id
+    }
+
+    /// Moves lease `id`'s expiry to `until`; false when it is not held (expired, released).
+    pub(crate) fn renew(&mut self, id: u64, until: Instant) -> bool {
+        let Some((at, _)) = self.held.get_mut(&id) else {
+            return false;
+        };
+        *at = until;
+        self.deadlines.push(Reverse((until, id)));
+        if self.deadlines.len() > 2 * self.held.len() + 64 {
+            self.deadlines = self
+                .held
+                .iter()
+                .map(|(id, (at, _))| Reverse((*at, *id)))
+                .collect();
+        }
+        true
+    }
+
+    /// Drops lease `id` now; false when it is not held.
+    pub(crate) fn release(&mut self, id: u64) -> bool {
+        self.held.remove(&id).is_some()
+    }
+
+    /// Drops the leases whose expiry is at or before `now`.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            // A renewed lease has a later expiry than this leftover deadline.
+            if self.held.get(&id).is_some_and(|(until, _)| *until <= now) {
+                self.held.remove(&id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn leases_expire_renew_and_release_by_id() {
+        // Leases are plain counters; the table only decides when to drop them.
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut l = Leases::default();
+        let counter = Arc::new(AtomicUsize::new(0));
+        let lease = || {
+            counter.fetch_add(1, Ordering::AcqRel);
+            Lease::counted(counter.clone())
+        };
+        let count = || counter.load(Ordering::Acquire);
+        let a = l.hold(lease(), ms(100));
+        let b = l.hold(lease(), ms(200));
+        let c = l.hold(lease(), ms(300));
+        assert_eq!((a, b, c, count()), (1, 2, 3, 3));
+        assert!(l.renew(a, ms(1_000)));
+        l.expire(ms(150));
+        assert_eq!(count(), 3, "a was renewed past 150 ms");
+        l.expire(ms(250));
+        assert_eq!(count(), 2, "b expired");
+        assert!(!l.renew(b, ms(2_000)), "an expired lease cannot be renewed");
+        assert!(l.release(c));
+        assert!(!l.release(c));
+        assert_eq!(count(), 1);
+        l.expire(ms(1_000));
+        assert_eq!(count(), 0);
+        // Renewals spammed on one lease do not grow the heap without bound.
+        let d = l.hold(lease(), ms(5_000));
+        for i in 0..10_000 {
+            assert!(l.renew(d, ms(5_000 + i)));
+        }
+        assert!(
+            l.deadlines.len() <= 2 * l.held.len() + 65,
+            "{}",
+            l.deadlines.len()
+        );
+        l.expire(ms(20_000));
+        assert_eq!((count(), l.held.len(), l.deadlines.len()), (0, 0, 0));
+    }
+}
