@@ -29,6 +29,8 @@ enum Command {
     Versions(cmd::versions::Args),
     /// Re-read and re-hash every referenced chunk; exit 1 if anything is damaged.
     Verify(cmd::verify::Args),
+    /// Rebuild a damaged chunk index from the packs' trailers and publish it.
+    Repair(cmd::repair::Args),
     /// Keep the newest N versions per resource and reclaim unreferenced chunks.
     Gc(cmd::gc::Args),
     /// Import a real trace (Azure Functions, Azure LLM inference, web logs, any CSV) as history records.
@@ -111,6 +113,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         Command::Restore(a) => cmd::restore::run(a).await,
         Command::Versions(a) => cmd::versions::run(a).await,
         Command::Verify(a) => cmd::verify::run(a).await,
+        Command::Repair(a) => cmd::repair::run(a).await,
         Command::Gc(a) => cmd::gc::run(a).await,
         Command::Import(a) => cmd::import::run(a).await,
         Command::Eval(a) => cmd::eval::run(a).await,

@@ -744,4 +744,3 @@ impl Engine {
         self.demand.len()
     }
 }
-

@@ -15,6 +15,7 @@ mod index;
 mod manifest;
 mod pack;
 mod read;
+mod repair;
 mod store;
 mod verify;
 mod write;
@@ -29,6 +30,7 @@ pub use manifest::{
 };
 pub use pack::{BlobLoc, PackId, read_trailer as read_pack_trailer};
 pub use read::{ChunkSource, FetchError, VerifyChunkError, decode_verified, verify_stored};
+pub use repair::{RepairError, RepairReport};
 pub use store::{OpenError, ReadManifestError, Store, StoreConfig};
 pub use verify::{VerifyError, VerifyReport};
 pub use write::{CommitError, Committed, Staged, WriteError, WriteStats};

@@ -161,28 +161,47 @@ pub(crate) fn blob_from_pb(b: &pb::BlobEntry) -> Result<PackedBlob, String> {
 /// Reads a whole pack's trailer: the blobs it claims to hold, checked against its size.
 pub fn read_trailer(data: &[u8]) -> Result<Vec<PackedBlob>, String> {
     let n = data.len();
-    if n < HEADER_LEN + 8 || &data[..4] != MAGIC || &data[n - 4..] != MAGIC {
+    if n < HEADER_LEN + 8 {
+        return Err("not a pack (truncated)".into());
+    }
+    let start = trailer_start(&data[..HEADER_LEN], &data[n - 8..], n as u64)?;
+    decode_trailer(&data[start as usize..n - 8], start)
+}
+
+/// Where a pack of `size` bytes keeps its trailer, from its first [`HEADER_LEN`] and last
+/// 8 bytes (both checked).
+pub(crate) fn trailer_start(head: &[u8], end: &[u8], size: u64) -> Result<u64, String> {
+    if size < (HEADER_LEN + 8) as u64
+        || head.get(..4) != Some(MAGIC.as_slice())
+        || end.get(4..8) != Some(MAGIC.as_slice())
+    {
         return Err("not a pack (bad magic or truncated)".into());
     }
-    let len = u32::from_le_bytes(data[n - 8..n - 4].try_into().expect("4 bytes")) as usize;
-    let start = (n - 8)
-        .checked_sub(len)
-        .filter(|&s| s >= HEADER_LEN)
-        .ok_or("trailer length out of range")?;
-    let entries =
-        pb::PackEntries::decode(&data[start..n - 8]).map_err(|e| format!("trailer: {e}"))?;
+    let len = u32::from_le_bytes(end[..4].try_into().expect("4 bytes"));
+    (size - 8)
+        .checked_sub(u64::from(len))
+        .filter(|&s| s >= HEADER_LEN as u64)
+        .ok_or_else(|| "trailer length out of range".into())
+}
+
+/// The blobs a trailer starting at `start` lists, each checked to lie before it.
+pub(crate) fn decode_trailer(trailer: &[u8], start: u64) -> Result<Vec<PackedBlob>, String> {
+    let entries = pb::PackEntries::decode(trailer).map_err(|e| format!("trailer: {e}"))?;
     let blobs = entries
         .blobs
         .iter()
         .map(blob_from_pb)
         .collect::<Result<Vec<_>, _>>()?;
     for b in &blobs {
-        if b.offset < HEADER_LEN as u64 || b.offset + u64::from(b.stored_length) > start as u64 {
+        if b.offset < HEADER_LEN as u64 || b.offset + u64::from(b.stored_length) > start {
             return Err("blob outside the pack's blob area".into());
         }
     }
     Ok(blobs)
 }
+
+/// Bytes before the first blob (the header a trailer check reads).
+pub(crate) const HEAD_LEN: u64 = HEADER_LEN as u64;
 
 #[cfg(test)]
 mod tests {

@@ -95,16 +95,6 @@ pub enum OpenError {
         /// The format found.
         found: String,
     },
-    /// An index object is damaged.
-    #[error("{location}: index object {object} is damaged: {source}")]
-    Index {
-        /// The location.
-        location: String,
-        /// The object.
-        object: String,
-        /// What is wrong.
-        source: IndexDecodeError,
-    },
     /// The backend failed (permissions, network, missing directory…).
     #[error("cannot read store {location}: {source}")]
     Backend {
@@ -249,9 +239,27 @@ impl Store {
         }
     }
 
-    /// Lists and merges every index object.
+    /// Lists and merges every index object; when one is damaged, the index is rebuilt
+    /// from the packs' trailers instead ([`crate::repair`]) and the damage logged.
     pub(crate) async fn load_index(&self) -> Result<ChunkIndex, OpenError> {
+        let (idx, damaged) = self.load_index_parts().await?;
+        if damaged.is_empty() {
+            return Ok(idx);
+        }
+        for (path, e) in &damaged {
+            tracing::warn!(store = %self.location, object = %path, error = %e,
+                "index object damaged; using an index rebuilt from the packs (run `prewarm repair`)");
+        }
+        let scan = self.scan_packs().await.map_err(|e| self.backend_err(e))?;
+        Ok(scan.index)
+    }
+
+    /// Every index object that decodes, merged, and the ones that do not (with why).
+    pub(crate) async fn load_index_parts(
+        &self,
+    ) -> Result<(ChunkIndex, Vec<(Path, IndexDecodeError)>), OpenError> {
         let mut idx = ChunkIndex::default();
+        let mut damaged = Vec::new();
         for path in self
             .index_objects()
             .await
@@ -265,14 +273,12 @@ impl Store {
                 .bytes()
                 .await
                 .map_err(|e| self.backend_err(e))?;
-            let part = ChunkIndex::decode(&bytes).map_err(|source| OpenError::Index {
-                location: self.location.clone(),
-                object: path.to_string(),
-                source,
-            })?;
-            idx.merge(part);
+            match ChunkIndex::decode(&bytes) {
+                Ok(part) => idx.merge(part),
+                Err(e) => damaged.push((path, e)),
+            }
         }
-        Ok(idx)
+        Ok((idx, damaged))
     }
 
     pub(crate) async fn index_objects(&self) -> Result<Vec<Path>, object_store::Error> {

@@ -7,7 +7,9 @@ use futures::StreamExt;
 use prewarm_core::{ChunkHash, ResourceId, StateRef};
 use serde::Serialize;
 
-use crate::pack::{BlobLoc, PackId};
+use crate::index::ChunkIndex;
+use crate::pack::{BlobLoc, PackId, PackedBlob};
+use crate::repair::Scan;
 use crate::store::Store;
 
 /// What `verify` found.
@@ -50,11 +52,26 @@ impl Store {
             None => self.resources().await.map_err(backend)?,
         };
         // Read the index afresh: other writers may have committed since this handle opened.
-        let index = self
-            .load_index()
+        let (index, damaged) = self
+            .load_index_parts()
             .await
             .map_err(|e| VerifyError::Backend(e.to_string()))?;
         let mut report = VerifyReport::default();
+        for (path, e) in &damaged {
+            report.problems.push(format!(
+                "index object {path} is damaged: {e} (the store reads an index rebuilt from \
+                 the packs' trailers; `prewarm repair` publishes it)"
+            ));
+        }
+        let scan = self.scan_packs().await.map_err(backend)?;
+        report
+            .problems
+            .extend(trailer_problems(&index, &scan, damaged.is_empty()));
+        let index = if damaged.is_empty() {
+            index
+        } else {
+            scan.index
+        };
         let mut wanted: HashMap<ChunkHash, (u32, StateRef)> = HashMap::new();
         for r in &resources {
             let versions = self.versions(r).await.map_err(backend)?;
@@ -114,4 +131,38 @@ impl Store {
         report.problems.sort();
         Ok(report)
     }
+}
+
+/// Packs whose trailer is damaged or disagrees with the index (`compare`: the index was
+/// read whole, not rebuilt from these trailers).
+fn trailer_problems(index: &ChunkIndex, scan: &Scan, compare: bool) -> Vec<String> {
+    let mut out: Vec<String> = scan
+        .damaged
+        .iter()
+        .map(|(id, e)| format!("pack {id}: trailer damaged: {e}"))
+        .collect();
+    if !compare {
+        return out;
+    }
+    let key = |b: &PackedBlob| (b.hash, b.offset, b.stored_length, b.raw_length);
+    for (id, blobs) in scan.index.packs() {
+        // A pack no index names is a writer's uncommitted leftover (gc reclaims it).
+        match index.packs().get(id) {
+            None => {}
+            Some(listed) => {
+                let mut a: Vec<_> = blobs.iter().map(key).collect();
+                let mut b: Vec<_> = listed.iter().map(key).collect();
+                a.sort_unstable();
+                b.sort_unstable();
+                if a != b {
+                    out.push(format!(
+                        "pack {id}: its trailer lists {} blobs, the index {} (they differ)",
+                        a.len(),
+                        b.len()
+                    ));
+                }
+            }
+        }
+    }
+    out
 }

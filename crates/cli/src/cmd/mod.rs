@@ -7,6 +7,7 @@ pub mod demo;
 pub mod eval;
 pub mod gc;
 pub mod import;
+pub mod repair;
 pub mod replay;
 pub mod restore;
 pub mod snapshot;
