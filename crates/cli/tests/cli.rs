@@ -365,7 +365,10 @@ fn a_damaged_index_is_rebuilt_from_the_packs_and_a_damaged_trailer_is_found() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed damaged index object"));
     // Removed, or rewritten whole (an index is named by the hash of its body).
-    assert_ne!(std::fs::read(&index).ok().as_deref(), Some(&b"not an index"[..]));
+    assert_ne!(
+        std::fs::read(&index).ok().as_deref(),
+        Some(&b"not an index"[..])
+    );
     let out = prewarm(&["verify", "--store", s]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let out = prewarm(&["repair", "--store", s]);

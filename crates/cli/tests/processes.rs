@@ -387,6 +387,8 @@ fn non_loopback_listeners_require_the_token() {
             "none",
             "--token-file",
             tok,
+            "--http-idle-timeout",
+            "1s",
         ],
         &dir.path().join("c.log"),
     );
@@ -430,6 +432,20 @@ fn non_loopback_listeners_require_the_token() {
     assert!(log.contains("refused"), "refusals are logged: {log}");
     let lines = log.lines().filter(|l| l.contains("refused")).count();
     assert!(lines < 60, "{lines} refusal lines for ~300 refusals");
+    // --http-idle-timeout 1s: a silent connection is closed in seconds, not the default 60.
+    let mut silent = std::net::TcpStream::connect(&addr).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 1];
+    let got = std::io::Read::read(&mut silent, &mut buf);
+    assert!(matches!(got, Ok(0)), "closed by the server: {got:?}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 #[test]

@@ -56,6 +56,8 @@ pub struct CoordinatorConfig {
     pub poll: Duration,
     /// The clock of decisions (the system's, or a test's).
     pub clock: prewarm_core::Clock,
+    /// Bounds of the gRPC + JSON port against slow, idle and too many clients.
+    pub http: prewarm_http::Limits,
 }
 
 /// The coordinator's shared state.
@@ -259,6 +261,7 @@ pub async fn start(
         coordinator.clone(),
         grpc_l,
         grpc_token,
+        cfg.http,
     )));
     tracing::info!(
         "coordinator {}: gRPC on {grpc}, data plane on {data_tcp}",
@@ -273,7 +276,12 @@ pub async fn start(
     })
 }
 
-async fn serve_grpc(c: Arc<Coordinator>, l: tokio::net::TcpListener, token: Option<Token>) {
+async fn serve_grpc(
+    c: Arc<Coordinator>,
+    l: tokio::net::TcpListener,
+    token: Option<Token>,
+    limits: prewarm_http::Limits,
+) {
     use axum::routing::get;
     static GRPC_REFUSALS: std::sync::LazyLock<prewarm_transfer::Throttle> =
         std::sync::LazyLock::new(prewarm_transfer::Throttle::default);
@@ -324,7 +332,7 @@ async fn serve_grpc(c: Arc<Coordinator>, l: tokio::net::TcpListener, token: Opti
         .fallback_service(http::fallback(check));
     // gRPC (HTTP/2) and the JSON API (HTTP/1) on one port, bounded against slow and idle
     // clients; quiet control streams are kept by HTTP/2 pings.
-    let e = prewarm_http::serve(l, router, prewarm_http::Limits::default()).await;
+    let e = prewarm_http::serve(l, router, limits).await;
     tracing::error!("coordinator port: {e}");
 }
 

@@ -227,6 +227,7 @@ async fn start_cluster(s: &Setup, brain: Option<Brain>) -> Result<Cluster, Phase
             token: None,
             poll: Duration::from_millis(100),
             clock: prewarm_core::Clock::system(),
+            http: prewarm_http::Limits::default(),
         },
         brain,
     )

@@ -137,6 +137,7 @@ async fn live(sizes: &BTreeMap<ResourceId, u64>) -> Live {
             token: None,
             poll: Duration::from_secs(3600),
             clock: clock.clone(),
+            http: prewarm_http::Limits::default(),
         },
         Some(brain),
     )

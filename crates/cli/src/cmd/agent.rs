@@ -9,7 +9,7 @@ use anyhow::Context;
 use prewarm_agent::{Agent, AgentConfig, DataPath};
 use prewarm_core::CapacityId;
 
-use super::{TokenArg, parse_duration, parse_size};
+use super::{HttpLimitsArg, TokenArg, parse_duration, parse_size};
 
 /// Arguments of `prewarm agent`.
 #[derive(clap::Args, Debug)]
@@ -45,6 +45,8 @@ pub struct Args {
     data_path: String,
     #[command(flatten)]
     token: TokenArg,
+    #[command(flatten)]
+    http: HttpLimitsArg,
 }
 
 /// Runs the command.
@@ -80,11 +82,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let router = prewarm_agent::http::router(agent.clone(), http_token);
     // Bounded against slow and idle clients (connection cap, header, body and idle
     // deadlines); TCP_NODELAY for the small JSON answers.
-    let http = tokio::spawn(prewarm_http::serve(
-        listener,
-        router,
-        prewarm_http::Limits::default(),
-    ));
+    let http = tokio::spawn(prewarm_http::serve(listener, router, a.http.limits()?));
     let control = tokio::spawn(prewarm_agent::control::run(
         agent.clone(),
         a.coordinator.clone(),

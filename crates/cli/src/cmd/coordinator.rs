@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use prewarm_coordinator::CoordinatorConfig;
 
-use super::{StoreArg, TokenArg, parse_duration};
+use super::{HttpLimitsArg, StoreArg, TokenArg, parse_duration};
 
 /// Arguments of `prewarm coordinator`.
 #[derive(clap::Args, Debug)]
@@ -30,6 +30,8 @@ pub struct Args {
     poll: Duration,
     #[command(flatten)]
     token: TokenArg,
+    #[command(flatten)]
+    http: HttpLimitsArg,
     /// The policy of the decision engine: a model (markov, frequency, histogram, gru:DIR,
     /// transformer:DIR from `prewarm train`; SIGHUP reloads DIR), a model-free baseline
     /// (lru, s3fifo, gdsf: placement, eviction rule and keep-alive only), or none (no engine:
@@ -171,6 +173,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         token: a.token.load()?,
         poll: a.poll,
         clock: prewarm_core::Clock::system(),
+        http: a.http.limits()?,
     };
     let brain = engine(&a)?;
     let retrain = retraining(&a)?;

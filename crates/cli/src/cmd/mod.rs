@@ -95,6 +95,42 @@ pub fn read_history(path: &std::path::Path) -> anyhow::Result<Vec<HistoryRecord>
     Ok(prewarm_import::read_history(path)?)
 }
 
+/// Bounds of an HTTP port against slow, idle and too many clients (`prewarm-http`).
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct HttpLimitsArg {
+    /// Connections the HTTP port serves at once (beyond, new ones wait).
+    #[arg(long, default_value_t = 1024)]
+    pub http_max_connections: usize,
+    /// Time for a request's headers, from its first byte.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub http_header_timeout: std::time::Duration,
+    /// Time for a whole (non-gRPC) request body, from its first read.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub http_body_timeout: std::time::Duration,
+    /// Time a connection may sit idle with no request in flight.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub http_idle_timeout: std::time::Duration,
+}
+
+impl HttpLimitsArg {
+    /// The limits, refusing zero values.
+    pub fn limits(&self) -> anyhow::Result<prewarm_http::Limits> {
+        anyhow::ensure!(
+            self.http_max_connections > 0
+                && !self.http_header_timeout.is_zero()
+                && !self.http_body_timeout.is_zero()
+                && !self.http_idle_timeout.is_zero(),
+            "--http-max-connections and the --http-*-timeout flags must be positive"
+        );
+        Ok(prewarm_http::Limits {
+            max_connections: self.http_max_connections,
+            header_timeout: self.http_header_timeout,
+            body_timeout: self.http_body_timeout,
+            idle_timeout: self.http_idle_timeout,
+        })
+    }
+}
+
 /// `--token-file`, shared by the networked commands.
 #[derive(clap::Args, Clone, Debug)]
 pub struct TokenArg {
