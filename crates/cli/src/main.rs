@@ -42,7 +42,7 @@ enum Command {
     /// Watch a file or directory and snapshot it on an interval and when it changes.
     Watch(cmd::watch::Args),
     /// Run the coordinator: control plane (gRPC), data plane, invalidations, /metrics.
-    Coordinator(cmd::coordinator::Args),
+    Coordinator(Box<cmd::coordinator::Args>),
     /// Run the state manager of one compute capacity.
     Agent(cmd::agent::Args),
     /// Have a capacity load a state; returns when the agent acknowledges.
@@ -119,7 +119,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         Command::Eval(a) => cmd::eval::run(a).await,
         Command::Train(a) => cmd::train::run(a).await,
         Command::Watch(a) => cmd::watch::run(a).await,
-        Command::Coordinator(a) => cmd::coordinator::run(a).await,
+        Command::Coordinator(a) => cmd::coordinator::run(*a).await,
         Command::Agent(a) => cmd::agent::run(a).await,
         Command::Transfer(a) => cmd::transfer::run(a).await,
         Command::Status(a) => cmd::status::run(a).await,
