@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use prewarm_core::ChunkHash;
 use prewarm_store::{ChunkRef, Manifest};
-use prewarm_transfer::{Connection, DataError, Pacer, verify_batch};
+use prewarm_transfer::{Connection, DataError, Pacer, Received, verify_batch};
 use rayon::prelude::*;
 use tokio::sync::mpsc;
 
@@ -112,8 +112,39 @@ pub async fn install(
         ..Default::default()
     };
     // 1. Resume: which chunks does staging already hold, verified?
+    let have = resume(&m, &lay, staging).await?;
+    report.resumed_bytes = m
+        .chunks
+        .iter()
+        .zip(&have)
+        .filter(|(_, h)| **h)
+        .map(|(c, _)| u64::from(c.length))
+        .sum();
+    // 2. Delta: copy chunks held elsewhere on this capacity; what is left is fetched.
+    let missing: Vec<usize> = (0..m.chunks.len()).filter(|i| !have[*i]).collect();
+    let (reused, remote) = copy_local(&m, &lay, staging, missing, local).await?;
+    report.reused_bytes = reused;
+    // 3. Fetch the rest (each distinct chunk once), verify, write; re-fetch failures.
+    fetch_remote(&m, &lay, staging, remote, conn, pacer, &mut report).await?;
+    // 4. Complete the tree.
+    let (m2, st) = (m.clone(), staging.to_owned());
+    blocking(staging, move || {
+        layout::finish(&m2, &st).map_err(io_err(&st))
+    })
+    .await?;
+    report.micros = t0.elapsed().as_micros() as u64;
+    Ok(report)
+}
+
+/// Prepares staging and says, per chunk, whether an earlier attempt already wrote it
+/// (re-verified; all false when staging did not exist).
+async fn resume(
+    m: &Arc<Manifest>,
+    lay: &Arc<Layout>,
+    staging: &Path,
+) -> Result<Vec<bool>, InstallError> {
     let (m2, lay2, st) = (m.clone(), lay.clone(), staging.to_owned());
-    let have: Vec<bool> = blocking(staging, move || {
+    blocking(staging, move || {
         let existed = lay2.prepare(&m2).map_err(io_err(&st))?;
         if !existed {
             return Ok(vec![false; m2.chunks.len()]);
@@ -133,18 +164,20 @@ pub async fn install(
             })
             .collect())
     })
-    .await?;
-    report.resumed_bytes = m
-        .chunks
-        .iter()
-        .zip(&have)
-        .filter(|(_, h)| **h)
-        .map(|(c, _)| u64::from(c.length))
-        .sum();
-    // 2. Delta: copy chunks held elsewhere on this capacity; what is left is fetched.
-    let missing: Vec<usize> = (0..m.chunks.len()).filter(|i| !have[*i]).collect();
+    .await
+}
+
+/// Copies the `missing` chunks held (and still verifying) in other states on this
+/// capacity into staging: the bytes reused, and the chunk indexes left to fetch.
+async fn copy_local(
+    m: &Arc<Manifest>,
+    lay: &Arc<Layout>,
+    staging: &Path,
+    missing: Vec<usize>,
+    local: HashMap<ChunkHash, LocalCopy>,
+) -> Result<(u64, Vec<usize>), InstallError> {
     let (m2, lay2, st) = (m.clone(), lay.clone(), staging.to_owned());
-    let (reused, remote): (u64, Vec<usize>) = blocking(staging, move || {
+    blocking(staging, move || {
         // Windows of ~64 MiB: read and hash in parallel (open files reused per worker and
         // source), then write the window from one thread (parallel writers to one file only
         // contend on its inode lock).
@@ -187,9 +220,21 @@ pub async fn install(
         }
         Ok((reused, remote))
     })
-    .await?;
-    report.reused_bytes = reused;
-    // 3. Fetch the rest (each distinct chunk once), verify, write; re-fetch failures.
+    .await
+}
+
+/// Fetches the `remote` chunks (each distinct hash once, written at every offset it has),
+/// re-fetching those that fail verification up to [`VERIFY_ATTEMPTS`] rounds; adds the
+/// bytes moved to `report`.
+async fn fetch_remote(
+    m: &Manifest,
+    lay: &Arc<Layout>,
+    staging: &Path,
+    remote: Vec<usize>,
+    conn: &mut Connection,
+    pacer: Option<&Pacer>,
+    report: &mut InstallReport,
+) -> Result<(), InstallError> {
     let mut positions: HashMap<ChunkHash, Vec<u64>> = HashMap::new();
     let mut wanted: Vec<ChunkRef> = Vec::new();
     for i in remote {
@@ -205,44 +250,8 @@ pub async fn install(
     while !wanted.is_empty() {
         attempt += 1;
         let refs: Arc<Vec<ChunkRef>> = Arc::new(wanted);
-        let (tx, mut rx) = mpsc::channel(4);
-        let (lay2, refs2, pos2, st) = (
-            lay.clone(),
-            refs.clone(),
-            positions.clone(),
-            staging.to_owned(),
-        );
-        let writer = tokio::spawn(async move {
-            let mut failed: Vec<(usize, String)> = Vec::new();
-            let mut fetched = 0u64;
-            while let Some(batch) = rx.recv().await {
-                let (lay3, refs3, pos3, st3) =
-                    (lay2.clone(), refs2.clone(), pos2.clone(), st.clone());
-                let r = blocking(&st, move || {
-                    let mut out = Files::new(&lay3, true);
-                    let mut failed = Vec::new();
-                    let mut bytes = 0u64;
-                    let mut pieces = Vec::new();
-                    for (i, v) in verify_batch(&refs3, batch) {
-                        match v {
-                            Ok(raw) => {
-                                bytes += raw.len() as u64;
-                                for off in &pos3[&refs3[i].hash] {
-                                    pieces.push((*off, raw.clone()));
-                                }
-                            }
-                            Err(e) => failed.push((i, e.to_string())),
-                        }
-                    }
-                    out.write_pieces(pieces).map_err(io_err(&st3))?;
-                    Ok((failed, bytes))
-                })
-                .await?;
-                failed.extend(r.0);
-                fetched += r.1;
-            }
-            Ok::<_, InstallError>((failed, fetched))
-        });
+        let (tx, rx) = mpsc::channel(4);
+        let writer = spawn_writer(lay, &refs, &positions, staging, rx);
         let fetched = conn.fetch(&refs, pacer, &tx).await;
         drop(tx);
         let written = writer.await.map_err(|e| InstallError::Io {
@@ -269,12 +278,56 @@ pub async fn install(
         }
         wanted = failed.iter().map(|(i, _)| refs[*i]).collect();
     }
-    // 4. Complete the tree.
-    let (m2, st) = (m.clone(), staging.to_owned());
-    blocking(staging, move || {
-        layout::finish(&m2, &st).map_err(io_err(&st))
+    Ok(())
+}
+
+/// What one fetch round's writer ends with: the indexes (into the round's refs) that failed
+/// verification, why, and the raw bytes written.
+type Written = (Vec<(usize, String)>, u64);
+
+/// Spawns the writer of one fetch round: it verifies each batch received on `rx` and writes
+/// what verifies at every position of its chunk.
+fn spawn_writer(
+    lay: &Arc<Layout>,
+    refs: &Arc<Vec<ChunkRef>>,
+    positions: &Arc<HashMap<ChunkHash, Vec<u64>>>,
+    staging: &Path,
+    mut rx: mpsc::Receiver<Vec<Received>>,
+) -> tokio::task::JoinHandle<Result<Written, InstallError>> {
+    let (lay2, refs2, pos2, st) = (
+        lay.clone(),
+        refs.clone(),
+        positions.clone(),
+        staging.to_owned(),
+    );
+    tokio::spawn(async move {
+        let mut failed: Vec<(usize, String)> = Vec::new();
+        let mut fetched = 0u64;
+        while let Some(batch) = rx.recv().await {
+            let (lay3, refs3, pos3, st3) = (lay2.clone(), refs2.clone(), pos2.clone(), st.clone());
+            let r = blocking(&st, move || {
+                let mut out = Files::new(&lay3, true);
+                let mut failed = Vec::new();
+                let mut bytes = 0u64;
+                let mut pieces = Vec::new();
+                for (i, v) in verify_batch(&refs3, batch) {
+                    match v {
+                        Ok(raw) => {
+                            bytes += raw.len() as u64;
+                            for off in &pos3[&refs3[i].hash] {
+                                pieces.push((*off, raw.clone()));
+                            }
+                        }
+                        Err(e) => failed.push((i, e.to_string())),
+                    }
+                }
+                out.write_pieces(pieces).map_err(io_err(&st3))?;
+                Ok((failed, bytes))
+            })
+            .await?;
+            failed.extend(r.0);
+            fetched += r.1;
+        }
+        Ok::<_, InstallError>((failed, fetched))
     })
-    .await?;
-    report.micros = t0.elapsed().as_micros() as u64;
-    Ok(report)
 }

@@ -79,6 +79,45 @@ impl Store {
             return Err(GcError::KeepZero);
         }
         let mut report = GcReport::default();
+        let live = self.retain_and_mark(keep, &mut report).await?;
+        let old_index_objects = self.index_objects().await.map_err(be)?;
+        let index = self.load_index().await.map_err(be)?;
+        let ages = self.pack_ages().await?;
+        let mut sweep = Sweep::classify(&index, &ages, &live, grace, &mut report);
+        let new_packs = self.repack(&index, &live, &mut sweep, &mut report).await?;
+        let consolidated = self
+            .publish_index(sweep.keep_packs, &new_packs, &old_index_objects)
+            .await?;
+        let before: u64 = sweep
+            .doomed
+            .iter()
+            .filter_map(|id| ages.get(id))
+            .map(|(_, s)| s)
+            .sum();
+        let added: u64 = new_packs
+            .iter()
+            .map(|(_, b)| b.iter().map(|x| u64::from(x.stored_length)).sum::<u64>())
+            .sum();
+        for id in &sweep.doomed {
+            match self.os.delete(&pack_path(id)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(be(e)),
+            }
+            report.packs_deleted += 1;
+        }
+        report.bytes_freed = before.saturating_sub(added);
+        report.chunks_deleted = index.len().saturating_sub(consolidated.len()) as u64;
+        *self.index.write().expect("index lock poisoned") = std::sync::Arc::new(consolidated);
+        Ok(report)
+    }
+
+    /// Retention and mark, resource by resource: rewrites kept deltas whose base goes, deletes
+    /// all but the newest `keep` manifests, and returns every chunk a kept manifest names.
+    async fn retain_and_mark(
+        &self,
+        keep: usize,
+        report: &mut GcReport,
+    ) -> Result<HashSet<ChunkHash>, GcError> {
         let mut live: HashSet<ChunkHash> = HashSet::new();
         for r in self.resources().await.map_err(be)? {
             let versions = self.versions(&r).await.map_err(be)?;
@@ -114,9 +153,11 @@ impl Store {
                 report.manifests_deleted += 1;
             }
         }
+        Ok(live)
+    }
 
-        let old_index_objects = self.index_objects().await.map_err(be)?;
-        let index = self.load_index().await.map_err(be)?;
+    /// Age and size of every pack object in the store, listed or not.
+    async fn pack_ages(&self) -> Result<HashMap<PackId, (Duration, u64)>, GcError> {
         let now = std::time::SystemTime::now();
         let mut ages: HashMap<PackId, (Duration, u64)> = HashMap::new();
         let metas: Vec<_> = self
@@ -133,8 +174,120 @@ impl Store {
                 ages.insert(id, (age, m.size));
             }
         }
-        let old_enough = |id: &PackId| ages.get(id).is_some_and(|(age, _)| *age >= grace);
+        Ok(ages)
+    }
 
+    /// Repack: copies the live chunks (verified) of the packs to repack that are not already
+    /// placed elsewhere into new packs, and dooms the old ones; returns the new packs.
+    async fn repack(
+        &self,
+        index: &ChunkIndex,
+        live: &HashSet<ChunkHash>,
+        sweep: &mut Sweep,
+        report: &mut GcReport,
+    ) -> Result<Vec<(PackId, Vec<PackedBlob>)>, GcError> {
+        let mut builder = PackBuilder::new(self.config.pack_target);
+        let mut new_packs: Vec<(PackId, Vec<PackedBlob>)> = Vec::new();
+        for (id, blobs) in &sweep.to_repack {
+            let wants: Vec<_> = blobs
+                .iter()
+                .filter(|b| live.contains(&b.hash) && !sweep.placed.contains(&b.hash))
+                .filter_map(|b| {
+                    index
+                        .get(&b.hash)
+                        .filter(|l| l.pack == *id)
+                        .map(|l| (0usize, b.hash, *l))
+                })
+                .collect();
+            let stored = self
+                .os
+                .get_ranges(
+                    &pack_path(id),
+                    &wants
+                        .iter()
+                        .map(|(_, _, l)| l.offset..l.offset + u64::from(l.stored_length))
+                        .collect::<Vec<_>>(),
+                )
+                .await
+                .map_err(be)?;
+            for ((_, hash, loc), bytes) in wants.iter().zip(stored) {
+                crate::read::decode_verified(*hash, loc, &bytes)
+                    .map_err(|_| GcError::CorruptLive(*hash))?;
+                builder.push(*hash, loc.codec, loc.raw_length, &bytes);
+                sweep.placed.insert(*hash);
+                if builder.len() >= self.config.pack_target {
+                    let full =
+                        std::mem::replace(&mut builder, PackBuilder::new(self.config.pack_target));
+                    new_packs.push(self.put_pack(full).await?);
+                }
+            }
+            sweep.doomed.push(*id);
+            report.packs_repacked += 1;
+        }
+        if !builder.is_empty() {
+            new_packs.push(self.put_pack(builder).await?);
+        }
+        Ok(new_packs)
+    }
+
+    /// Publishes the consolidated index (kept and new packs) before removing anything it no
+    /// longer names, then deletes the other index objects; returns the new index.
+    async fn publish_index(
+        &self,
+        keep_packs: Vec<(PackId, Vec<PackedBlob>)>,
+        new_packs: &[(PackId, Vec<PackedBlob>)],
+        old_index_objects: &[Path],
+    ) -> Result<ChunkIndex, GcError> {
+        let mut consolidated = ChunkIndex::default();
+        for (id, blobs) in keep_packs.into_iter().chain(new_packs.iter().cloned()) {
+            consolidated.add_pack(id, blobs);
+        }
+        let body = ChunkIndex::encode(consolidated.packs().iter());
+        let name = blake3::hash(&body).to_hex().to_string();
+        let new_index = Path::from_iter(["index", &name]);
+        self.os
+            .put(&new_index, PutPayload::from(body))
+            .await
+            .map_err(be)?;
+        for p in old_index_objects.iter().filter(|p| **p != new_index) {
+            self.os.delete(p).await.map_err(be)?;
+        }
+        Ok(consolidated)
+    }
+
+    async fn put_pack(&self, b: PackBuilder) -> Result<(PackId, Vec<PackedBlob>), GcError> {
+        let (id, bytes, blobs) = b.finish();
+        self.os
+            .put(&pack_path(&id), PutPayload::from(bytes))
+            .await
+            .map_err(be)?;
+        Ok((id, blobs))
+    }
+}
+
+/// The sweep's verdict on each indexed pack, and the chunks the new index places.
+struct Sweep {
+    /// Packs kept as they are (young, or with little dead).
+    keep_packs: Vec<(PackId, Vec<PackedBlob>)>,
+    /// Packs to delete once the new index is published.
+    doomed: Vec<PackId>,
+    /// Packs whose live chunks move into new packs.
+    to_repack: Vec<(PackId, Vec<PackedBlob>)>,
+    /// Chunks the new index already has a place for.
+    placed: HashSet<ChunkHash>,
+}
+
+impl Sweep {
+    /// Sorts packs into kept (in grace, or no dead chunk), doomed (all dead, or orphans no
+    /// index names, past grace) and to repack (mostly dead, past grace).
+    fn classify(
+        index: &ChunkIndex,
+        ages: &HashMap<PackId, (Duration, u64)>,
+        live: &HashSet<ChunkHash>,
+        grace: Duration,
+        report: &mut GcReport,
+    ) -> Self {
+        let old_enough = |id: &PackId| ages.get(id).is_some_and(|(age, _)| *age >= grace);
         let mut keep_packs: Vec<(PackId, Vec<PackedBlob>)> = Vec::new();
         let mut doomed: Vec<PackId> = Vec::new();
         let mut to_repack: Vec<(PackId, Vec<PackedBlob>)> = Vec::new();
@@ -169,93 +322,11 @@ impl Store {
                 doomed.push(*id); // orphan: a writer died before publishing its index
             }
         }
-
-        // Repack: copy live chunks (verified) that are not already placed elsewhere.
-        let mut builder = PackBuilder::new(self.config.pack_target);
-        let mut new_packs: Vec<(PackId, Vec<PackedBlob>)> = Vec::new();
-        for (id, blobs) in &to_repack {
-            let wants: Vec<_> = blobs
-                .iter()
-                .filter(|b| live.contains(&b.hash) && !placed.contains(&b.hash))
-                .filter_map(|b| {
-                    index
-                        .get(&b.hash)
-                        .filter(|l| l.pack == *id)
-                        .map(|l| (0usize, b.hash, *l))
-                })
-                .collect();
-            let stored = self
-                .os
-                .get_ranges(
-                    &pack_path(id),
-                    &wants
-                        .iter()
-                        .map(|(_, _, l)| l.offset..l.offset + u64::from(l.stored_length))
-                        .collect::<Vec<_>>(),
-                )
-                .await
-                .map_err(be)?;
-            for ((_, hash, loc), bytes) in wants.iter().zip(stored) {
-                crate::read::decode_verified(*hash, loc, &bytes)
-                    .map_err(|_| GcError::CorruptLive(*hash))?;
-                builder.push(*hash, loc.codec, loc.raw_length, &bytes);
-                placed.insert(*hash);
-                if builder.len() >= self.config.pack_target {
-                    let full =
-                        std::mem::replace(&mut builder, PackBuilder::new(self.config.pack_target));
-                    new_packs.push(self.put_pack(full).await?);
-                }
-            }
-            doomed.push(*id);
-            report.packs_repacked += 1;
+        Self {
+            keep_packs,
+            doomed,
+            to_repack,
+            placed,
         }
-        if !builder.is_empty() {
-            new_packs.push(self.put_pack(builder).await?);
-        }
-
-        // Publish the consolidated index before removing anything it no longer names.
-        let mut consolidated = ChunkIndex::default();
-        for (id, blobs) in keep_packs.into_iter().chain(new_packs.iter().cloned()) {
-            consolidated.add_pack(id, blobs);
-        }
-        let body = ChunkIndex::encode(consolidated.packs().iter());
-        let name = blake3::hash(&body).to_hex().to_string();
-        let new_index = Path::from_iter(["index", &name]);
-        self.os
-            .put(&new_index, PutPayload::from(body))
-            .await
-            .map_err(be)?;
-        for p in old_index_objects.iter().filter(|p| **p != new_index) {
-            self.os.delete(p).await.map_err(be)?;
-        }
-        let before: u64 = doomed
-            .iter()
-            .filter_map(|id| ages.get(id))
-            .map(|(_, s)| s)
-            .sum();
-        let added: u64 = new_packs
-            .iter()
-            .map(|(_, b)| b.iter().map(|x| u64::from(x.stored_length)).sum::<u64>())
-            .sum();
-        for id in &doomed {
-            match self.os.delete(&pack_path(id)).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(be(e)),
-            }
-            report.packs_deleted += 1;
-        }
-        report.bytes_freed = before.saturating_sub(added);
-        report.chunks_deleted = index.len().saturating_sub(consolidated.len()) as u64;
-        *self.index.write().expect("index lock poisoned") = std::sync::Arc::new(consolidated);
-        Ok(report)
-    }
-
-    async fn put_pack(&self, b: PackBuilder) -> Result<(PackId, Vec<PackedBlob>), GcError> {
-        let (id, bytes, blobs) = b.finish();
-        self.os
-            .put(&pack_path(&id), PutPayload::from(bytes))
-            .await
-            .map_err(be)?;
-        Ok((id, blobs))
     }
 }

@@ -329,6 +329,64 @@ pub fn train(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Model, TrainError> {
     let started = Instant::now();
+    check_inputs(records, o)?;
+    let split = records.len() - ((records.len() as f64) * o.validation).round() as usize;
+    let split = split.max(1);
+    let vocab = Vocab::build(&records[..split], o.limits);
+    let dims = Dims {
+        resources: vocab.resource_tokens(),
+        types: vocab.type_tokens(),
+        keys: vocab.key_tokens(),
+    };
+    if !(0.0..=1.0).contains(&o.horizon_weight) || o.horizon_s.is_nan() || o.horizon_s < 0.0 {
+        return Err(TrainError::BadOption(format!(
+            "horizon weight must be in [0, 1] and horizon non-negative (got {}, {})",
+            o.horizon_weight, o.horizon_s
+        )));
+    }
+    let enc = encode(&vocab, records, o.horizon_s);
+    let windows: Vec<Window> = enc
+        .sequences
+        .iter()
+        .flat_map(|s| s.chunks(o.seq_len).map(<[usize]>::to_vec))
+        .collect();
+    let mut rng = Rng::new(o.seed.wrapping_add(1));
+    let (mut train_w, mut val_w) = scored_windows(&enc, &windows, split)?;
+    let batch = if o.batch == 0 {
+        (train_w.len() / 100).clamp(8, 64)
+    } else {
+        o.batch
+    };
+    // Batches of windows of similar length, so short sequences are not padded to long ones;
+    // the order within a length is shuffled once, the order of batches every epoch.
+    rng.shuffle(&mut train_w);
+    train_w.sort_by_key(|w| w.len());
+    val_w.sort_by_key(|w| w.len());
+    let mut train_batches: Vec<&[&Window]> = train_w.chunks(batch).collect();
+    let val_batches: Vec<Prepared> = val_w
+        .chunks(batch)
+        .map(|c| prepare(&enc, c, split, o.horizon_weight))
+        .collect::<Result<_, _>>()?;
+
+    let mut fitting = Fitting::new(o, dims, &enc, split, &val_batches)?;
+    let fitted = fitting.run(&mut train_batches, &mut rng, started, progress)?;
+    fitting.restore(&fitted.best)?;
+    let cal = calibrate(&fitting.net, &val_batches, fitted.best_loss)?;
+    let config = ModelConfig {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        arch: o.arch,
+        dims,
+        vocab,
+        temperature: cal.temperature,
+        weights_blake3: String::new(),
+        training: training_summary(records, o, split, batch, &fitted, &cal, started),
+    };
+    Model::new(config, fitted.best).map_err(|e| TrainError::BadOption(e.to_string()))
+}
+
+/// Rejects an empty or unordered history, one without reads, and out-of-range options.
+fn check_inputs(records: &[HistoryRecord], o: &TrainOptions) -> Result<(), TrainError> {
     o.arch.validate().map_err(TrainError::BadOption)?;
     if records.is_empty() {
         return Err(TrainError::Empty);
@@ -348,113 +406,169 @@ pub fn train(
     if !records.iter().any(|r| !r.reads.is_empty()) {
         return Err(TrainError::NoReads);
     }
-    let split = records.len() - ((records.len() as f64) * o.validation).round() as usize;
-    let split = split.max(1);
-    let vocab = Vocab::build(&records[..split], o.limits);
-    let dims = Dims {
-        resources: vocab.resource_tokens(),
-        types: vocab.type_tokens(),
-        keys: vocab.key_tokens(),
-    };
-    if !(0.0..=1.0).contains(&o.horizon_weight) || o.horizon_s.is_nan() || o.horizon_s < 0.0 {
-        return Err(TrainError::BadOption(format!(
-            "horizon weight must be in [0, 1] and horizon non-negative (got {}, {})",
-            o.horizon_weight, o.horizon_s
-        )));
-    }
-    let enc = encode(&vocab, records, o.horizon_s);
-    let t = o.seq_len;
-    let windows: Vec<Window> = enc
-        .sequences
-        .iter()
-        .flat_map(|s| s.chunks(t).map(<[usize]>::to_vec))
-        .collect();
+    Ok(())
+}
+
+/// The windows with a scored training position and those with a scored validation one
+/// (records from `split` on); no training window is an error.
+fn scored_windows<'w>(
+    enc: &Encoded,
+    windows: &'w [Window],
+    split: usize,
+) -> Result<(Vec<&'w Window>, Vec<&'w Window>), TrainError> {
     let scored = |w: &Window, val: bool| {
         w.iter()
             .any(|&r| enc.targets[r] != NONE && (r >= split) == val)
     };
-    let mut rng = Rng::new(o.seed.wrapping_add(1));
-    let mut train_w: Vec<&Window> = windows.iter().filter(|w| scored(w, false)).collect();
-    let mut val_w: Vec<&Window> = windows.iter().filter(|w| scored(w, true)).collect();
+    let train_w: Vec<&Window> = windows.iter().filter(|w| scored(w, false)).collect();
+    let val_w: Vec<&Window> = windows.iter().filter(|w| scored(w, true)).collect();
     if train_w.is_empty() {
         return Err(TrainError::NoReads);
     }
-    let batch = if o.batch == 0 {
-        (train_w.len() / 100).clamp(8, 64)
-    } else {
-        o.batch
-    };
-    // Batches of windows of similar length, so short sequences are not padded to long ones;
-    // the order within a length is shuffled once, the order of batches every epoch.
-    rng.shuffle(&mut train_w);
-    train_w.sort_by_key(|w| w.len());
-    val_w.sort_by_key(|w| w.len());
-    let mut train_batches: Vec<&[&Window]> = train_w.chunks(batch).collect();
-    let val_batches: Vec<Prepared> = val_w
-        .chunks(batch)
-        .map(|c| prepare(&enc, c, split, o.horizon_weight))
-        .collect::<Result<_, _>>()?;
+    Ok((train_w, val_w))
+}
 
-    let vm = VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    let net = Net::new(o.arch, dims, vb)?;
-    init_weights(&vm, o.seed)?;
-    let vars = vm.all_vars();
-    let mut opt = candle_nn::AdamW::new(
-        vars.clone(),
-        ParamsAdamW {
-            lr: o.lr,
-            weight_decay: 1e-4,
-            ..Default::default()
-        },
-    )?;
-    let validate = |net: &Net| -> Result<Option<f64>, TrainError> {
-        let (mut sum, mut n) = (0.0, 0usize);
-        for p in &val_batches {
-            if let Some((idx, tg, c)) = &p.val {
-                let logits = net.forward(&p.batch)?;
-                sum += f64::from(loss_at(&logits, idx, tg)?.to_scalar::<f32>()?) * *c as f64;
-                n += c;
+/// The network, its optimiser and the data the epoch loop works through.
+struct Fitting<'a> {
+    o: &'a TrainOptions,
+    enc: &'a Encoded,
+    split: usize,
+    val_batches: &'a [Prepared],
+    vm: VarMap,
+    net: Net,
+    vars: Vec<Var>,
+    opt: candle_nn::AdamW,
+}
+
+/// What the epoch loop ends with: the best epoch's weights and how training went.
+struct Fitted {
+    best: HashMap<String, Tensor>,
+    best_epoch: u32,
+    best_loss: f64,
+    epochs: u32,
+    total_steps: usize,
+    train_loss_last: f64,
+}
+
+impl<'a> Fitting<'a> {
+    /// Builds the network with seeded weights and its AdamW optimiser.
+    fn new(
+        o: &'a TrainOptions,
+        dims: Dims,
+        enc: &'a Encoded,
+        split: usize,
+        val_batches: &'a [Prepared],
+    ) -> Result<Self, TrainError> {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let net = Net::new(o.arch, dims, vb)?;
+        init_weights(&vm, o.seed)?;
+        let vars = vm.all_vars();
+        let opt = candle_nn::AdamW::new(
+            vars.clone(),
+            ParamsAdamW {
+                lr: o.lr,
+                weight_decay: 1e-4,
+                ..Default::default()
+            },
+        )?;
+        Ok(Self {
+            o,
+            enc,
+            split,
+            val_batches,
+            vm,
+            net,
+            vars,
+            opt,
+        })
+    }
+
+    /// Runs epochs until the budget, the epoch limit or the patience runs out, keeping the
+    /// weights of the epoch with the best validation loss.
+    fn run(
+        &mut self,
+        train_batches: &mut [&[&Window]],
+        rng: &mut Rng,
+        started: Instant,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Fitted, TrainError> {
+        let o = self.o;
+        let mut f = Fitted {
+            best: snapshot(&self.vm)?,
+            best_epoch: 0,
+            best_loss: f64::INFINITY,
+            epochs: 0,
+            total_steps: 0,
+            train_loss_last: f64::NAN,
+        };
+        let mut last_epoch = Duration::ZERO;
+        let batches = train_batches.len();
+        for epoch in 1..=o.max_epochs {
+            if let Some(b) = o.time_budget {
+                // The last epoch's length, plus a tenth of it for the final validation pass.
+                if epoch > 1 && started.elapsed() + last_epoch + last_epoch / 10 > b {
+                    break;
+                }
             }
-        }
-        Ok((n > 0).then(|| sum / n as f64))
-    };
-    let (mut best, mut best_epoch, mut best_loss) = (snapshot(&vm)?, 0u32, f64::INFINITY);
-    let mut epochs = 0u32;
-    let mut total_steps = 0usize;
-    let mut last_epoch = Duration::ZERO;
-    let batches = train_batches.len();
-    let mut train_loss_last = f64::NAN;
-    for epoch in 1..=o.max_epochs {
-        if let Some(b) = o.time_budget {
-            // The last epoch's length, plus a tenth of it for the final validation pass.
-            if epoch > 1 && started.elapsed() + last_epoch + last_epoch / 10 > b {
+            let e0 = Instant::now();
+            rng.shuffle(train_batches);
+            let (sum, count, steps) = self.epoch(epoch, train_batches, e0, progress)?;
+            f.total_steps += steps;
+            f.epochs = epoch;
+            f.train_loss_last = sum / count.max(1) as f64;
+            // With no validation records, the training loss decides.
+            let vl = self.validation_loss()?.unwrap_or(f.train_loss_last);
+            last_epoch = e0.elapsed();
+            progress(&Progress {
+                epoch,
+                epochs: o.max_epochs,
+                batch: batches,
+                batches,
+                loss: f.train_loss_last,
+                steps_per_s: steps as f64 / last_epoch.as_secs_f64().max(1e-9),
+                validation_loss: Some(vl),
+            });
+            if vl < f.best_loss {
+                (f.best, f.best_epoch, f.best_loss) = (snapshot(&self.vm)?, epoch, vl);
+            } else if epoch - f.best_epoch >= o.patience {
                 break;
             }
         }
-        let e0 = Instant::now();
-        rng.shuffle(&mut train_batches);
+        Ok(f)
+    }
+
+    /// One pass over the training batches (one optimiser step each): the summed loss, the
+    /// batches stepped on and the executions seen.
+    fn epoch(
+        &mut self,
+        epoch: u32,
+        train_batches: &[&[&Window]],
+        e0: Instant,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<(f64, usize, usize), TrainError> {
+        let batches = train_batches.len();
         let (mut sum, mut count, mut steps) = (0.0, 0usize, 0usize);
         for (bi, chunk) in train_batches.iter().enumerate() {
-            let p = prepare(&enc, chunk, split, o.horizon_weight)?;
+            let p = prepare(self.enc, chunk, self.split, self.o.horizon_weight)?;
             let Some((idx, _, ht, hw)) = &p.train else {
                 continue;
             };
-            let logits = net.forward(&p.batch)?;
+            let logits = self.net.forward(&p.batch)?;
             let loss = soft_loss_at(&logits, idx, ht, hw)?;
             let l = f64::from(loss.to_scalar::<f32>()?);
             if !l.is_finite() {
                 return Err(TrainError::Diverged(epoch));
             }
             let mut grads = loss.backward()?;
-            clip_gradients(&vars, &mut grads, 1.0)?;
-            opt.step(&grads)?;
+            clip_gradients(&self.vars, &mut grads, 1.0)?;
+            self.opt.step(&grads)?;
             sum += l;
             count += 1;
             steps += chunk.iter().map(|w| w.len()).sum::<usize>();
             progress(&Progress {
                 epoch,
-                epochs: o.max_epochs,
+                epochs: self.o.max_epochs,
                 batch: bi + 1,
                 batches,
                 loss: sum / count as f64,
@@ -462,30 +576,26 @@ pub fn train(
                 validation_loss: None,
             });
         }
-        total_steps += steps;
-        epochs = epoch;
-        train_loss_last = sum / count.max(1) as f64;
-        // With no validation records, the training loss decides.
-        let vl = validate(&net)?.unwrap_or(train_loss_last);
-        last_epoch = e0.elapsed();
-        progress(&Progress {
-            epoch,
-            epochs: o.max_epochs,
-            batch: batches,
-            batches,
-            loss: train_loss_last,
-            steps_per_s: steps as f64 / last_epoch.as_secs_f64().max(1e-9),
-            validation_loss: Some(vl),
-        });
-        if vl < best_loss {
-            (best, best_epoch, best_loss) = (snapshot(&vm)?, epoch, vl);
-        } else if epoch - best_epoch >= o.patience {
-            break;
-        }
+        Ok((sum, count, steps))
     }
-    // Put the best weights back, then calibrate and score on validation data.
-    {
-        let data = vm
+
+    /// Mean loss over the validation executions, if there are any.
+    fn validation_loss(&self) -> Result<Option<f64>, TrainError> {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for p in self.val_batches {
+            if let Some((idx, tg, c)) = &p.val {
+                let logits = self.net.forward(&p.batch)?;
+                sum += f64::from(loss_at(&logits, idx, tg)?.to_scalar::<f32>()?) * *c as f64;
+                n += c;
+            }
+        }
+        Ok((n > 0).then(|| sum / n as f64))
+    }
+
+    /// Puts the best weights back into the network.
+    fn restore(&self, best: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+        let data = self
+            .vm
             .data()
             .lock()
             .map_err(|_| TrainError::BadOption("weights lock poisoned".into()))?;
@@ -494,16 +604,34 @@ pub fn train(
                 v.set(b)?;
             }
         }
+        Ok(())
     }
-    // Calibrate and score on an evenly spread sample of at most CALIBRATION_SAMPLE
-    // validation executions: plenty for one scalar, and bounded in time and memory.
+}
+
+/// The fitted softmax temperature and the validation scores of the calibration sample.
+struct Calibration {
+    temperature: f64,
+    sample: usize,
+    sample_loss: f64,
+    calibrated: f64,
+    top1: f64,
+    top5: f64,
+}
+
+/// Calibrates and scores on an evenly spread sample of at most CALIBRATION_SAMPLE
+/// validation executions: plenty for one scalar, and bounded in time and memory.
+fn calibrate(
+    net: &Net,
+    val_batches: &[Prepared],
+    best_loss: f64,
+) -> Result<Calibration, TrainError> {
     let total_val: usize = val_batches
         .iter()
         .filter_map(|p| p.val.as_ref().map(|v| v.2))
         .sum();
     let stride = total_val.div_ceil(CALIBRATION_SAMPLE).max(1);
     let (mut rows, mut targets) = (Vec::new(), Vec::new());
-    for p in &val_batches {
+    for p in val_batches {
         if let Some((idx, tg, c)) = &p.val {
             let keep: Vec<u32> = (0..*c as u32).step_by(stride).collect();
             let keep = Tensor::from_vec(keep.clone(), keep.len(), &Device::Cpu)?;
@@ -536,6 +664,26 @@ pub fn train(
         let (t1, t5) = top_k_accuracy(&rows, &targets)?;
         (best_t.0, at_one, best_t.1, t1, t5)
     };
+    Ok(Calibration {
+        temperature,
+        sample,
+        sample_loss,
+        calibrated,
+        top1,
+        top5,
+    })
+}
+
+/// What the model records about its training: the data, the options and the outcome.
+fn training_summary(
+    records: &[HistoryRecord],
+    o: &TrainOptions,
+    split: usize,
+    batch: usize,
+    f: &Fitted,
+    cal: &Calibration,
+    started: Instant,
+) -> TrainingSummary {
     let keys: HashSet<&str> = records[..split]
         .iter()
         .map(|r| r.event.key.as_str())
@@ -545,45 +693,35 @@ pub fn train(
         .flat_map(|r| r.reads.iter().map(|x| x.resource.as_str()))
         .collect();
     let seconds = started.elapsed().as_secs_f64();
-    let config = ModelConfig {
-        format: FORMAT.into(),
-        format_version: FORMAT_VERSION,
-        arch: o.arch,
-        dims,
-        vocab,
-        temperature,
-        weights_blake3: String::new(),
-        training: TrainingSummary {
-            records: records.len() as u64,
-            validation_records: (records.len() - split) as u64,
-            keys: keys.len() as u64,
-            resources: resources.len() as u64,
-            first_ts: records[0].ts,
-            last_ts: records[records.len() - 1].ts,
-            epochs,
-            best_epoch: best_epoch.max(1),
-            validation_loss: if best_loss.is_finite() {
-                best_loss
-            } else {
-                train_loss_last
-            },
-            calibration_sample: sample as u64,
-            sample_loss,
-            calibrated_loss: calibrated,
-            validation_top1: top1,
-            validation_top5: top5,
-            seed: o.seed,
-            seq_len: t,
-            batch,
-            learning_rate: o.lr,
-            vocab_limits: o.limits,
-            horizon_s: o.horizon_s,
-            horizon_weight: o.horizon_weight,
-            seconds,
-            steps_per_s: total_steps as f64 / seconds.max(1e-9),
+    TrainingSummary {
+        records: records.len() as u64,
+        validation_records: (records.len() - split) as u64,
+        keys: keys.len() as u64,
+        resources: resources.len() as u64,
+        first_ts: records[0].ts,
+        last_ts: records[records.len() - 1].ts,
+        epochs: f.epochs,
+        best_epoch: f.best_epoch.max(1),
+        validation_loss: if f.best_loss.is_finite() {
+            f.best_loss
+        } else {
+            f.train_loss_last
         },
-    };
-    Model::new(config, best).map_err(|e| TrainError::BadOption(e.to_string()))
+        calibration_sample: cal.sample as u64,
+        sample_loss: cal.sample_loss,
+        calibrated_loss: cal.calibrated,
+        validation_top1: cal.top1,
+        validation_top5: cal.top5,
+        seed: o.seed,
+        seq_len: o.seq_len,
+        batch,
+        learning_rate: o.lr,
+        vocab_limits: o.limits,
+        horizon_s: o.horizon_s,
+        horizon_weight: o.horizon_weight,
+        seconds,
+        steps_per_s: f.total_steps as f64 / seconds.max(1e-9),
+    }
 }
 
 fn top_k_accuracy(rows: &Tensor, targets: &Tensor) -> Result<(f64, f64), TrainError> {
