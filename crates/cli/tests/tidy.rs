@@ -354,3 +354,196 @@ fn every_listener_is_served_through_prewarm_http() {
         found.join("\n")
     );
 }
+
+/// Longest a production function may be, in lines from `fn` to its closing brace.
+const MAX_FN_LINES: usize = 120;
+
+/// `text` with the contents of comments, string and char literals blanked (newlines kept),
+/// so braces in them do not count.
+fn code_only(text: &str) -> Vec<u8> {
+    let b = text.as_bytes();
+    let mut out = b.to_vec();
+    let blank = |out: &mut Vec<u8>, from: usize, to: usize| {
+        for c in &mut out[from..to] {
+            if *c != b'\n' {
+                *c = b' ';
+            }
+        }
+    };
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut i = 0;
+    while i < b.len() {
+        let start = i;
+        if b[i..].starts_with(b"//") {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i..].starts_with(b"/*") {
+            let mut depth = 0;
+            while i < b.len() {
+                if b[i..].starts_with(b"/*") {
+                    depth += 1;
+                    i += 2;
+                } else if b[i..].starts_with(b"*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if b[i] == b'r'
+            && (i == 0 || !ident(b[i - 1]) || (b[i - 1] == b'b' && (i < 2 || !ident(b[i - 2]))))
+            && matches!(b.get(i + 1), Some(b'"' | b'#'))
+        {
+            // A raw string: r"…", r#"…"#, ….
+            let hashes = b[i + 1..].iter().take_while(|&&c| c == b'#').count();
+            if b.get(i + 1 + hashes) != Some(&b'"') {
+                i += 1;
+                continue;
+            }
+            let close: Vec<u8> = std::iter::once(b'"')
+                .chain(std::iter::repeat_n(b'#', hashes))
+                .collect();
+            i += 2 + hashes;
+            while i < b.len() && !b[i..].starts_with(&close) {
+                i += 1;
+            }
+            i = (i + close.len()).min(b.len());
+        } else if b[i] == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(b.len());
+        } else if b[i] == b'\'' {
+            // A char literal ('x', '\n', '\u{..}', '{'); otherwise a lifetime or label.
+            let end = if b.get(i + 1) == Some(&b'\\') {
+                let rest = b.get(i + 3..).unwrap_or_default();
+                rest.iter().position(|&c| c == b'\'').map(|p| i + 3 + p)
+            } else {
+                let len = text[i + 1..].chars().next().map_or(1, char::len_utf8);
+                (b.get(i + 1 + len) == Some(&b'\'')).then_some(i + 1 + len)
+            };
+            match end {
+                Some(e) => i = e + 1,
+                None => {
+                    i += 1;
+                    continue;
+                }
+            }
+        } else {
+            i += 1;
+            continue;
+        }
+        blank(&mut out, start, i);
+    }
+    out
+}
+
+/// Where the item starting at `from` ends: the index of the brace closing its body, or of
+/// the `;` ending a bodiless item (`None` at the end of the text).
+fn item_end(code: &[u8], from: usize) -> Option<usize> {
+    let mut nesting = 0i32; // parentheses and brackets in a signature or attribute
+    let mut i = from;
+    while i < code.len() {
+        match code[i] {
+            b'(' | b'[' => nesting += 1,
+            b')' | b']' => nesting -= 1,
+            b';' if nesting == 0 => return Some(i),
+            b'{' if nesting == 0 => {
+                let mut depth = 0;
+                for (j, &c) in code.iter().enumerate().skip(i) {
+                    match c {
+                        b'{' => depth += 1,
+                        b'}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return Some(j);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                return None;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Functions of `text` longer than `max` lines, as `name (line N): L lines`; items under
+/// `#[cfg(test)]` are skipped whole.
+fn long_functions(text: &str, max: usize) -> Vec<String> {
+    let code = code_only(text);
+    let line_of = |i: usize| code[..i].iter().filter(|&&c| c == b'\n').count() + 1;
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < code.len() {
+        if code[i..].starts_with(b"#[cfg(test)]") {
+            match item_end(&code, i + b"#[cfg(test)]".len()) {
+                Some(e) => i = e + 1,
+                None => break,
+            }
+            continue;
+        }
+        let is_fn = code[i..].starts_with(b"fn")
+            && (i == 0 || !ident(code[i - 1]))
+            && code.get(i + 2).is_some_and(u8::is_ascii_whitespace);
+        if is_fn && let Some(end) = item_end(&code, i) {
+            let name: String = text[i + 2..]
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let lines = line_of(end) - line_of(i) + 1;
+            if code[end] == b'}' && lines > max {
+                out.push(format!("{name} (line {}): {lines} lines", line_of(i)));
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn no_production_function_is_too_long() {
+    let sample = "fn short() {\n    let s = \"}}}\";\n}\n\
+                  fn long<'a>(x: &'a [u8; 2]) -> char {\n    // }\n    let _ = r#\"{\"#;\n\
+                  \n    '{'\n}\n\
+                  #[cfg(test)]\nmod tests {\n    fn long_test() {\n\n\n\n\n    }\n}\n\
+                  trait T { fn f(&self); }\n";
+    assert_eq!(long_functions(sample, 3), ["long (line 4): 6 lines"]);
+    let mut files = Vec::new();
+    rust_files(&workspace_root().join("crates"), &mut files);
+    let mut found = Vec::new();
+    for p in &files {
+        let in_src = p
+            .parent()
+            .and_then(|d| {
+                d.ancestors()
+                    .find(|a| a.file_name() == Some("src".as_ref()))
+            })
+            .is_some();
+        let test_file = p.ends_with("tests.rs")
+            || p.components()
+                .any(|c| c.as_os_str() == "tests" || c.as_os_str() == "benches");
+        if !in_src || test_file {
+            continue;
+        }
+        let text = std::fs::read_to_string(p).expect("utf-8");
+        for f in long_functions(&text, MAX_FN_LINES) {
+            found.push(format!("{}: {f}", p.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "functions over {MAX_FN_LINES} lines (split them into named stages):\n{}",
+        found.join("\n")
+    );
+}

@@ -106,10 +106,19 @@ fn id(s: &str) -> ResourceId {
     ResourceId::new(s).expect("generated ids are valid")
 }
 
-impl Workload {
-    /// Generates the workload `shape` describes.
-    pub fn generate(shape: &Shape) -> Self {
-        let mut rng = Rng::new(shape.seed);
+/// The workload's states, and which of them each kind of execution reads.
+struct Catalog {
+    states: Vec<State>,
+    embed: usize,
+    rank: usize,
+    reports: Vec<usize>,
+    /// (profile, index, cache) per tenant.
+    tenants: Vec<[usize; 3]>,
+}
+
+impl Catalog {
+    /// The two shared models, three reports and each tenant's three states.
+    fn new(shape: &Shape, rng: &mut Rng) -> Self {
         let mut states = vec![
             State {
                 id: id("models/embed"),
@@ -133,7 +142,6 @@ impl Workload {
                 states.len() - 1
             })
             .collect();
-        // (profile, index, cache) per tenant.
         let tenants: Vec<[usize; 3]> = (0..shape.tenants)
             .map(|i| {
                 let mut add = |name: &str, bytes: u64, fill: Fill| {
@@ -151,6 +159,63 @@ impl Workload {
                 ]
             })
             .collect();
+        Self {
+            states,
+            embed,
+            rank,
+            reports,
+            tenants,
+        }
+    }
+
+    /// One session of `tenant` starting at `t`: profile, then index + embedding model, then
+    /// cache + ranking model, 1.5–3 s apart.
+    fn session(&self, execs: &mut Vec<Exec>, rng: &mut Rng, tenant: usize, t: f64) {
+        let [profile, index, cache] = self.tenants[tenant];
+        let key = format!("tenant-{tenant:02}");
+        let t1 = t + 1.5 + 1.5 * uniform(rng);
+        let t2 = t1 + 1.5 + 1.5 * uniform(rng);
+        for (t, reads) in [
+            (t, vec![profile]),
+            (t1, vec![index, self.embed]),
+            (t2, vec![cache, self.rank]),
+        ] {
+            execs.push(Exec {
+                t,
+                kind: "http",
+                key: key.clone(),
+                reads,
+            });
+        }
+    }
+
+    /// The three periodic timers (every 5, 7 and 11 s) until `end`, each reading its report
+    /// (the first also the embedding model).
+    fn timers(&self, execs: &mut Vec<Exec>, rng: &mut Rng, end: f64) {
+        for (j, period) in [5.0, 7.0, 11.0].into_iter().enumerate() {
+            let mut t = period * uniform(rng);
+            while t < end {
+                let mut reads = vec![self.reports[j]];
+                if j == 0 {
+                    reads.push(self.embed);
+                }
+                execs.push(Exec {
+                    t: t + 0.1 * uniform(rng),
+                    kind: "timer",
+                    key: format!("cron-{j}"),
+                    reads,
+                });
+                t += period;
+            }
+        }
+    }
+}
+
+impl Workload {
+    /// Generates the workload `shape` describes.
+    pub fn generate(shape: &Shape) -> Self {
+        let mut rng = Rng::new(shape.seed);
+        let cat = Catalog::new(shape, &mut rng);
         let mut cumulative = Vec::with_capacity(shape.tenants);
         let mut acc = 0.0;
         for i in 0..shape.tenants {
@@ -159,24 +224,6 @@ impl Workload {
         }
         let end = shape.history_s + shape.serve_s;
         let mut execs = Vec::new();
-        let session = |execs: &mut Vec<Exec>, rng: &mut Rng, tenant: usize, t: f64| {
-            let [profile, index, cache] = tenants[tenant];
-            let key = format!("tenant-{tenant:02}");
-            let t1 = t + 1.5 + 1.5 * uniform(rng);
-            let t2 = t1 + 1.5 + 1.5 * uniform(rng);
-            for (t, reads) in [
-                (t, vec![profile]),
-                (t1, vec![index, embed]),
-                (t2, vec![cache, rank]),
-            ] {
-                execs.push(Exec {
-                    t,
-                    kind: "http",
-                    key: key.clone(),
-                    reads,
-                });
-            }
-        };
         let mut t = 0.0;
         loop {
             t += -(1.0 - uniform(&mut rng)).ln() / shape.sessions_per_s;
@@ -184,33 +231,18 @@ impl Workload {
                 break;
             }
             let tenant = zipf(&mut rng, &cumulative);
-            session(&mut execs, &mut rng, tenant, t);
+            cat.session(&mut execs, &mut rng, tenant, t);
         }
         let mut t = 10.0 * uniform(&mut rng);
         while t < end {
             let tenant = rng.below(shape.tenants as u64) as usize;
             for _ in 0..5 {
                 let start = t + uniform(&mut rng);
-                session(&mut execs, &mut rng, tenant, start);
+                cat.session(&mut execs, &mut rng, tenant, start);
             }
             t += 15.0 + 10.0 * uniform(&mut rng);
         }
-        for (j, period) in [5.0, 7.0, 11.0].into_iter().enumerate() {
-            let mut t = period * uniform(&mut rng);
-            while t < end {
-                let mut reads = vec![reports[j]];
-                if j == 0 {
-                    reads.push(embed);
-                }
-                execs.push(Exec {
-                    t: t + 0.1 * uniform(&mut rng),
-                    kind: "timer",
-                    key: format!("cron-{j}"),
-                    reads,
-                });
-                t += period;
-            }
-        }
+        cat.timers(&mut execs, &mut rng, end);
         execs.retain(|e| e.t < end);
         execs.sort_by(|a, b| a.t.total_cmp(&b.t));
         let mut uploads = Vec::new();
@@ -222,11 +254,11 @@ impl Workload {
             }
             uploads.push(Upload {
                 t,
-                state: tenants[zipf(&mut rng, &cumulative)][1],
+                state: cat.tenants[zipf(&mut rng, &cumulative)][1],
             });
         }
         Self {
-            states,
+            states: cat.states,
             execs,
             uploads,
             split: shape.history_s,

@@ -31,6 +31,17 @@ pub struct Replay {
 
 /// The replay's report page.
 pub fn html(r: &Replay) -> String {
+    let mut s = summary_table(r);
+    s.push_str(&frontiers_section(r));
+    s.push_str(&standings_section(r));
+    s.push_str(&time_to_ready_section(r));
+    s.push_str(&over_time_section(r));
+    s.push_str("</body></html>\n");
+    s
+}
+
+/// The page head, the settings replayed and one table row per policy.
+fn summary_table(r: &Replay) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
@@ -72,6 +83,12 @@ pub fn html(r: &Replay) -> String {
         );
     }
     s.push_str("</table>\n");
+    s
+}
+
+/// Warm-start rate against cache memory-time and against bytes moved, per policy.
+fn frontiers_section(r: &Replay) -> String {
+    let mut s = String::new();
     // Warm-start rate against each cost: every (size) run per policy.
     s.push_str("<h2>Frontiers: warm-start rate against cache memory-time and bytes moved</h2>\n");
     if r.sweep.is_empty() {
@@ -116,7 +133,12 @@ pub fn html(r: &Replay) -> String {
         }
         s.push_str(&chart(title, label, "warm-start rate, %", &by_policy, true));
     }
-    s.push_str(&standings_section(r));
+    s
+}
+
+/// The time-to-ready distribution of each policy.
+fn time_to_ready_section(r: &Replay) -> String {
+    let mut s = String::new();
     let cdf: Vec<(String, Vec<(f64, f64)>)> = r
         .rows
         .iter()
@@ -139,6 +161,12 @@ pub fn html(r: &Replay) -> String {
         &cdf,
         true,
     ));
+    s
+}
+
+/// The warm-start rate of each policy over the replay.
+fn over_time_section(r: &Replay) -> String {
+    let mut s = String::new();
     let over: Vec<(String, Vec<(f64, f64)>)> = r
         .rows
         .iter()
@@ -162,7 +190,6 @@ pub fn html(r: &Replay) -> String {
         &over,
         false,
     ));
-    s.push_str("</body></html>\n");
     s
 }
 
