@@ -708,26 +708,19 @@ impl Engine {
             return None;
         }
         self.sizes.insert(pw.resource.clone(), bytes);
-        if pw.spread {
-            let d = self.spread_decision(pw, latest, bytes, fleet, now)?;
-            let hint = self.hint(&pw.resource, fleet, now, None);
-            return Some((
-                d,
-                HintFor {
-                    capacity: pw.capacity.clone(),
-                    resource: pw.resource.clone(),
-                    hint,
-                },
-            ));
-        }
         let mut hint = self.hint(&pw.resource, fleet, now, None);
-        hint.keep_until = pw.hold_until;
-        let d = Decision {
-            resource: pw.resource.clone(),
-            version: latest,
-            bytes,
-            probability: 1.0,
-            score: 0.0,
+        let d = if pw.spread {
+            // Priced by the planner; kept by the usual rule when taken.
+            self.spread_decision(pw, latest, bytes, fleet, now)?
+        } else {
+            hint.keep_until = pw.hold_until;
+            Decision {
+                resource: pw.resource.clone(),
+                version: latest,
+                bytes,
+                probability: 1.0,
+                score: 0.0,
+            }
         };
         Some((
             d,

@@ -7,17 +7,11 @@
 
 use std::path::Path;
 
-use super::{ImportError, Sink, read_file, record, resource_for};
+use super::{ImportError, Sink, headed_csv, read_file, record, resource_for};
 
 pub fn import(path: &Path, sink: &mut Sink) -> Result<(), ImportError> {
     let data = read_file(path)?;
-    let mut rd = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(&data[..]);
-    let header = rd
-        .headers()
-        .map_err(|e| ImportError::Format(format!("{}: {e}", path.display())))?
-        .clone();
+    let (mut rd, header) = headed_csv(&data, path)?;
     let col = |name: &str| {
         header.iter().position(|h| h == name).ok_or_else(|| {
             ImportError::Format(format!(

@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-use super::{ImportError, Sink, base_name, capped, read_file, record, resource_for};
+use super::{ImportError, Sink, base_name, capped, headed_csv, read_file, record, resource_for};
 
 /// The service a file's name names.
 fn service_of(path: &Path) -> String {
@@ -62,13 +62,7 @@ fn count(r: &csv::StringRecord, i: usize, what: &str) -> Result<u64, String> {
 
 pub fn import(path: &Path, sink: &mut Sink) -> Result<(), ImportError> {
     let data = read_file(path)?;
-    let mut rd = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(&data[..]);
-    let header = rd
-        .headers()
-        .map_err(|e| ImportError::Format(format!("{}: {e}", path.display())))?
-        .clone();
+    let (mut rd, header) = headed_csv(&data, path)?;
     let col = |name: &str| header.iter().position(|h| h == name);
     let (Some(t), Some(ctx), Some(generated)) = (
         col("TIMESTAMP"),

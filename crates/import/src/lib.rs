@@ -199,6 +199,21 @@ impl Sink {
 /// the name; concatenated members are read as one stream), without a leading UTF-8
 /// byte-order mark (editors and Excel write one; left in, it becomes part of the first key or
 /// column name).
+/// A CSV reader over `data` (read from `path`), fields trimmed, and its header row.
+pub(crate) fn headed_csv<'a>(
+    data: &'a [u8],
+    path: &Path,
+) -> Result<(csv::Reader<&'a [u8]>, csv::StringRecord), ImportError> {
+    let mut rd = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(data);
+    let header = rd
+        .headers()
+        .map_err(|e| ImportError::Format(format!("{}: {e}", path.display())))?
+        .clone();
+    Ok((rd, header))
+}
+
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ImportError> {
     let io = |source| ImportError::Io {
         path: path.to_owned(),
