@@ -51,6 +51,14 @@ pub trait Predictor: Send {
         }
     }
 
+    /// Takes `retrained` (a retrained model, already warmed on the history) in place of
+    /// the part of this predictor it retrains, keeping what the rest learned; a mixture
+    /// swaps the member of that name and keeps its other members and weights. Gives it back
+    /// when this predictor has no such part: the caller then serves `retrained` alone.
+    fn adopt(&mut self, retrained: Box<dyn Predictor>) -> Result<(), Box<dyn Predictor>> {
+        Err(retrained)
+    }
+
     /// The `k` most likely resources the execution triggered by `ctx` reads, most likely
     /// first.
     fn predict(&mut self, ctx: &Context<'_>, k: usize) -> Vec<Prediction>;

@@ -258,9 +258,17 @@ impl Engine {
         self.predictor.as_ref().map_or("none", |p| p.name())
     }
 
-    /// Swaps the model (a retrained one) without losing what the engine learned.
+    /// Swaps in a retrained model without losing what the engine learned: the serving
+    /// predictor adopts it in place of its part of the same name (a mixture's member), or it
+    /// replaces the serving predictor ([`Predictor::adopt`]).
     pub fn replace_model(&mut self, p: Box<dyn Predictor>) {
-        self.predictor = Some(p);
+        let refused = match self.predictor.as_mut() {
+            Some(serving) => serving.adopt(p).err(),
+            None => Some(p),
+        };
+        if let Some(p) = refused {
+            self.predictor = Some(p);
+        }
     }
 
     /// The model, if any.

@@ -206,6 +206,20 @@ impl Predictor for Mixture {
         }
     }
 
+    fn adopt(&mut self, retrained: Box<dyn Predictor>) -> Result<(), Box<dyn Predictor>> {
+        match self
+            .members
+            .iter_mut()
+            .find(|m| m.name() == retrained.name())
+        {
+            Some(m) => {
+                *m = retrained;
+                Ok(())
+            }
+            None => Err(retrained),
+        }
+    }
+
     fn predict(&mut self, ctx: &Context<'_>, k: usize) -> Vec<Prediction> {
         self.predict_batch(std::slice::from_ref(ctx), k)
             .pop()
@@ -305,6 +319,43 @@ mod tests {
         assert!(p[0].probability > 0.8);
         // Another context starts from the global weights.
         assert!(m.weights("never-seen")[1].1 > 0.9);
+    }
+
+    #[test]
+    fn a_retrained_member_is_adopted_in_place_and_the_weights_stay() {
+        let mut m = Mixture::new(
+            "mix",
+            vec![
+                Box::new(Always("says-a", id("a"))),
+                Box::new(Always("says-b", id("b"))),
+            ],
+        );
+        let history: Vec<_> = (0..200)
+            .map(|i| test_record(f64::from(i), &format!("k{}", i % 3), "b"))
+            .collect();
+        m.observe_batch(&history);
+        let before = m.weights("t");
+        // A retrained "says-a" that now says c: it takes the member's place.
+        assert!(m.adopt(Box::new(Always("says-a", id("c")))).is_ok());
+        assert_eq!(m.weights("t"), before, "weights kept");
+        let r = test_record(300.0, "k9", "b");
+        let ctx = Context {
+            ts: r.ts,
+            event: &r.event,
+        };
+        let listed: Vec<String> = m
+            .predict(&ctx, 3)
+            .iter()
+            .map(|p| p.resource.as_str().to_owned())
+            .collect();
+        assert!(listed.contains(&"c".to_owned()), "{listed:?}");
+        assert!(!listed.contains(&"a".to_owned()), "{listed:?}");
+        // No member of that name: given back for the caller to serve alone.
+        let back = m.adopt(Box::new(Always("other", id("d"))));
+        assert_eq!(
+            back.err().map(|p| p.name().to_owned()).as_deref(),
+            Some("other")
+        );
     }
 
     #[test]

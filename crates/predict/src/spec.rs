@@ -89,15 +89,12 @@ pub fn by_name(spec: &str) -> Result<Box<dyn Predictor>, SpecError> {
 /// [`by_name`] with `o`; also `oracle` when `o` gives the future.
 pub fn by_name_with(spec: &str, o: &Options<'_>) -> Result<Box<dyn Predictor>, SpecError> {
     if let Some(rest) = spec.strip_prefix("mixture") {
-        let mut members: Vec<Box<dyn Predictor>> = Vec::new();
-        match rest.strip_prefix(':') {
-            Some(inner) => members.push(by_name_with(inner, o)?),
-            None if rest.is_empty() => {}
+        let first = match rest.strip_prefix(':') {
+            Some(inner) => Some(by_name_with(inner, o)?),
+            None if rest.is_empty() => None,
             None => return Err(SpecError::Unknown(spec.to_owned())),
-        }
-        members.push(Box::new(baselines::Markov::new(o.order, o.tau)));
-        members.push(Box::new(baselines::Frequency::new(o.tau)));
-        return Ok(Box::new(mixture::Mixture::new("mixture", members)));
+        };
+        return Ok(mixture_of(first, o));
     }
     Ok(match spec {
         "frequency" => Box::new(baselines::Frequency::new(o.tau)),
@@ -112,6 +109,15 @@ pub fn by_name_with(spec: &str, o: &Options<'_>) -> Result<Box<dyn Predictor>, S
             _ => return Err(SpecError::Unknown(s.to_owned())),
         },
     })
+}
+
+/// The mixture `mixture[:SPEC]` names: `first` (when given), Markov and frequency, mixed by
+/// online weights.
+fn mixture_of(first: Option<Box<dyn Predictor>>, o: &Options<'_>) -> Box<dyn Predictor> {
+    let mut members: Vec<Box<dyn Predictor>> = first.into_iter().collect();
+    members.push(Box::new(baselines::Markov::new(o.order, o.tau)));
+    members.push(Box::new(baselines::Frequency::new(o.tau)));
+    Box::new(mixture::Mixture::new("mixture", members))
 }
 
 /// Loads `kind:dir`, checking its architecture and that it trained before `o.scored_from`.

@@ -27,6 +27,8 @@ pub struct Replay {
     pub standings: Vec<prewarm_sim::pareto::Standing>,
     /// The best warm-start rate any policy that learns only from the past can reach.
     pub ceiling: prewarm_sim::ceiling::Ceiling,
+    /// The retraining rounds run during the replays (empty: none).
+    pub retraining: Vec<prewarm_sim::retrain::RoundLog>,
 }
 
 /// The replay's report page.

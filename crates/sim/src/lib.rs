@@ -24,6 +24,7 @@ mod fleet;
 mod oracle;
 pub mod pareto;
 mod replay;
+pub mod retrain;
 mod run;
 
 use prewarm_core::{Predictor, ResourceId};
@@ -108,12 +109,25 @@ pub enum PolicyKind {
     Oracle,
 }
 
+/// Retraining during a replay, as the coordinator retrains in production (`--retrain-every`:
+/// a challenger trained on the history so far, swapped in only when it scores better on the
+/// newest held-back part). The replay asks after every execution it has observed; what it
+/// returns replaces the engine's model ([`prewarm_engine::Engine::replace_model`]).
+pub trait Retrainer {
+    /// `history` holds every record whose execution the engine has observed, in order (the
+    /// history agents would have reported by now). A new model to serve, when a round swapped.
+    fn after(&mut self, history: &[prewarm_core::HistoryRecord]) -> Option<Box<dyn Predictor>>;
+}
+
 /// A named policy.
 pub struct Policy {
     /// Its name in tables.
     pub name: String,
     /// What it does.
     pub kind: PolicyKind,
+    /// Retraining rounds during the replay (model-driven policies; `None`: the model it
+    /// starts with serves throughout).
+    pub retrainer: Option<Box<dyn Retrainer>>,
 }
 
 impl Policy {
@@ -122,7 +136,14 @@ impl Policy {
         Self {
             name: name.to_owned(),
             kind,
+            retrainer: None,
         }
+    }
+
+    /// This policy with `r` retraining its model during the replay.
+    pub fn with_retrainer(mut self, r: Box<dyn Retrainer>) -> Self {
+        self.retrainer = Some(r);
+        self
     }
 
     /// The engine settings and model of this policy under `cfg`.

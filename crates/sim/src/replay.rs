@@ -29,6 +29,8 @@ fn run(
     logged: bool,
 ) -> (SimReport, Option<DecisionLog>) {
     let name = policy.name.clone();
+    let mut policy = policy;
+    let mut retrainer = policy.retrainer.take();
     let (ec, model) = policy.engine_parts(cfg, records);
     let rule = ec.rule;
     let mut engine = Engine::new(ec, model);
@@ -49,7 +51,13 @@ fn run(
                 sim.on_event(&mut engine, i, t);
                 sim.push(records[i].ts.max(t), Ev::Exec(i));
             }
-            Ev::Exec(i) => sim.on_exec(&mut engine, i, t),
+            Ev::Exec(i) => {
+                sim.on_exec(&mut engine, i, t);
+                // Executions are observed in time order: records[..=i] is what agents reported.
+                if let Some(p) = retrainer.as_mut().and_then(|r| r.after(&records[..=i])) {
+                    engine.replace_model(p);
+                }
+            }
             Ev::Release(cap, r) => sim.on_release(cap, r, t),
             Ev::Expire(cap, r) => sim.on_expire(cap, r, t),
             Ev::Prewarm(pw) => sim.on_prewarm(&mut engine, pw, t),

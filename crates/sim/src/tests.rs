@@ -276,3 +276,71 @@ fn spreading_copies_a_popular_state_to_the_capacities_that_lack_it() {
     // Forty states on four capacities: never more than 160 copies in all.
     assert!(on.bytes <= 160 * 10_000_000, "{on:?}");
 }
+
+/// Hands over a Markov model, warmed on the history so far, once the history holds `at`
+/// records; remembers every history length it was shown.
+struct SwapAt {
+    at: usize,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl crate::Retrainer for SwapAt {
+    fn after(&mut self, history: &[HistoryRecord]) -> Option<Box<dyn Predictor>> {
+        self.seen.lock().unwrap().push(history.len());
+        (history.len() == self.at).then(|| {
+            let mut m = Markov::new(1, 600.0);
+            m.observe_batch(history);
+            Box::new(m) as Box<dyn Predictor>
+        })
+    }
+}
+
+#[test]
+fn a_retrained_model_serves_from_the_round_on_and_each_round_sees_only_the_past() {
+    let h = cyclic();
+    let c = SimConfig {
+        warmup: 0.5,
+        ..cfg()
+    };
+    let stale = replay(
+        &h,
+        Policy::new("m", PolicyKind::Predictive(Box::new(Wrong))),
+        &c,
+    );
+    let seen = std::sync::Arc::default();
+    let retrained = Policy::new("m", PolicyKind::Predictive(Box::new(Wrong))).with_retrainer(
+        Box::new(SwapAt {
+            at: 1_000,
+            seen: std::sync::Arc::clone(&seen),
+        }),
+    );
+    let swapped = replay(&h, retrained, &c);
+    assert!(
+        swapped.warm > stale.warm + 100,
+        "retrained {} vs stale {}",
+        swapped.warm,
+        stale.warm
+    );
+    // Asked once per execution, in order, with exactly the executions observed so far.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, (1..=h.len()).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_engine_hands_a_retrained_member_to_its_mixture_and_replaces_anything_else() {
+    use prewarm_engine::{Engine, EngineConfig};
+    let mixture = prewarm_predict::by_name("mixture").unwrap();
+    let mut e = Engine::new(EngineConfig::default(), Some(mixture));
+    e.replace_model(Box::new(Markov::new(1, 600.0)));
+    assert_eq!(
+        e.model_name(),
+        "mixture",
+        "adopted as the mixture's markov member"
+    );
+    e.replace_model(Box::new(Wrong));
+    assert_eq!(
+        e.model_name(),
+        "wrong",
+        "no member of that name: it serves alone"
+    );
+}

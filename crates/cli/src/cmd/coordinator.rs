@@ -81,7 +81,7 @@ pub struct Args {
     /// Link bandwidth to a capacity, bytes/s (prices the time a transfer saves).
     #[arg(long, default_value = "125MB")]
     bandwidth: prewarm_core::ByteSize,
-    /// Retrain a gru:DIR or transformer:DIR model in the background this often from the
+    /// Retrain a gru:DIR or transformer:DIR model (alone or a mixture's member) in the background this often from the
     /// agents' history; the challenger serves (and is saved to DIR) only when it scores a
     /// lower log-loss than the serving model on the newest held-back history.
     #[arg(long, value_parser = parse_duration)]
@@ -99,10 +99,14 @@ fn retraining(a: &Args) -> anyhow::Result<Option<prewarm_coordinator::RetrainSet
     let Some(every) = a.retrain_every else {
         return Ok(None);
     };
-    let dir = match a.model.split_once(':') {
+    // A mixture's learned member is retrained and swapped inside the mixture (its other
+    // members and weights stay).
+    let learned = a.model.strip_prefix("mixture:").unwrap_or(&a.model);
+    let dir = match learned.split_once(':') {
         Some(("gru" | "transformer", dir)) => PathBuf::from(dir),
         _ => anyhow::bail!(
-            "--retrain-every needs a learned model (--model gru:DIR or transformer:DIR), not {:?}",
+            "--retrain-every needs a learned model (--model gru:DIR, transformer:DIR or \
+             mixture:gru:DIR), not {:?}",
             a.model
         ),
     };

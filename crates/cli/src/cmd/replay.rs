@@ -10,6 +10,7 @@ use prewarm_predict::histogram::Histogram;
 use prewarm_predict::neural::{Arch, TrainOptions, train};
 use prewarm_predict::{Options, SpecError, by_name_with};
 use prewarm_report::Replay;
+use prewarm_sim::retrain::{Rounds, Schedule};
 use prewarm_sim::{Policy, PolicyKind, SimConfig, SimReport, replay};
 
 use super::{parse_duration, read_history};
@@ -78,9 +79,17 @@ pub struct Args {
     /// The planner's probability threshold (0: the priced costs alone decide).
     #[arg(long, default_value_t = 0.0)]
     threshold: f64,
-    /// Time budget for training each in-process model.
+    /// Time budget for training each in-process model (and each retraining round).
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     train_budget: Duration,
+    /// Retrain the in-process gru, transformer and mixture during the replay, as the
+    /// coordinator's `--retrain-every` does live (champion/challenger rounds), each time the
+    /// history observed has grown by this factor since the last round (> 1, e.g. 1.5; 0:
+    /// never, the warm-up model serves throughout). Off by default, like retraining in the
+    /// coordinator: on the shared traces it moved warm starts by −0.5 to +0.6 points at 2.5×
+    /// the replay time (BENCHMARKS.md, "Retraining during the replay").
+    #[arg(long, default_value_t = 0.0)]
+    retrain_growth: f64,
     /// Also replay at these cache sizes (comma-separated) for the warm-start vs memory plot.
     #[arg(long, value_delimiter = ',')]
     sweep: Vec<ByteSize>,
@@ -96,6 +105,8 @@ pub struct Args {
 struct Trained {
     dir: tempfile::TempDir,
     budget: Duration,
+    /// Retraining rounds during the replays (`None`: off).
+    rounds: Option<Rounds>,
 }
 
 /// Trains the model `arch` on `train_on` into the run's model directory the first time it is
@@ -169,7 +180,19 @@ fn policy(
             }
         }
     };
-    Ok(Policy::new(name.split(':').next().unwrap_or(name), kind))
+    let policy = Policy::new(name.split(':').next().unwrap_or(name), kind);
+    let arch = match name {
+        "gru" | "mixture" => "gru",
+        "transformer" => "transformer",
+        _ => return Ok(policy),
+    };
+    let Some(rounds) = trained.rounds.as_ref() else {
+        return Ok(policy);
+    };
+    let dir = trained_dir(arch, train_on, trained)?;
+    let champion = prewarm_predict::neural::Model::load(&dir)
+        .with_context(|| format!("loading the {arch} for retraining"))?;
+    Ok(policy.with_retrainer(rounds.retrainer(arch, champion)))
 }
 
 /// Replays every policy at `cfg`, filling in the oracle share.
@@ -185,7 +208,11 @@ fn run_all(
     for name in names {
         let p = policy(name, &records[..start.max(1)], scored_from, trained)?;
         let t0 = std::time::Instant::now();
+        let logged = trained.rounds.as_ref().map_or(0, |r| r.log().len());
         let r = tokio::task::block_in_place(|| replay(records, p, cfg));
+        for x in trained.rounds.iter().flat_map(|r| r.log()).skip(logged) {
+            eprintln!("  {}", round_line(&x));
+        }
         eprintln!(
             "  {:<12} cache {:>9}: warm {:.1}%  ({:.1} s)",
             r.policy,
@@ -237,9 +264,25 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         a.history.display(),
         a.policies.len()
     );
+    if a.retrain_growth != 0.0 && (a.retrain_growth.is_nan() || a.retrain_growth <= 1.0) {
+        bail!(
+            "--retrain-growth must be above 1 (or 0: never), got {}",
+            a.retrain_growth
+        );
+    }
     let trained = Trained {
         dir: tempfile::tempdir().context("a temporary directory for trained models")?,
         budget: a.train_budget,
+        rounds: (a.retrain_growth > 1.0).then(|| {
+            Rounds::new(Schedule {
+                first: ((records.len() as f64) * cfg.warmup) as usize,
+                growth: a.retrain_growth,
+                round: prewarm_predict::neural::retrain::RetrainConfig {
+                    budget: a.train_budget,
+                    ..Default::default()
+                },
+            })
+        }),
     };
     let rows = run_all(&records, &a.policies, &cfg, &trained)?;
     let mut sweep = Vec::new();
@@ -263,7 +306,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         sweep,
         standings,
         ceiling,
+        retraining: trained.rounds.as_ref().map(Rounds::log).unwrap_or_default(),
     };
+
     if let Some(path) = &a.report {
         std::fs::write(path, prewarm_report::replay::html(&out))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -279,6 +324,31 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// One retraining round, in one line.
+fn round_line(r: &prewarm_sim::retrain::RoundLog) -> String {
+    match (&r.round, &r.error) {
+        (Some(x), _) => format!(
+            "retraining {} round {} at {} records: challenger {:.4} vs serving {:.4} nats on {} \
+             held back → {} ({:.1} s)",
+            r.arch,
+            r.k + 1,
+            r.history,
+            x.challenger.log_loss,
+            x.champion.log_loss,
+            x.held_out,
+            if x.swapped { "swapped" } else { "kept" },
+            x.seconds
+        ),
+        (None, e) => format!(
+            "retraining {} round {} at {} records: not run ({})",
+            r.arch,
+            r.k + 1,
+            r.history,
+            e.as_deref().unwrap_or("?")
+        ),
+    }
 }
 
 /// What bounds every causal policy, in one sentence.
