@@ -38,6 +38,11 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const MAX_HANDSHAKES: usize = 64;
 /// Bytes of chunk reads one connection may hold before they are written.
 pub const CONN_BUDGET: usize = 64 << 20;
+/// How long an authenticated connection may go without a request before it is closed. A
+/// client with requests outstanding asks again as soon as one is answered, and gives up on a
+/// silent server after [`crate::client::READ_TIMEOUT`] (30 s), so a connection quiet this
+/// long is idle or abandoned: it holds a slot of [`MAX_CONNECTIONS`] for nothing.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Deliberate faults, for tests of the receiving side.
 #[derive(Clone, Copy, Debug, Default)]
@@ -56,6 +61,8 @@ pub(crate) struct ServerMetrics {
     pub(crate) chunks: Counter,
     pub(crate) requests: Counter,
     pub(crate) refused: Counter,
+    /// Connections closed after [`IDLE_TIMEOUT`] without a request.
+    pub(crate) idle_closed: Counter,
     /// Stored bytes of chunks located for same-host readers (read by them from the packs).
     pub(crate) located_bytes: Counter,
     /// Pack file descriptors passed to same-host readers.
@@ -113,6 +120,12 @@ impl DataServer {
             refused: metrics.counter(
                 "prewarm_data_refused_total",
                 "Data-plane connections or requests refused (bad token, bad request, oversize).",
+                &[],
+            ),
+            idle_closed: metrics.counter(
+                "prewarm_data_idle_closed_total",
+                "Authenticated data-plane connections closed after going without a request for \
+                 the idle timeout.",
                 &[],
             ),
             located_bytes: metrics.counter(
@@ -255,7 +268,13 @@ impl DataServer {
         let writer = tokio::spawn(self.clone().write_answers(wr, rx));
         let budget = Arc::new(Semaphore::new(CONN_BUDGET >> 10));
         loop {
-            let f = match frame::read_frame(&mut rd).await {
+            let Ok(read) = tokio::time::timeout(IDLE_TIMEOUT, frame::read_frame(&mut rd)).await
+            else {
+                self.metrics.idle_closed.inc();
+                tracing::debug!("data plane: {peer}: no request for {IDLE_TIMEOUT:?}; closing");
+                break;
+            };
+            let f = match read {
                 Ok(f) => f,
                 Err(FrameError::Closed) => break,
                 Err(e) => {

@@ -137,6 +137,50 @@ async fn oversize_and_malformed_requests_are_refused() {
     assert_eq!(frame::parse_error(&f.body).0, Code::Unauthorized);
 }
 
+/// An authenticated connection that stops asking is closed after the idle timeout (not
+/// before: a request just under it is still answered), and counted.
+#[tokio::test(start_paused = true)]
+async fn an_idle_authenticated_connection_is_closed_after_the_idle_timeout() {
+    let store = Arc::new(Store::memory().await);
+    let registry = Registry::default();
+    let server = Arc::new(DataServer::new(store, None, "t".into(), &registry));
+    let (mut s, theirs) = tokio::io::duplex(1 << 16);
+    tokio::spawn(server.handle(theirs, "duplex"));
+    frame::write_frame(&mut s, Kind::Hello, 0, MAGIC)
+        .await
+        .unwrap();
+    assert_eq!(frame::read_frame(&mut s).await.unwrap().kind, Kind::HelloOk);
+    let almost = crate::server::IDLE_TIMEOUT - std::time::Duration::from_secs(1);
+    tokio::time::sleep(almost).await;
+    let mut body = 0u64.to_le_bytes().to_vec();
+    body.extend_from_slice(b"m/none");
+    frame::write_frame(&mut s, Kind::Manifest, 7, &body)
+        .await
+        .unwrap();
+    let f = frame::read_frame(&mut s).await.unwrap();
+    assert_eq!((f.kind, f.request), (Kind::Error, 7), "still served");
+    tokio::time::sleep(almost).await;
+    assert!(
+        !registry
+            .render()
+            .contains("prewarm_data_idle_closed_total 1")
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut rest = Vec::new();
+    assert_eq!(
+        s.read_to_end(&mut rest).await.unwrap(),
+        0,
+        "closed: {rest:?}"
+    );
+    assert!(
+        registry
+            .render()
+            .contains("prewarm_data_idle_closed_total 1"),
+        "{}",
+        registry.render()
+    );
+}
+
 #[tokio::test]
 async fn an_oversize_hello_is_refused_before_anything_is_buffered() {
     let t = Token::new("0123456789abcdef0123").unwrap();
