@@ -60,7 +60,7 @@ pub enum DataPath {
 
 /// Which version a load wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Want {
+pub enum VersionReq {
     /// Exactly this one.
     Exact(Version),
     /// The newest, which must be at least this (any when `None`).
@@ -130,6 +130,26 @@ impl LoadError {
     }
 }
 
+/// The acknowledgement's failure kind of a load error (the coordinator's view of it).
+impl From<&LoadError> for prewarm_proto::wire::FailureKind {
+    fn from(e: &LoadError) -> Self {
+        use prewarm_proto::wire::FailureKind as K;
+        match e {
+            LoadError::Data(DataError::UnknownState(_)) | LoadError::TooOld { .. } => {
+                K::UnknownState
+            }
+            LoadError::NoSource
+            | LoadError::Data(_)
+            | LoadError::Install(InstallError::Data(_)) => K::Source,
+            LoadError::Space(SpaceError::Full { .. }) => K::CacheFull,
+            LoadError::Install(InstallError::Verification { .. }) => K::Verification,
+            LoadError::Space(_)
+            | LoadError::Install(InstallError::Io { .. })
+            | LoadError::Publish { .. } => K::Io,
+        }
+    }
+}
+
 /// A finished load.
 #[derive(Clone, Debug)]
 pub struct Loaded {
@@ -192,8 +212,8 @@ pub struct Finished {
     pub resource: ResourceId,
     /// The version.
     pub version: Version,
-    /// What happened.
-    pub result: Result<Loaded, (&'static str, String)>,
+    /// What happened: the state loaded, or the failure's kind on the wire and its message.
+    pub result: Result<Loaded, (prewarm_proto::wire::FailureKind, String)>,
 }
 
 /// Why the agent could not start.
@@ -397,14 +417,14 @@ impl Agent {
     pub async fn load(
         self: &Arc<Self>,
         resource: &ResourceId,
-        want: Want,
+        want: VersionReq,
         priority: Priority,
     ) -> Result<Loaded, LoadError> {
         let min = match want {
-            Want::Exact(v) => Some(v),
-            Want::AtLeast(m) => m,
+            VersionReq::Exact(v) => Some(v),
+            VersionReq::AtLeast(m) => m,
         };
-        if let (Want::Exact(_), Some(held)) = (want, self.held_at_least(resource, min)) {
+        if let (VersionReq::Exact(_), Some(held)) = (want, self.held_at_least(resource, min)) {
             return Ok(Loaded { held, report: None });
         }
         let t0 = Instant::now();
@@ -442,13 +462,13 @@ impl Agent {
     async fn load_inner(
         self: &Arc<Self>,
         resource: &ResourceId,
-        want: Want,
+        want: VersionReq,
         priority: Priority,
     ) -> Result<Loaded, LoadError> {
         let mut conn = self.connect().await?;
         let m = match want {
-            Want::Exact(v) => conn.manifest(resource, Some(v)).await?,
-            Want::AtLeast(min) => {
+            VersionReq::Exact(v) => conn.manifest(resource, Some(v)).await?,
+            VersionReq::AtLeast(min) => {
                 let m = conn.manifest(resource, None).await?;
                 if let Some(wanted) = min.filter(|w| m.state.version < *w) {
                     return Err(LoadError::TooOld {
@@ -613,7 +633,9 @@ impl Agent {
             let me = self.clone();
             tokio::spawn(async move {
                 tracing::info!("resuming interrupted transfer of {r}@{v}");
-                let result = me.load(&r, Want::Exact(v), Priority::Predictive).await;
+                let result = me
+                    .load(&r, VersionReq::Exact(v), Priority::Predictive)
+                    .await;
                 if let Err(LoadError::Data(DataError::UnknownState(_))) = &result {
                     let p = me.staging_path(&r, v);
                     let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
@@ -657,7 +679,7 @@ impl Agent {
         tokio::spawn(async move {
             tracing::info!("{resource}: v{newest} committed; refreshing by delta transfer");
             let result = me
-                .load(&resource, Want::Exact(newest), Priority::Predictive)
+                .load(&resource, VersionReq::Exact(newest), Priority::Predictive)
                 .await;
             if result.is_ok() {
                 me.drop_older(&resource, newest);
@@ -667,7 +689,7 @@ impl Agent {
     }
 
     fn report(&self, resource: ResourceId, version: Version, result: Result<Loaded, LoadError>) {
-        let result = result.map_err(|e| (e.reason(), e.to_string()));
+        let result = result.map_err(|e| ((&e).into(), e.to_string()));
         let _ = self.finished_tx.send(Finished {
             resource,
             version,

@@ -17,7 +17,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::agent::{Agent, DataPath, Priority, Source, Want};
+use crate::agent::{Agent, DataPath, Priority, Source, VersionReq};
 
 /// Adds the bearer token to every call.
 #[derive(Clone)]
@@ -289,8 +289,8 @@ fn unsolicited_ack(agent: &Agent, f: crate::agent::Finished) -> TransferAck {
     };
     match f.result {
         Ok(loaded) => fill_ok(&mut ack, loaded),
-        Err((reason, msg)) => {
-            ack.failure = kind_of(reason) as i32;
+        Err((kind, msg)) => {
+            ack.failure = kind as i32;
             ack.error = msg;
         }
     }
@@ -312,16 +312,6 @@ fn fill_ok(ack: &mut TransferAck, loaded: crate::agent::Loaded) {
     }
 }
 
-fn kind_of(reason: &str) -> FailureKind {
-    match reason {
-        "unknown_state" => FailureKind::UnknownState,
-        "cache_full" => FailureKind::CacheFull,
-        "verification" => FailureKind::Verification,
-        "io" => FailureKind::Io,
-        _ => FailureKind::Source,
-    }
-}
-
 async fn carry_out(agent: Arc<Agent>, mut client: Client, l: wire::Load) {
     let mut ack = TransferAck {
         transfer_id: l.transfer_id,
@@ -337,10 +327,10 @@ async fn carry_out(agent: Arc<Agent>, mut client: Client, l: wire::Load) {
         Priority::Predictive
     };
     match (ResourceId::new(l.resource), Version::new(l.version)) {
-        (Ok(r), Some(v)) => match agent.load(&r, Want::Exact(v), priority).await {
+        (Ok(r), Some(v)) => match agent.load(&r, VersionReq::Exact(v), priority).await {
             Ok(loaded) => fill_ok(&mut ack, loaded),
             Err(e) => {
-                ack.failure = kind_of(e.reason()) as i32;
+                ack.failure = FailureKind::from(&e) as i32;
                 ack.error = e.to_string();
             }
         },

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use prewarm_core::{Event, HistoryRecord, ReadAccess, ResourceId, Version};
 use serde::Serialize;
 
-use crate::agent::{Agent, LoadError, Priority, Want};
+use crate::agent::{Agent, LoadError, Priority, VersionReq};
 
 /// An `ensure` call.
 #[derive(Clone, Debug)]
@@ -158,7 +158,7 @@ impl Agent {
         let resource = req.resource.clone();
         let min = req.min_version;
         let task = tokio::spawn(async move {
-            me.load(&resource, Want::AtLeast(min), Priority::OnDemand)
+            me.load(&resource, VersionReq::AtLeast(min), Priority::OnDemand)
                 .await
         });
         let loaded = match tokio::time::timeout(req.timeout, task).await {

@@ -24,7 +24,7 @@ pub mod local;
 pub mod metrics;
 pub mod space;
 
-pub use agent::{Agent, AgentConfig, DataPath, LoadError, Priority, Want};
+pub use agent::{Agent, AgentConfig, DataPath, LoadError, Priority, VersionReq};
 pub use ensure::{EnsureError, EnsureRequest, Ensured};
 pub use space::{Held, Lease, Slot, SpaceError, StateSpace};
 

@@ -14,7 +14,7 @@ use prewarm_snapshot::Snapshotter;
 use prewarm_store::Store;
 use prewarm_transfer::{DataAddr, DataError, DataServer, Faults};
 
-use crate::agent::{Agent, AgentConfig, DataPath, LoadError, Priority, Source, Want};
+use crate::agent::{Agent, AgentConfig, DataPath, LoadError, Priority, Source, VersionReq};
 use crate::client::{ClientError, EnsureClient};
 use crate::install::InstallError;
 use crate::space::SpaceError;
@@ -101,7 +101,7 @@ async fn delta_transfer_of_a_directory_moves_only_changed_chunks() {
     e.snap.snapshot_path(&r, src.path()).await.unwrap();
     let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
     let first = a
-        .load(&r, Want::AtLeast(None), Priority::Predictive)
+        .load(&r, VersionReq::AtLeast(None), Priority::Predictive)
         .await
         .unwrap();
     let full = first.report.unwrap();
@@ -127,7 +127,7 @@ async fn delta_transfer_of_a_directory_moves_only_changed_chunks() {
     let second = a
         .load(
             &r,
-            Want::AtLeast(Some(Version::new(2).unwrap())),
+            VersionReq::AtLeast(Some(Version::new(2).unwrap())),
             Priority::Predictive,
         )
         .await
@@ -185,7 +185,7 @@ async fn a_dead_peer_leaves_nothing_installed_and_the_retry_resumes() {
     .await;
     let a = agent(&e.cache, 1 << 30, dying);
     let err = a
-        .load(&r, Want::AtLeast(None), Priority::OnDemand)
+        .load(&r, VersionReq::AtLeast(None), Priority::OnDemand)
         .await
         .unwrap_err();
     assert!(
@@ -207,7 +207,7 @@ async fn a_dead_peer_leaves_nothing_installed_and_the_retry_resumes() {
         instance: "test".into(),
     }));
     let done = a
-        .load(&r, Want::AtLeast(None), Priority::OnDemand)
+        .load(&r, VersionReq::AtLeast(None), Priority::OnDemand)
         .await
         .unwrap();
     let rep = done.report.unwrap();
@@ -237,7 +237,7 @@ async fn corrupt_chunks_are_refetched_and_persistent_corruption_fails_clearly() 
     .await;
     let a = agent(&e.cache, 1 << 30, flaky);
     let ok = a
-        .load(&r, Want::AtLeast(None), Priority::OnDemand)
+        .load(&r, VersionReq::AtLeast(None), Priority::OnDemand)
         .await
         .unwrap();
     assert_eq!(std::fs::read(&ok.held.path).unwrap(), data);
@@ -256,7 +256,7 @@ async fn corrupt_chunks_are_refetched_and_persistent_corruption_fails_clearly() 
     .await;
     let a = agent(&e2.cache, 1 << 30, broken);
     let err = a
-        .load(&r, Want::AtLeast(None), Priority::OnDemand)
+        .load(&r, VersionReq::AtLeast(None), Priority::OnDemand)
         .await
         .unwrap_err();
     assert!(
@@ -284,12 +284,12 @@ async fn a_full_cache_refuses_clearly_and_evicts_nothing_leased() {
         .await
         .unwrap();
     let a = agent(&e.cache, 10 << 20, serve(&e.store, Faults::default()).await);
-    a.load(&ra, Want::AtLeast(None), Priority::OnDemand)
+    a.load(&ra, VersionReq::AtLeast(None), Priority::OnDemand)
         .await
         .unwrap();
     let lease = a.hit(&ra, None, None).unwrap();
     let err = a
-        .load(&rb, Want::AtLeast(None), Priority::OnDemand)
+        .load(&rb, VersionReq::AtLeast(None), Priority::OnDemand)
         .await
         .unwrap_err();
     assert!(
@@ -299,7 +299,7 @@ async fn a_full_cache_refuses_clearly_and_evicts_nothing_leased() {
     assert!(lease.0.path.exists(), "the leased state stays");
     drop(lease);
     // Unleased, it is evicted to make room.
-    a.load(&rb, Want::AtLeast(None), Priority::OnDemand)
+    a.load(&rb, VersionReq::AtLeast(None), Priority::OnDemand)
         .await
         .unwrap();
     assert!(a.hit(&ra, None, None).is_none());
@@ -315,7 +315,7 @@ async fn unknown_states_are_refused_by_name() {
         .unwrap();
     let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
     let err = a
-        .load(&id("m/nope"), Want::AtLeast(None), Priority::OnDemand)
+        .load(&id("m/nope"), VersionReq::AtLeast(None), Priority::OnDemand)
         .await
         .unwrap_err();
     assert!(
@@ -325,7 +325,7 @@ async fn unknown_states_are_refused_by_name() {
     let err = a
         .load(
             &r,
-            Want::Exact(Version::new(9).unwrap()),
+            VersionReq::Exact(Version::new(9).unwrap()),
             Priority::OnDemand,
         )
         .await
@@ -337,7 +337,7 @@ async fn unknown_states_are_refused_by_name() {
     let err = a
         .load(
             &r,
-            Want::AtLeast(Some(Version::new(3).unwrap())),
+            VersionReq::AtLeast(Some(Version::new(3).unwrap())),
             Priority::OnDemand,
         )
         .await
@@ -509,4 +509,21 @@ async fn leases_are_chosen_renewed_and_released_over_http() {
             other => panic!("{bad}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn load_errors_map_to_the_acknowledgements_failure_kinds_by_variant() {
+    use prewarm_proto::wire::FailureKind;
+    let too_old = LoadError::TooOld {
+        resource: ResourceId::new("m/a").unwrap(),
+        newest: Version::FIRST,
+        wanted: Version::new(3).unwrap(),
+    };
+    assert_eq!(FailureKind::from(&too_old), FailureKind::UnknownState);
+    assert_eq!(FailureKind::from(&LoadError::NoSource), FailureKind::Source);
+    let publish = LoadError::Publish {
+        path: "/x".into(),
+        source: std::io::Error::other("disk"),
+    };
+    assert_eq!(FailureKind::from(&publish), FailureKind::Io);
 }

@@ -79,47 +79,9 @@ where
                             REFUSALS,
                             "POST /v1/events refused: missing or wrong token"
                         );
-                        return refuse(
-                            StatusCode::UNAUTHORIZED,
-                            "unauthorized",
-                            "missing or wrong bearer token".into(),
-                        );
+                        return unauthorized();
                     }
-                    let body = match axum::body::to_bytes(body, MAX_EVENTS_BODY).await {
-                        Ok(b) => b,
-                        Err(e) => {
-                            c.metrics.events_refused.inc();
-                            if prewarm_http::deadline::timed_out(&e) {
-                                return refuse(
-                                    StatusCode::REQUEST_TIMEOUT,
-                                    "timeout",
-                                    e.to_string(),
-                                );
-                            }
-                            return refuse(
-                                StatusCode::PAYLOAD_TOO_LARGE,
-                                "too_large",
-                                format!("the body is over {MAX_EVENTS_BODY} bytes"),
-                            );
-                        }
-                    };
-                    let (events, batch) = match parse_events(&body) {
-                        Ok(x) => x,
-                        Err(e) => {
-                            c.metrics.events_refused.inc();
-                            let status = match e {
-                                EventsError::TooMany(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                                _ => StatusCode::BAD_REQUEST,
-                            };
-                            return refuse(status, "bad_events", e.to_string());
-                        }
-                    };
-                    let mut out = c.handle_events(&events, true).await;
-                    if batch {
-                        Json(out).into_response()
-                    } else {
-                        Json(out.pop()).into_response()
-                    }
+                    post_events(c, body).await
                 }
             }),
         )
@@ -130,44 +92,88 @@ where
                     let (c, check) = (c2.clone(), check2.clone());
                     async move {
                         if !authorized(&check, &headers) {
-                            return refuse(
-                                StatusCode::UNAUTHORIZED,
-                                "unauthorized",
-                                "missing or wrong bearer token".into(),
-                            );
+                            return unauthorized();
                         }
-                        let q: PlacementQuery = match q {
-                            Ok(Query(q)) => q,
-                            Err(e) => {
-                                let e: axum::extract::rejection::QueryRejection = e;
-                                return refuse(StatusCode::BAD_REQUEST, "bad_query", e.body_text());
-                            }
-                        };
-                        let capacity = match q.capacity.map(CapacityId::new).transpose() {
-                            Ok(c) => c,
-                            Err(e) => {
-                                return refuse(
-                                    StatusCode::BAD_REQUEST,
-                                    "bad_query",
-                                    format!("capacity: {e}"),
-                                );
-                            }
-                        };
-                        let e = EventIn {
-                            ts: None,
-                            event: Event {
-                                kind: q.kind.unwrap_or_else(|| "http".into()),
-                                key: q.key,
-                                attrs: Default::default(),
-                                needs: Vec::new(),
-                            },
-                            capacity,
-                        };
-                        Json(c.handle_event(&e, false).await).into_response()
+                        placement(c, q).await
                     }
                 },
             ),
         )
+}
+
+fn unauthorized() -> Response {
+    refuse(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or wrong bearer token".into(),
+    )
+}
+
+/// `POST /v1/events` once authorized: the body read within its limit, parsed, handled.
+async fn post_events(c: Arc<Coordinator>, body: Body) -> Response {
+    let body = match axum::body::to_bytes(body, MAX_EVENTS_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            c.metrics.events_refused.inc();
+            if prewarm_http::deadline::timed_out(&e) {
+                return refuse(StatusCode::REQUEST_TIMEOUT, "timeout", e.to_string());
+            }
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is over {MAX_EVENTS_BODY} bytes"),
+            );
+        }
+    };
+    let (events, batch) = match parse_events(&body) {
+        Ok(x) => x,
+        Err(e) => {
+            c.metrics.events_refused.inc();
+            let status = match e {
+                EventsError::TooMany(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return refuse(status, "bad_events", e.to_string());
+        }
+    };
+    let mut out = c.handle_events(&events, true).await;
+    if batch {
+        Json(out).into_response()
+    } else {
+        Json(out.pop()).into_response()
+    }
+}
+
+/// `GET /v1/placement` once authorized: where the event would run and what would move.
+async fn placement(
+    c: Arc<Coordinator>,
+    q: Result<Query<PlacementQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q: PlacementQuery = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_query", e.body_text()),
+    };
+    let capacity = match q.capacity.map(CapacityId::new).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!("capacity: {e}"),
+            );
+        }
+    };
+    let e = EventIn {
+        ts: None,
+        event: Event {
+            kind: q.kind.unwrap_or_else(|| "http".into()),
+            key: q.key,
+            attrs: Default::default(),
+            needs: Vec::new(),
+        },
+        capacity,
+    };
+    Json(c.handle_event(&e, false).await).into_response()
 }
 
 /// The answer to any path the coordinator does not serve: 401 without the token, else 404.

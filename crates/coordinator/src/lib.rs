@@ -172,14 +172,19 @@ fn random_instance() -> String {
     blake3::hash(&seed.to_le_bytes()).to_hex()[..16].to_owned()
 }
 
-/// Binds the listeners and starts serving `store`.
-pub async fn start(
-    store: Arc<Store>,
-    cfg: CoordinatorConfig,
-    brain: Option<Brain>,
-) -> Result<Running, StartError> {
-    let grpc_token = auth::listener_policy(cfg.listen, cfg.token.as_ref())?;
-    let data_token = auth::listener_policy(cfg.data_listen, cfg.token.as_ref())?;
+/// The coordinator's bound listeners.
+struct Listeners {
+    grpc_l: tokio::net::TcpListener,
+    data_l: tokio::net::TcpListener,
+    grpc: SocketAddr,
+    data_tcp: SocketAddr,
+    unix_l: Option<tokio::net::UnixListener>,
+    /// The pack channel's socket (same host, local store only) and its listener.
+    fds: Option<(PathBuf, tokio::net::UnixListener)>,
+}
+
+/// Binds every listener `cfg` names (the pack channel only for a store of local files).
+async fn bind(cfg: &CoordinatorConfig, store: &Store) -> Result<Listeners, StartError> {
     let bind = |addr: SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
@@ -190,14 +195,14 @@ pub async fn start(
     };
     let grpc_l = bind(cfg.listen).await?;
     let data_l = bind(cfg.data_listen).await?;
-    let grpc = grpc_l.local_addr().map_err(|source| StartError::Bind {
-        addr: cfg.listen.to_string(),
-        source,
-    })?;
-    let data_tcp = data_l.local_addr().map_err(|source| StartError::Bind {
-        addr: cfg.data_listen.to_string(),
-        source,
-    })?;
+    let local_addr = |l: &tokio::net::TcpListener, asked: SocketAddr| {
+        l.local_addr().map_err(|source| StartError::Bind {
+            addr: asked.to_string(),
+            source,
+        })
+    };
+    let grpc = local_addr(&grpc_l, cfg.listen)?;
+    let data_tcp = local_addr(&data_l, cfg.data_listen)?;
     let bind_unix = |p: &std::path::Path| {
         let _ = std::fs::remove_file(p); // a socket left by a dead coordinator
         tokio::net::UnixListener::bind(p).map_err(|source| StartError::Bind {
@@ -207,12 +212,45 @@ pub async fn start(
     };
     let unix_l = cfg.data_unix.as_deref().map(bind_unix).transpose()?;
     // Pack files can be passed only when they are files on this host.
-    let fds_path = cfg
+    let fds = match cfg
         .data_unix
         .as_deref()
         .filter(|_| store.local_dir().is_some())
-        .map(fds_socket);
-    let fds_l = fds_path.as_deref().map(bind_unix).transpose()?;
+    {
+        Some(unix) => {
+            let p = fds_socket(unix);
+            let l = bind_unix(&p)?;
+            Some((p, l))
+        }
+        None => None,
+    };
+    Ok(Listeners {
+        grpc_l,
+        data_l,
+        grpc,
+        data_tcp,
+        unix_l,
+        fds,
+    })
+}
+
+/// Binds the listeners and starts serving `store`.
+pub async fn start(
+    store: Arc<Store>,
+    cfg: CoordinatorConfig,
+    brain: Option<Brain>,
+) -> Result<Running, StartError> {
+    let grpc_token = auth::listener_policy(cfg.listen, cfg.token.as_ref())?;
+    let data_token = auth::listener_policy(cfg.data_listen, cfg.token.as_ref())?;
+    let Listeners {
+        grpc_l,
+        data_l,
+        grpc,
+        data_tcp,
+        unix_l,
+        fds,
+    } = bind(&cfg, &store).await?;
+    let (fds_path, fds_l) = fds.unzip();
     let registry = Registry::default();
     let instance = random_instance();
     let coordinator = Arc::new(Coordinator {

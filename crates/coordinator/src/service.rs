@@ -97,117 +97,165 @@ impl Coordinator {
     }
 
     async fn transfer_inner(&self, req: &TransferRequest) -> TransferAck {
-        let Ok(capacity) = CapacityId::new(req.capacity.clone()) else {
+        let t = match self.typed(req).await {
+            Ok(t) => t,
+            Err(ack) => return ack,
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let cmd_tx = match self.register(req, &t, id, tx) {
+            Ok(cmd_tx) => cmd_tx,
+            Err(ack) => return *ack,
+        };
+        let load = Command {
+            command: Some(command::Command::Load(prewarm_proto::wire::Load {
+                transfer_id: id,
+                resource: t.resource.as_str().to_owned(),
+                version: t.version.get(),
+                priority: req.priority,
+            })),
+        };
+        if cmd_tx.send(Ok(load)).await.is_err() {
+            self.forget_pending(id);
             return failed(
+                req,
+                FailureKind::CapacityGone,
+                format!("capacity {} went away", t.capacity),
+            );
+        }
+        self.await_ack(req, &t.capacity, id, rx).await
+    }
+
+    /// The request's typed parts, the version resolved against the store.
+    async fn typed(&self, req: &TransferRequest) -> Result<TypedTransfer, TransferAck> {
+        let Ok(capacity) = CapacityId::new(req.capacity.clone()) else {
+            return Err(failed(
                 req,
                 FailureKind::InvalidRequest,
                 format!("invalid capacity id {:?}", req.capacity),
-            );
+            ));
         };
-        let resource = match ResourceId::new(req.resource.clone()) {
-            Ok(r) => r,
-            Err(e) => return failed(req, FailureKind::InvalidRequest, e.to_string()),
-        };
+        let resource = ResourceId::new(req.resource.clone())
+            .map_err(|e| failed(req, FailureKind::InvalidRequest, e.to_string()))?;
         let version = match self.resolve(&resource, req.version.as_ref()).await {
             Ok(v) => v,
-            Err(ResolveFailure::Unknown(m)) => return failed(req, FailureKind::UnknownState, m),
-            Err(ResolveFailure::Store(m)) => return failed(req, FailureKind::Source, m),
+            Err(ResolveFailure::Unknown(m)) => {
+                return Err(failed(req, FailureKind::UnknownState, m));
+            }
+            Err(ResolveFailure::Store(m)) => return Err(failed(req, FailureKind::Source, m)),
         };
         let exact = matches!(
             req.version.as_ref().and_then(|s| s.spec.as_ref()),
             Some(version_spec::Spec::Exact(_))
         );
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        let cmd_tx = {
-            let mut book = self.book.lock().expect("book lock poisoned");
-            let Some(cap) = book.caps.get(&capacity) else {
-                return failed(
-                    req,
-                    FailureKind::UnknownCapacity,
-                    format!("no capacity named {capacity} has attached"),
-                );
-            };
-            let held = if exact {
-                cap.holds(&resource, version)
+        Ok(TypedTransfer {
+            capacity,
+            resource,
+            version,
+            exact,
+        })
+    }
+
+    /// Registers transfer `id` as waiting for its acknowledgement and returns the capacity's
+    /// command stream; the answer at once when the capacity already holds a version that
+    /// does, is unknown or is disconnected.
+    fn register(
+        &self,
+        req: &TransferRequest,
+        t: &TypedTransfer,
+        id: u64,
+        waiter: oneshot::Sender<TransferAck>,
+    ) -> Result<CommandSender, Box<TransferAck>> {
+        let mut book = self.book.lock().expect("book lock poisoned");
+        let Some(cap) = book.caps.get(&t.capacity) else {
+            return Err(Box::new(failed(
+                req,
+                FailureKind::UnknownCapacity,
+                format!("no capacity named {} has attached", t.capacity),
+            )));
+        };
+        let newest = cap.newest(&t.resource);
+        let held = if t.exact {
+            cap.holds(&t.resource, t.version)
+        } else {
+            newest.is_some_and(|v| v >= t.version)
+        };
+        if held {
+            let mut ack = failed(req, FailureKind::FailureNone, String::new());
+            ack.ok = true;
+            ack.already_held = true;
+            ack.version = if t.exact {
+                t.version.get()
             } else {
-                cap.newest(&resource).is_some_and(|v| v >= version)
+                newest.map_or(0, Version::get)
             };
-            if held {
-                let mut ack = failed(req, FailureKind::FailureNone, String::new());
-                ack.ok = true;
-                ack.already_held = true;
-                ack.version = if exact {
-                    version.get()
-                } else {
-                    cap.newest(&resource).map_or(0, Version::get)
-                };
-                ack.transfer_id = id;
-                book.remember(ack.clone());
-                return ack;
-            }
-            let Some(cmd_tx) = cap.tx.clone() else {
-                return failed(
-                    req,
-                    FailureKind::CapacityGone,
-                    format!("capacity {capacity} is disconnected"),
-                );
-            };
-            book.pending.insert(id, (capacity.clone(), tx));
-            cmd_tx
-        };
-        let load = Command {
-            command: Some(command::Command::Load(prewarm_proto::wire::Load {
-                transfer_id: id,
-                resource: resource.as_str().to_owned(),
-                version: version.get(),
-                priority: req.priority,
-            })),
-        };
-        if cmd_tx.send(Ok(load)).await.is_err() {
-            self.book
-                .lock()
-                .expect("book lock poisoned")
-                .pending
-                .remove(&id);
-            return failed(
+            ack.transfer_id = id;
+            book.remember(ack.clone());
+            return Err(Box::new(ack));
+        }
+        let Some(cmd_tx) = cap.tx.clone() else {
+            return Err(Box::new(failed(
                 req,
                 FailureKind::CapacityGone,
-                format!("capacity {capacity} went away"),
-            );
-        }
+                format!("capacity {} is disconnected", t.capacity),
+            )));
+        };
+        book.pending.insert(id, (t.capacity.clone(), waiter));
+        Ok(cmd_tx)
+    }
+
+    fn forget_pending(&self, id: u64) {
+        self.book
+            .lock()
+            .expect("book lock poisoned")
+            .pending
+            .remove(&id);
+    }
+
+    /// The acknowledgement of transfer `id`, or a failure when the capacity goes away or the
+    /// request's timeout passes first.
+    async fn await_ack(
+        &self,
+        req: &TransferRequest,
+        capacity: &CapacityId,
+        id: u64,
+        rx: oneshot::Receiver<TransferAck>,
+    ) -> TransferAck {
         let timeout = match req.timeout_ms {
             0 => DEFAULT_TRANSFER_TIMEOUT,
             ms => Duration::from_millis(ms),
         };
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(ack)) => ack,
-            Ok(Err(_)) => {
-                let mut a = failed(
-                    req,
-                    FailureKind::CapacityGone,
-                    format!("capacity {capacity} disconnected during the transfer"),
-                );
-                a.transfer_id = id;
-                a
-            }
+        let (kind, error) = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(ack)) => return ack,
+            Ok(Err(_)) => (
+                FailureKind::CapacityGone,
+                format!("capacity {capacity} disconnected during the transfer"),
+            ),
             Err(_) => {
-                self.book
-                    .lock()
-                    .expect("book lock poisoned")
-                    .pending
-                    .remove(&id);
-                let mut a = failed(
-                    req,
+                self.forget_pending(id);
+                (
                     FailureKind::Timeout,
                     format!("no acknowledgement within {timeout:?}"),
-                );
-                a.transfer_id = id;
-                a
+                )
             }
-        }
+        };
+        let mut a = failed(req, kind, error);
+        a.transfer_id = id;
+        a
     }
 }
+
+/// A transfer request in typed form.
+struct TypedTransfer {
+    capacity: CapacityId,
+    resource: ResourceId,
+    version: Version,
+    /// Exactly `version` (else it or any newer).
+    exact: bool,
+}
+
+/// A capacity's command stream.
+type CommandSender = mpsc::Sender<Result<Command, Status>>;
 
 #[tonic::async_trait]
 impl coordinator_server::Coordinator for Service {

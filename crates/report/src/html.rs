@@ -26,24 +26,7 @@ pub fn chart(
 ) -> String {
     let (w, h, l, r, t, b) = (640.0, 360.0, 60.0, 150.0, 30.0, 45.0);
     let fx = |x: f64| if xlog { (1.0 + x.max(0.0)).log10() } else { x };
-    let pts = series.iter().flat_map(|(_, p)| p.iter());
-    let (mut x0, mut x1, mut y0, mut y1) =
-        (f64::INFINITY, f64::NEG_INFINITY, 0.0f64, f64::NEG_INFINITY);
-    for &(x, y) in pts {
-        x0 = x0.min(fx(x));
-        x1 = x1.max(fx(x));
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if !x0.is_finite() || !x1.is_finite() {
-        (x0, x1) = (0.0, 1.0);
-    }
-    if x1 - x0 < 1e-12 {
-        x1 = x0 + 1.0;
-    }
-    if !y1.is_finite() || y1 - y0 < 1e-12 {
-        y1 = y0 + 1.0;
-    }
+    let (x0, x1, y0, y1) = bounds(series, &fx);
     let sx = |x: f64| l + (fx(x) - x0) / (x1 - x0) * (w - l - r);
     let sy = |y: f64| t + (1.0 - (y - y0) / (y1 - y0)) * (h - t - b);
     let mut s = String::new();
@@ -120,6 +103,28 @@ pub fn chart(
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// The plotted ranges of `series` (x through `fx`; y from 0 or below), never empty.
+fn bounds(series: &[(String, Vec<(f64, f64)>)], fx: &dyn Fn(f64) -> f64) -> (f64, f64, f64, f64) {
+    let (mut x0, mut x1, mut y0, mut y1) =
+        (f64::INFINITY, f64::NEG_INFINITY, 0.0f64, f64::NEG_INFINITY);
+    for &(x, y) in series.iter().flat_map(|(_, p)| p.iter()) {
+        x0 = x0.min(fx(x));
+        x1 = x1.max(fx(x));
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if !x0.is_finite() || !x1.is_finite() {
+        (x0, x1) = (0.0, 1.0);
+    }
+    if x1 - x0 < 1e-12 {
+        x1 = x0 + 1.0;
+    }
+    if !y1.is_finite() || y1 - y0 < 1e-12 {
+        y1 = y0 + 1.0;
+    }
+    (x0, x1, y0, y1)
 }
 
 fn fmt_num(v: f64) -> String {

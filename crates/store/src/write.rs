@@ -15,7 +15,7 @@ use prewarm_core::{ResourceId, StateRef, Version};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::chunker::{CutBatch, Cutter, Hashed, Hasher, Segment, SegmentReadError};
+use crate::chunker::{ChunkMeta, CutBatch, Cutter, Hashed, Hasher, Segment, SegmentReadError};
 use crate::index::ChunkIndex;
 use crate::manifest::{ChunkRef, ChunkerParams, Manifest, SourceKind, TreeEntry};
 use crate::pack::{PackBuilder, PackId, PackedBlob};
@@ -122,6 +122,36 @@ pub struct Committed {
     pub manifest_bytes: u64,
 }
 
+impl Staged {
+    /// Appends one batch of hashed chunks at `offset` (advanced past them) and counts them
+    /// as new or reused (and the packs that reused ones live in).
+    fn record(&mut self, metas: Vec<ChunkMeta>, offset: &mut u64, known: &ChunkIndex) {
+        for p in metas {
+            self.chunks.push(ChunkRef {
+                hash: p.hash,
+                offset: *offset,
+                length: p.length,
+                stored_length: p.stored_length,
+                codec: p.codec,
+                fingerprint: p.fingerprint,
+            });
+            *offset += u64::from(p.length);
+            self.stats.chunks += 1;
+            if p.new {
+                self.stats.new_chunks += 1;
+                self.stats.new_raw_bytes += u64::from(p.length);
+                self.stats.new_stored_bytes += u64::from(p.stored_length);
+            } else {
+                self.stats.reused_chunks += 1;
+                self.stats.reused_bytes += u64::from(p.length);
+                if let Some(loc) = known.get(&p.hash) {
+                    self.reused_packs.insert(loc.pack);
+                }
+            }
+        }
+    }
+}
+
 /// Packs being uploaded at once while the CPU works on the next ones.
 const PUTS_IN_FLIGHT: usize = 4;
 
@@ -179,31 +209,7 @@ impl Store {
         let mut offset = 0u64;
         while let Some(h) = rx.recv().await {
             match h {
-                Hashed::Chunks(metas) => {
-                    for p in metas {
-                        st.chunks.push(ChunkRef {
-                            hash: p.hash,
-                            offset,
-                            length: p.length,
-                            stored_length: p.stored_length,
-                            codec: p.codec,
-                            fingerprint: p.fingerprint,
-                        });
-                        offset += u64::from(p.length);
-                        st.stats.chunks += 1;
-                        if p.new {
-                            st.stats.new_chunks += 1;
-                            st.stats.new_raw_bytes += u64::from(p.length);
-                            st.stats.new_stored_bytes += u64::from(p.stored_length);
-                        } else {
-                            st.stats.reused_chunks += 1;
-                            st.stats.reused_bytes += u64::from(p.length);
-                            if let Some(loc) = known.get(&p.hash) {
-                                st.reused_packs.insert(loc.pack);
-                            }
-                        }
-                    }
-                }
+                Hashed::Chunks(metas) => st.record(metas, &mut offset, &known),
                 Hashed::Pack(id, bytes, blobs) => {
                     self.upload(id, bytes, blobs, &mut st, &mut puts).await?
                 }
