@@ -146,17 +146,11 @@ impl EnsureClient {
             if status.is_success() {
                 return Ok(body);
             }
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let field = |k: &str| {
-                v.get(k)
-                    .and_then(|s| s.as_str())
-                    .unwrap_or_default()
-                    .to_owned()
-            };
+            let e: prewarm_api::ApiError = serde_json::from_slice(&body).unwrap_or_default();
             return Err(ClientError::Api {
                 status: status.as_u16(),
-                kind: field("error"),
-                message: field("message"),
+                kind: e.error,
+                message: e.message,
             });
         }
         Err(ClientError::Http("connection closed twice".into()))

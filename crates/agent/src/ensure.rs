@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prewarm_core::{Event, HistoryRecord, ReadAccess, ResourceId, Version};
-use serde::Serialize;
 
 use crate::agent::{Agent, LoadError, Priority, VersionReq};
 
@@ -34,27 +33,7 @@ pub struct EnsureRequest {
     pub max_stale: Option<Duration>,
 }
 
-/// The answer (the HTTP API's JSON).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Ensured {
-    /// The state.
-    pub resource: String,
-    /// The version installed.
-    pub version: u64,
-    /// Where the application reads it.
-    pub path: PathBuf,
-    /// Whether it was already there.
-    pub hit: bool,
-    /// Time waited, milliseconds.
-    pub wait_ms: u64,
-    /// The lease keeping the state from eviction (renew or release it by this id); `None`
-    /// when the state was evicted again before it could be leased.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease: Option<u64>,
-    /// How long the lease lasts from the answer, milliseconds.
-    #[serde(default)]
-    pub lease_ms: u64,
-}
+pub use prewarm_api::Ensured;
 
 /// Why `ensure` failed.
 #[derive(Debug, thiserror::Error)]

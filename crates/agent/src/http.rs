@@ -77,7 +77,7 @@ pub fn router(agent: Arc<Agent>, token: Option<Token>) -> Router {
 fn error(status: StatusCode, kind: &str, message: String) -> Response {
     (
         status,
-        axum::Json(serde_json::json!({ "error": kind, "message": message })),
+        axum::Json(prewarm_api::ApiError::new(kind, message)),
     )
         .into_response()
 }
@@ -233,7 +233,11 @@ async fn renew(
     if !ctx.agent.renew_lease(id, d) {
         return unknown_lease(id);
     }
-    axum::Json(serde_json::json!({ "lease": id, "lease_ms": d.as_millis() as u64 })).into_response()
+    axum::Json(prewarm_api::Lease {
+        lease: id,
+        lease_ms: d.as_millis() as u64,
+    })
+    .into_response()
 }
 
 async fn release(State(ctx): State<Ctx>, Path(id): Path<String>, headers: HeaderMap) -> Response {
@@ -252,20 +256,23 @@ async fn inventory(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
         return *r;
     }
     let (held, used, budget) = ctx.agent.inventory();
-    let states: Vec<_> = held
+    let states = held
         .iter()
-        .map(|(h, stale)| {
-            serde_json::json!({
-                "resource": h.resource.as_str(), "version": h.version.get(),
-                "bytes": h.bytes, "path": h.path, "stale": stale,
-                "leased": ctx.agent.leased(&h.resource, h.version),
-            })
+        .map(|(h, stale)| prewarm_api::HeldState {
+            resource: h.resource.as_str().to_owned(),
+            version: h.version.get(),
+            bytes: h.bytes,
+            path: h.path.clone(),
+            stale: *stale,
+            leased: ctx.agent.leased(&h.resource, h.version),
         })
         .collect();
-    axum::Json(serde_json::json!({
-        "capacity": ctx.agent.config().name.as_str(),
-        "cache_used": used, "cache_budget": budget, "states": states,
-    }))
+    axum::Json(prewarm_api::InventoryAnswer {
+        capacity: ctx.agent.config().name.as_str().to_owned(),
+        cache_used: used,
+        cache_budget: budget,
+        states,
+    })
     .into_response()
 }
 

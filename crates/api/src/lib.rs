@@ -1,5 +1,10 @@
 //! Typed values ⇄ the control plane's wire messages, in one place that the coordinator (the
-//! sender) and the agent (the receiver) share, so neither parses the other's encoding by hand.
+//! sender) and the agent (the receiver) share, so neither parses the other's encoding by hand;
+//! and ([`http`]) the JSON of both HTTP APIs, shared by their servers and the Rust clients.
+
+pub mod http;
+
+pub use http::{ApiError, Ensured, EventIn, EventOutcome, HeldState, InventoryAnswer, Lease};
 
 use prewarm_core::ResourceId;
 use prewarm_engine::{Curve, Expected, Hint, Rule};

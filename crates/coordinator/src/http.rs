@@ -41,11 +41,7 @@ fn authorized(check: &Check, headers: &HeaderMap) -> bool {
 }
 
 fn refuse(status: StatusCode, error: &str, message: String) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"error": error, "message": message})),
-    )
-        .into_response()
+    (status, Json(prewarm_api::ApiError::new(error, message))).into_response()
 }
 
 #[derive(Deserialize)]

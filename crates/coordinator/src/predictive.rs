@@ -13,12 +13,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use prewarm_core::{CapacityId, Event, HistoryRecord, ResourceId, Version};
+use prewarm_core::{CapacityId, HistoryRecord, ResourceId, Version};
 use prewarm_engine::{
     Decided, Decision, Engine, EngineConfig, EventView, HintFor, Placement, Prewarm, Rule,
 };
 use prewarm_proto::wire::{Command, Priority, TransferRequest, VersionSpec, command, version_spec};
-use serde::{Deserialize, Serialize};
 
 use crate::fleet::BookFleet;
 use crate::{Coordinator, Fresh};
@@ -26,28 +25,7 @@ use crate::{Coordinator, Fresh};
 /// Longest wait for a watcher's snapshot before a predictive transfer of a dirty source.
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// One event as `POST /v1/events` takes it.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventIn {
-    /// When it happened, Unix seconds (default: on arrival).
-    #[serde(default)]
-    pub ts: Option<f64>,
-    /// The event.
-    pub event: Event,
-    /// The capacity that will run it, when the sender knows.
-    #[serde(default)]
-    pub capacity: Option<CapacityId>,
-}
-
-/// What the coordinator did with one event.
-#[derive(Clone, Debug, Serialize)]
-pub struct EventOutcome {
-    /// Where the execution should run (`None`: no capacity attached).
-    pub placement: Option<Placement>,
-    /// The predictive transfers requested.
-    pub transfers: Vec<Decision>,
-}
+pub use prewarm_api::{EventIn, EventOutcome};
 
 /// The decision engine and what the coordinator caches for it.
 pub struct Brain {
