@@ -17,7 +17,7 @@ use prewarm_core::{CapacityId, HistoryRecord, ResourceId, Version};
 use prewarm_engine::{
     Decided, Decision, Engine, EngineConfig, EventView, HintFor, Placement, Prewarm, Rule,
 };
-use prewarm_proto::wire::{Command, Priority, TransferRequest, VersionSpec, command, version_spec};
+use prewarm_proto::wire::{Command, Priority, command};
 
 use crate::fleet::BookFleet;
 use crate::{Coordinator, Fresh};
@@ -358,33 +358,28 @@ impl Coordinator {
             .expect("book lock poisoned")
             .moving
             .insert(key.clone(), (d.version, d.bytes));
-        let req = TransferRequest {
-            capacity: capacity.as_str().to_owned(),
-            resource: d.resource.as_str().to_owned(),
-            version: Some(VersionSpec {
-                spec: Some(version_spec::Spec::Exact(d.version.get())),
-            }),
-            priority: Priority::Predictive as i32,
-            timeout_ms: 0,
+        let mut t = crate::service::TypedTransfer {
+            capacity: capacity.clone(),
+            resource: d.resource.clone(),
+            version: d.version,
+            exact: true,
+            priority: Priority::Predictive,
+            timeout: crate::service::DEFAULT_TRANSFER_TIMEOUT,
         };
         let me = self.clone();
-        let (resource, planned) = (d.resource.clone(), d.version);
         tokio::spawn(async move {
-            let mut req = req;
             // The source changed since its last snapshot: have its watcher take one and move
             // that version (on a timeout or a departed watcher, the newest committed one).
-            if me.watchers.dirty(&resource) > 0 {
-                let f = me.watchers.fresh(&resource, SNAPSHOT_WAIT).await;
+            if me.watchers.dirty(&t.resource) > 0 {
+                let f = me.watchers.fresh(&t.resource, SNAPSHOT_WAIT).await;
                 me.metrics.snapshot_request(&me.registry, f.label());
                 if let Fresh::Snapshotted(v) = f
-                    && v > planned
+                    && v > t.version
                 {
-                    req.version = Some(VersionSpec {
-                        spec: Some(version_spec::Spec::Exact(v.get())),
-                    });
+                    t.version = v;
                 }
             }
-            let ack = me.transfer(req).await;
+            let ack = me.transfer_typed(&t).await;
             if !ack.ok {
                 tracing::info!(
                     "predictive transfer of {} to {} failed: {}",

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use prewarm_core::{CapacityId, ResourceId, Version};
 use prewarm_proto::wire::{
-    AckReply, AttachRequest, Command, FailureKind, Inventory, ReportReply, ResolveReply,
+    AckReply, AttachRequest, Command, FailureKind, Inventory, Priority, ReportReply, ResolveReply,
     ResolveRequest, SnapshotCommand, StatusReply, StatusRequest, TransferAck, TransferRequest,
     VersionSpec, WatcherHello, WatcherReply, WatcherReport, Welcome, command, coordinator_server,
     version_spec,
@@ -86,24 +86,37 @@ impl Coordinator {
         }
     }
 
-    /// Has capacity `req.capacity` load the state and waits for its acknowledgement.
+    /// Has capacity `req.capacity` load the state and waits for its acknowledgement (the
+    /// wire request, checked and resolved against the store, then [`Self::transfer_typed`]).
     pub async fn transfer(&self, req: TransferRequest) -> TransferAck {
         let t0 = Instant::now();
-        let ack = self.transfer_inner(&req).await;
-        let result = if ack.ok { "ok" } else { "failed" };
-        self.metrics
-            .transfer(&self.registry, result, &ack, t0.elapsed());
+        let ack = match self.typed(&req).await {
+            Ok(t) => self.transfer_inner(&t).await,
+            Err(ack) => ack,
+        };
+        self.count_transfer(&ack, t0);
         ack
     }
 
-    async fn transfer_inner(&self, req: &TransferRequest) -> TransferAck {
-        let t = match self.typed(req).await {
-            Ok(t) => t,
-            Err(ack) => return ack,
-        };
+    /// [`Self::transfer`] of a typed request whose version is already known (the engine's
+    /// predictive transfers: no id parsing, no store lookup).
+    pub(crate) async fn transfer_typed(&self, t: &TypedTransfer) -> TransferAck {
+        let t0 = Instant::now();
+        let ack = self.transfer_inner(t).await;
+        self.count_transfer(&ack, t0);
+        ack
+    }
+
+    fn count_transfer(&self, ack: &TransferAck, t0: Instant) {
+        let result = if ack.ok { "ok" } else { "failed" };
+        self.metrics
+            .transfer(&self.registry, result, ack, t0.elapsed());
+    }
+
+    async fn transfer_inner(&self, t: &TypedTransfer) -> TransferAck {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let cmd_tx = match self.register(req, &t, id, tx) {
+        let cmd_tx = match self.register(t, id, tx) {
             Ok(cmd_tx) => cmd_tx,
             Err(ack) => return *ack,
         };
@@ -112,18 +125,17 @@ impl Coordinator {
                 transfer_id: id,
                 resource: t.resource.as_str().to_owned(),
                 version: t.version.get(),
-                priority: req.priority,
+                priority: t.priority as i32,
             })),
         };
         if cmd_tx.send(Ok(load)).await.is_err() {
             self.forget_pending(id);
-            return failed(
-                req,
+            return t.failed(
                 FailureKind::CapacityGone,
                 format!("capacity {} went away", t.capacity),
             );
         }
-        self.await_ack(req, &t.capacity, id, rx).await
+        self.await_ack(t, id, rx).await
     }
 
     /// The request's typed parts, the version resolved against the store.
@@ -153,6 +165,11 @@ impl Coordinator {
             resource,
             version,
             exact,
+            priority: Priority::try_from(req.priority).unwrap_or(Priority::Unspecified),
+            timeout: match req.timeout_ms {
+                0 => DEFAULT_TRANSFER_TIMEOUT,
+                ms => Duration::from_millis(ms),
+            },
         })
     }
 
@@ -161,15 +178,13 @@ impl Coordinator {
     /// does, is unknown or is disconnected.
     fn register(
         &self,
-        req: &TransferRequest,
         t: &TypedTransfer,
         id: u64,
         waiter: oneshot::Sender<TransferAck>,
     ) -> Result<CommandSender, Box<TransferAck>> {
         let mut book = self.book.lock().expect("book lock poisoned");
         let Some(cap) = book.caps.get(&t.capacity) else {
-            return Err(Box::new(failed(
-                req,
+            return Err(Box::new(t.failed(
                 FailureKind::UnknownCapacity,
                 format!("no capacity named {} has attached", t.capacity),
             )));
@@ -181,7 +196,7 @@ impl Coordinator {
             newest.is_some_and(|v| v >= t.version)
         };
         if held {
-            let mut ack = failed(req, FailureKind::FailureNone, String::new());
+            let mut ack = t.failed(FailureKind::FailureNone, String::new());
             ack.ok = true;
             ack.already_held = true;
             ack.version = if t.exact {
@@ -194,8 +209,7 @@ impl Coordinator {
             return Err(Box::new(ack));
         }
         let Some(cmd_tx) = cap.tx.clone() else {
-            return Err(Box::new(failed(
-                req,
+            return Err(Box::new(t.failed(
                 FailureKind::CapacityGone,
                 format!("capacity {} is disconnected", t.capacity),
             )));
@@ -216,15 +230,11 @@ impl Coordinator {
     /// request's timeout passes first.
     async fn await_ack(
         &self,
-        req: &TransferRequest,
-        capacity: &CapacityId,
+        t: &TypedTransfer,
         id: u64,
         rx: oneshot::Receiver<TransferAck>,
     ) -> TransferAck {
-        let timeout = match req.timeout_ms {
-            0 => DEFAULT_TRANSFER_TIMEOUT,
-            ms => Duration::from_millis(ms),
-        };
+        let (capacity, timeout) = (&t.capacity, t.timeout);
         let (kind, error) = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(ack)) => return ack,
             Ok(Err(_)) => (
@@ -239,19 +249,36 @@ impl Coordinator {
                 )
             }
         };
-        let mut a = failed(req, kind, error);
+        let mut a = t.failed(kind, error);
         a.transfer_id = id;
         a
     }
 }
 
 /// A transfer request in typed form.
-struct TypedTransfer {
-    capacity: CapacityId,
-    resource: ResourceId,
-    version: Version,
+pub(crate) struct TypedTransfer {
+    pub(crate) capacity: CapacityId,
+    pub(crate) resource: ResourceId,
+    pub(crate) version: Version,
     /// Exactly `version` (else it or any newer).
-    exact: bool,
+    pub(crate) exact: bool,
+    pub(crate) priority: Priority,
+    /// How long to wait for the acknowledgement.
+    pub(crate) timeout: Duration,
+}
+
+impl TypedTransfer {
+    /// The failed acknowledgement of this transfer.
+    fn failed(&self, kind: FailureKind, error: String) -> TransferAck {
+        TransferAck {
+            capacity: self.capacity.as_str().to_owned(),
+            resource: self.resource.as_str().to_owned(),
+            failure: kind as i32,
+            error,
+            priority: self.priority as i32,
+            ..Default::default()
+        }
+    }
 }
 
 /// A capacity's command stream.
