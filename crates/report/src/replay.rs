@@ -36,6 +36,7 @@ pub fn html(r: &Replay) -> String {
     let mut s = summary_table(r);
     s.push_str(&frontiers_section(r));
     s.push_str(&standings_section(r));
+    s.push_str(&retraining_section(r));
     s.push_str(&time_to_ready_section(r));
     s.push_str(&over_time_section(r));
     s.push_str("</body></html>\n");
@@ -196,6 +197,42 @@ fn over_time_section(r: &Replay) -> String {
 }
 
 /// The causal ceiling and the learned policies' standings against the baselines' frontier.
+/// The retraining rounds run during the replays (nothing when there were none).
+fn retraining_section(r: &Replay) -> String {
+    if r.retraining.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "<h2>Retraining rounds</h2>\n<table><tr><th>model</th><th>round</th><th>history</th><th>challenger nats</th><th>serving nats</th><th>held back</th><th>outcome</th></tr>\n",
+    );
+    for x in &r.retraining {
+        let (c, k, n, out) = match (&x.round, &x.error) {
+            (Some(q), _) => (
+                format!("{:.4}", q.challenger.log_loss),
+                format!("{:.4}", q.champion.log_loss),
+                q.held_out.to_string(),
+                if q.swapped { "swapped" } else { "kept" }.to_owned(),
+            ),
+            (None, e) => (
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                format!("not run: {}", e.as_deref().unwrap_or("?")),
+            ),
+        };
+        let _ = writeln!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{c}</td><td>{k}</td><td>{n}</td><td>{}</td></tr>",
+            esc(&x.arch),
+            x.k + 1,
+            x.history,
+            esc(&out)
+        );
+    }
+    s.push_str("</table>\n");
+    s
+}
+
 fn standings_section(r: &Replay) -> String {
     let c = &r.ceiling;
     let mut s = format!(

@@ -154,7 +154,52 @@ impl Retrainer for PolicyRounds {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+    use crate::{Policy, PolicyKind, SimConfig, replay};
+    use prewarm_predict::neural::{Arch, TrainOptions, train};
+
+    fn tiny() -> TrainOptions {
+        let mut o = TrainOptions::new(Arch::Gru {
+            embed: 8,
+            hidden: 8,
+        });
+        (o.max_epochs, o.patience, o.seq_len, o.batch) = (2, 2, 8, 16);
+        o.time_budget = None;
+        o
+    }
+
+    #[test]
+    fn rounds_train_once_per_run_and_every_replay_of_it_is_served_the_same_models() {
+        let h = crate::tests::cyclic();
+        let first = h.len() / 5;
+        let champion = train(&h[..first], &tiny(), &mut |_| {}).unwrap();
+        let book = Rounds::new(Schedule {
+            first,
+            growth: 2.0,
+            round: RetrainConfig {
+                min_records: 100,
+                options: Some(tiny()),
+                ..RetrainConfig::default()
+            },
+        });
+        let policy = |champion: &Model| {
+            let serving = Learned::new(copy_model(champion).unwrap(), MAX_KEYS);
+            Policy::new("gru", PolicyKind::Predictive(Box::new(serving)))
+                .with_retrainer(book.retrainer("gru", copy_model(champion).unwrap()))
+        };
+        let cfg = SimConfig::default();
+        let a = replay(&h, policy(&champion), &cfg);
+        let log = book.log();
+        // Rounds at 800 and 1,600 of the 2,000 records, each run on the history so far.
+        let at: Vec<usize> = log.iter().map(|r| r.history).collect();
+        assert_eq!(at, vec![800, 1_600]);
+        assert!(log.iter().all(|r| r.round.is_some()), "{log:?}");
+        let b = replay(&h, policy(&champion), &cfg);
+        assert_eq!(book.log().len(), 2, "the second replay trained nothing");
+        assert_eq!(a, b, "and was served the same models");
+    }
 
     #[test]
     fn rounds_run_at_geometric_history_lengths() {

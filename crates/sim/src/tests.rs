@@ -39,7 +39,7 @@ pub(crate) fn rec(ts: f64, key: &str, reads: &[&str], writes: &[&str]) -> Histor
 
 /// Sessions walking a fixed cycle a → b → c → d, one step every 30 s, spread over keys,
 /// with a long gap (beyond any keep-alive) every few steps.
-fn cyclic() -> Vec<HistoryRecord> {
+pub(crate) fn cyclic() -> Vec<HistoryRecord> {
     let cycle = ["s/a", "s/b", "s/c", "s/d"];
     let mut out = Vec::new();
     let mut t = 1_000.0;
