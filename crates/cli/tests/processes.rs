@@ -136,44 +136,75 @@ impl Cluster {
     fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store").display().to_string();
-        let port = free_port();
-        let data = free_port();
-        let sock = dir.path().join("data.sock").display().to_string();
-        let args: Vec<String> = [
-            "coordinator",
-            "--store",
-            &store,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-listen",
-            &format!("127.0.0.1:{data}"),
-            "--data-unix",
-            &sock,
-            "--poll",
-            "200ms",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string())
-        .collect();
         let mut c = Cluster {
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             dir,
             store,
-            args,
+            args: Vec::new(),
             coord: None,
         };
-        c.start_coordinator();
-        c
+        // A port found free may be taken (another test's outgoing connection) before the
+        // coordinator binds it: then it exits, and it is started again on new ports.
+        for attempt in 1..=3 {
+            let (port, data) = (free_port(), free_port());
+            let sock = c.dir.path().join("data.sock").display().to_string();
+            c.args = [
+                "coordinator",
+                "--store",
+                &c.store,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-listen",
+                &format!("127.0.0.1:{data}"),
+                "--data-unix",
+                &sock,
+                "--poll",
+                "200ms",
+            ]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
+            c.url = format!("http://127.0.0.1:{port}");
+            match c.try_start_coordinator() {
+                Ok(()) => return c,
+                Err(log) if attempt < 3 && log.contains("cannot listen") => continue,
+                Err(log) => panic!("the coordinator did not start:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     fn start_coordinator(&mut self) {
+        if let Err(log) = self.try_start_coordinator() {
+            panic!("the coordinator did not start:\n{log}");
+        }
+    }
+
+    /// Starts the coordinator and waits until it answers; its log when it exits or stays
+    /// silent for 20 s.
+    fn try_start_coordinator(&mut self) -> Result<(), String> {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.coord = Some(spawn(&args, &self.dir.path().join("coordinator.log")));
-        let url = self.url.clone();
-        wait_until("the coordinator", 20, || {
-            run(&["status", "--coordinator", &url]).status.success()
-        });
+        let log = self.dir.path().join("coordinator.log");
+        self.coord = Some(spawn(&args, &log));
+        let t0 = Instant::now();
+        loop {
+            if run(&["status", "--coordinator", &self.url])
+                .status
+                .success()
+            {
+                return Ok(());
+            }
+            let exited = self
+                .coord
+                .as_mut()
+                .is_some_and(|p| p.0.try_wait().ok().flatten().is_some());
+            if exited || t0.elapsed() > Duration::from_secs(20) {
+                self.coord = None;
+                return Err(std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn agent(&self, name: &str, api: &str, extra: &[&str]) -> Proc {
