@@ -8,37 +8,42 @@
 //! teaches the model): see [`predictive`]; snapshot watchers asked for a fresh snapshot
 //! before a dirty predicted state moves: see [`watchers`].
 
+mod capacities;
 mod fleet;
 mod http;
+mod invalidate;
 mod metrics;
 mod nats;
 mod predictive;
+mod replay;
 mod retrain;
 mod service;
 mod state;
+mod transfers;
 mod watchers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use prewarm_core::{CapacityId, ResourceId, Version};
+use prewarm_core::CapacityId;
 use prewarm_metrics::Registry;
 use prewarm_proto::wire::{
-    CapacityStatus, Command, FailureKind, Invalidate, StatusReply, TransferAck, command,
-    coordinator_server::CoordinatorServer,
+    StatusReply, TransferAck, TransferRequest, coordinator_server::CoordinatorServer,
 };
 use prewarm_store::Store;
 use prewarm_transfer::{DataServer, Token, TokenError, auth};
 
+pub use capacities::Capacities;
 pub use metrics::CoordinatorMetrics;
-pub use nats::{NatsConfig, NatsError};
+pub use nats::{NatsConfig, NatsError, consume_nats, run_nats};
 pub use predictive::{Brain, EventIn, EventOutcome, EventsError, MAX_BATCH, parse_events};
-pub use retrain::{ModelReport, RetrainSettings};
-pub use service::{ResolveFailure, Service};
-use state::Book;
+pub use replay::replay_events;
+pub use retrain::{ModelReport, RetrainSettings, run_retraining};
+pub use service::Service;
+use transfers::TypedTransfer;
+pub use transfers::{ResolveFailure, Transfers};
 pub use watchers::{Fresh, Watchers};
 
 /// How a coordinator is set up.
@@ -60,26 +65,33 @@ pub struct CoordinatorConfig {
     pub http: prewarm_http::Limits,
 }
 
-/// The coordinator's shared state.
+/// The coordinator: its parts, each with one job.
 pub struct Coordinator {
-    store: Arc<Store>,
     /// Random id of this process.
     pub instance: String,
-    data_tcp: String,
-    data_unix: String,
-    data_fds: String,
-    book: Mutex<Book>,
-    next_id: AtomicU64,
+    /// Where agents fetch chunks (announced in `Welcome`).
+    data: DataAddrs,
+    /// Who is attached and what each holds.
+    pub capacities: Capacities,
+    /// Loads on capacities and their acknowledgements.
+    pub transfers: Transfers,
+    /// The decision engine (`None`: no predictive loop, transfers by request only).
+    pub brain: Option<Brain>,
+    /// Registered snapshot watchers (the predictive snapshot trigger).
+    pub watchers: Watchers,
     /// Metrics handles.
     pub metrics: CoordinatorMetrics,
     /// The registry behind `/metrics`.
     pub registry: Registry,
-    /// The model and planner (`None`: no predictive loop, transfers by request only).
-    pub brain: Option<Brain>,
-    /// Registered snapshot watchers (the predictive snapshot trigger).
-    pub watchers: Watchers,
     /// The clock of decisions.
     pub clock: prewarm_core::Clock,
+}
+
+/// The data plane's addresses as agents are told them (empty: not served).
+struct DataAddrs {
+    tcp: String,
+    unix: String,
+    fds: String,
 }
 
 /// The serving model's status, on the wire.
@@ -255,20 +267,21 @@ pub async fn start(
     let instance = random_instance();
     let coordinator = Arc::new(Coordinator {
         metrics: CoordinatorMetrics::new(&registry),
-        store: store.clone(),
         instance: instance.clone(),
-        data_tcp: data_tcp.to_string(),
-        data_unix: cfg
-            .data_unix
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        data_fds: fds_path
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        book: Mutex::default(),
-        next_id: AtomicU64::new(1),
+        data: DataAddrs {
+            tcp: data_tcp.to_string(),
+            unix: cfg
+                .data_unix
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            fds: fds_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        },
+        capacities: Capacities::default(),
+        transfers: Transfers::new(store.clone()),
         registry: registry.clone(),
         brain,
         watchers: Watchers::default(),
@@ -294,7 +307,10 @@ pub async fn start(
     if let Some(l) = fds_l {
         tasks.push(tokio::spawn(local.serve_fds(l)));
     }
-    tasks.push(tokio::spawn(coordinator.clone().watch_versions(cfg.poll)));
+    tasks.push(tokio::spawn(invalidate::watch_versions(
+        coordinator.clone(),
+        cfg.poll,
+    )));
     tasks.push(tokio::spawn(serve_grpc(
         coordinator.clone(),
         grpc_l,
@@ -375,43 +391,18 @@ async fn serve_grpc(
 }
 
 impl Coordinator {
+    /// The stream of `session` ended: `capacity` is gone (unless a newer stream replaced it).
     fn detach(&self, capacity: &CapacityId, session: u64) {
-        let mut book = self.book.lock().expect("book lock poisoned");
-        let Some(cap) = book.caps.get_mut(capacity) else {
-            return;
-        };
-        if cap.session != session {
-            return; // a newer attach replaced this stream
+        if self.capacities.detach(capacity, session) {
+            tracing::warn!("capacity {capacity} detached");
+            self.update_gauges();
         }
-        cap.tx = None;
-        book.refresh_attached();
-        let gone: Vec<u64> = book
-            .pending
-            .iter()
-            .filter(|(_, (c, _))| c == capacity)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
-            if let Some((_, waiter)) = book.pending.remove(&id) {
-                let _ = waiter.send(TransferAck {
-                    transfer_id: id,
-                    capacity: capacity.as_str().to_owned(),
-                    failure: FailureKind::CapacityGone as i32,
-                    error: format!("capacity {capacity} disconnected during the transfer"),
-                    ..Default::default()
-                });
-            }
-        }
-        drop(book);
-        tracing::warn!("capacity {capacity} detached");
-        self.update_gauges();
     }
 
     fn update_gauges(&self) {
-        let book = self.book.lock().expect("book lock poisoned");
-        let connected = book.caps.values().filter(|c| c.tx.is_some()).count();
-        drop(book);
-        self.metrics.capacities.set(connected as u64);
+        self.metrics
+            .capacities
+            .set(self.capacities.connected() as u64);
         let (watchers, dirty) = self.watchers.totals();
         self.metrics.watchers.set(watchers);
         self.metrics.dirty_bytes.set(dirty);
@@ -420,8 +411,7 @@ impl Coordinator {
     /// Whether no transfer is waiting for its acknowledgement and no predictive transfer is
     /// under way (tests wait for this between the steps of a history).
     pub fn settled(&self) -> bool {
-        let book = self.book.lock().expect("book lock poisoned");
-        book.pending.is_empty() && book.moving.is_empty()
+        self.capacities.settled()
     }
 
     /// Capacities, inventories, recent transfers.
@@ -429,90 +419,35 @@ impl Coordinator {
         // The engine's lock is taken before the book's everywhere (`observe`); the model's
         // status takes it, so it is read before the book is locked.
         let model = self.brain.as_ref().map(model_status);
-        let book = self.book.lock().expect("book lock poisoned");
+        let (capacities, recent) = self.capacities.status();
         StatusReply {
             coordinator_instance: self.instance.clone(),
-            capacities: book
-                .caps
-                .iter()
-                .map(|(id, c)| CapacityStatus {
-                    capacity: id.as_str().to_owned(),
-                    connected: c.tx.is_some(),
-                    ensure_addr: c.ensure_addr.clone(),
-                    inventory: Some(c.inventory.clone()),
-                    attached_unix_ms: c.attached_unix_ms,
-                })
-                .collect(),
-            recent: book.recent.iter().rev().cloned().collect(),
+            capacities,
+            recent,
             model,
         }
     }
 
-    /// Checks the store every `poll` for versions newer than what agents hold and tells the
-    /// holders (`Invalidate`); each refreshes or marks stale by its own policy.
-    async fn watch_versions(self: Arc<Self>, poll: Duration) {
-        loop {
-            tokio::time::sleep(poll).await;
-            let held: Vec<ResourceId> = {
-                let book = self.book.lock().expect("book lock poisoned");
-                let mut v: Vec<ResourceId> = book
-                    .caps
-                    .values()
-                    .flat_map(|c| c.inventory.held.iter())
-                    .filter_map(|h| ResourceId::new(h.resource.clone()).ok())
-                    .collect();
-                v.sort();
-                v.dedup();
-                v
-            };
-            for r in held {
-                match self.store.latest(&r).await {
-                    Ok(Some(newest)) => self.announce(&r, newest).await,
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!("version check of {r}: {e}"),
-                }
-            }
-        }
+    /// Has capacity `req.capacity` load the state and waits for its acknowledgement.
+    pub async fn transfer(&self, req: TransferRequest) -> TransferAck {
+        let t0 = Instant::now();
+        let ack = self.transfers.request(&self.capacities, &req).await;
+        self.count_transfer(&ack, t0);
+        ack
     }
 
-    async fn announce(&self, resource: &ResourceId, newest: Version) {
-        let targets: Vec<_> = {
-            let mut book = self.book.lock().expect("book lock poisoned");
-            let first_seen = book.announced.get(resource).is_none_or(|v| *v < newest);
-            let targets = book
-                .caps
-                .iter()
-                .filter(|(_, c)| c.newest(resource).is_some_and(|v| v < newest))
-                .filter_map(|(_, c)| c.tx.clone())
-                .collect();
-            book.announced.insert(resource.clone(), newest);
-            if let Some(b) = &self.brain {
-                b.forget(resource);
-            }
-            if !first_seen {
-                return;
-            }
-            targets
-        };
-        if targets.is_empty() {
-            return;
-        }
-        let _ = self.store.refresh_index().await;
-        tracing::info!(
-            "{resource}@{newest} committed: invalidating {} holder(s)",
-            targets.len()
-        );
-        for tx in targets {
-            self.metrics.invalidations.inc();
-            let _ = tx
-                .send(Ok(Command {
-                    command: Some(command::Command::Invalidate(Invalidate {
-                        resource: resource.as_str().to_owned(),
-                        new_version: newest.get(),
-                        transfer_id: 0,
-                    })),
-                }))
-                .await;
-        }
+    /// [`Self::transfer`] of a typed request whose version is already known (the engine's
+    /// predictive transfers: no id parsing, no store lookup).
+    pub(crate) async fn transfer_typed(&self, t: &TypedTransfer) -> TransferAck {
+        let t0 = Instant::now();
+        let ack = self.transfers.send(&self.capacities, t).await;
+        self.count_transfer(&ack, t0);
+        ack
+    }
+
+    fn count_transfer(&self, ack: &TransferAck, t0: Instant) {
+        let result = if ack.ok { "ok" } else { "failed" };
+        self.metrics
+            .transfer(&self.registry, result, ack, t0.elapsed());
     }
 }

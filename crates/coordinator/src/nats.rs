@@ -47,79 +47,77 @@ fn js(e: impl std::fmt::Display) -> NatsError {
     NatsError::JetStream(e.to_string())
 }
 
-impl Coordinator {
-    /// Consumes events until the connection is lost for good.
-    pub async fn consume_nats(self: &Arc<Self>, cfg: &NatsConfig) -> Result<(), NatsError> {
-        let client = async_nats::connect(&cfg.url)
-            .await
-            .map_err(|e| NatsError::Connect {
-                url: cfg.url.clone(),
-                why: e.to_string(),
-            })?;
-        let ctx = jetstream::new(client);
-        let stream = ctx
-            .get_or_create_stream(jetstream::stream::Config {
-                name: cfg.stream.clone(),
-                subjects: vec![cfg.subject.clone()],
+/// Consumes events until the connection is lost for good.
+pub async fn consume_nats(c: &Arc<Coordinator>, cfg: &NatsConfig) -> Result<(), NatsError> {
+    let client = async_nats::connect(&cfg.url)
+        .await
+        .map_err(|e| NatsError::Connect {
+            url: cfg.url.clone(),
+            why: e.to_string(),
+        })?;
+    let ctx = jetstream::new(client);
+    let stream = ctx
+        .get_or_create_stream(jetstream::stream::Config {
+            name: cfg.stream.clone(),
+            subjects: vec![cfg.subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .map_err(js)?;
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &cfg.durable,
+            consumer::pull::Config {
+                durable_name: Some(cfg.durable.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                filter_subject: cfg.subject.clone(),
                 ..Default::default()
-            })
-            .await
-            .map_err(js)?;
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                &cfg.durable,
-                consumer::pull::Config {
-                    durable_name: Some(cfg.durable.clone()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    filter_subject: cfg.subject.clone(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(js)?;
-        tracing::info!(
-            "consuming events from NATS {} ({} in stream {}, consumer {})",
-            cfg.url,
-            cfg.subject,
-            cfg.stream,
-            cfg.durable
-        );
-        let mut messages = consumer.messages().await.map_err(js)?;
-        while let Some(m) = messages.next().await {
-            let m = match m {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!("NATS: {e}");
-                    continue;
+            },
+        )
+        .await
+        .map_err(js)?;
+    tracing::info!(
+        "consuming events from NATS {} ({} in stream {}, consumer {})",
+        cfg.url,
+        cfg.subject,
+        cfg.stream,
+        cfg.durable
+    );
+    let mut messages = consumer.messages().await.map_err(js)?;
+    while let Some(m) = messages.next().await {
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("NATS: {e}");
+                continue;
+            }
+        };
+        match parse_events(&m.payload) {
+            Ok((events, _)) => {
+                for e in &events {
+                    c.handle_event(e, true).await;
                 }
-            };
-            match parse_events(&m.payload) {
-                Ok((events, _)) => {
-                    for e in &events {
-                        self.handle_event(e, true).await;
-                    }
-                    if let Err(e) = m.ack().await {
-                        tracing::warn!("NATS: ack failed (the message will come again): {e}");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("NATS message on {}: {e}; dropped", m.subject);
-                    self.metrics.events_refused.inc();
-                    let _ = m.ack_with(AckKind::Term).await;
+                if let Err(e) = m.ack().await {
+                    tracing::warn!("NATS: ack failed (the message will come again): {e}");
                 }
             }
+            Err(e) => {
+                tracing::warn!("NATS message on {}: {e}; dropped", m.subject);
+                c.metrics.events_refused.inc();
+                let _ = m.ack_with(AckKind::Term).await;
+            }
         }
-        Ok(())
     }
+    Ok(())
+}
 
-    /// Consumes events forever, reconnecting after failures.
-    pub async fn run_nats(self: Arc<Self>, cfg: NatsConfig) {
-        loop {
-            match self.consume_nats(&cfg).await {
-                Ok(()) => tracing::warn!("NATS: the message stream ended; reconnecting"),
-                Err(e) => tracing::warn!("{e}; retrying in 1 s"),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+/// Consumes events forever, reconnecting after failures.
+pub async fn run_nats(c: Arc<Coordinator>, cfg: NatsConfig) {
+    loop {
+        match consume_nats(&c, &cfg).await {
+            Ok(()) => tracing::warn!("NATS: the message stream ended; reconnecting"),
+            Err(e) => tracing::warn!("{e}; retrying in 1 s"),
         }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

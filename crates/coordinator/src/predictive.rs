@@ -20,7 +20,7 @@ use prewarm_engine::{
 use prewarm_proto::wire::{Command, Priority, command};
 
 use crate::fleet::BookFleet;
-use crate::{Coordinator, Fresh};
+use crate::{Capacities, Coordinator, Fresh};
 
 /// Longest wait for a watcher's snapshot before a predictive transfer of a dirty source.
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -109,6 +109,29 @@ impl Brain {
         self.remember(records);
     }
 
+    /// Latest version and logical size of `resource` (from the store, then cached).
+    async fn size_of(
+        &self,
+        store: &prewarm_store::Store,
+        resource: &ResourceId,
+    ) -> Option<(Version, u64)> {
+        if let Some(x) = self
+            .sizes
+            .lock()
+            .expect("sizes lock poisoned")
+            .get(resource)
+        {
+            return Some(*x);
+        }
+        let m = store.resolve(resource, None).await.ok()?;
+        let x = (m.state.version, m.logical_size);
+        self.sizes
+            .lock()
+            .expect("sizes lock poisoned")
+            .insert(resource.clone(), x);
+        Some(x)
+    }
+
     /// Forgets the cached version of `resource` (a new one was committed).
     pub fn forget(&self, resource: &ResourceId) {
         self.sizes
@@ -129,26 +152,6 @@ fn retain_command(h: &HintFor) -> Command {
 }
 
 impl Coordinator {
-    /// Latest version and logical size of `resource` (from the store, then cached).
-    async fn size_of(&self, brain: &Brain, resource: &ResourceId) -> Option<(Version, u64)> {
-        if let Some(x) = brain
-            .sizes
-            .lock()
-            .expect("sizes lock poisoned")
-            .get(resource)
-        {
-            return Some(*x);
-        }
-        let m = self.store.resolve(resource, None).await.ok()?;
-        let x = (m.state.version, m.logical_size);
-        brain
-            .sizes
-            .lock()
-            .expect("sizes lock poisoned")
-            .insert(resource.clone(), x);
-        Some(x)
-    }
-
     /// Handles one event: predict, place, plan, and (when `dispatch`) start the transfers,
     /// not waiting for them. Without `dispatch` it only answers where the event would run
     /// and what would move (`GET /v1/placement`).
@@ -211,24 +214,20 @@ impl Coordinator {
             .iter()
             .chain(preds.iter().map(|p| &p.resource))
         {
-            if let Some(x) = self.size_of(brain, r).await {
+            if let Some(x) = brain.size_of(self.transfers.store(), r).await {
                 catalog.insert(r.clone(), x);
             }
         }
         let d: Decided = {
             let mut engine = brain.engine.lock().expect("engine lock poisoned");
-            let mut book = self.book.lock().expect("book lock poisoned");
+            let mut book = self.capacities.lock();
             let d = if dispatch {
                 engine.decide(v, preds, &catalog, &BookFleet(&book), v.ts)
             } else {
                 engine.preview(v, preds, &catalog, &BookFleet(&book), v.ts)
             };
             if dispatch {
-                for h in &d.hints {
-                    if let Some(c) = book.caps.get_mut(&h.capacity) {
-                        c.hint(&h.resource, h.hint.clone());
-                    }
-                }
+                Capacities::note_hints(&mut book, &d.hints);
             }
             d
         };
@@ -269,11 +268,7 @@ impl Coordinator {
     /// Sends retention hints to their capacities (dropped for a departed one).
     pub(crate) async fn send_hints(&self, hints: &[HintFor]) {
         for h in hints {
-            let tx = {
-                let book = self.book.lock().expect("book lock poisoned");
-                book.caps.get(&h.capacity).and_then(|c| c.tx.clone())
-            };
-            if let Some(tx) = tx {
+            if let Some(tx) = self.capacities.command_tx(&h.capacity) {
                 let _ = tx.send(Ok(retain_command(h))).await;
                 self.metrics.hints.inc();
             }
@@ -287,7 +282,7 @@ impl Coordinator {
         let obs = {
             let mut engine = brain.engine.lock().expect("engine lock poisoned");
             engine.learn(records);
-            let mut book = self.book.lock().expect("book lock poisoned");
+            let mut book = self.capacities.lock();
             for r in records {
                 // A miss's state arrived for that use (the agent counted it then); a hit is
                 // one more use.
@@ -301,11 +296,7 @@ impl Coordinator {
                 }
             }
             let obs = engine.hints_for(records, &BookFleet(&book));
-            for h in &obs.hints {
-                if let Some(c) = book.caps.get_mut(&h.capacity) {
-                    c.hint(&h.resource, h.hint.clone());
-                }
-            }
+            Capacities::note_hints(&mut book, &obs.hints);
             obs
         };
         self.send_hints(&obs.hints).await;
@@ -323,12 +314,12 @@ impl Coordinator {
             return;
         };
         let mut catalog = HashMap::new();
-        if let Some(x) = self.size_of(brain, &pw.resource).await {
+        if let Some(x) = brain.size_of(self.transfers.store(), &pw.resource).await {
             catalog.insert(pw.resource.clone(), x);
         }
         let done = {
             let mut engine = brain.engine.lock().expect("engine lock poisoned");
-            let book = self.book.lock().expect("book lock poisoned");
+            let book = self.capacities.lock();
             engine.prewarm(&pw, &catalog, &BookFleet(&book), self.clock.now())
         };
         if let Some((d, h)) = done {
@@ -339,7 +330,7 @@ impl Coordinator {
 
     /// Placement alone (no engine, or `GET /v1/placement`).
     pub fn place_only(&self, e: &EventIn) -> Option<Placement> {
-        let attached = self.book.lock().expect("book lock poisoned").attached();
+        let attached = self.capacities.attached();
         prewarm_engine::place(
             &e.event.key,
             true,
@@ -352,19 +343,15 @@ impl Coordinator {
     }
 
     fn start_predictive(self: &Arc<Self>, capacity: &CapacityId, d: &Decision) {
-        let key = (capacity.clone(), d.resource.clone());
-        self.book
-            .lock()
-            .expect("book lock poisoned")
-            .moving
-            .insert(key.clone(), (d.version, d.bytes));
-        let mut t = crate::service::TypedTransfer {
+        self.capacities
+            .moving(capacity, &d.resource, d.version, d.bytes);
+        let mut t = crate::transfers::TypedTransfer {
             capacity: capacity.clone(),
             resource: d.resource.clone(),
             version: d.version,
             exact: true,
             priority: Priority::Predictive,
-            timeout: crate::service::DEFAULT_TRANSFER_TIMEOUT,
+            timeout: crate::transfers::DEFAULT_TRANSFER_TIMEOUT,
         };
         let me = self.clone();
         tokio::spawn(async move {
@@ -388,11 +375,7 @@ impl Coordinator {
                     ack.error
                 );
             }
-            me.book
-                .lock()
-                .expect("book lock poisoned")
-                .moving
-                .remove(&key);
+            me.capacities.moved(&t.capacity, &t.resource);
         });
     }
 }
@@ -447,35 +430,4 @@ pub fn parse_events(body: &[u8]) -> Result<(Vec<EventIn>, bool), EventsError> {
         return Err(EventsError::Invalid(i, e.to_string()));
     }
     Ok((events, batch))
-}
-
-impl Coordinator {
-    /// Feeds the events of `records` (a history, time-ordered) through the predictive loop,
-    /// `speed` times faster than recorded (0: as fast as possible), and lets the model
-    /// observe each record after its event (as if its execution then reported back).
-    /// Returns the events fed.
-    pub async fn replay_events(self: &Arc<Self>, records: &[HistoryRecord], speed: f64) -> u64 {
-        let Some(first) = records.first() else {
-            return 0;
-        };
-        let t0 = tokio::time::Instant::now();
-        let mut n = 0;
-        for r in records {
-            if speed > 0.0 {
-                let at = (r.ts - first.ts).max(0.0) / speed;
-                tokio::time::sleep_until(t0 + std::time::Duration::from_secs_f64(at)).await;
-            }
-            let e = EventIn {
-                ts: Some(r.ts),
-                event: r.event.clone(),
-                capacity: r.capacity.clone(),
-            };
-            self.handle_event(&e, true).await;
-            if let Some(b) = &self.brain {
-                self.observe(b, std::slice::from_ref(r)).await;
-            }
-            n += 1;
-        }
-        n
-    }
 }

@@ -19,7 +19,7 @@ use prewarm_core::{HistoryRecord, Predictor};
 use prewarm_predict::neural::retrain::{RetrainConfig, RetrainError, Round, challenge, copy_model};
 use prewarm_predict::neural::{Learned, Model};
 
-use crate::Coordinator;
+use crate::{Brain, Coordinator, CoordinatorMetrics};
 
 /// How the coordinator retrains.
 #[derive(Clone, Debug)]
@@ -103,88 +103,92 @@ fn round(
     }
 }
 
-impl Coordinator {
-    /// Retrains in the background until the coordinator stops (see the module docs).
-    pub async fn run_retraining(self: Arc<Self>, s: RetrainSettings) {
-        let Some(brain) = self.brain.as_ref() else {
+/// Retrains in the background until the coordinator stops (see the module docs).
+pub async fn run_retraining(c: Arc<Coordinator>, s: RetrainSettings) {
+    let Some(brain) = c.brain.as_ref() else {
+        return;
+    };
+    brain.keep_history(s.history);
+    let mut champion = match Model::load(&s.dir) {
+        Ok(m) => m,
+        Err(e) => {
+            note_round_error(
+                brain,
+                &c.metrics,
+                format!("loading {}: {e}", s.dir.display()),
+                true,
+            );
             return;
-        };
-        brain.keep_history(s.history);
-        let mut champion = match Model::load(&s.dir) {
-            Ok(m) => m,
-            Err(e) => {
-                self.note_round_error(format!("loading {}: {e}", s.dir.display()), true);
-                return;
-            }
-        };
-        brain.model.lock().expect("model lock poisoned").retraining = true;
-        let mut tick = tokio::time::interval(s.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+    };
+    brain.model.lock().expect("model lock poisoned").retraining = true;
+    let mut tick = tokio::time::interval(s.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
         tick.tick().await;
-        loop {
-            tick.tick().await;
-            let records = brain.recent_history();
-            let (cfg, dir) = (s.round.clone(), s.dir.clone());
-            let joined = tokio::task::spawn_blocking(move || {
-                let (m, out, save_error) = round(champion, &records, &cfg, &dir);
-                (m, out, save_error)
-            })
-            .await;
-            let Ok((m, out, save_error)) = joined else {
-                self.note_round_error("the retraining thread panicked".into(), true);
-                return;
-            };
-            champion = m;
-            if let Some(e) = save_error {
-                tracing::warn!("retraining: the new model serves but was not saved: {e}");
-            }
-            self.note_round(out);
-        }
-    }
-
-    fn note_round(&self, out: Outcome) {
-        let Some(brain) = self.brain.as_ref() else {
+        let records = brain.recent_history();
+        let (cfg, dir) = (s.round.clone(), s.dir.clone());
+        let joined = tokio::task::spawn_blocking(move || {
+            let (m, out, save_error) = round(champion, &records, &cfg, &dir);
+            (m, out, save_error)
+        })
+        .await;
+        let Ok((m, out, save_error)) = joined else {
+            note_round_error(
+                brain,
+                &c.metrics,
+                "the retraining thread panicked".into(),
+                true,
+            );
             return;
         };
-        match out {
-            Ok((r, serving)) => {
-                self.metrics.champion_log_loss.set(r.champion.log_loss);
-                self.metrics.challenger_log_loss.set(r.challenger.log_loss);
-                if let Some(p) = serving {
-                    brain.replace(p);
-                    self.metrics.retrains_swapped.inc();
-                } else {
-                    self.metrics.retrains_kept.inc();
-                }
-                tracing::info!(
-                    "retraining: challenger {:.4} vs serving {:.4} nats on {} held-back records: {}",
-                    r.challenger.log_loss,
-                    r.champion.log_loss,
-                    r.held_out,
-                    if r.swapped { "swapped" } else { "kept" }
-                );
-                let mut m = brain.model.lock().expect("model lock poisoned");
-                m.rounds += 1;
-                m.swaps += u64::from(r.swapped);
-                m.last = Some(r);
-                m.last_unix_ms = (prewarm_core::unix_now() * 1e3) as i64;
-                m.last_error.clear();
-            }
-            Err(e @ RetrainError::TooFew { .. }) => self.note_round_error(e.to_string(), false),
-            Err(e) => self.note_round_error(e.to_string(), true),
+        champion = m;
+        if let Some(e) = save_error {
+            tracing::warn!("retraining: the new model serves but was not saved: {e}");
         }
+        note_round(brain, &c.metrics, out);
     }
+}
 
-    fn note_round_error(&self, e: String, failed: bool) {
-        let Some(brain) = self.brain.as_ref() else {
-            return;
-        };
-        if failed {
-            tracing::warn!("retraining: {e}");
-            self.metrics.retrains_failed.inc();
+fn note_round(brain: &Brain, metrics: &CoordinatorMetrics, out: Outcome) {
+    match out {
+        Ok((r, serving)) => {
+            metrics.champion_log_loss.set(r.champion.log_loss);
+            metrics.challenger_log_loss.set(r.challenger.log_loss);
+            if let Some(p) = serving {
+                brain.replace(p);
+                metrics.retrains_swapped.inc();
+            } else {
+                metrics.retrains_kept.inc();
+            }
+            tracing::info!(
+                "retraining: challenger {:.4} vs serving {:.4} nats on {} held-back records: {}",
+                r.challenger.log_loss,
+                r.champion.log_loss,
+                r.held_out,
+                if r.swapped { "swapped" } else { "kept" }
+            );
+            let mut m = brain.model.lock().expect("model lock poisoned");
+            m.rounds += 1;
+            m.swaps += u64::from(r.swapped);
+            m.last = Some(r);
+            m.last_unix_ms = (prewarm_core::unix_now() * 1e3) as i64;
+            m.last_error.clear();
         }
-        let mut m = brain.model.lock().expect("model lock poisoned");
-        m.failures += u64::from(failed);
-        m.last_error = e;
+        Err(e @ RetrainError::TooFew { .. }) => {
+            note_round_error(brain, metrics, e.to_string(), false)
+        }
+        Err(e) => note_round_error(brain, metrics, e.to_string(), true),
     }
+}
+
+fn note_round_error(brain: &Brain, metrics: &CoordinatorMetrics, e: String, failed: bool) {
+    if failed {
+        tracing::warn!("retraining: {e}");
+        metrics.retrains_failed.inc();
+    }
+    let mut m = brain.model.lock().expect("model lock poisoned");
+    m.failures += u64::from(failed);
+    m.last_error = e;
 }

@@ -19,6 +19,9 @@ pub const RECENT: usize = 256;
 /// Hints kept for states on their way, per capacity (the agent keeps as many).
 pub const EARLY_HINTS: usize = 4096;
 
+/// A capacity's command stream.
+pub type CommandSender = mpsc::Sender<Result<Command, Status>>;
+
 /// One held state, typed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeldState {
@@ -31,7 +34,7 @@ pub struct HeldState {
 /// One capacity.
 pub struct Cap {
     /// Its command stream; `None` while disconnected.
-    pub tx: Option<mpsc::Sender<Result<Command, Status>>>,
+    pub tx: Option<CommandSender>,
     /// Attach counter value of the current stream (an old stream's end must not disconnect a
     /// newer one).
     pub session: u64,
@@ -57,7 +60,7 @@ pub struct Cap {
 impl Cap {
     /// A capacity that just attached with `inventory`.
     pub fn new(
-        tx: mpsc::Sender<Result<Command, Status>>,
+        tx: CommandSender,
         session: u64,
         ensure_addr: String,
         rule: Rule,

@@ -185,7 +185,10 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         .await
         .context("starting the coordinator")?;
     if let Some(r) = retrain {
-        tokio::spawn(running.coordinator.clone().run_retraining(r));
+        tokio::spawn(prewarm_coordinator::run_retraining(
+            running.coordinator.clone(),
+            r,
+        ));
     }
     eprintln!(
         "prewarm coordinator {}: gRPC and /metrics on {}, data plane on {}{}",
@@ -205,7 +208,10 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             stream: a.nats_stream.clone(),
             durable: a.nats_durable.clone(),
         };
-        tokio::spawn(running.coordinator.clone().run_nats(cfg));
+        tokio::spawn(prewarm_coordinator::run_nats(
+            running.coordinator.clone(),
+            cfg,
+        ));
     }
     if let Some(path) = &a.replay {
         let records = super::read_history(path)?;
@@ -215,7 +221,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             path.display().to_string(),
         );
         tokio::spawn(async move {
-            let n = c.replay_events(&records, speed).await;
+            let n = prewarm_coordinator::replay_events(&c, &records, speed).await;
             eprintln!("prewarm coordinator: replayed {n} events from {name}");
         });
     }
