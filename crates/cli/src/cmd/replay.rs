@@ -15,6 +15,7 @@ use prewarm_sim::{Policy, PolicyKind, SimConfig, SimReport, replay};
 
 use super::{parse_duration, read_history};
 use crate::output;
+use prewarm_report::replay_text as text;
 
 /// Arguments of `prewarm replay`.
 #[derive(clap::Args, Debug)]
@@ -211,7 +212,7 @@ fn run_all(
         let logged = trained.rounds.as_ref().map_or(0, |r| r.log().len());
         let r = tokio::task::block_in_place(|| replay(records, p, cfg));
         for x in trained.rounds.iter().flat_map(|r| r.log()).skip(logged) {
-            eprintln!("  {}", round_line(&x));
+            eprintln!("  {}", text::round_line(&x));
         }
         eprintln!(
             "  {:<12} cache {:>9}: warm {:.1}%  ({:.1} s)",
@@ -317,84 +318,13 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     if a.json {
         output::json(&out)?;
     } else {
-        println!("{}", table(&out.rows));
-        println!("\n{}", ceiling_line(&out.ceiling));
+        println!("{}", text::table(&out.rows));
+        println!("\n{}", text::ceiling_line(&out.ceiling));
         if !out.standings.is_empty() {
-            println!("\n{}", standings_table(&out.standings));
+            println!("\n{}", text::standings_table(&out.standings));
         }
     }
     Ok(0)
-}
-
-/// One retraining round, in one line.
-fn round_line(r: &prewarm_sim::retrain::RoundLog) -> String {
-    match (&r.round, &r.error) {
-        (Some(x), _) => format!(
-            "retraining {} round {} at {} records: challenger {:.4} vs serving {:.4} nats on {} \
-             held back → {} ({:.1} s)",
-            r.arch,
-            r.k + 1,
-            r.history,
-            x.challenger.log_loss,
-            x.champion.log_loss,
-            x.held_out,
-            if x.swapped { "swapped" } else { "kept" },
-            x.seconds
-        ),
-        (None, e) => format!(
-            "retraining {} round {} at {} records: not run ({})",
-            r.arch,
-            r.k + 1,
-            r.history,
-            e.as_deref().unwrap_or("?")
-        ),
-    }
-}
-
-/// What bounds every causal policy, in one sentence.
-pub fn ceiling_line(c: &prewarm_sim::ceiling::Ceiling) -> String {
-    format!(
-        "causal ceiling {:.1}%: {} of {} counted executions read a state no earlier record \
-         named (the oracle starts them warm; no policy that learns from the past can)",
-        100.0 * c.warm_rate,
-        c.unforeseeable,
-        c.executions
-    )
-}
-
-/// The learned policies against the baselines' frontier, per cache size.
-pub fn standings_table(s: &[prewarm_sim::pareto::Standing]) -> String {
-    let pct = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.1}", 100.0 * v));
-    let body: Vec<Vec<String>> = s
-        .iter()
-        .map(|x| {
-            vec![
-                x.policy.clone(),
-                output::bytes(x.cache_bytes),
-                format!("{:.1}", 100.0 * x.warm_rate),
-                pct(x.baseline_at_cost),
-                pct(x.oracle),
-                if x.on_frontier { "yes" } else { "no" }.into(),
-                pct(x.gap_closed),
-                pct(x.causal_gap_closed),
-                x.bytes_vs_oracle.map_or("-".into(), |b| format!("{b:.2}×")),
-            ]
-        })
-        .collect();
-    output::table(
-        &[
-            "learned",
-            "cache",
-            "warm %",
-            "best baseline ≤ its GB·s",
-            "oracle",
-            "on frontier",
-            "gap closed %",
-            "of causal gap %",
-            "bytes vs oracle",
-        ],
-        &body,
-    )
 }
 
 /// The median of the sizes the history gives (per resource, largest seen), else 64 MiB.
@@ -407,37 +337,4 @@ fn median_size(records: &[HistoryRecord]) -> u64 {
     let mut v: Vec<u64> = sizes.into_values().filter(|b| *b > 0).collect();
     v.sort_unstable();
     v.get(v.len() / 2).copied().unwrap_or(64 << 20)
-}
-
-/// The terminal table.
-pub fn table(rows: &[SimReport]) -> String {
-    let header = [
-        "policy",
-        "warm %",
-        "bytes ready %",
-        "of oracle",
-        "ttr p50 ms",
-        "ttr p99 ms",
-        "moved",
-        "wasted",
-        "GB·s",
-    ];
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.policy.clone(),
-                format!("{:.1}", 100.0 * r.warm_rate),
-                format!("{:.1}", 100.0 * r.ready_byte_share),
-                r.oracle_share
-                    .map_or("-".into(), |s| format!("{:.0}%", 100.0 * s)),
-                format!("{:.1}", r.ttr_p50_ms),
-                format!("{:.1}", r.ttr_p99_ms),
-                output::bytes(r.bytes),
-                output::bytes(r.wasted_bytes),
-                format!("{:.0}", r.memory_gb_s),
-            ]
-        })
-        .collect();
-    output::table(&header, &body)
 }
