@@ -336,7 +336,7 @@ impl Coordinator {
             true,
             e.capacity.as_ref(),
             &attached,
-            &|_| Vec::new(),
+            &[],
             &[],
             &prewarm_engine::Loads::default(),
         )

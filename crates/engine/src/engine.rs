@@ -124,6 +124,10 @@ pub trait Fleet {
     fn capacities(&self) -> &[CapacityId];
     /// Attached capacities holding or receiving a version of `r` at least `min`.
     fn holders(&self, r: &ResourceId, min: Version) -> Vec<CapacityId>;
+    /// How many [`Fleet::holders`] there are (a fleet may count without listing).
+    fn holder_count(&self, r: &ResourceId, min: Version) -> usize {
+        self.holders(r, min).len()
+    }
     /// Capacity `c` as the planner sees it at `now`.
     fn target(&self, c: &CapacityId, now: f64) -> Option<Box<dyn Target + '_>>;
     /// What `c` holds of `r` (newest version), if anything.
@@ -207,8 +211,8 @@ pub struct Observed {
 struct Placing {
     /// The wants and the key's own recent states: (resource, probability, fetch seconds).
     candidates: Vec<crate::placement::Candidate>,
-    /// The oldest version of each that would do.
-    needs: HashMap<ResourceId, Version>,
+    /// The oldest version of each that would do (parallel to `candidates`).
+    needs: Vec<Version>,
     /// Home the event by its key rather than by its most likely state.
     by_key: bool,
 }
@@ -368,10 +372,12 @@ impl Engine {
             needs,
             by_key,
         } = self.placing(ev, &wants);
-        let holders = |r: &ResourceId| match needs.get(r) {
-            Some(v) => fleet.holders(r, *v),
-            None => Vec::new(),
-        };
+        // Each candidate's holders, asked of the fleet once (placement and pricing read them).
+        let holders: Vec<Vec<CapacityId>> = placing
+            .iter()
+            .zip(&needs)
+            .map(|((r, _, _), v)| fleet.holders(r, *v))
+            .collect();
         let placement = place(
             &ev.event.key,
             by_key,
@@ -458,10 +464,7 @@ impl Engine {
             .iter()
             .map(|w| (w.resource.clone(), w.probability, pc.fetch_s(w.bytes)))
             .collect();
-        let mut needs: HashMap<ResourceId, Version> = wants
-            .iter()
-            .map(|w| (w.resource.clone(), w.need()))
-            .collect();
+        let mut needs: Vec<Version> = wants.iter().map(Want::need).collect();
         let assigned: f64 = wants.iter().map(|w| w.probability).sum();
         let own = self.affinity.candidates(&ev.event.key, assigned);
         let top = wants.iter().map(|w| w.probability).fold(0.0, f64::max);
@@ -476,7 +479,7 @@ impl Engine {
                 None => {
                     let bytes = self.sizes.get(&r).copied().unwrap_or(0);
                     placing.push((r.clone(), mass, pc.fetch_s(bytes)));
-                    needs.insert(r, Version::FIRST);
+                    needs.push(Version::FIRST);
                 }
             }
         }
@@ -489,15 +492,10 @@ impl Engine {
 
     /// Stage 4: each want's chance of a use within the target's horizon beyond this
     /// execution, shared among the capacities that hold it.
-    fn price_reuse(
-        &self,
-        wants: &mut [Want],
-        holders: &dyn Fn(&ResourceId) -> Vec<CapacityId>,
-        horizon: f64,
-        now: f64,
-    ) {
-        for w in wants {
-            let others = holders(&w.resource).len();
+    fn price_reuse(&self, wants: &mut [Want], holders: &[Vec<CapacityId>], horizon: f64, now: f64) {
+        // `holders[i]` holds `wants[i]`: placement's candidates start with the wants, in order.
+        for (i, w) in wants.iter_mut().enumerate() {
+            let others = holders.get(i).map_or(0, Vec::len);
             let idle = self
                 .demand
                 .last_use(&w.resource)
@@ -563,7 +561,7 @@ impl Engine {
                 _ => at,
             },
         };
-        let holders = fleet.holders(r, Version::FIRST).len().max(1);
+        let holders = fleet.holder_count(r, Version::FIRST).max(1);
         Hint {
             keep_until,
             fetch_s,
@@ -681,7 +679,7 @@ impl Engine {
     ) -> Option<Decision> {
         let target = fleet.target(&pw.capacity, now)?;
         let horizon = target.horizon().unwrap_or(f64::INFINITY);
-        let holders = fleet.holders(&pw.resource, Version::FIRST).len();
+        let holders = fleet.holder_count(&pw.resource, Version::FIRST);
         let raw = crate::spread::chance(&self.demand.next_use(&pw.resource), horizon, holders);
         let want = Want {
             resource: pw.resource.clone(),

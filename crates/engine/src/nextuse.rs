@@ -34,14 +34,15 @@ pub fn edge(k: usize) -> f64 {
 
 fn bin_of(gap: f64) -> usize {
     if gap < BASE {
-        return 0;
+        return 0; // and NaN
     }
-    let k = (gap / BASE).log2().floor() + 1.0;
-    if k.is_finite() {
-        (k as usize).min(BINS - 1)
-    } else {
-        BINS - 1
+    let x = gap / BASE; // ≥ 1, normal or infinite
+    if !x.is_finite() {
+        return BINS - 1;
     }
+    // ⌊log₂ x⌋ is the binary exponent of a normal number: no logarithm needed.
+    let exp = ((x.to_bits() >> 52) & 0x7ff) as usize - 1023;
+    (exp + 1).min(BINS - 1)
 }
 
 /// A histogram of idle times.
@@ -86,8 +87,8 @@ impl IdleDist {
         } else if k == 0 {
             1.0 - a.max(0.0) / BASE
         } else {
-            let (lo, hi) = (edge(k), edge(k + 1));
-            1.0 - (a / lo).ln() / (hi / lo).ln()
+            // Edges double from bin 1 on: the share of [lo, 2·lo) above `a` is 1 − log₂(a/lo).
+            1.0 - (a / edge(k)).log2()
         };
         later + inside * frac_above.clamp(0.0, 1.0)
     }
@@ -190,9 +191,9 @@ impl NextUse<'_> {
         let mut held = 0.0; // E[min(idle, T)], built bin by bin
         let mut prev_t = 0.0;
         let mut prev_s = 1.0;
-        for k in 1..BINS {
+        let at_edges = self.survival_at_edges();
+        for (k, s) in at_edges.iter().copied().enumerate().skip(1) {
             let t = edge(k);
-            let s = self.survival(t);
             held += (t - prev_t) * 0.5 * (prev_s + s);
             let gain = fetch_s * (1.0 - s) - cost_per_s * held;
             if gain > best {
@@ -293,6 +294,33 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn the_bin_from_the_exponent_is_the_logarithms() {
+        let by_log = |gap: f64| {
+            if gap < BASE {
+                return 0;
+            }
+            let k = (gap / BASE).log2().floor() + 1.0;
+            if k.is_finite() {
+                (k as usize).min(BINS - 1)
+            } else {
+                BINS - 1
+            }
+        };
+        let mut gap = 1e-6;
+        while gap < 1e12 {
+            assert_eq!(bin_of(gap), by_log(gap), "{gap}");
+            gap *= 1.013;
+        }
+        for k in 0..BINS + 2 {
+            let e = edge(k);
+            assert_eq!(bin_of(e), by_log(e), "edge {k}");
+        }
+        for x in [f64::NAN, -1.0, 0.0, f64::INFINITY, f64::MAX] {
+            assert_eq!(bin_of(x), by_log(x), "{x}");
+        }
+    }
 
     #[test]
     fn survival_at_the_edges_in_one_pass_equals_the_pointwise_one() {

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::HashMap;
 
 use prewarm_core::{CapacityId, ResourceId};
 use serde::Serialize;
@@ -112,26 +112,28 @@ impl Loads {
 }
 
 /// Places an event with key `key` among `capacities` (`None` when there are none).
-/// `holders(r)` lists the capacities that hold a recent-enough version of `r` or are
-/// receiving one. With `by_key` the home (and the tie-break among holders) is the key's
-/// rendezvous order rather than its most valuable candidate's: for keys that keep reading
-/// their own states, which then live together.
+/// `holders[i]` lists the capacities that hold a recent-enough version of `candidates[i]`
+/// or are receiving one (missing: none). With `by_key` the home (and the tie-break among
+/// holders) is the key's rendezvous order rather than its most valuable candidate's: for
+/// keys that keep reading their own states, which then live together.
 #[allow(clippy::too_many_arguments)]
 pub fn place(
     key: &str,
     by_key: bool,
     named: Option<&CapacityId>,
     capacities: &[CapacityId],
-    holders: &dyn Fn(&ResourceId) -> Vec<CapacityId>,
+    holders: &[Vec<CapacityId>],
     candidates: &[Candidate],
     loads: &Loads,
 ) -> Option<Placement> {
     let n = capacities.len();
+    let held_by = |i: usize| holders.get(i).map_or(&[][..], Vec::as_slice);
     if let Some(c) = named.filter(|c| capacities.contains(c)) {
         let held_probability = candidates
             .iter()
-            .filter(|(r, _, _)| holders(r).contains(c))
-            .fold(0.0, |a, (_, p, _)| a + p);
+            .enumerate()
+            .filter(|(i, _)| held_by(*i).contains(c))
+            .fold(0.0, |a, (_, (_, p, _))| a + p);
         return Some(Placement {
             capacity: c.clone(),
             reason: PlacementReason::Named,
@@ -139,13 +141,20 @@ pub fn place(
         });
     }
     // What each holder already has: the chance the execution finds its reads there (Σ p),
-    // then the seconds that saves (Σ p · fetch) to break ties.
-    let mut score: HashMap<CapacityId, (f64, f64)> = HashMap::new();
-    for (r, p, fetch) in candidates {
-        for c in holders(r) {
-            let s = score.entry(c).or_default();
-            s.0 += p * fetch.max(1e-9);
-            s.1 += p;
+    // then the seconds that saves (Σ p · fetch) to break ties. Few capacities hold any of an
+    // event's candidates: a list, not a map.
+    let mut score: Vec<(&CapacityId, f64, f64)> = Vec::new();
+    for (i, (_, p, fetch)) in candidates.iter().enumerate() {
+        for c in held_by(i) {
+            let at = match score.iter().position(|s| s.0 == c) {
+                Some(at) => at,
+                None => {
+                    score.push((c, 0.0, 0.0));
+                    score.len() - 1
+                }
+            };
+            score[at].1 += p * fetch.max(1e-9);
+            score[at].2 += p;
         }
     }
     let anchor = candidates
@@ -160,30 +169,20 @@ pub fn place(
     let anchor = stable_hash(anchor);
     let best_holder = score
         .iter()
-        .filter(|(c, _)| capacities.contains(c) && loads.allows(c, n))
+        .filter(|(c, _, _)| capacities.contains(c) && loads.allows(c, n))
         .max_by(|a, b| {
-            a.1.1
-                .total_cmp(&b.1.1)
-                .then(a.1.0.total_cmp(&b.1.0))
+            a.2.total_cmp(&b.2)
+                .then(a.1.total_cmp(&b.1))
                 .then_with(|| weight_of(anchor, a.0).cmp(&weight_of(anchor, b.0)))
         });
-    if let Some((c, (_, mass))) = best_holder {
+    if let Some((c, _, mass)) = best_holder {
         return Some(Placement {
-            capacity: c.clone(),
+            capacity: (*c).clone(),
             reason: PlacementReason::Holds,
             held_probability: *mass,
         });
     }
-    let mut ranked: Vec<(u64, &CapacityId)> = capacities
-        .iter()
-        .map(|c| (weight_of(anchor, c), c))
-        .collect();
-    ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    let c = ranked
-        .iter()
-        .map(|x| x.1)
-        .find(|c| loads.allows(c, n))
-        .or(ranked.first().map(|x| x.1))?;
+    let c = home(anchor, capacities, |c| loads.allows(c, n))?;
     Some(Placement {
         capacity: c.clone(),
         reason: if candidates.is_empty() {
@@ -191,8 +190,32 @@ pub fn place(
         } else {
             PlacementReason::Home
         },
-        held_probability: score.get(c).map_or(0.0, |s| s.1),
+        held_probability: score.iter().find(|s| s.0 == c).map_or(0.0, |s| s.2),
     })
+}
+
+/// The first capacity in `anchor`'s rendezvous order that `allows` (else the first of all):
+/// one pass, no sort.
+fn home(
+    anchor: u64,
+    capacities: &[CapacityId],
+    allows: impl Fn(&CapacityId) -> bool,
+) -> Option<&CapacityId> {
+    // Highest weight first, ties by id (the order a sort by (weight desc, id asc) gives).
+    let better =
+        |a: (u64, &CapacityId), b: (u64, &CapacityId)| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1);
+    let (mut first, mut allowed): (Option<(u64, &CapacityId)>, Option<(u64, &CapacityId)>) =
+        (None, None);
+    for c in capacities {
+        let x = (weight_of(anchor, c), c);
+        if first.is_none_or(|f| better(x, f)) {
+            first = Some(x);
+        }
+        if allows(c) && allowed.is_none_or(|a| better(x, a)) {
+            allowed = Some(x);
+        }
+    }
+    allowed.or(first).map(|x| x.1)
 }
 
 #[cfg(test)]
@@ -200,6 +223,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use foldhash::HashMapExt;
 
     fn caps(n: usize) -> Vec<CapacityId> {
         (0..n)
@@ -215,13 +239,7 @@ mod tests {
     fn named_then_any_holder_then_the_states_home_then_the_keys_hash() {
         let caps = caps(4);
         let m = r("m/a");
-        let holders = |x: &ResourceId| {
-            if *x == r("m/a") {
-                vec![CapacityId::new("c2").unwrap()]
-            } else {
-                vec![]
-            }
-        };
+        let holders = [vec![CapacityId::new("c2").unwrap()]];
         let loads = Loads::default();
         let cand = [(m.clone(), 0.8, 1.0)];
         let p = place("k", false, Some(&caps[1]), &caps, &holders, &cand, &loads).unwrap();
@@ -249,6 +267,7 @@ mod tests {
         }
         // Nobody holds m/b: every key goes to m/b's home, the same one each time.
         let cand = [(r("m/b"), 0.6, 1.0)];
+        let holders: [Vec<CapacityId>; 1] = [vec![]];
         let homes: std::collections::HashSet<_> = (0..50)
             .map(|k| {
                 place(
@@ -269,7 +288,7 @@ mod tests {
             .collect();
         assert_eq!(homes.len(), 1);
         // Nothing predicted: the key's hash, stable, moving ~1/n of keys when one leaves.
-        let none = |_: &ResourceId| Vec::new();
+        let none: [Vec<CapacityId>; 0] = [];
         let mut moved = 0;
         for k in 0..1000 {
             let key = format!("key-{k}");
@@ -293,13 +312,12 @@ mod tests {
         let mut holding: Vec<CapacityId> = Vec::new();
         let mut per: HashMap<CapacityId, usize> = HashMap::new();
         for k in 0..400 {
-            let h = holding.clone();
             let p = place(
                 &format!("k{k}"),
                 false,
                 None,
                 &caps,
-                &|_| h.clone(),
+                std::slice::from_ref(&holding),
                 &cand,
                 &loads,
             )
@@ -316,5 +334,25 @@ mod tests {
         for n in per.values() {
             assert!(*n <= 135, "{per:?}");
         }
+    }
+
+    #[test]
+    fn the_home_is_the_first_allowed_capacity_in_rendezvous_order() {
+        let caps = caps(9);
+        for k in 0..200_u64 {
+            let anchor = mix(k);
+            let allowed = |c: &CapacityId| (weight_of(anchor, c) % 3) != 0 || k % 7 == 0;
+            let mut ranked: Vec<(u64, &CapacityId)> =
+                caps.iter().map(|c| (weight_of(anchor, c), c)).collect();
+            ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+            let want = ranked
+                .iter()
+                .map(|x| x.1)
+                .find(|c| allowed(c))
+                .or(ranked.first().map(|x| x.1));
+            assert_eq!(home(anchor, &caps, allowed), want);
+        }
+        assert_eq!(home(1, &caps, |_| false), home(1, &caps, |_| true));
+        assert_eq!(home(1, &[], |_| true), None);
     }
 }

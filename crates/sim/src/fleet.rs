@@ -101,23 +101,40 @@ impl SimFleet {
     }
 }
 
+impl SimFleet {
+    /// Indices of the capacities holding (or receiving) `r` at `min` or newer.
+    fn holding_at<'a>(
+        &'a self,
+        r: &'a ResourceId,
+        min: Version,
+    ) -> impl Iterator<Item = usize> + 'a {
+        self.holders
+            .get(r)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(move |c| {
+                self.caps[*c]
+                    .entries
+                    .get(r)
+                    .is_some_and(|e| e.version >= min.get())
+            })
+    }
+}
+
 impl Fleet for SimFleet {
     fn capacities(&self) -> &[CapacityId] {
         &self.ids
     }
 
     fn holders(&self, r: &ResourceId, min: Version) -> Vec<CapacityId> {
-        self.holders.get(r).map_or_else(Vec::new, |h| {
-            h.iter()
-                .filter(|c| {
-                    self.caps[**c]
-                        .entries
-                        .get(r)
-                        .is_some_and(|e| e.version >= min.get())
-                })
-                .map(|c| self.ids[*c].clone())
-                .collect()
-        })
+        self.holding_at(r, min)
+            .map(|c| self.ids[c].clone())
+            .collect()
+    }
+
+    fn holder_count(&self, r: &ResourceId, min: Version) -> usize {
+        self.holding_at(r, min).count()
     }
 
     fn target(&self, c: &CapacityId, now: f64) -> Option<Box<dyn Target + '_>> {
