@@ -89,6 +89,9 @@ pub enum DecodeError {
     /// zstd rejected the frame.
     #[error("zstd frame is corrupt: {0}")]
     Zstd(std::io::Error),
+    /// The recorded length is over the chunk limit (nothing is decoded).
+    #[error("a chunk of {0} bytes exceeds the limit of {limit}", limit = crate::MAX_CHUNK_LEN)]
+    TooLong(usize),
     /// The decoded length differs from the recorded one.
     #[error("decoded to {got} bytes, expected {want}")]
     Length {
@@ -101,6 +104,10 @@ pub enum DecodeError {
 
 /// Decodes a stored chunk into exactly `raw_len` bytes.
 pub fn decode(codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, DecodeError> {
+    // The length comes from a trailer, an index or a peer: never allocate by it unchecked.
+    if raw_len > crate::MAX_CHUNK_LEN as usize {
+        return Err(DecodeError::TooLong(raw_len));
+    }
     let out = match codec {
         Codec::Raw => stored.to_vec(),
         Codec::Zstd => {

@@ -1,19 +1,24 @@
 //! The self-describing frame around every metadata object (manifests, indexes):
 //!
 //! ```text
-//! magic [4] | format version u16 LE | flags u16 LE | body length u64 LE | BLAKE3(body) [32] | body
+//! magic [4] | format version u16 LE | flags u16 LE | body length u64 LE | BLAKE3 [32] | body
 //! ```
 //!
-//! Flag bit 0: the body is one zstd frame. Opening checks magic, version, the declared length
-//! against the object's real length and a caller-given limit, the checksum, and — for
-//! compressed bodies — caps the decompressed size, so no decompression bomb gets through.
+//! Flag bit 0: the body is one zstd frame. In version 2 the BLAKE3 covers the 16 header bytes
+//! before it and the body, so a damaged flag (a compressed body read as plain, or the
+//! reverse) is refused like damaged body bytes; version 1 (read, no longer written) hashed the
+//! body alone. Opening checks magic, version, the declared length against the object's real
+//! length and a caller-given limit, the checksum, and — for compressed bodies — caps the
+//! decompressed size, so no decompression bomb gets through.
 
 use bytes::Bytes;
 
 /// Bytes before the body.
 pub const HEADER_LEN: usize = 4 + 2 + 2 + 8 + 32;
-/// The only format version written and read today.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version written (version 1 is still read).
+pub const FORMAT_VERSION: u16 = 2;
+/// The first format: its checksum covers the body only.
+const FORMAT_V1: u16 = 1;
 const FLAG_ZSTD: u16 = 1;
 /// Bodies smaller than this are stored uncompressed.
 const COMPRESS_MIN: usize = 4096;
@@ -38,7 +43,7 @@ pub enum EnvelopeError {
         expected: String,
     },
     /// Written by a newer (or unknown) format.
-    #[error("unknown format version {0} (this build reads version {FORMAT_VERSION})")]
+    #[error("unknown format version {0} (this build reads versions 1 to {FORMAT_VERSION})")]
     UnknownVersion(u16),
     /// Flags this build does not understand.
     #[error("unknown flags {0:#06x}")]
@@ -77,9 +82,21 @@ pub fn seal(magic: &[u8; 4], body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(blake3::hash(&payload).as_bytes());
+    let sum = checksum(FORMAT_VERSION, &out, &payload);
+    out.extend_from_slice(sum.as_bytes());
     out.extend_from_slice(&payload);
     out
+}
+
+/// The checksum `version` keeps over a header's first 16 bytes and the payload.
+fn checksum(version: u16, head: &[u8], payload: &[u8]) -> blake3::Hash {
+    if version == FORMAT_V1 {
+        return blake3::hash(payload);
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(&head[..16]);
+    h.update(payload);
+    h.finalize()
 }
 
 /// Opens a framed object, returning its (decompressed) body of at most `limit` bytes.
@@ -98,7 +115,7 @@ pub fn open(magic: &[u8; 4], data: &[u8], limit: u64) -> Result<Bytes, EnvelopeE
     }
     let u16_at = |i: usize| u16::from_le_bytes([data[i], data[i + 1]]);
     let version = u16_at(4);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_V1 {
         return Err(EnvelopeError::UnknownVersion(version));
     }
     let flags = u16_at(6);
@@ -122,7 +139,7 @@ pub fn open(magic: &[u8; 4], data: &[u8], limit: u64) -> Result<Bytes, EnvelopeE
         return Err(EnvelopeError::Trailing(data.len() - need));
     }
     let payload = &data[HEADER_LEN..];
-    if blake3::hash(payload).as_bytes() != &data[16..48] {
+    if checksum(version, data, payload).as_bytes() != &data[16..48] {
         return Err(EnvelopeError::Checksum);
     }
     if flags & FLAG_ZSTD == 0 {
@@ -189,5 +206,41 @@ mod tests {
         assert!(sealed.len() < 10_000);
         let e = open(M, &sealed, 1 << 20).unwrap_err().to_string();
         assert!(e.contains("exceeds the limit"), "{e}");
+    }
+
+    /// Every single-bit flip anywhere in an object, plain or compressed, is refused (the
+    /// flags are under the checksum: a compressed body is never handed out as plain).
+    #[test]
+    fn every_bit_flip_is_refused() {
+        let plain = b"a small manifest body".to_vec();
+        let packed: Vec<u8> = (0..20_000_u32).map(|i| (i % 7) as u8).collect();
+        for body in [plain, packed] {
+            let sealed = seal(M, &body);
+            for i in 0..sealed.len() {
+                for bit in 0..8 {
+                    let mut v = sealed.clone();
+                    v[i] ^= 1 << bit;
+                    assert!(
+                        open(M, &v, 1 << 20).is_err(),
+                        "flip of bit {bit} of byte {i}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn version_1_objects_still_open() {
+        let body = b"written by an older build";
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(M);
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        v1.extend_from_slice(&0u16.to_le_bytes());
+        v1.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        v1.extend_from_slice(blake3::hash(body).as_bytes());
+        v1.extend_from_slice(body);
+        assert_eq!(&open(M, &v1, 1 << 20).unwrap()[..], body);
+        *v1.last_mut().unwrap() ^= 1;
+        assert!(open(M, &v1, 1 << 20).is_err());
     }
 }

@@ -14,6 +14,8 @@ mod gc;
 mod index;
 mod manifest;
 mod pack;
+#[cfg(test)]
+mod props;
 mod read;
 mod repair;
 mod store;

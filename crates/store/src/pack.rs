@@ -149,6 +149,16 @@ pub(crate) fn blob_to_pb(b: &PackedBlob) -> pb::BlobEntry {
 }
 
 pub(crate) fn blob_from_pb(b: &pb::BlobEntry) -> Result<PackedBlob, String> {
+    if b.offset.checked_add(u64::from(b.stored_length)).is_none() {
+        return Err("blob offset out of range".into());
+    }
+    if b.raw_length > crate::MAX_CHUNK_LEN {
+        return Err(format!(
+            "blob of {} raw bytes exceeds the chunk limit of {}",
+            b.raw_length,
+            crate::MAX_CHUNK_LEN
+        ));
+    }
     Ok(PackedBlob {
         hash: ChunkHash::from_slice(&b.hash).ok_or("blob hash is not 32 bytes")?,
         offset: b.offset,
@@ -193,7 +203,8 @@ pub(crate) fn decode_trailer(trailer: &[u8], start: u64) -> Result<Vec<PackedBlo
         .map(blob_from_pb)
         .collect::<Result<Vec<_>, _>>()?;
     for b in &blobs {
-        if b.offset < HEADER_LEN as u64 || b.offset + u64::from(b.stored_length) > start {
+        let end = b.offset.checked_add(u64::from(b.stored_length));
+        if b.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > start) {
             return Err("blob outside the pack's blob area".into());
         }
     }

@@ -430,6 +430,12 @@ impl PackChannel {
                         .ok_or_else(|| DataError::Protocol(format!("unknown codec {}", e[16])))?,
                     raw: u32_at(17),
                 };
+                if l.offset.checked_add(u64::from(l.stored)).is_none() {
+                    return Err(DataError::Protocol(format!(
+                        "chunk at offset {} of {} bytes lies past any file",
+                        l.offset, l.stored
+                    )));
+                }
                 if l.slot as usize >= self.packs.len() {
                     return Err(DataError::Protocol(format!(
                         "chunk in pack slot {} of {} passed",
