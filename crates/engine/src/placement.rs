@@ -204,8 +204,8 @@ fn home(
     // Highest weight first, ties by id (the order a sort by (weight desc, id asc) gives).
     let better =
         |a: (u64, &CapacityId), b: (u64, &CapacityId)| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1);
-    let (mut first, mut allowed): (Option<(u64, &CapacityId)>, Option<(u64, &CapacityId)>) =
-        (None, None);
+    let mut first: Option<(u64, &CapacityId)> = None;
+    let mut allowed: Option<(u64, &CapacityId)> = None;
     for c in capacities {
         let x = (weight_of(anchor, c), c);
         if first.is_none_or(|f| better(x, f)) {

@@ -100,7 +100,7 @@ pub fn import(path: &Path, sink: &mut Sink) -> Result<(), ImportError> {
                 if let Some(im) = im {
                     attrs.insert("images".into(), im.into());
                 }
-                sink.push(r);
+                sink.push_parsed(path, line, r)?;
             }
             Err(why) => sink.malformed(path, line, why)?,
         }

@@ -70,7 +70,7 @@ pub fn import(path: &Path, sink: &mut Sink) -> Result<(), ImportError> {
             },
         };
         match parsed {
-            Ok(r) => sink.push(r),
+            Ok(r) => sink.push_parsed(path, line, r)?,
             Err(why) => sink.malformed(path, line, why)?,
         }
     }

@@ -279,7 +279,7 @@ pub fn import(path: &Path, m: &CsvMapping, sink: &mut Sink) -> Result<(), Import
             }
         }
         match parse_row(&row, &c, m) {
-            Ok(r) => sink.push(r),
+            Ok(r) => sink.push_parsed(path, line, r)?,
             Err(why) => sink.malformed(path, line, why)?,
         }
     }

@@ -193,6 +193,25 @@ impl Sink {
     pub fn push(&mut self, r: HistoryRecord) {
         self.records.push(r);
     }
+
+    /// [`Sink::push`] of a record whose time was parsed from the row: one before 1970 (a
+    /// damaged year) or not a number is a malformed row, not a record.
+    pub fn push_parsed(
+        &mut self,
+        file: &Path,
+        line: u64,
+        r: HistoryRecord,
+    ) -> Result<(), ImportError> {
+        if r.ts.is_finite() && r.ts >= 0.0 {
+            self.push(r);
+            return Ok(());
+        }
+        self.malformed(
+            file,
+            line,
+            format!("time {} is before 1970 or not a number", r.ts),
+        )
+    }
 }
 
 /// The file's bytes, decompressed when they are gzip (told by the magic bytes `1f 8b`, not

@@ -2,7 +2,7 @@
 
 use prewarm_core::{MAX_RESOURCE_ID_LEN, MAX_SEGMENT_LEN, ResourceId};
 
-/// Maps raw bytes to a resource id under `namespace`, deterministically.
+/// Maps raw bytes to a resource id under `namespace` (empty: none), deterministically.
 ///
 /// Allowed bytes (`[A-Za-z0-9._-]` and `/`) are kept; others become `_`; empty, `.` and `..`
 /// segments become `_`, `_.`, `_..`; a trailing `/` becomes a final `_index` segment. When
@@ -44,7 +44,11 @@ pub fn resource_for(namespace: &str, raw: &[u8]) -> ResourceId {
         }
         segments.push(seg);
     }
-    let mut id = format!("{namespace}/{}", segments.join("/"));
+    let mut id = if namespace.is_empty() {
+        segments.join("/")
+    } else {
+        format!("{namespace}/{}", segments.join("/"))
+    };
     let suffix_len = 15;
     if id.len() > MAX_RESOURCE_ID_LEN {
         id.truncate(MAX_RESOURCE_ID_LEN - suffix_len);
@@ -58,7 +62,12 @@ pub fn resource_for(namespace: &str, raw: &[u8]) -> ResourceId {
         id.push_str("-h");
         id.push_str(&h[..12]);
     }
-    ResourceId::new(id).expect("sanitised ids are valid by construction")
+    // A namespace that is not itself a valid id (a library caller's; the CLI checks its
+    // own) still gets a valid, deterministic id: the raw name's hash alone.
+    ResourceId::new(id).unwrap_or_else(|_| {
+        let h = blake3::hash(raw).to_hex();
+        ResourceId::new(format!("h{}", &h[..24])).expect("hex digits are a valid id")
+    })
 }
 
 #[cfg(test)]
