@@ -5,7 +5,7 @@
 mod cmd;
 mod output;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// prewarm: predictive state transfer for compute capacities.
 #[derive(Parser)]
@@ -55,6 +55,10 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Replay a history through the simulator under several policies (table, JSON, HTML report)
     Replay(cmd::replay::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::completions::CompletionsArgs),
+    /// Write man pages for prewarm and each of its commands.
+    Man(cmd::completions::ManArgs),
 }
 
 /// Keeps large freed blocks in the process instead of returning them to the kernel: model
@@ -126,6 +130,8 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         Command::Bench(a) => cmd::bench::run(a).await,
         Command::Demo(a) => cmd::demo::run(a).await,
         Command::Replay(a) => cmd::replay::run(a).await,
+        Command::Completions(a) => cmd::completions::completions(&a, Cli::command()),
+        Command::Man(a) => cmd::completions::man(&a, Cli::command()),
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod completions;
 pub mod coordinator;
 pub mod demo;
 pub mod eval;
