@@ -3,9 +3,10 @@
 //! Errors print as one line on stderr with exit code 2; `verify` exits 1 when it finds damage.
 
 mod cmd;
+mod config;
 mod output;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// prewarm: predictive state transfer for compute capacities.
 #[derive(Parser)]
@@ -83,14 +84,7 @@ fn main() {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("prewarm: internal error (a bug, please report it): {info}");
     }));
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            std::process::exit(code);
-        }
-    };
+    let cli = parse();
     let quiet = matches!(cli.command, Command::Demo(_));
     init_logging(
         cli.log
@@ -109,6 +103,34 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// The command line, with `--config` files and PREWARM_* variables folded in
+/// ([`config`]); `--print-config` prints and exits here.
+fn parse() -> Cli {
+    let fail = |e: clap::Error| -> ! {
+        let code = if e.use_stderr() { 2 } else { 0 };
+        let _ = e.print();
+        std::process::exit(code);
+    };
+    let cmd = config::overridable(Cli::command());
+    let argv = config::expand(std::env::args_os().collect(), &cmd).unwrap_or_else(|e| {
+        eprintln!("prewarm: error: {}", one_line(&e));
+        std::process::exit(2);
+    });
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(argv)
+        .unwrap_or_else(|e| fail(e));
+    if let Some((name, sub)) = matches.subcommand()
+        && config::CONFIGURABLE.contains(&name)
+        && sub.get_flag("print_config")
+    {
+        let def = cmd.find_subcommand(name).expect("parsed from it");
+        print!("{}", config::render(name, def, sub));
+        std::process::exit(0);
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| fail(e))
 }
 
 async fn run(command: Command) -> anyhow::Result<i32> {

@@ -10,7 +10,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_prewarm");
 
 #[test]
 fn bash_completes_commands_and_flags() {
-    let script = Command::new(BIN).args(["completions", "bash"]).output().unwrap();
+    let script = Command::new(BIN)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
     assert!(script.status.success());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("prewarm.bash");
@@ -26,7 +29,11 @@ fn bash_completes_commands_and_flags() {
             path.display()
         );
         let out = Command::new("bash").args(["-c", &probe]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let commands = ask("prewarm rep");
@@ -35,10 +42,16 @@ fn bash_completes_commands_and_flags() {
     let flags = ask("prewarm replay --cache");
     assert!(flags.lines().any(|l| l == "--cache-size"), "{flags}");
     for shell in ["zsh", "fish"] {
-        let out = Command::new(BIN).args(["completions", shell]).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
         assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
     }
-    let bad = Command::new(BIN).args(["completions", "tcsh"]).output().unwrap();
+    let bad = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
 
@@ -50,11 +63,21 @@ fn every_command_gets_a_man_page_naming_its_flags() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let page = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
     assert!(page("prewarm.1").contains("prewarm\\-coordinator"));
     let coordinator = page("prewarm-coordinator.1");
-    assert!(coordinator.contains(".TH prewarm-coordinator"), "{coordinator}");
-    assert!(coordinator.contains("\\-\\-retrain\\-every"), "{coordinator}");
+    assert!(
+        coordinator.contains(".TH prewarm-coordinator"),
+        "{coordinator}"
+    );
+    assert!(
+        coordinator.contains("\\-\\-retrain\\-every"),
+        "{coordinator}"
+    );
     assert!(page("prewarm-bench-coordinator.1").contains("\\-\\-capacities"));
 }

@@ -1260,3 +1260,91 @@ fn a_coordinator_retrains_its_model_from_history_and_serves_the_better_one() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--retrain-every needs a learned model"));
 }
+
+#[test]
+fn an_agent_runs_from_its_config_file_and_prints_what_it_runs_with() {
+    let c = Cluster::start();
+    let (api, cache) = (
+        format!("127.0.0.1:{}", free_port()),
+        c.path("from-config").display().to_string(),
+    );
+    let file = c.path("agent.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "coordinator = \"{}\"\nname = \"cap-file\"\ncache-dir = \"{cache}\"\n\
+             listen = \"{api}\"\ncache_size = \"3MiB\"\nmark-stale = [\"tenants/\"]\n",
+            c.url
+        ),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    // What it would run with: the file's values, a flag over the file's, defaults.
+    let printed = run(&[
+        "agent",
+        "--config",
+        &file,
+        "--cache-size",
+        "5MiB",
+        "--print-config",
+    ]);
+    assert!(printed.status.success());
+    let text = String::from_utf8(printed.stdout).unwrap();
+    assert!(text.contains("name = \"cap-file\""), "{text}");
+    assert!(text.contains("cache-size = \"5MiB\""), "{text}");
+    assert!(text.contains("lease = \"60s\""), "{text}");
+    // The printed configuration is itself a config file that reproduces it.
+    let again_file = c.path("again.toml");
+    std::fs::write(&again_file, &text).unwrap();
+    let again = run(&[
+        "agent",
+        "--config",
+        again_file.to_str().unwrap(),
+        "--print-config",
+    ]);
+    // (the same settings; only the comments saying where each came from differ)
+    let settings = |t: &str| -> Vec<String> {
+        t.lines()
+            .map(|l| l.split(" #").next().unwrap().trim_end().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        settings(&String::from_utf8(again.stdout).unwrap()),
+        settings(&text)
+    );
+    // A misspelt setting is refused with the list of settings.
+    let bad = c.path("bad.toml");
+    std::fs::write(&bad, "cache-sise = \"1GiB\"\n").unwrap();
+    let refused = run(&["agent", "--config", bad.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8(refused.stderr).unwrap();
+    assert!(
+        err.contains("unknown setting \"cache-sise\"") && err.contains("cache-size"),
+        "{err}"
+    );
+    // The agent started from the file alone attaches under its name with its budget.
+    let _agent = spawn(&["agent", "--config", &file], &c.path("cap-file.log"));
+    wait_until("the configured agent to attach", 20, || {
+        status_json(&c.url)["capacities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["capacity"] == "cap-file" && x["connected"] == true)
+    });
+    let status = status_json(&c.url);
+    let cap = status["capacities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["capacity"] == "cap-file")
+        .unwrap()
+        .clone();
+    wait_until("its first inventory report", 20, || {
+        status_json(&c.url)["capacities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["capacity"] == "cap-file" && x["cache_budget"] == 3 << 20)
+    });
+    assert_eq!(cap["ensure_addr"], api.as_str(), "{cap}");
+}

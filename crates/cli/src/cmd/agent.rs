@@ -14,6 +14,9 @@ use super::{HttpLimitsArg, TokenArg, parse_duration, parse_size};
 /// Arguments of `prewarm agent`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    #[command(flatten)]
+    #[allow(dead_code)] // acted on by crate::config around parsing
+    config: super::ConfigArg,
     /// The coordinator's gRPC URL.
     #[arg(long, default_value = "http://127.0.0.1:7100")]
     coordinator: String,

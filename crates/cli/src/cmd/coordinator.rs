@@ -14,6 +14,9 @@ use super::{HttpLimitsArg, StoreArg, TokenArg, parse_duration};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
+    #[allow(dead_code)] // acted on by crate::config around parsing
+    config: super::ConfigArg,
+    #[command(flatten)]
     store: StoreArg,
     /// gRPC (and /metrics) address.
     #[arg(long, default_value = "127.0.0.1:7100")]

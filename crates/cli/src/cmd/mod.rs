@@ -148,6 +148,19 @@ impl TokenArg {
     }
 }
 
+/// `--config` and `--print-config` of the long-running commands (both are acted on by
+/// [`crate::config`] around parsing, before the command runs).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConfigArg {
+    /// A TOML file setting any of this command's flags by long name, e.g. `cache-size =
+    /// "10GiB"` (the command line and PREWARM_<FLAG> environment variables override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Print the effective configuration (a file `--config` reads back) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
 /// `--coordinator` and `--token-file`, shared by the commands that call the coordinator.
 #[derive(clap::Args, Clone, Debug)]
 pub struct CoordinatorArg {
