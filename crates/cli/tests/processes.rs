@@ -708,6 +708,12 @@ fn agents_keep_serving_through_a_coordinator_restart_and_reattach_with_their_inv
 }
 
 fn http_post(addr: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let (status, _, body) = http_post_full(addr, path, body);
+    (status, body)
+}
+
+/// Status, head and body of a POST.
+fn http_post_full(addr: &str, path: &str, body: &[u8]) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
@@ -721,11 +727,8 @@ fn http_post(addr: &str, path: &str, body: &[u8]) -> (u16, String) {
     let _ = s.read_to_end(&mut out);
     let out = String::from_utf8_lossy(&out).into_owned();
     let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, head.to_owned(), body.to_owned())
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -1347,4 +1350,44 @@ fn an_agent_runs_from_its_config_file_and_prints_what_it_runs_with() {
             .any(|x| x["capacity"] == "cap-file" && x["cache_budget"] == 3 << 20)
     });
     assert_eq!(cap["ensure_addr"], api.as_str(), "{cap}");
+}
+
+#[test]
+fn events_over_the_rate_limit_get_429_with_retry_after_and_are_counted() {
+    let c = Cluster::start_with(&["--model", "markov", "--events-rate", "50"]);
+    let addr = c.url.trim_start_matches("http://").to_owned();
+    let batch = |n: usize| {
+        let events: Vec<String> = (0..n)
+            .map(|i| format!("{{\"event\":{{\"type\":\"http\",\"key\":\"k{i}\"}}}}"))
+            .collect();
+        format!("[{}]", events.join(","))
+    };
+    // One full batch fits the burst; the next body does not until the bucket refills.
+    let (ok, _, _) = http_post_full(&addr, "/v1/events", batch(10_000).as_bytes());
+    assert_eq!(ok, 200);
+    let (status, head, body) = http_post_full(&addr, "/v1/events", batch(100).as_bytes());
+    assert_eq!(status, 429, "{head}\n{body}");
+    let retry: u64 = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no Retry-After in {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&retry), "retry after {retry} s");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["error"], "rate_limited", "{e}");
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(
+        metric(&metrics, "prewarm_coordinator_events_rate_limited_total"),
+        100.0
+    );
+    assert_eq!(
+        metric(&metrics, "prewarm_coordinator_events_total"),
+        10_000.0
+    );
 }

@@ -1,5 +1,6 @@
 //! The coordinator's HTTP routes beside gRPC (same port): `POST /v1/events` (one event
-//! object or an array; all or nothing; 400/401/413 with `{error, message}`) and
+//! object or an array; all or nothing; 400/401/413 with `{error, message}`, 429 with
+//! `Retry-After` over the token's events rate, see [`crate::limits`]) and
 //! `GET /v1/placement?key=K&type=T[&capacity=C]` (where an event would run and what would
 //! move, without moving anything). Any other path: 401 without the token, else 404, both as
 //! `{error, message}`.
@@ -77,7 +78,8 @@ where
                         );
                         return unauthorized();
                     }
-                    post_events(c, body).await
+                    let auth = headers.get(axum::http::header::AUTHORIZATION);
+                    post_events(c, auth.map(|v| v.as_bytes()), body).await
                 }
             }),
         )
@@ -106,7 +108,7 @@ fn unauthorized() -> Response {
 }
 
 /// `POST /v1/events` once authorized: the body read within its limit, parsed, handled.
-async fn post_events(c: Arc<Coordinator>, body: Body) -> Response {
+async fn post_events(c: Arc<Coordinator>, auth: Option<&[u8]>, body: Body) -> Response {
     let body = match axum::body::to_bytes(body, MAX_EVENTS_BODY).await {
         Ok(b) => b,
         Err(e) => {
@@ -132,6 +134,23 @@ async fn post_events(c: Arc<Coordinator>, body: Body) -> Response {
             return refuse(status, "bad_events", e.to_string());
         }
     };
+    if let Some(Err(l)) = c.events_limit.as_ref().map(|l| l.take(auth, events.len())) {
+        c.metrics.events_rate_limited.add(events.len() as u64);
+        warn_throttled!(REFUSALS, "POST /v1/events refused: over the rate limit");
+        let secs = l.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        let mut r = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "{} events over this token's limit of {} per second; retry after {secs} s",
+                events.len(),
+                l.rate
+            ),
+        );
+        r.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, secs.into());
+        return r;
+    }
     let mut out = c.handle_events(&events, true).await;
     if batch {
         Json(out).into_response()

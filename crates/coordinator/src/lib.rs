@@ -12,6 +12,7 @@ mod capacities;
 mod fleet;
 mod http;
 mod invalidate;
+mod limits;
 mod metrics;
 mod nats;
 mod predictive;
@@ -63,6 +64,8 @@ pub struct CoordinatorConfig {
     pub clock: prewarm_core::Clock,
     /// Bounds of the gRPC + JSON port against slow, idle and too many clients.
     pub http: prewarm_http::Limits,
+    /// Events per second each token may post (`None`: no limit).
+    pub events_rate: Option<std::num::NonZeroU32>,
 }
 
 /// The coordinator: its parts, each with one job.
@@ -79,6 +82,8 @@ pub struct Coordinator {
     pub brain: Option<Brain>,
     /// Registered snapshot watchers (the predictive snapshot trigger).
     pub watchers: Watchers,
+    /// The per-token events rate limit.
+    events_limit: Option<limits::EventsLimit>,
     /// Metrics handles.
     pub metrics: CoordinatorMetrics,
     /// The registry behind `/metrics`.
@@ -285,6 +290,9 @@ pub async fn start(
         registry: registry.clone(),
         brain,
         watchers: Watchers::default(),
+        events_limit: cfg
+            .events_rate
+            .map(|r| limits::EventsLimit::new(r, cfg.token.is_some())),
         clock: cfg.clock.clone(),
     });
     let mut tasks = Vec::new();

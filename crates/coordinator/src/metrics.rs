@@ -26,6 +26,8 @@ pub struct CoordinatorMetrics {
     pub events: Counter,
     /// Events refused (malformed, unknown fields, invalid ids, oversize).
     pub events_refused: Counter,
+    /// Events refused by the per-token rate limit.
+    pub events_rate_limited: Counter,
     /// History records the model learned from.
     pub history_records: Counter,
     /// Retention hints sent to agents.
@@ -58,6 +60,11 @@ impl CoordinatorMetrics {
             events: r.counter(
                 "prewarm_coordinator_events_total",
                 "Events handled by the predictive loop.",
+                &[],
+            ),
+            events_rate_limited: r.counter(
+                "prewarm_coordinator_events_rate_limited_total",
+                "Events refused by the per-token rate limit (429).",
                 &[],
             ),
             events_refused: r.counter(

@@ -37,6 +37,7 @@ async fn coordinator(store: Arc<Store>) -> Running {
         poll: POLL,
         clock: prewarm_core::Clock::system(),
         http: prewarm_http::Limits::default(),
+        events_rate: None,
     };
     let brain = Brain::new(EngineConfig::default(), None);
     prewarm_coordinator::start(store, cfg, Some(brain))

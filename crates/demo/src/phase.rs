@@ -228,6 +228,7 @@ async fn start_cluster(s: &Setup, brain: Option<Brain>) -> Result<Cluster, Phase
             poll: Duration::from_millis(100),
             clock: prewarm_core::Clock::system(),
             http: prewarm_http::Limits::default(),
+            events_rate: None,
         },
         brain,
     )

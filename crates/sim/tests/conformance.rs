@@ -138,6 +138,7 @@ async fn live(sizes: &BTreeMap<ResourceId, u64>) -> Live {
             poll: Duration::from_secs(3600),
             clock: clock.clone(),
             http: prewarm_http::Limits::default(),
+            events_rate: None,
         },
         Some(brain),
     )

@@ -35,6 +35,10 @@ pub struct Args {
     token: TokenArg,
     #[command(flatten)]
     http: HttpLimitsArg,
+    /// Events per second each token may post to /v1/events (bursts up to one batch of
+    /// 10,000); over it: 429 with Retry-After (default: no limit).
+    #[arg(long, value_name = "N")]
+    events_rate: Option<std::num::NonZeroU32>,
     /// The policy of the decision engine: a model (markov, frequency, histogram, gru:DIR,
     /// transformer:DIR from `prewarm train`; SIGHUP reloads DIR), a model-free baseline
     /// (lru, s3fifo, gdsf: placement, eviction rule and keep-alive only), or none (no engine:
@@ -181,6 +185,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         poll: a.poll,
         clock: prewarm_core::Clock::system(),
         http: a.http.limits()?,
+        events_rate: a.events_rate,
     };
     let brain = engine(&a)?;
     let retrain = retraining(&a)?;
