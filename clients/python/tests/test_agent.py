@@ -27,8 +27,10 @@ def test_ensure_fetches_on_a_miss_then_hits(cluster: Cluster) -> None:
     src = cluster.dir / "src/tiny/model.safetensors"
     assert (first.path / "model.safetensors").read_bytes() == src.read_bytes()
     assert first.lease is not None and first.lease_ms == 60_000
+    assert first.miss_reason == "never fetched here" or first.hit
     again = agent.ensure("models/tiny", min_version=1, max_stale=0)
     assert again.hit and again.version == 1 and again.path == first.path
+    assert again.miss_reason is None
     assert again.lease != first.lease
     inv = agent.inventory()
     assert inv["capacity"] == "cap-a"

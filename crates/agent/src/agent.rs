@@ -15,6 +15,7 @@ use prewarm_store::Manifest;
 use prewarm_transfer::{Connection, DataAddr, DataError, Pacer, Priorities, Token};
 use tokio::sync::{Notify, watch};
 
+use crate::departures::{Departed, Departures, Why};
 use crate::history::HistoryLog;
 use crate::install::{self, InstallError, InstallReport};
 use crate::local::LocalChunks;
@@ -171,6 +172,8 @@ pub struct Source {
 struct Local {
     space: StateSpace,
     chunks: LocalChunks,
+    /// Why states that are not here left (or never arrived).
+    departures: Departures,
 }
 
 #[derive(Default)]
@@ -266,7 +269,11 @@ impl Agent {
         })?;
         let (finished_tx, finished_rx) = tokio::sync::mpsc::unbounded_channel();
         let agent = Arc::new(Agent {
-            local: Mutex::new(Local { space, chunks }),
+            local: Mutex::new(Local {
+                space,
+                chunks,
+                departures: Departures::default(),
+            }),
             source: watch::channel(None).0,
             inflight: Mutex::default(),
             superseded: Mutex::default(),
@@ -360,8 +367,17 @@ impl Agent {
             let mut local = self.local.lock().expect("agent lock poisoned");
             match local.space.expire(now) {
                 Ok(g) => {
+                    let now_ms = self.cfg.clock.now_ms();
                     for (r, v) in &g {
                         local.chunks.remove(r, *v);
+                        let why = Why::Expired { version: *v };
+                        local.departures.record(
+                            r,
+                            Departed {
+                                why,
+                                unix_ms: now_ms,
+                            },
+                        );
                     }
                     g
                 }
@@ -456,7 +472,53 @@ impl Agent {
                 self.metrics.failure(&self.registry, e.reason());
             }
         }
+        self.note_arrival(resource, &result);
         result
+    }
+
+    /// Remembers a failed load (a state that is not here says why), forgets the departure
+    /// of one that arrived.
+    fn note_arrival(&self, resource: &ResourceId, result: &Result<Loaded, LoadError>) {
+        let mut local = self.local.lock().expect("agent lock poisoned");
+        match result {
+            Ok(_) => local.departures.arrived(resource),
+            Err(e) => {
+                let why = Why::Failed {
+                    error: e.to_string(),
+                };
+                let unix_ms = self.cfg.clock.now_ms();
+                local.departures.record(resource, Departed { why, unix_ms });
+                drop(local);
+                self.changed.notify_one(); // the next inventory report says why
+            }
+        }
+    }
+
+    /// Why no version of `resource` at or above `min` is here (for a miss's answer).
+    pub fn why_missing(&self, resource: &ResourceId, min: Option<Version>) -> String {
+        let local = self.local.lock().expect("agent lock poisoned");
+        let newest = local
+            .space
+            .inventory()
+            .into_iter()
+            .filter(|h| &h.resource == resource)
+            .map(|h| h.version)
+            .max();
+        match (newest, min, local.departures.get(resource)) {
+            (Some(v), Some(m), _) if v < m => format!("v{v} is here, below the v{m} asked for"),
+            (Some(v), _, _) => format!("v{v} is here but staler than allowed"),
+            (None, _, Some(d)) => d.describe(self.cfg.clock.now_ms()),
+            (None, _, None) => "never fetched here".to_owned(),
+        }
+    }
+
+    /// The newest `n` departures, newest first (for the inventory).
+    pub fn departures(&self, n: usize) -> Vec<(ResourceId, Departed)> {
+        self.local
+            .lock()
+            .expect("agent lock poisoned")
+            .departures
+            .recent(n)
     }
 
     async fn load_inner(
@@ -523,9 +585,21 @@ impl Agent {
                 local
                     .space
                     .begin(&resource, version, m.logical_size, self.cfg.clock.now())?;
+            let now_ms = self.cfg.clock.now_ms();
             for (r, v) in local.space.take_evicted() {
                 local.chunks.remove(&r, v);
                 self.metrics.evictions.inc();
+                let why = Why::Evicted {
+                    version: v,
+                    for_resource: resource.clone(),
+                };
+                local.departures.record(
+                    &r,
+                    Departed {
+                        why,
+                        unix_ms: now_ms,
+                    },
+                );
             }
             let (sources, states) = local.chunks.sources_for(&m);
             let leases: Vec<_> = states

@@ -175,4 +175,15 @@ impl EnsureClient {
         let body = self.get(&path).await?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
     }
+
+    /// Releases lease `id` (its state may be evicted from then on).
+    pub async fn release(&self, id: u64) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/leases/{id}")).await.map(|_| ())
+    }
+
+    /// What the agent holds, and why the latest states it does not hold left.
+    pub async fn inventory(&self) -> Result<prewarm_api::InventoryAnswer, ClientError> {
+        let body = self.get("/v1/inventory").await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
 }

@@ -75,7 +75,23 @@ pub fn inventory(agent: &Agent) -> Inventory {
         cache_used: used,
         cache_budget: budget,
         horizon_s: agent.horizon(),
+        departed: departed(agent, 16),
     }
+}
+
+/// The newest `n` departures of `agent` on the wire.
+pub fn departed(agent: &Agent, n: usize) -> Vec<prewarm_proto::wire::Departed> {
+    agent
+        .departures(n)
+        .into_iter()
+        .map(|(r, d)| prewarm_proto::wire::Departed {
+            resource: r.as_str().to_owned(),
+            version: d.version().map_or(0, Version::get),
+            kind: d.kind().to_owned(),
+            reason: d.cause(),
+            unix_ms: d.unix_ms,
+        })
+        .collect()
 }
 
 /// The receiver of loads the agent started itself, shared by successive attach sessions.

@@ -129,9 +129,11 @@ impl Agent {
                 wait_ms: t0.elapsed().as_millis() as u64,
                 lease,
                 lease_ms,
+                miss_reason: None,
             };
             return Ok((e, bytes));
         }
+        let miss_reason = Some(self.why_missing(&req.resource, req.min_version));
         // Miss: fetch on demand in a task of its own, so a timeout does not cancel it.
         let me = self.clone();
         let resource = req.resource.clone();
@@ -169,6 +171,7 @@ impl Agent {
             wait_ms: t0.elapsed().as_millis() as u64,
             lease,
             lease_ms,
+            miss_reason,
         };
         Ok((e, bytes))
     }

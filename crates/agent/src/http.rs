@@ -272,6 +272,18 @@ async fn inventory(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
         cache_used: used,
         cache_budget: budget,
         states,
+        departed: ctx
+            .agent
+            .departures(64)
+            .into_iter()
+            .map(|(r, d)| prewarm_api::DepartedState {
+                resource: r.as_str().to_owned(),
+                version: d.version().map(prewarm_core::Version::get),
+                kind: d.kind().to_owned(),
+                reason: d.cause(),
+                unix_ms: d.unix_ms,
+            })
+            .collect(),
     })
     .into_response()
 }

@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod client;
 pub mod control;
+pub mod departures;
 pub mod ensure;
 pub mod history;
 pub mod http;

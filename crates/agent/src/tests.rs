@@ -527,3 +527,64 @@ fn load_errors_map_to_the_acknowledgements_failure_kinds_by_variant() {
     };
     assert_eq!(FailureKind::from(&publish), FailureKind::Io);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_says_why_the_state_was_not_here() {
+    let e = env().await;
+    let (ra, rb) = (id("m/a"), id("m/b"));
+    for (r, seed) in [(&ra, 11), (&rb, 12)] {
+        e.snap
+            .commit_bytes(r, Bytes::from(noise(6 << 20, seed)))
+            .await
+            .unwrap();
+    }
+    let a = agent(&e.cache, 10 << 20, serve(&e.store, Faults::default()).await);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let router = crate::http::router(a.clone(), None);
+    tokio::spawn(async move { axum::serve(l, router).await });
+    let c = EnsureClient::new(addr, None);
+    let first = c.ensure(&ra, None, Some(10_000)).await.unwrap();
+    assert_eq!(first.miss_reason.as_deref(), Some("never fetched here"));
+    c.release(first.lease.unwrap()).await.unwrap();
+    // m/b needs the room m/a takes: m/a is evicted, and its next miss says so.
+    let b = c.ensure(&rb, None, Some(10_000)).await.unwrap();
+    c.release(b.lease.unwrap()).await.unwrap();
+    let again = c.ensure(&ra, None, Some(10_000)).await.unwrap();
+    let why = again.miss_reason.unwrap();
+    assert!(
+        why.starts_with("v1 was evicted ") && why.ends_with(" s ago to make room for m/b"),
+        "{why}"
+    );
+    assert!(
+        c.ensure(&ra, None, None)
+            .await
+            .unwrap()
+            .miss_reason
+            .is_none(),
+        "a hit"
+    );
+    // A fetch that fails is remembered with its error, in the inventory too.
+    assert!(c.ensure(&id("m/none"), None, Some(1000)).await.is_err());
+    let inv = c.inventory().await.unwrap();
+    let failed = inv
+        .departed
+        .iter()
+        .find(|d| d.resource == "m/none")
+        .unwrap();
+    assert_eq!((failed.kind.as_str(), failed.version), ("failed", None));
+    assert!(failed.reason.contains("unknown state"), "{}", failed.reason);
+    let evicted = inv.departed.iter().find(|d| d.resource == "m/b");
+    assert_eq!(evicted.map(|d| d.kind.as_str()), Some("evicted"), "{inv:?}");
+    assert!(
+        inv.departed.iter().all(|d| d.resource != "m/a"),
+        "m/a is back"
+    );
+    // The coordinator's inventory message carries the same.
+    let wire = crate::control::inventory(&a);
+    assert!(
+        wire.departed
+            .iter()
+            .any(|d| d.resource == "m/none" && d.kind == "failed")
+    );
+}

@@ -50,6 +50,10 @@ pub struct Ensured {
     /// How long the lease lasts from the answer, milliseconds.
     #[serde(default)]
     pub lease_ms: u64,
+    /// On a miss, why the state was not here ("never fetched here", "v3 was evicted 12.0 s
+    /// ago to make room for models/b", "the last fetch failed …").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miss_reason: Option<String>,
 }
 
 /// The agent's answer to `PUT /v1/leases/{id}` (renewed).
@@ -89,6 +93,25 @@ pub struct InventoryAnswer {
     pub cache_budget: u64,
     /// What it holds.
     pub states: Vec<HeldState>,
+    /// Why the latest states that are not here left or never arrived, newest first.
+    #[serde(default)]
+    pub departed: Vec<DepartedState>,
+}
+
+/// A state that is not on the capacity, and why (in `GET /v1/inventory`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepartedState {
+    /// The state.
+    pub resource: String,
+    /// The version that left (none: a fetch that failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// `evicted`, `expired` or `failed`.
+    pub kind: String,
+    /// What happened ("to make room for models/b", a fetch's error).
+    pub reason: String,
+    /// When, Unix ms.
+    pub unix_ms: u64,
 }
 
 /// One event as `POST /v1/events` takes it.

@@ -4,7 +4,9 @@
 
 pub mod http;
 
-pub use http::{ApiError, Ensured, EventIn, EventOutcome, HeldState, InventoryAnswer, Lease};
+pub use http::{
+    ApiError, DepartedState, Ensured, EventIn, EventOutcome, HeldState, InventoryAnswer, Lease,
+};
 
 use prewarm_core::ResourceId;
 use prewarm_engine::{Curve, Expected, Hint, Rule};

@@ -71,6 +71,7 @@ fn inventory(capacity: &str, held: &[(&str, u64)]) -> Inventory {
         cache_used: 100_000 * held.len() as u64,
         cache_budget: 1 << 30,
         horizon_s: None,
+        departed: Vec::new(),
     }
 }
 

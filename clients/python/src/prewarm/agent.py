@@ -51,6 +51,8 @@ class State:
     lease: Optional[int]
     #: How long the lease lasts from the answer, milliseconds.
     lease_ms: int
+    #: On a miss, why the state was not there ("never fetched here", "v1 was evicted …").
+    miss_reason: Optional[str] = None
 
     @classmethod
     def from_json(cls, doc: Dict[str, Any]) -> "State":
@@ -63,6 +65,7 @@ class State:
             wait_ms=int(doc["wait_ms"]),
             lease=doc.get("lease"),
             lease_ms=int(doc.get("lease_ms", 0)),
+            miss_reason=doc.get("miss_reason"),
         )
 
 

@@ -50,6 +50,10 @@ fn print_json(s: &StatusReply) {
                 "held": inv.held.iter().map(|h| serde_json::json!({
                     "resource": h.resource, "version": h.version, "bytes": h.bytes, "stale": h.stale,
                 })).collect::<Vec<_>>(),
+                "departed": inv.departed.iter().map(|d| serde_json::json!({
+                    "resource": d.resource, "version": d.version, "kind": d.kind,
+                    "reason": d.reason, "unix_ms": d.unix_ms,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -132,6 +136,24 @@ fn print_capacities(s: &StatusReply) {
                 if h.stale { " (stale)" } else { "" }
             );
         }
+        print_departed(&inv.departed);
+    }
+}
+
+/// Prints why the latest states that are not on a capacity left (at most 5).
+fn print_departed(departed: &[prewarm_proto::wire::Departed]) {
+    let now_ms = (prewarm_core::unix_now() * 1e3) as u64;
+    for d in departed.iter().take(5) {
+        let version = if d.version > 0 {
+            format!("@{}", d.version)
+        } else {
+            String::new()
+        };
+        let ago = now_ms.saturating_sub(d.unix_ms) as f64 / 1e3;
+        println!(
+            "    not here: {}{version} {} {ago:.0} s ago ({})",
+            d.resource, d.kind, d.reason
+        );
     }
 }
 
