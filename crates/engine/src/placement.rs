@@ -341,7 +341,8 @@ mod tests {
         let caps = caps(9);
         for k in 0..200_u64 {
             let anchor = mix(k);
-            let allowed = |c: &CapacityId| (weight_of(anchor, c) % 3) != 0 || k % 7 == 0;
+            let allowed =
+                |c: &CapacityId| !weight_of(anchor, c).is_multiple_of(3) || k.is_multiple_of(7);
             let mut ranked: Vec<(u64, &CapacityId)> =
                 caps.iter().map(|c| (weight_of(anchor, c), c)).collect();
             ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));

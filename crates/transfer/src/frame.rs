@@ -350,8 +350,11 @@ mod tests {
             .block_on(f)
     }
 
+    /// A frame as (kind, request, body).
+    type Plain = (u8, u32, Vec<u8>);
+
     /// Every frame a stream holds, through both readers, until the first error.
-    fn frames(data: &[u8]) -> (Vec<(u8, u32, Vec<u8>)>, Vec<(u8, u32, Vec<u8>)>) {
+    fn frames(data: &[u8]) -> (Vec<Plain>, Vec<Plain>) {
         block_on(async {
             let (mut a, mut b) = (Vec::new(), Vec::new());
             let mut s = data;
@@ -407,7 +410,7 @@ mod tests {
                     ends.push(buf.len());
                 }
             });
-            let want: Vec<(u8, u32, Vec<u8>)> =
+            let want: Vec<Plain> =
                 sent.iter().map(|(k, r, b)| (KINDS[*k] as u8, *r, b.clone())).collect();
             proptest::prop_assert_eq!(&frames(&buf).0, &want);
             let at = if buf.is_empty() { 0 } else { cut % buf.len() };
