@@ -333,10 +333,10 @@ async fn damaged_manifests_are_refused_with_reasons() {
         (
             {
                 let mut v = good.clone();
-                v[4] = 2;
+                v[4] = 9;
                 v
             },
-            "unknown format version 2",
+            "unknown format version 9",
         ),
         (
             {
