@@ -123,6 +123,7 @@ impl LoadError {
             LoadError::Data(DataError::Refused { .. }) => "refused",
             LoadError::Data(_) => "source",
             LoadError::Space(SpaceError::Full { .. }) => "cache_full",
+            LoadError::Space(SpaceError::Preempted(..)) => "preempted",
             LoadError::Space(_) => "io",
             LoadError::Install(InstallError::Verification { .. }) => "verification",
             LoadError::Install(InstallError::Data(_)) => "source",
@@ -142,7 +143,8 @@ impl From<&LoadError> for prewarm_proto::wire::FailureKind {
             LoadError::NoSource
             | LoadError::Data(_)
             | LoadError::Install(InstallError::Data(_)) => K::Source,
-            LoadError::Space(SpaceError::Full { .. }) => K::CacheFull,
+            // Space went to an on-demand load: to the coordinator, the state did not fit.
+            LoadError::Space(SpaceError::Full { .. } | SpaceError::Preempted(..)) => K::CacheFull,
             LoadError::Install(InstallError::Verification { .. }) => K::Verification,
             LoadError::Space(_)
             | LoadError::Install(InstallError::Io { .. })
@@ -581,10 +583,13 @@ impl Agent {
         self.release_expired();
         let (slot, sources, _leases) = {
             let mut local = self.local.lock().expect("agent lock poisoned");
-            let slot =
-                local
-                    .space
-                    .begin(&resource, version, m.logical_size, self.cfg.clock.now())?;
+            let slot = local.space.begin_with(
+                &resource,
+                version,
+                m.logical_size,
+                self.cfg.clock.now(),
+                flight.boosted.clone(),
+            )?;
             let now_ms = self.cfg.clock.now_ms();
             for (r, v) in local.space.take_evicted() {
                 local.chunks.remove(&r, v);
@@ -624,8 +629,17 @@ impl Agent {
                 flight.boosted.clone(),
             )
         });
-        let report =
-            install::install(m.clone(), &staging, sources, &mut conn, pacer.as_ref()).await?;
+        // A background install stops as soon as one an execution waits for takes its space
+        // (what it fetched stays staged: a later load of it resumes there).
+        let report = tokio::select! {
+            r = install::install(m.clone(), &staging, sources, &mut conn, pacer.as_ref()) => r?,
+            () = slot.preempted() => {
+                return Err(SpaceError::Preempted(resource, version).into());
+            }
+        };
+        if slot.is_preempted() {
+            return Err(SpaceError::Preempted(resource, version).into());
+        }
         // Publish: one rename makes the whole, verified state visible.
         std::fs::rename(&staging, slot.path()).map_err(publish_err(slot.path()))?;
         let held = {
@@ -819,9 +833,14 @@ impl Agent {
     }
 
     /// Drops `ensure` leases that have expired (before eviction decisions, and on each call).
+    /// Drops the expired leases; when some were, the next inventory report tells the
+    /// coordinator their states may be evicted again (its eviction book spares leased ones).
     fn release_expired(&self) {
         let now = Instant::now();
-        self.leases.lock().expect("agent lock poisoned").expire(now);
+        let dropped = self.leases.lock().expect("agent lock poisoned").expire(now);
+        if dropped > 0 {
+            self.changed.notify_one();
+        }
     }
 
     /// Keeps `lease` for `d`, releases expired ones, and returns the lease's id.
@@ -848,7 +867,11 @@ impl Agent {
     /// it had expired or was released already.
     pub fn release_lease(&self, id: u64) -> bool {
         self.release_expired();
-        self.leases.lock().expect("agent lock poisoned").release(id)
+        let released = self.leases.lock().expect("agent lock poisoned").release(id);
+        if released {
+            self.changed.notify_one(); // its state is evictable again: say so
+        }
+        released
     }
 
     /// A lease on exactly `resource@version` without counting a use.

@@ -50,8 +50,9 @@ impl Leases {
         self.held.remove(&id).is_some()
     }
 
-    /// Drops the leases whose expiry is at or before `now`.
-    pub(crate) fn expire(&mut self, now: Instant) {
+    /// Drops the leases whose expiry is at or before `now`; returns how many.
+    pub(crate) fn expire(&mut self, now: Instant) -> usize {
+        let before = self.held.len();
         while let Some(Reverse((at, id))) = self.deadlines.peek().copied() {
             if at > now {
                 break;
@@ -62,6 +63,7 @@ impl Leases {
                 self.held.remove(&id);
             }
         }
+        before - self.held.len()
     }
 }
 
@@ -92,15 +94,15 @@ mod tests {
         let c = l.hold(lease(), ms(300));
         assert_eq!((a, b, c, count()), (1, 2, 3, 3));
         assert!(l.renew(a, ms(1_000)));
-        l.expire(ms(150));
+        assert_eq!(l.expire(ms(150)), 0);
         assert_eq!(count(), 3, "a was renewed past 150 ms");
-        l.expire(ms(250));
+        assert_eq!(l.expire(ms(250)), 1);
         assert_eq!(count(), 2, "b expired");
         assert!(!l.renew(b, ms(2_000)), "an expired lease cannot be renewed");
         assert!(l.release(c));
         assert!(!l.release(c));
         assert_eq!(count(), 1);
-        l.expire(ms(1_000));
+        assert_eq!(l.expire(ms(1_000)), 1);
         assert_eq!(count(), 0);
         // Renewals spammed on one lease do not grow the heap without bound.
         let d = l.hold(lease(), ms(5_000));
@@ -112,7 +114,7 @@ mod tests {
             "{}",
             l.deadlines.len()
         );
-        l.expire(ms(20_000));
+        assert_eq!(l.expire(ms(20_000)), 1);
         assert_eq!((count(), l.held.len(), l.deadlines.len()), (0, 0, 0));
     }
 }

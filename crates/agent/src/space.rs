@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use prewarm_core::{ResourceId, Version};
 use prewarm_engine::{CacheBook, Hint, Rule};
@@ -71,6 +71,9 @@ pub enum SpaceError {
     /// That version is already installed (or being installed).
     #[error("{0} version {1} is already installed or being installed")]
     Exists(ResourceId, Version),
+    /// An install an execution waits for took this background install's space.
+    #[error("{0} version {1}: the install gave its space to one an execution waits for")]
+    Preempted(ResourceId, Version),
     /// The caller committed a slot whose path holds nothing.
     #[error("{0}: nothing was installed at the slot's path")]
     NotInstalled(PathBuf),
@@ -143,6 +146,35 @@ impl Drop for Lease {
     }
 }
 
+/// One install's claim on the budget, shared by its [`Slot`] and the space's list of installs
+/// in progress.
+#[derive(Debug, Default)]
+struct Reservation {
+    /// Committed or abandoned: the bytes are no longer reserved.
+    released: AtomicBool,
+    /// Taken back by an install an execution waits for, which needed the space.
+    preempted: AtomicBool,
+    /// Wakes the install (one waiter: the task writing the state) once preempted.
+    wake: tokio::sync::Notify,
+}
+
+impl Reservation {
+    fn active(&self) -> bool {
+        !self.released.load(Ordering::Acquire) && !self.preempted.load(Ordering::Acquire)
+    }
+}
+
+/// An install in progress.
+#[derive(Debug)]
+struct Pending {
+    key: Key,
+    bytes: u64,
+    /// An execution waits for it (set by the caller, possibly after `begin`): it is never
+    /// preempted, and it may preempt the others.
+    urgent: Arc<AtomicBool>,
+    reservation: Arc<Reservation>,
+}
+
 /// A reservation for one state being installed.
 #[derive(Debug)]
 pub struct Slot {
@@ -150,7 +182,7 @@ pub struct Slot {
     version: Version,
     bytes: u64,
     path: PathBuf,
-    reserved: Arc<AtomicUsize>,
+    reservation: Arc<Reservation>,
     done: bool,
 }
 
@@ -158,6 +190,19 @@ impl Slot {
     /// Where the state must be written (atomically: it must not exist until complete).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether an install an execution waits for took this reservation's bytes: the install
+    /// must stop ([`StateSpace::commit`] refuses it).
+    pub fn is_preempted(&self) -> bool {
+        self.reservation.preempted.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the reservation is preempted (never, if it is not).
+    pub async fn preempted(&self) {
+        while !self.is_preempted() {
+            self.reservation.wake.notified().await;
+        }
     }
 }
 
@@ -167,7 +212,7 @@ impl Drop for Slot {
             // An abandoned install: nothing partial may stay visible.
             let _ =
                 std::fs::remove_dir_all(&self.path).or_else(|_| std::fs::remove_file(&self.path));
-            self.reserved.fetch_sub(1, Ordering::AcqRel);
+            self.reservation.released.store(true, Ordering::Release);
         }
     }
 }
@@ -182,8 +227,8 @@ pub struct StateSpace {
     /// The eviction rule's view (uses, hints). Hints are not persisted: the engine sends
     /// them again as executions report back.
     book: CacheBook<Key>,
-    /// Installs in progress: (resource, version, bytes, alive marker).
-    pending: Vec<(ResourceId, Version, u64, Arc<AtomicUsize>)>,
+    /// Installs in progress.
+    pending: Vec<Pending>,
     /// States evicted since the last [`StateSpace::take_evicted`].
     evicted: Vec<Key>,
     /// Hints for states not held yet (on their way): applied when they are installed.
@@ -307,8 +352,8 @@ impl StateSpace {
             + self
                 .pending
                 .iter()
-                .filter(|p| p.3.load(Ordering::Acquire) > 0)
-                .map(|p| p.2)
+                .filter(|p| p.reservation.active())
+                .map(|p| p.bytes)
                 .sum::<u64>()
     }
 
@@ -452,7 +497,8 @@ impl StateSpace {
     }
 
     /// Reserves `bytes` for `resource` version `version` at `now`, evicting unleased states
-    /// by the rule if needed; the caller writes the state at the slot's path.
+    /// by the rule if needed; the caller writes the state at the slot's path. A background
+    /// install: it never preempts another (see [`StateSpace::begin_with`]).
     pub fn begin(
         &mut self,
         resource: &ResourceId,
@@ -460,20 +506,43 @@ impl StateSpace {
         bytes: u64,
         now: f64,
     ) -> Result<Slot, SpaceError> {
-        self.pending.retain(|p| p.3.load(Ordering::Acquire) > 0);
+        self.begin_with(resource, version, bytes, now, Arc::default())
+    }
+
+    /// [`StateSpace::begin`] for an install that is `urgent` (an execution waits for it; the
+    /// flag may be raised later, by a waiter joining a background install): when evicting
+    /// every unleased state is not enough, it takes the space of background installs in
+    /// progress (largest first; they stop, see [`Slot::preempted`]). An on-demand load never
+    /// loses to a predictive one.
+    pub fn begin_with(
+        &mut self,
+        resource: &ResourceId,
+        version: Version,
+        bytes: u64,
+        now: f64,
+        urgent: Arc<AtomicBool>,
+    ) -> Result<Slot, SpaceError> {
+        self.pending.retain(|p| p.reservation.active());
         let key = (resource.clone(), version);
-        if self.states.contains_key(&key)
-            || self.pending.iter().any(|p| p.0 == key.0 && p.1 == key.1)
-        {
+        if self.states.contains_key(&key) || self.pending.iter().any(|p| p.key == key) {
             return Err(SpaceError::Exists(key.0, key.1));
         }
         let used = self.used();
         if used + bytes > self.budget {
-            self.evict(used + bytes - self.budget, bytes, now)?;
+            let need = used + bytes - self.budget;
+            if urgent.load(Ordering::Acquire) {
+                self.make_room_urgently(need, bytes, now)?;
+            } else {
+                self.evict(need, bytes, now)?;
+            }
         }
-        let marker = Arc::new(AtomicUsize::new(1));
-        self.pending
-            .push((resource.clone(), version, bytes, marker.clone()));
+        let reservation = Arc::new(Reservation::default());
+        self.pending.push(Pending {
+            key,
+            bytes,
+            urgent,
+            reservation: reservation.clone(),
+        });
         let path = self.path_of(resource, version);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -483,9 +552,54 @@ impl StateSpace {
             version,
             bytes,
             path,
-            reserved: marker,
+            reservation,
             done: false,
         })
+    }
+
+    /// Frees `need` bytes for an urgent install of `asked` bytes: by eviction, and when that
+    /// cannot free enough, by preempting background installs for the rest (the smallest one
+    /// that covers it, else the largest and again), only when the two together can free
+    /// enough: otherwise nothing is evicted or preempted.
+    fn make_room_urgently(&mut self, need: u64, asked: u64, now: f64) -> Result<(), SpaceError> {
+        let full = match self.evict(need, asked, now) {
+            Err(full @ SpaceError::Full { .. }) => full,
+            other => return other,
+        };
+        let SpaceError::Full { free, .. } = full else {
+            unreachable!("matched above")
+        };
+        let mut background: Vec<&Pending> = self
+            .pending
+            .iter()
+            .filter(|p| p.reservation.active() && !p.urgent.load(Ordering::Acquire))
+            .collect();
+        if free + background.iter().map(|p| p.bytes).sum::<u64>() < asked {
+            return Err(full);
+        }
+        background.sort_by_key(|p| p.bytes);
+        let mut shortfall = asked - free;
+        while shortfall > 0 {
+            let i = background
+                .iter()
+                .position(|p| p.bytes >= shortfall)
+                .unwrap_or(background.len() - 1);
+            let victim = background.remove(i);
+            tracing::info!(
+                "preempting the background install of {}@{} ({} B) for an install an execution waits for",
+                victim.key.0,
+                victim.key.1,
+                victim.bytes
+            );
+            victim.reservation.preempted.store(true, Ordering::Release);
+            victim.reservation.wake.notify_one();
+            shortfall = shortfall.saturating_sub(victim.bytes);
+        }
+        let used = self.used();
+        match (used + asked).checked_sub(self.budget) {
+            Some(rest) if rest > 0 => self.evict(rest, asked, now),
+            _ => Ok(()),
+        }
     }
 
     /// Evicts unleased states by the rule until `need` bytes are freed; frees nothing when
@@ -557,6 +671,9 @@ impl StateSpace {
         if std::fs::symlink_metadata(&slot.path).is_err() {
             return Err(SpaceError::NotInstalled(slot.path.clone()));
         }
+        if slot.is_preempted() {
+            return Err(SpaceError::Preempted(slot.resource.clone(), slot.version));
+        }
         let e = Entry {
             bytes: slot.bytes,
             last_use: Some(now),
@@ -569,8 +686,8 @@ impl StateSpace {
         }
         self.states.insert(key.clone(), (e.clone(), Arc::default()));
         slot.done = true;
-        slot.reserved.fetch_sub(1, Ordering::AcqRel);
-        self.pending.retain(|p| p.3.load(Ordering::Acquire) > 0);
+        slot.reservation.released.store(true, Ordering::Release);
+        self.pending.retain(|p| p.reservation.active());
         self.save()?;
         Ok(self.held(&key.0, key.1, &e))
     }
@@ -799,5 +916,64 @@ mod tests {
         std::fs::write(d.path().join(INDEX), b"{not json").unwrap();
         let err = StateSpace::open(d.path(), 1000, Rule::Lru).err().unwrap();
         assert!(err.to_string().contains("damaged index"), "{err}");
+    }
+
+    #[test]
+    fn an_urgent_install_preempts_background_ones_only_when_that_makes_room() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = StateSpace::open(d.path(), 300, Rule::Lru).unwrap();
+        install(&mut s, "held", 1, 100).unwrap();
+        let (_, lease) = s.get(&id("held"), None, tick()).unwrap();
+        let bg_small = s.begin(&id("bg/small"), v(1), 50, tick()).unwrap();
+        let bg_large = s.begin(&id("bg/large"), v(1), 150, tick()).unwrap();
+        assert_eq!(s.used(), 300);
+        // A background install never preempts: refused, nothing touched.
+        assert!(matches!(
+            s.begin(&id("other"), v(1), 100, tick()),
+            Err(SpaceError::Full { .. })
+        ));
+        // Too large even after preempting both (the held state is leased): nothing preempted.
+        let urgent = || Arc::new(AtomicBool::new(true));
+        assert!(matches!(
+            s.begin_with(&id("huge"), v(1), 250, tick(), urgent()),
+            Err(SpaceError::Full { .. })
+        ));
+        assert!(!bg_small.is_preempted() && !bg_large.is_preempted());
+        // 120 bytes: the largest background install gives way, the smaller one goes on.
+        let mine = s
+            .begin_with(&id("now"), v(1), 120, tick(), urgent())
+            .unwrap();
+        assert!(bg_large.is_preempted() && !bg_small.is_preempted());
+        assert_eq!(s.used(), 270);
+        // An urgent install (or one a waiter boosted later) is never preempted.
+        let boosted = Arc::new(AtomicBool::new(false));
+        let joined = s
+            .begin_with(&id("joined"), v(1), 30, tick(), boosted.clone())
+            .unwrap();
+        boosted.store(true, Ordering::Release);
+        drop(lease);
+        let _also = s
+            .begin_with(&id("late"), v(1), 150, tick(), urgent())
+            .unwrap();
+        assert!(bg_small.is_preempted(), "the background install gave way");
+        assert!(!mine.is_preempted() && !joined.is_preempted());
+        assert!(
+            s.get(&id("held"), None, tick()).is_none(),
+            "and the unleased state went"
+        );
+        assert!(s.used() <= 300, "{}", s.used());
+        // A preempted install cannot be committed; nothing of it stays.
+        std::fs::write(bg_large.path(), b"x").unwrap();
+        let path = bg_large.path().to_owned();
+        assert!(matches!(
+            s.commit(bg_large, tick()),
+            Err(SpaceError::Preempted(..))
+        ));
+        assert!(!path.exists());
+        // Wakes the install waiting on it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(bg_small.preempted());
     }
 }

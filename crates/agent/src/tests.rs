@@ -69,11 +69,21 @@ async fn serve(store: &Arc<Store>, faults: Faults) -> DataAddr {
 }
 
 fn agent(cache: &std::path::Path, budget: u64, addr: DataAddr) -> Arc<Agent> {
+    agent_paced(cache, budget, addr, None)
+}
+
+/// [`agent`] with predictive transfers limited to `rate` bytes per second.
+fn agent_paced(
+    cache: &std::path::Path,
+    budget: u64,
+    addr: DataAddr,
+    rate: Option<u64>,
+) -> Arc<Agent> {
     let a = Agent::open(AgentConfig {
         name: CapacityId::new("cap-1").unwrap(),
         cache_dir: cache.to_owned(),
         cache_size: budget,
-        predictive_rate: None,
+        predictive_rate: rate,
         mark_stale: vec![],
         token: None,
         lease: Duration::from_secs(60),
@@ -86,6 +96,15 @@ fn agent(cache: &std::path::Path, budget: u64, addr: DataAddr) -> Arc<Agent> {
         instance: "test".into(),
     }));
     a
+}
+
+/// The agent's HTTP API on a loopback port, and a client of it.
+async fn http_client(a: &Arc<Agent>) -> EnsureClient {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let router = crate::http::router(a.clone(), None);
+    tokio::spawn(async move { axum::serve(l, router).await });
+    EnsureClient::new(addr, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,6 +324,66 @@ async fn a_full_cache_refuses_clearly_and_evicts_nothing_leased() {
     assert!(a.hit(&ra, None, None).is_none());
 }
 
+/// A predictive transfer holding the whole budget (here: slowly paced; in the CI failure this
+/// was one resumed after a restart) gives its space to an on-demand load of another state,
+/// which succeeds; the predictive one fails clearly and leaves nothing installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_load_preempts_a_predictive_one_holding_the_space() {
+    let e = env().await;
+    let (big, small) = (id("m/big"), id("m/small"));
+    e.snap
+        .commit_bytes(&big, Bytes::from(noise(8 << 20, 21)))
+        .await
+        .unwrap();
+    e.snap
+        .commit_bytes(&small, Bytes::from(noise(1 << 20, 22)))
+        .await
+        .unwrap();
+    // 8 MiB at 1 MiB/s: the predictive install is still running when the ensure comes.
+    let addr = serve(&e.store, Faults::default()).await;
+    let a = agent_paced(&e.cache, 8 << 20, addr, Some(1 << 20));
+    let background = {
+        let a = a.clone();
+        let big = big.clone();
+        tokio::spawn(async move {
+            a.load(&big, VersionReq::AtLeast(None), Priority::Predictive)
+                .await
+        })
+    };
+    let t0 = std::time::Instant::now();
+    while a.inventory().1 < 8 << 20 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no reservation");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got = a
+        .load(&small, VersionReq::AtLeast(None), Priority::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&got.held.path).unwrap(), noise(1 << 20, 22));
+    let err = background.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, LoadError::Space(SpaceError::Preempted(..))),
+        "{err}"
+    );
+    assert_eq!(err.reason(), "preempted");
+    assert!(a.hit(&big, None, None).is_none(), "nothing of it installed");
+    assert!(!e.cache.join("states/m/big/v1").exists());
+    let (held, used, _) = a.inventory();
+    assert_eq!((held.len(), used), (1, 1 << 20));
+    // An on-demand load never gives way: with the small state leased, the big one cannot
+    // fit, and the refusal preempts nothing and evicts nothing.
+    let _lease = a.hit(&small, None, None).unwrap();
+    let err = a
+        .load(&big, VersionReq::AtLeast(None), Priority::OnDemand)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LoadError::Space(SpaceError::Full { .. })),
+        "{err}"
+    );
+    assert!(a.hit(&small, None, None).is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_states_are_refused_by_name() {
     let e = env().await;
@@ -354,11 +433,7 @@ async fn the_http_api_hits_misses_and_refuses_through_the_client() {
         .await
         .unwrap();
     let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    let router = crate::http::router(a.clone(), None);
-    tokio::spawn(async move { axum::serve(l, router).await });
-    let c = EnsureClient::new(addr, None);
+    let c = http_client(&a).await;
     let miss = c.ensure(&r, None, Some(10_000)).await.unwrap();
     assert!(!miss.hit);
     assert_eq!(std::fs::read(&miss.path).unwrap(), noise(2 << 20, 8));
@@ -438,11 +513,7 @@ async fn leases_are_chosen_renewed_and_released_over_http() {
         .await
         .unwrap();
     let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    let router = crate::http::router(a.clone(), None);
-    tokio::spawn(async move { axum::serve(l, router).await });
-    let c = EnsureClient::new(addr, None);
+    let c = http_client(&a).await;
     let ensure = |q: &'static str| {
         let c = &c;
         async move {
@@ -539,11 +610,7 @@ async fn a_miss_says_why_the_state_was_not_here() {
             .unwrap();
     }
     let a = agent(&e.cache, 10 << 20, serve(&e.store, Faults::default()).await);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    let router = crate::http::router(a.clone(), None);
-    tokio::spawn(async move { axum::serve(l, router).await });
-    let c = EnsureClient::new(addr, None);
+    let c = http_client(&a).await;
     let first = c.ensure(&ra, None, Some(10_000)).await.unwrap();
     assert_eq!(first.miss_reason.as_deref(), Some("never fetched here"));
     c.release(first.lease.unwrap()).await.unwrap();

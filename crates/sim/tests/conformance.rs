@@ -154,7 +154,7 @@ async fn live(sizes: &BTreeMap<ResourceId, u64>) -> Live {
             predictive_rate: None,
             mark_stale: vec![],
             token: None,
-            lease: Duration::from_millis(1),
+            lease: Duration::from_secs(60), // released when each execution ends
             data_path: DataPath::Tcp,
             clock: clock.clone(),
         })
@@ -228,14 +228,18 @@ fn settled(l: &Live, records: u64) -> bool {
         let Some(v) = views.get(a.config().name.as_str()) else {
             return false;
         };
-        let mine: BTreeSet<(String, u64)> = held
+        // Leases too: the coordinator's eviction book spares leased states.
+        let mine: BTreeSet<(String, u64, bool)> = held
             .iter()
-            .map(|(h, _)| (h.resource.as_str().to_owned(), h.version.get()))
+            .map(|(h, _)| {
+                let leased = a.leased(&h.resource, h.version);
+                (h.resource.as_str().to_owned(), h.version.get(), leased)
+            })
             .collect();
-        let theirs: BTreeSet<(String, u64)> = v
+        let theirs: BTreeSet<(String, u64, bool)> = v
             .held
             .iter()
-            .map(|h| (h.resource.clone(), h.version))
+            .map(|h| (h.resource.clone(), h.version, h.leased))
             .collect();
         mine == theirs && v.cache_used == used && v.horizon_s == a.horizon()
     });
@@ -308,6 +312,11 @@ async fn live_decisions(l: &Live, records: &[HistoryRecord]) -> Vec<(usize, Phas
                 })
                 .await
                 .unwrap();
+            // The execution is over (it lasts no time in the trace): it releases its lease,
+            // as the replay's executions do when they end, rather than leave it to expire.
+            if let Some(id) = got.lease {
+                l.agents[cap].release_lease(id);
+            }
             if !got.hit {
                 out.push((
                     i,
