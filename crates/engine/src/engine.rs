@@ -429,6 +429,16 @@ impl Engine {
         }
     }
 
+    /// Remembers `r`'s size (no key clone when it is known: this runs per candidate).
+    fn note_size(&mut self, r: &ResourceId, bytes: u64) {
+        match self.sizes.get_mut(r) {
+            Some(b) => *b = bytes,
+            None => {
+                self.sizes.insert(r.clone(), bytes);
+            }
+        }
+    }
+
     /// Stage 2: the candidates the store has, as the planner's wants.
     fn wants(
         &mut self,
@@ -440,7 +450,7 @@ impl Engine {
         let mut wants: Vec<Want> = Vec::with_capacity(cands.len());
         for p in &cands {
             if let Some((latest, bytes)) = catalog.latest(&p.resource) {
-                self.sizes.insert(p.resource.clone(), bytes);
+                self.note_size(&p.resource, bytes);
                 wants.push(Want {
                     resource: p.resource.clone(),
                     probability: p.probability.clamp(0.0, 1.0),
@@ -598,7 +608,7 @@ impl Engine {
             for rd in &rec.reads {
                 self.demand.used(&rd.resource, rec.ts);
                 if rd.bytes > 0 {
-                    self.sizes.insert(rd.resource.clone(), rd.bytes);
+                    self.note_size(&rd.resource, rd.bytes);
                 }
             }
         }
@@ -713,7 +723,7 @@ impl Engine {
         {
             return None;
         }
-        self.sizes.insert(pw.resource.clone(), bytes);
+        self.note_size(&pw.resource, bytes);
         let mut hint = self.hint(&pw.resource, fleet, now, None);
         let d = if pw.spread {
             // Priced by the planner; kept by the usual rule when taken.

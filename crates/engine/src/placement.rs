@@ -167,19 +167,21 @@ pub fn place(
         })
         .map_or(key, |c| c.0.as_str());
     let anchor = stable_hash(anchor);
+    // Each holder's load check and rendezvous weight once (both hash the id).
     let best_holder = score
         .iter()
         .filter(|(c, _, _)| capacities.contains(c) && loads.allows(c, n))
+        .map(|&(c, saved, mass)| (c, saved, mass, weight_of(anchor, c)))
         .max_by(|a, b| {
             a.2.total_cmp(&b.2)
                 .then(a.1.total_cmp(&b.1))
-                .then_with(|| weight_of(anchor, a.0).cmp(&weight_of(anchor, b.0)))
+                .then(a.3.cmp(&b.3))
         });
-    if let Some((c, _, mass)) = best_holder {
+    if let Some((c, _, mass, _)) = best_holder {
         return Some(Placement {
             capacity: (*c).clone(),
             reason: PlacementReason::Holds,
-            held_probability: *mass,
+            held_probability: mass,
         });
     }
     let c = home(anchor, capacities, |c| loads.allows(c, n))?;

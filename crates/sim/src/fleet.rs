@@ -14,7 +14,9 @@ pub(crate) struct SimFleet {
     pub caps: Vec<SimCache>,
     pub ids: Vec<CapacityId>,
     index: HashMap<CapacityId, usize>,
-    holders: HashMap<ResourceId, Vec<usize>>,
+    /// Per resource, the capacities holding or receiving it with the version each has (so
+    /// a holder query reads no cache's entries).
+    holders: HashMap<ResourceId, Vec<(usize, u64)>>,
 }
 
 impl SimFleet {
@@ -48,13 +50,19 @@ impl SimFleet {
     pub fn insert(&mut self, cap: usize, r: ResourceId, e: Entry) -> Result<Vec<ResourceId>, ()> {
         let now = e.started_at.min(e.ready_at);
         self.caps[cap].advance(now);
-        let evicted = self.caps[cap].insert(r.clone(), e, now)?;
+        let version = e.version;
+        let Ok(evicted) = self.caps[cap].insert(r.clone(), e, now) else {
+            // Refused: any older version it held was dropped first.
+            self.forget(cap, &r);
+            return Err(());
+        };
         for v in &evicted {
             self.forget(cap, v);
         }
         let h = self.holders.entry(r).or_default();
-        if !h.contains(&cap) {
-            h.push(cap);
+        match h.iter_mut().find(|(c, _)| *c == cap) {
+            Some(x) => x.1 = version,
+            None => h.push((cap, version)),
         }
         Ok(evicted)
     }
@@ -68,7 +76,7 @@ impl SimFleet {
     /// Drops `cap` from `r`'s holders.
     pub fn forget(&mut self, cap: usize, r: &ResourceId) {
         if let Some(h) = self.holders.get_mut(r) {
-            h.retain(|c| *c != cap);
+            h.retain(|(c, _)| *c != cap);
             if h.is_empty() {
                 self.holders.remove(r);
             }
@@ -112,13 +120,8 @@ impl SimFleet {
             .get(r)
             .into_iter()
             .flatten()
-            .copied()
-            .filter(move |c| {
-                self.caps[*c]
-                    .entries
-                    .get(r)
-                    .is_some_and(|e| e.version >= min.get())
-            })
+            .filter(move |(_, v)| *v >= min.get())
+            .map(|(c, _)| *c)
     }
 }
 
