@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prewarm_core::{CapacityId, Clock, ResourceId, Version};
+use prewarm_core::{CapacityId, ChunkHash, Clock, ResourceId, Version};
 use prewarm_engine::{Hint, Rule};
 use prewarm_metrics::Registry;
 use prewarm_store::Manifest;
@@ -17,10 +17,10 @@ use tokio::sync::{Notify, watch};
 
 use crate::departures::{Departed, Departures, Why};
 use crate::history::HistoryLog;
-use crate::install::{self, InstallError, InstallReport};
+use crate::install::{self, InstallError, InstallReport, LocalCopy};
 use crate::local::LocalChunks;
 use crate::metrics::AgentMetrics;
-use crate::space::{Held, SpaceError, StateSpace};
+use crate::space::{Held, Lease, Slot, SpaceError, StateSpace};
 
 /// How an agent is set up.
 #[derive(Clone, Debug)]
@@ -177,6 +177,10 @@ struct Local {
     /// Why states that are not here left (or never arrived).
     departures: Departures,
 }
+
+/// An install's reservation, the chunks it can copy from held states, and the leases that
+/// keep those states while it copies.
+type Reserved = (Slot, HashMap<ChunkHash, LocalCopy>, Vec<Lease>);
 
 #[derive(Default)]
 struct InFlight {
@@ -581,38 +585,7 @@ impl Agent {
         let staging = self.staging_path(&resource, version);
         let staged_manifest = staging.with_extension("manifest");
         self.release_expired();
-        let (slot, sources, _leases) = {
-            let mut local = self.local.lock().expect("agent lock poisoned");
-            let slot = local.space.begin_with(
-                &resource,
-                version,
-                m.logical_size,
-                self.cfg.clock.now(),
-                flight.boosted.clone(),
-            )?;
-            let now_ms = self.cfg.clock.now_ms();
-            for (r, v) in local.space.take_evicted() {
-                local.chunks.remove(&r, v);
-                self.metrics.evictions.inc();
-                let why = Why::Evicted {
-                    version: v,
-                    for_resource: resource.clone(),
-                };
-                local.departures.record(
-                    &r,
-                    Departed {
-                        why,
-                        unix_ms: now_ms,
-                    },
-                );
-            }
-            let (sources, states) = local.chunks.sources_for(&m);
-            let leases: Vec<_> = states
-                .iter()
-                .filter_map(|(r, v)| local.space.lease(r, *v))
-                .collect();
-            (slot, sources, leases)
-        };
+        let (slot, sources, _leases) = self.reserve(&m, flight)?;
         let publish_err = |path: &std::path::Path| {
             let path = path.to_owned();
             move |source| LoadError::Publish { path, source }
@@ -666,6 +639,47 @@ impl Agent {
             held,
             report: Some(report),
         })
+    }
+
+    /// Install stage 1: reserves the budget for `m` (evicting by the rule, noting why each
+    /// victim left), and finds the chunks held states already have, leased while they are
+    /// copied.
+    fn reserve(
+        &self,
+        m: &Manifest,
+        flight: &InFlight,
+    ) -> Result<Reserved, LoadError> {
+        let (resource, version) = (&m.state.resource, m.state.version);
+        let mut local = self.local.lock().expect("agent lock poisoned");
+        let slot = local.space.begin_with(
+            resource,
+            version,
+            m.logical_size,
+            self.cfg.clock.now(),
+            flight.boosted.clone(),
+        )?;
+        let now_ms = self.cfg.clock.now_ms();
+        for (r, v) in local.space.take_evicted() {
+            local.chunks.remove(&r, v);
+            self.metrics.evictions.inc();
+            let why = Why::Evicted {
+                version: v,
+                for_resource: resource.clone(),
+            };
+            local.departures.record(
+                &r,
+                Departed {
+                    why,
+                    unix_ms: now_ms,
+                },
+            );
+        }
+        let (sources, states) = local.chunks.sources_for(m);
+        let leases: Vec<_> = states
+            .iter()
+            .filter_map(|(r, v)| local.space.lease(r, *v))
+            .collect();
+        Ok((slot, sources, leases))
     }
 
     fn staging_path(&self, resource: &ResourceId, version: Version) -> PathBuf {

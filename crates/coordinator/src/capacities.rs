@@ -148,6 +148,18 @@ impl Capacities {
         (caps, book.recent.iter().rev().cloned().collect())
     }
 
+    /// The predictive transfers under way: (capacity, resource, version, bytes), sorted.
+    pub(crate) fn under_way(&self) -> Vec<(CapacityId, ResourceId, Version, u64)> {
+        let book = self.lock();
+        let mut v: Vec<_> = book
+            .moving
+            .iter()
+            .map(|((c, r), (ver, b))| (c.clone(), r.clone(), *ver, *b))
+            .collect();
+        v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        v
+    }
+
     /// Every resource some capacity holds a version of, sorted.
     pub(crate) fn held_resources(&self) -> Vec<ResourceId> {
         let book = self.lock();

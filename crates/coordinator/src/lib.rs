@@ -9,6 +9,7 @@
 //! before a dirty predicted state moves: see [`watchers`].
 
 mod capacities;
+mod dashboard;
 mod fleet;
 mod http;
 mod invalidate;
@@ -16,6 +17,7 @@ mod limits;
 mod metrics;
 mod nats;
 mod predictive;
+mod pulse;
 mod replay;
 mod retrain;
 mod service;
@@ -84,6 +86,8 @@ pub struct Coordinator {
     pub watchers: Watchers,
     /// The per-token events rate limit.
     events_limit: Option<limits::EventsLimit>,
+    /// Warm starts, events and prefetch outcomes over time, for the dashboard.
+    pub pulse: pulse::Pulse,
     /// Metrics handles.
     pub metrics: CoordinatorMetrics,
     /// The registry behind `/metrics`.
@@ -286,6 +290,7 @@ pub async fn start(
                 .unwrap_or_default(),
         },
         capacities: Capacities::default(),
+        pulse: pulse::Pulse::default(),
         transfers: Transfers::new(store.clone()),
         registry: registry.clone(),
         brain,
@@ -368,6 +373,7 @@ async fn serve_grpc(
     let router = tonic::service::Routes::new(svc)
         .into_axum_router()
         .merge(http::routes(c.clone(), check.clone()))
+        .merge(dashboard::routes(c.clone(), check.clone()))
         .route(
             "/metrics",
             get(move |headers: axum::http::HeaderMap| {

@@ -169,6 +169,9 @@ impl Coordinator {
         events: &[EventIn],
         dispatch: bool,
     ) -> Vec<EventOutcome> {
+        if dispatch {
+            self.pulse.events(events.len(), self.clock.now());
+        }
         let Some(brain) = self.brain.as_ref() else {
             return events
                 .iter()

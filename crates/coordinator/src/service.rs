@@ -123,17 +123,23 @@ impl coordinator_server::Coordinator for Service {
         let inv = request.into_inner();
         let capacity = CapacityId::new(inv.capacity.clone())
             .map_err(|e| Status::invalid_argument(format!("invalid capacity id: {e}")))?;
+        let held = crate::dashboard::held_set(&inv);
         if !self.0.capacities.report(&capacity, inv, self.0.clock.now()) {
             return Err(Status::not_found(format!(
                 "capacity {capacity} has not attached"
             )));
         }
+        self.0.pulse.holds(&capacity, &held);
         Ok(Response::new(ReportReply {}))
     }
 
     async fn ack(&self, request: Request<TransferAck>) -> Result<Response<AckReply>, Status> {
-        match self.0.capacities.ack(request.into_inner()) {
-            Ok(()) => Ok(Response::new(AckReply {})),
+        let ack = request.into_inner();
+        match self.0.capacities.ack(ack.clone()) {
+            Ok(()) => {
+                self.0.pulse.acked(&ack);
+                Ok(Response::new(AckReply {}))
+            }
             Err(_) => Err(Status::permission_denied(
                 "acknowledgement from another capacity",
             )),
@@ -193,8 +199,13 @@ impl coordinator_server::Coordinator for Service {
         for r in &mut records {
             r.capacity = Some(sender.clone());
         }
+        let now = self.0.clock.now();
+        self.0.pulse.executions(&sender, &records, now);
         if let Some(inv) = b.inventory {
-            self.0.capacities.report(&sender, inv, self.0.clock.now());
+            let held = crate::dashboard::held_set(&inv);
+            if self.0.capacities.report(&sender, inv, now) {
+                self.0.pulse.holds(&sender, &held);
+            }
         }
         let accepted = match &self.0.brain {
             Some(brain) => {

@@ -136,6 +136,17 @@ impl Watchers {
         g.0.get(resource).map_or(0, |e| e.dirty_bytes)
     }
 
+    /// Every watcher: (resource, watcher, dirty bytes, newest version), by resource.
+    pub fn list(&self) -> Vec<(ResourceId, String, u64, u64)> {
+        let g = self.inner.lock().expect("watchers lock poisoned");
+        let mut v: Vec<_> =
+            g.0.iter()
+                .map(|(r, e)| (r.clone(), e.watcher.clone(), e.dirty_bytes, e.version))
+                .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// Number of watchers and their dirty bytes in total.
     pub fn totals(&self) -> (u64, u64) {
         let g = self.inner.lock().expect("watchers lock poisoned");

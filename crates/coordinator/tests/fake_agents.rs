@@ -381,3 +381,59 @@ async fn a_capacity_that_disconnects_fails_its_transfers_and_is_placed_on_again_
     assert!(out.transfers.is_empty());
     assert!(c.status().capacities.iter().all(|s| s.connected));
 }
+
+/// `GET path` on `addr` over HTTP/1.1 by hand: the status and the body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_pages_and_filters_a_thousand_capacities_with_totals_over_all() {
+    let store = Arc::new(Store::memory().await);
+    let running = coordinator(store).await;
+    let c = running.coordinator.clone();
+    let mut fakes = Vec::new();
+    for i in 0..1000 {
+        let name = format!("pod-{i:04}");
+        fakes.push(Fake::attach(&c, &name, &[("m/a", 1)], Answer::Install).await);
+    }
+    let (code, body) = get(running.grpc, "/v1/dashboard?offset=980&limit=50").await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["matched"], 1000);
+    let page = v["capacities"].as_array().unwrap();
+    assert_eq!(page.len(), 20, "the last page");
+    assert_eq!(page[0]["name"], "pod-0980");
+    assert_eq!(page[0]["states"][0]["resource"], "m/a");
+    assert_eq!(v["totals"]["capacities"], 1000);
+    assert_eq!(v["totals"]["connected"], 1000);
+    assert_eq!(v["totals"]["states"], 1000);
+    assert!(
+        body.len() < 64 << 10,
+        "a page, not the fleet: {} bytes",
+        body.len()
+    );
+    let (_, body) = get(running.grpc, "/v1/dashboard?filter=pod-09").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["matched"].as_u64(), v["limit"].as_u64()),
+        (Some(100), Some(50))
+    );
+    let (code, _) = get(running.grpc, "/v1/dashboard?limit=lots").await;
+    assert_eq!(code, 400);
+    let (code, page) = get(running.grpc, "/ui").await;
+    assert_eq!(code, 200);
+    assert!(page.contains("/v1/dashboard"));
+    for f in fakes {
+        f.task.abort();
+    }
+}
