@@ -644,11 +644,7 @@ impl Agent {
     /// Install stage 1: reserves the budget for `m` (evicting by the rule, noting why each
     /// victim left), and finds the chunks held states already have, leased while they are
     /// copied.
-    fn reserve(
-        &self,
-        m: &Manifest,
-        flight: &InFlight,
-    ) -> Result<Reserved, LoadError> {
+    fn reserve(&self, m: &Manifest, flight: &InFlight) -> Result<Reserved, LoadError> {
         let (resource, version) = (&m.state.resource, m.state.version);
         let mut local = self.local.lock().expect("agent lock poisoned");
         let slot = local.space.begin_with(
