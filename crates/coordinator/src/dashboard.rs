@@ -25,6 +25,7 @@ use prewarm_proto::wire::{CapacityStatus, Inventory, Priority, TransferAck};
 use serde::{Deserialize, Serialize};
 
 use crate::Coordinator;
+use crate::http::{refuse, token_allowed};
 use crate::pulse::BUCKET_S;
 
 /// The page.
@@ -33,28 +34,12 @@ const PAGE: &str = include_str!("ui/index.html");
 const PAGE_SIZE: usize = 50;
 const MAX_PAGE_SIZE: usize = 500;
 
-type Check = dyn Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync;
-
-/// Whether `authorization` (a header value) passes `check`.
-fn allowed(check: &Check, authorization: Option<&HeaderValue>) -> bool {
-    let mut req = tonic::Request::new(());
-    if let Some(v) = authorization
-        && let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes())
-    {
-        req.metadata_mut().insert("authorization", v);
-    }
-    check(req).is_ok()
-}
-
 fn unauthorized() -> Response {
-    (
+    refuse(
         StatusCode::UNAUTHORIZED,
-        axum::Json(prewarm_api::ApiError::new(
-            "unauthorized",
-            String::from("missing or wrong bearer token (open /ui?token=…)"),
-        )),
+        "unauthorized",
+        String::from("missing or wrong bearer token (open /ui?token=…)"),
     )
-        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -97,7 +82,7 @@ where
                             .and_then(|Query(q)| q.token)
                             .and_then(|t| HeaderValue::try_from(format!("Bearer {t}")).ok());
                         let auth = headers.get(header::AUTHORIZATION).cloned().or(from_query);
-                        if !allowed(&check, auth.as_ref()) {
+                        if !token_allowed(&check, auth.as_ref()) {
                             return unauthorized();
                         }
                         ([(header::CACHE_CONTROL, "no-store")], Html(PAGE)).into_response()
@@ -111,16 +96,12 @@ where
                 move |headers: HeaderMap, q: Result<Query<ViewQuery>, QueryRejection>| {
                     let (c, check) = (c.clone(), check2.clone());
                     async move {
-                        if !allowed(&check, headers.get(header::AUTHORIZATION)) {
+                        if !token_allowed(&check, headers.get(header::AUTHORIZATION)) {
                             return unauthorized();
                         }
                         match q {
                             Ok(Query(q)) => axum::Json(view(&c, &q)).into_response(),
-                            Err(e) => (
-                                StatusCode::BAD_REQUEST,
-                                axum::Json(prewarm_api::ApiError::new("bad_query", e.body_text())),
-                            )
-                                .into_response(),
+                            Err(e) => refuse(StatusCode::BAD_REQUEST, "bad_query", e.body_text()),
                         }
                     }
                 },

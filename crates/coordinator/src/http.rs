@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::Query;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prewarm_core::{CapacityId, Event};
@@ -29,11 +29,17 @@ use crate::predictive::{EventIn, EventsError, MAX_EVENTS_BODY, parse_events};
 /// The log budget of refused HTTP requests.
 static REFUSALS: std::sync::LazyLock<Throttle> = std::sync::LazyLock::new(Throttle::default);
 
-type Check = dyn Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync;
+pub(crate) type Check =
+    dyn Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync;
 
 fn authorized(check: &Check, headers: &HeaderMap) -> bool {
+    token_allowed(check, headers.get(axum::http::header::AUTHORIZATION))
+}
+
+/// Whether `authorization` (the header's value, if any) passes `check`.
+pub(crate) fn token_allowed(check: &Check, authorization: Option<&HeaderValue>) -> bool {
     let mut req = tonic::Request::new(());
-    if let Some(v) = headers.get("authorization")
+    if let Some(v) = authorization
         && let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes())
     {
         req.metadata_mut().insert("authorization", v);
@@ -41,7 +47,8 @@ fn authorized(check: &Check, headers: &HeaderMap) -> bool {
     check(req).is_ok()
 }
 
-fn refuse(status: StatusCode, error: &str, message: String) -> Response {
+/// An `{error, message}` answer.
+pub(crate) fn refuse(status: StatusCode, error: &str, message: String) -> Response {
     (status, Json(prewarm_api::ApiError::new(error, message))).into_response()
 }
 
