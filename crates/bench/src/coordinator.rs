@@ -9,9 +9,10 @@
 //! keep-alive only).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
-use prewarm_core::{HistoryRecord, Predictor};
+use prewarm_core::{HistoryRecord, Meter, Predictor};
 use prewarm_engine::{Engine, EngineConfig, EventView};
 use prewarm_predict::baselines::Markov;
 use prewarm_predict::neural::Learned;
@@ -37,6 +38,8 @@ pub struct Settings {
     pub cache_bytes: u64,
     /// Events per `POST /v1/events` body.
     pub batch: usize,
+    /// Events through the pipelines so far, out of all three pipelines' (a progress display).
+    pub meter: Arc<Meter>,
 }
 
 /// Why the benchmark failed.
@@ -93,6 +96,7 @@ struct Setup<'a> {
     bodies: &'a [Vec<u8>],
     capacities: usize,
     cache_bytes: u64,
+    meter: &'a Meter,
 }
 
 fn pipeline(
@@ -146,8 +150,11 @@ fn pipeline(
         fleet.hints(&obs.hints);
         observe += t.elapsed().as_secs_f64();
         i += events.len();
+        s.meter.add(events.len() as u64);
     }
     let secs = t0.elapsed().as_secs_f64();
+    s.meter
+        .note(format!("{name}: {:.0} events/s", i as f64 / secs));
     let per = |x: f64| x / i.max(1) as f64 * 1e6;
     Ok(Row {
         pipeline: name.into(),
@@ -184,7 +191,9 @@ pub fn run(a: &Settings) -> Result<Report, CoordinatorBenchError> {
         bodies: &bodies,
         capacities: a.capacities,
         cache_bytes: a.cache_bytes,
+        meter: &a.meter,
     };
+    a.meter.set_total(3 * records.len() as u64);
     let name = model.config.arch.name().to_owned();
     let rows = vec![
         pipeline(&name, Some(Box::new(Learned::new(model, 1 << 20))), &setup)?,

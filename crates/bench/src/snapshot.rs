@@ -15,7 +15,7 @@ use prewarm_snapshot::Snapshotter;
 use prewarm_store::{ChunkerParams, Store};
 use serde::Serialize;
 
-use crate::support::{ShellError, have, median, settle, sh, utf8, workdir};
+use crate::support::{ShellError, have, median, settle, sh, stage, utf8, workdir};
 
 /// What `prewarm bench snapshot` measures.
 #[derive(Clone, Debug)]
@@ -34,6 +34,8 @@ pub struct Settings {
     pub peers: bool,
     /// Working directory (default: a temporary directory, removed afterwards).
     pub workdir: Option<PathBuf>,
+    /// Stages begun so far, each with its note (a progress display).
+    pub meter: std::sync::Arc<prewarm_core::Meter>,
 }
 
 /// Why the benchmark failed.
@@ -172,10 +174,13 @@ pub async fn run(a: &Settings) -> Result<Report, SnapshotBenchError> {
     if data.exists() {
         std::fs::remove_dir_all(&data)?;
     }
-    eprintln!(
-        "generating {} of data in {} …",
-        text::bytes(a.size),
-        data.display()
+    stage(
+        &a.meter,
+        format!(
+            "generating {} of data in {} …",
+            text::bytes(a.size),
+            data.display()
+        ),
     );
     let files = dataset::generate(&data, a.size, 42)?;
     let logical: u64 = files.iter().map(|f| f.size).sum();
@@ -225,9 +230,12 @@ async fn prewarm_tool(
     } else {
         "prewarm (no fsync)"
     };
-    eprintln!(
-        "{name}: {} rounds of full snapshot, edits, incremental snapshot …",
-        a.reps
+    stage(
+        &a.meter,
+        format!(
+            "{name}: {} rounds of full snapshot, edits, incremental snapshot …",
+            a.reps
+        ),
     );
     let avg = prewarm_store::DEFAULT_AVG_CHUNK;
     let mut rounds = Vec::new();
@@ -238,7 +246,7 @@ async fn prewarm_tool(
     let edits = dataset::apply_edits(files, a.edit_fraction, a.edit_size, 7)?;
     settle()?;
     let (incr, _) = prewarm_snapshot(&store_dir, data, avg, fsync).await?;
-    eprintln!("{name}: {} verified restores …", a.reps);
+    stage(&a.meter, format!("{name}: {} verified restores …", a.reps));
     let store = Store::open(utf8(&store_dir)?).await?;
     let m = store.manifest(&incr.committed.state).await?;
     let restored = work.join("restore-prewarm");
@@ -275,7 +283,10 @@ async fn sweep_row(
     logical: u64,
     a: &Settings,
 ) -> Result<SweepRow, SnapshotBenchError> {
-    eprintln!("sweep: average chunk {} …", text::bytes(avg));
+    stage(
+        &a.meter,
+        format!("sweep: average chunk {} …", text::bytes(avg)),
+    );
     let avg32 = u32::try_from(avg)
         .map_err(|_| SnapshotBenchError::Chunker(format!("{avg} is too large")))?;
     let mut rounds = Vec::new();
@@ -319,7 +330,10 @@ fn peer_tar_zstd(
     sync: bool,
 ) -> Result<ToolResult, SnapshotBenchError> {
     let suffix = if sync { " ; sync" } else { "" };
-    eprintln!("tar | zstd -T0 -3{suffix}: full, incremental (a full re-run), restore …");
+    stage(
+        &a.meter,
+        format!("tar | zstd -T0 -3{suffix}: full, incremental (a full re-run), restore …"),
+    );
     let out = work.join("data.tar.zst");
     let d = data.display();
     let cmd = format!(
@@ -369,7 +383,10 @@ fn peer_restic(
     files: &[GenFile],
     a: &Settings,
 ) -> Result<ToolResult, SnapshotBenchError> {
-    eprintln!("restic: init, full backup, incremental backup, restore …");
+    stage(
+        &a.meter,
+        "restic: init, full backup, incremental backup, restore …",
+    );
     let repo = work.join("restic-repo");
     let _ = std::fs::remove_dir_all(&repo);
     let r = repo.display().to_string();

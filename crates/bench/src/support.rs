@@ -104,6 +104,13 @@ pub fn utf8(path: &Path) -> std::io::Result<&str> {
     })
 }
 
+/// A benchmark stage begun or a figure measured: counted on `meter` and left as its note
+/// (the CLI shows notes above its bar, or as lines).
+pub(crate) fn stage(meter: &prewarm_core::Meter, line: impl Into<String>) {
+    meter.add(1);
+    meter.note(line);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

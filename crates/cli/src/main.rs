@@ -5,6 +5,7 @@
 mod cmd;
 mod config;
 mod output;
+mod progress;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -16,6 +17,10 @@ struct Cli {
     /// `demo`, which reports failures itself).
     #[arg(long, global = true)]
     log: Option<String>,
+    /// Progress of long work on stderr: a bar on a terminal, a line every 5 s otherwise
+    /// (`auto`), or always one of them, or nothing.
+    #[arg(long, global = true, value_enum, default_value_t = progress::Mode::Auto)]
+    progress: progress::Mode,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,6 +90,7 @@ fn main() {
         eprintln!("prewarm: internal error (a bug, please report it): {info}");
     }));
     let cli = parse();
+    progress::set_mode(cli.progress);
     let quiet = matches!(cli.command, Command::Demo(_));
     init_logging(
         cli.log

@@ -8,6 +8,7 @@
 mod clock;
 mod history;
 mod ids;
+mod meter;
 mod predictor;
 mod size;
 mod stats;
@@ -21,6 +22,7 @@ pub use ids::{
     CapacityId, ChunkHash, IdError, MAX_CAPACITY_ID_LEN, MAX_RESOURCE_ID_LEN, MAX_SEGMENT_LEN,
     ResourceId, StateRef, Version,
 };
+pub use meter::Meter;
 pub use predictor::{Context, Prediction, Predictor, VersionPolicy};
 pub use size::{ByteSize, ParseSizeError, parse_duration};
 pub use stats::percentile;

@@ -35,7 +35,7 @@ use serde::Serialize;
 pub use bench_fleet::BenchFleet;
 pub use oracle::Future;
 pub use prewarm_engine::Rule;
-pub use replay::{replay, replay_logged};
+pub use replay::{replay, replay_logged, replay_metered};
 
 /// Simulation settings.
 #[derive(Clone, Debug, Serialize)]

@@ -1,7 +1,7 @@
 //! One replay of a history under one policy: build the policy's engine, run the event loop,
 //! turn the tallies into a [`SimReport`].
 
-use prewarm_core::HistoryRecord;
+use prewarm_core::{HistoryRecord, Meter};
 use prewarm_engine::Engine;
 
 use crate::run::{BUCKETS, Ev, Sim};
@@ -9,7 +9,18 @@ use crate::{DecisionLog, Policy, SimConfig, SimReport};
 
 /// Replays `records` (time-ordered) under `policy`.
 pub fn replay(records: &[HistoryRecord], policy: Policy, cfg: &SimConfig) -> SimReport {
-    run(records, policy, cfg, false).0
+    run(records, policy, cfg, false, &Meter::new()).0
+}
+
+/// [`replay`], counting on `meter` the executions replayed out of `records.len()`.
+pub fn replay_metered(
+    records: &[HistoryRecord],
+    policy: Policy,
+    cfg: &SimConfig,
+    meter: &Meter,
+) -> SimReport {
+    meter.set_total(records.len() as u64);
+    run(records, policy, cfg, false, meter).0
 }
 
 /// [`replay`], also returning every decision made, in order.
@@ -18,7 +29,7 @@ pub fn replay_logged(
     policy: Policy,
     cfg: &SimConfig,
 ) -> (SimReport, DecisionLog) {
-    let (r, log) = run(records, policy, cfg, true);
+    let (r, log) = run(records, policy, cfg, true, &Meter::new());
     (r, log.unwrap_or_default())
 }
 
@@ -27,6 +38,7 @@ fn run(
     policy: Policy,
     cfg: &SimConfig,
     logged: bool,
+    meter: &Meter,
 ) -> (SimReport, Option<DecisionLog>) {
     let name = policy.name.clone();
     let mut policy = policy;
@@ -53,6 +65,7 @@ fn run(
             }
             Ev::Exec(i) => {
                 sim.on_exec(&mut engine, i, t);
+                meter.add(1);
                 // Executions are observed in time order: records[..=i] is what agents reported.
                 if let Some(p) = retrainer.as_mut().and_then(|r| r.after(&records[..=i])) {
                     engine.replace_model(p);

@@ -9,6 +9,8 @@ mod snapshotter;
 pub mod trigger;
 pub mod watch;
 
-pub use restore::{RestoreError, RestoreReport, finish_tree, restore, restore_to_bytes};
+pub use restore::{
+    RestoreError, RestoreReport, finish_tree, restore, restore_metered, restore_to_bytes,
+};
 pub use snapshotter::{SnapshotError, SnapshotOutcome, Snapshotter};
 pub use trigger::{Reason, TriggerPolicy, Triggers};

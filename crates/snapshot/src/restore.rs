@@ -11,6 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use prewarm_core::Meter;
 use prewarm_store::{ChunkRef, ChunkSource, EntryKind, FetchError, Manifest, SourceKind};
 
 /// Raw bytes fetched per window.
@@ -107,6 +108,17 @@ pub async fn restore<S: ChunkSource>(
     manifest: &Manifest,
     dest: &Path,
 ) -> Result<RestoreReport, RestoreError> {
+    restore_metered(source, manifest, dest, &Meter::new()).await
+}
+
+/// [`restore`], counting on `meter` the bytes written and verified out of the state's size.
+pub async fn restore_metered<S: ChunkSource>(
+    source: &S,
+    manifest: &Manifest,
+    dest: &Path,
+    meter: &Meter,
+) -> Result<RestoreReport, RestoreError> {
+    meter.set_total(manifest.logical_size);
     if std::fs::symlink_metadata(dest).is_ok() {
         return Err(RestoreError::DestinationExists(dest.to_owned()));
     }
@@ -173,6 +185,7 @@ pub async fn restore<S: ChunkSource>(
         })?;
         writer = w;
         r?;
+        meter.add(windows[i].iter().map(|c| u64::from(c.length)).sum());
         pending = fetched?;
     }
     let report = writer.finish()?;

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use prewarm_core::ResourceId;
+use prewarm_core::{Meter, ResourceId};
 use prewarm_store::{
-    ChunkerParams, CommitError, Committed, EntryKind, Manifest, Segment, SourceKind, Store,
+    ChunkerParams, CommitError, Committed, EntryKind, Manifest, Segment, Source, SourceKind, Store,
     TreeEntry, WriteError,
 };
 
@@ -62,6 +62,8 @@ pub struct Snapshotter {
     skip_unchanged: bool,
     /// Reuse files whose size and mtime did not change without reading them.
     trust_mtime: bool,
+    /// Logical bytes stored so far, out of the source's size (for a progress display).
+    meter: Option<Arc<Meter>>,
 }
 
 impl Snapshotter {
@@ -72,6 +74,7 @@ impl Snapshotter {
             chunker: ChunkerParams::default(),
             skip_unchanged: true,
             trust_mtime: true,
+            meter: None,
         }
     }
 
@@ -91,6 +94,13 @@ impl Snapshotter {
     /// sources whose tools restore mtimes after editing).
     pub fn reread_all(mut self) -> Self {
         self.trust_mtime = false;
+        self
+    }
+
+    /// Reports progress on `meter`: its total is set to the source's size and its count to
+    /// the logical bytes stored so far.
+    pub fn with_meter(mut self, meter: Arc<Meter>) -> Self {
+        self.meter = Some(meter);
         self
     }
 
@@ -174,7 +184,12 @@ impl Snapshotter {
             attach_previous(m, &tree, &mut segments, &self.store.index(), trust);
         }
         let t1 = std::time::Instant::now();
-        let mut staged = self.store.write(segments, self.chunker).await?;
+        let meter = self.meter.clone().unwrap_or_default();
+        meter.set_total(source_size(&segments, &tree));
+        let mut staged = self
+            .store
+            .write_metered(segments, self.chunker, &meter)
+            .await?;
         let t2 = std::time::Instant::now();
         // Files may have changed size while being read: record what was actually read.
         let mut offset = 0;
@@ -222,6 +237,25 @@ impl Snapshotter {
             unchanged: false,
         })
     }
+}
+
+/// The bytes a snapshot will read: the tree's files, else the one file's or buffer's size
+/// (0 when it cannot be told; the display then shows a count without a total).
+fn source_size(segments: &[Segment], tree: &[TreeEntry]) -> u64 {
+    if !tree.is_empty() {
+        return tree
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| e.size)
+            .sum();
+    }
+    segments
+        .iter()
+        .map(|s| match &s.source {
+            Source::File(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
+            Source::Bytes(b) => b.len() as u64,
+        })
+        .sum()
 }
 
 /// Gives each segment the chunks its counterpart (same path) had in `m`.

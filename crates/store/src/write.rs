@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutPayload};
-use prewarm_core::{ResourceId, StateRef, Version};
+use prewarm_core::{Meter, ResourceId, StateRef, Version};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -162,6 +162,17 @@ impl Store {
         segments: Vec<Segment>,
         chunker: ChunkerParams,
     ) -> Result<Staged, WriteError> {
+        self.write_metered(segments, chunker, &Meter::new()).await
+    }
+
+    /// [`Store::write`], setting `meter` to the logical bytes stored so far (the caller sets
+    /// its total).
+    pub async fn write_metered(
+        &self,
+        segments: Vec<Segment>,
+        chunker: ChunkerParams,
+        meter: &Meter,
+    ) -> Result<Staged, WriteError> {
         chunker.check().map_err(WriteError::Params)?;
         // Three stages overlap: cutting (one thread) → hashing, compressing and packing
         // (rayon, all cores) → uploading (async, below).
@@ -209,7 +220,10 @@ impl Store {
         let mut offset = 0u64;
         while let Some(h) = rx.recv().await {
             match h {
-                Hashed::Chunks(metas) => st.record(metas, &mut offset, &known),
+                Hashed::Chunks(metas) => {
+                    st.record(metas, &mut offset, &known);
+                    meter.set(offset);
+                }
                 Hashed::Pack(id, bytes, blobs) => {
                     self.upload(id, bytes, blobs, &mut st, &mut puts).await?
                 }

@@ -26,7 +26,7 @@ use prewarm_transfer::DataAddr;
 pub use report::{ColdRow, Report};
 
 use crate::raw::RawError;
-use crate::support::{Proc, ShellError, have, median, settle, utf8, workdir};
+use crate::support::{Proc, ShellError, have, median, settle, stage, utf8, workdir};
 use cluster::Cluster;
 
 /// What `prewarm bench transfer` measures.
@@ -42,6 +42,8 @@ pub struct Settings {
     pub workdir: Option<PathBuf>,
     /// The `prewarm` binary, run as the coordinator, the agents and the raw TCP receiver.
     pub exe: PathBuf,
+    /// Stages begun and figures measured so far, each with its note (a progress display).
+    pub meter: Arc<prewarm_core::Meter>,
 }
 
 /// Why the benchmark failed.
@@ -143,10 +145,14 @@ fn gib_s(size: u64, secs: f64) -> f64 {
 async fn prepare(
     work: &Path,
     size: u64,
+    meter: &prewarm_core::Meter,
 ) -> Result<(Vec<PathBuf>, PathBuf, Snapshotter), TransferBenchError> {
     let src = work.join("src");
     std::fs::create_dir_all(&src)?;
-    eprintln!("generating 2 × {} …", prewarm_core::ByteSize(size));
+    stage(
+        meter,
+        format!("generating 2 × {} …", prewarm_core::ByteSize(size)),
+    );
     let paths: Vec<PathBuf> = FILES.iter().map(|(_, f, _)| src.join(f)).collect();
     for ((_, _, compressible), p) in FILES.iter().zip(&paths) {
         generate(p, size, *compressible)?;
@@ -155,7 +161,7 @@ async fn prepare(
     let store = Arc::new(prewarm_store::Store::open_or_create(utf8(&store_dir)?).await?);
     let snap = Snapshotter::new(store);
     for ((name, _, _), p) in FILES.iter().zip(&paths) {
-        eprintln!("snapshotting {name} …");
+        stage(meter, format!("snapshotting {name} …"));
         snap.snapshot_path(&ResourceId::new(format!("bench/{name}"))?, p)
             .await?;
     }
@@ -171,14 +177,16 @@ pub async fn run(a: &Settings) -> Result<Report, TransferBenchError> {
         ensure_calls: a.ensure_calls,
         ..Default::default()
     };
-    let (paths, store_dir, snap) = prepare(&work, a.size).await?;
+    let (paths, store_dir, snap) = prepare(&work, a.size, &a.meter).await?;
     let mut cluster = Cluster::start(&a.exe, &work, &store_dir).await?;
     let kept = cold(&mut cluster, a, &mut r).await?;
     data_plane(&cluster, a, &mut r).await?;
 
     let inc = &paths[0];
-    r.raw_tcp_file_gib_s = peers::raw_tcp(&a.exe, &work, inc, a.size, a.reps, true).await?;
-    r.raw_tcp_null_gib_s = peers::raw_tcp(&a.exe, &work, inc, a.size, a.reps, false).await?;
+    r.raw_tcp_file_gib_s =
+        peers::raw_tcp(&a.exe, &work, inc, a.size, a.reps, true, &a.meter).await?;
+    r.raw_tcp_null_gib_s =
+        peers::raw_tcp(&a.exe, &work, inc, a.size, a.reps, false, &a.meter).await?;
     if have("iperf3") {
         r.iperf3_gib_s = peers::iperf3(a.size).await?;
     }
@@ -215,7 +223,10 @@ async fn cold(
                 cluster.wait_attached(&cap).await?;
                 settle()?;
                 let (ack, s) = cluster.transfer(&cap, &format!("bench/{name}")).await?;
-                eprintln!("  {name} over {path}: {:.2} GiB/s", gib_s(a.size, s));
+                stage(
+                    &a.meter,
+                    format!("  {name} over {path}: {:.2} GiB/s", gib_s(a.size, s)),
+                );
                 secs.push(s);
                 wire = ack.wire_bytes;
                 if keep && rep + 1 == a.reps {
@@ -267,7 +278,10 @@ async fn data_plane(
             secs.push(data_plane_only(&addr, "bench/incompressible").await?);
         }
         let g = gib_s(a.size, median(secs.into_iter()));
-        eprintln!("  data plane only over {path}: {g:.2} GiB/s");
+        stage(
+            &a.meter,
+            format!("  data plane only over {path}: {g:.2} GiB/s"),
+        );
         r.data_plane_gib_s.push((path, g));
     }
     Ok(())

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::TransferBenchError;
 use super::cluster::{free_port, spawn};
 use crate::raw;
-use crate::support::{Proc, median, settle};
+use crate::support::{Proc, median, settle, stage};
 
 fn gib_s(size: u64, secs: f64) -> f64 {
     size as f64 / secs / (1u64 << 30) as f64
@@ -25,6 +25,7 @@ pub async fn raw_tcp(
     size: u64,
     reps: usize,
     to_file: bool,
+    meter: &prewarm_core::Meter,
 ) -> Result<f64, TransferBenchError> {
     let recv_dir = work.join("raw");
     std::fs::create_dir_all(&recv_dir)?;
@@ -59,9 +60,12 @@ pub async fn raw_tcp(
         secs.push(t0.elapsed().as_secs_f64());
     }
     let g = gib_s(size, median(secs.into_iter()));
-    eprintln!(
-        "  raw TCP {}: {g:.2} GiB/s",
-        if to_file { "to a file" } else { "to nowhere" }
+    stage(
+        meter,
+        format!(
+            "  raw TCP {}: {g:.2} GiB/s",
+            if to_file { "to a file" } else { "to nowhere" }
+        ),
     );
     Ok(g)
 }

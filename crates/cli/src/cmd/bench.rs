@@ -4,11 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use prewarm_bench::{coordinator, predict, raw, snapshot, transfer};
 
 use super::parse_size;
 use crate::output;
+use crate::progress::{self, Meter};
 
 /// Arguments of `prewarm bench`.
 #[derive(clap::Args, Debug)]
@@ -152,8 +154,16 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 capacities: a.capacities,
                 cache_bytes: a.cache_size.0,
                 batch: a.batch,
+                meter: Arc::new(Meter::new()),
             };
-            let r = tokio::task::block_in_place(|| coordinator::run(&s))?;
+            let shown = progress::show(
+                "bench coordinator",
+                s.meter.clone(),
+                progress::Unit::Count("events"),
+            );
+            let r = tokio::task::block_in_place(|| coordinator::run(&s));
+            shown.finish();
+            let r = r?;
             print(a.json, &r.rows, || r.text())
         }
         Which::Predict(a) => {
@@ -162,7 +172,14 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 history: a.history,
                 events: a.events,
             };
-            let r = tokio::task::block_in_place(|| predict::run(&s))?;
+            let shown = progress::show(
+                "bench predict",
+                Arc::new(Meter::new()),
+                progress::Unit::Wait,
+            );
+            let r = tokio::task::block_in_place(|| predict::run(&s));
+            shown.finish();
+            let r = r?;
             print(a.json, &r.rows, || r.text())
         }
         Which::Transfer(a) => {
@@ -172,8 +189,16 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 ensure_calls: a.ensure_calls,
                 workdir: a.workdir,
                 exe: std::env::current_exe()?,
+                meter: Arc::new(Meter::new()),
             };
-            let r = transfer::run(&s).await?;
+            let shown = progress::show(
+                "bench transfer",
+                s.meter.clone(),
+                progress::Unit::Count("stages"),
+            );
+            let r = transfer::run(&s).await;
+            shown.finish();
+            let r = r?;
             if a.json {
                 output::json(&r)?;
             } else {
@@ -194,8 +219,16 @@ async fn run_snapshot(a: SnapshotArgs) -> anyhow::Result<i32> {
         reps: a.reps,
         peers: !a.no_peers,
         workdir: a.workdir,
+        meter: Arc::new(Meter::new()),
     };
-    let r = snapshot::run(&s).await?;
+    let shown = progress::show(
+        "bench snapshot",
+        s.meter.clone(),
+        progress::Unit::Count("stages"),
+    );
+    let r = snapshot::run(&s).await;
+    shown.finish();
+    let r = r?;
     if a.json {
         output::json(&r)?;
     } else {

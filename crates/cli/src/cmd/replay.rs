@@ -11,10 +11,10 @@ use prewarm_predict::neural::{Arch, TrainOptions, train};
 use prewarm_predict::{Options, SpecError, by_name_with};
 use prewarm_report::Replay;
 use prewarm_sim::retrain::{Rounds, Schedule};
-use prewarm_sim::{Policy, PolicyKind, SimConfig, SimReport, replay};
+use prewarm_sim::{Policy, PolicyKind, SimConfig, SimReport, replay_metered};
 
 use super::{parse_duration, read_history};
-use crate::output;
+use crate::{output, progress};
 use prewarm_report::replay_text as text;
 
 /// Arguments of `prewarm replay`.
@@ -131,8 +131,17 @@ fn trained_dir(
             train_on.len(),
             trained.budget
         );
-        let mut model = tokio::task::block_in_place(|| train(train_on, &o, &mut |_| {}))
-            .with_context(|| format!("training the {arch_name}"))?;
+        let meter = std::sync::Arc::new(progress::Meter::new());
+        let shown = progress::show(
+            format!("train {arch_name}"),
+            meter.clone(),
+            progress::Unit::Count("batches"),
+        );
+        let trained = tokio::task::block_in_place(|| {
+            train(train_on, &o, &mut |p| progress::training(&meter, p))
+        });
+        shown.finish();
+        let mut model = trained.with_context(|| format!("training the {arch_name}"))?;
         model
             .save(&dir)
             .with_context(|| format!("saving the {arch_name}"))?;
@@ -210,7 +219,14 @@ fn run_all(
         let p = policy(name, &records[..start.max(1)], scored_from, trained)?;
         let t0 = std::time::Instant::now();
         let logged = trained.rounds.as_ref().map_or(0, |r| r.log().len());
-        let r = tokio::task::block_in_place(|| replay(records, p, cfg));
+        let meter = std::sync::Arc::new(progress::Meter::new());
+        let shown = progress::show(
+            format!("replay {name}"),
+            meter.clone(),
+            progress::Unit::Count("executions"),
+        );
+        let r = tokio::task::block_in_place(|| replay_metered(records, p, cfg, &meter));
+        shown.finish();
         for x in trained.rounds.iter().flat_map(|r| r.log()).skip(logged) {
             eprintln!("  {}", text::round_line(&x));
         }

@@ -7,6 +7,7 @@ use prewarm_core::{ResourceId, Version};
 
 use super::{StoreArg, parse_resource};
 use crate::output;
+use crate::progress::{self, Meter};
 
 /// Arguments of `prewarm restore`.
 #[derive(clap::Args, Debug)]
@@ -30,10 +31,16 @@ pub struct Args {
 pub async fn run(a: Args) -> anyhow::Result<i32> {
     let store = a.store.open().await?;
     let m = store.resolve(&a.resource, a.version).await?;
+    let meter = std::sync::Arc::new(Meter::new());
+    let shown = progress::show(
+        format!("restore {}", m.state),
+        meter.clone(),
+        progress::Unit::Bytes,
+    );
     let t = std::time::Instant::now();
-    let rep = prewarm_snapshot::restore(store.as_ref(), &m, &a.dest)
-        .await
-        .with_context(|| format!("restore of {} to {}", m.state, a.dest.display()))?;
+    let rep = prewarm_snapshot::restore_metered(store.as_ref(), &m, &a.dest, &meter).await;
+    shown.finish();
+    let rep = rep.with_context(|| format!("restore of {} to {}", m.state, a.dest.display()))?;
     let secs = t.elapsed().as_secs_f64();
     if a.json {
         output::json(&serde_json::json!({

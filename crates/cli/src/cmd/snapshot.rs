@@ -8,6 +8,7 @@ use prewarm_snapshot::Snapshotter;
 
 use super::{ChunkArg, StoreArg, parse_resource};
 use crate::output;
+use crate::progress::{self, Meter};
 
 /// Arguments of `prewarm snapshot`.
 #[derive(clap::Args, Debug)]
@@ -44,11 +45,17 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     if a.reread {
         snap = snap.reread_all();
     }
+    let meter = std::sync::Arc::new(Meter::new());
+    snap = snap.with_meter(meter.clone());
+    let shown = progress::show(
+        format!("snapshot {}", a.resource),
+        meter,
+        progress::Unit::Bytes,
+    );
     let t = std::time::Instant::now();
-    let out = snap
-        .snapshot_path(&a.resource, &a.path)
-        .await
-        .with_context(|| format!("snapshot of {}", a.path.display()))?;
+    let out = snap.snapshot_path(&a.resource, &a.path).await;
+    shown.finish();
+    let out = out.with_context(|| format!("snapshot of {}", a.path.display()))?;
     let secs = t.elapsed().as_secs_f64();
     if a.json {
         output::json(&serde_json::json!({

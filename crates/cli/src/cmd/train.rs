@@ -1,15 +1,13 @@
 //! `prewarm train`: trains a GRU or Transformer on a history (see `prewarm_predict::neural`).
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context as _, bail};
+use prewarm_predict::neural::Arch;
 use prewarm_predict::neural::train::{TrainOptions, train};
-use prewarm_predict::neural::{Arch, Progress};
 
 use super::{parse_duration, read_history};
-use crate::output;
+use crate::{output, progress};
 
 /// Which model to train.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -90,50 +88,6 @@ pub struct Args {
     json: bool,
 }
 
-/// Draws progress on stderr: a redrawn bar on a terminal, one line per epoch otherwise.
-struct Bar {
-    tty: bool,
-    last: Instant,
-    started: Instant,
-}
-
-impl Bar {
-    fn show(&mut self, p: &Progress) {
-        let mut err = std::io::stderr().lock();
-        if let Some(v) = p.validation_loss {
-            let _ = writeln!(
-                err,
-                "{}epoch {}/{}: loss {:.4}, validation {:.4}, {:.0} steps/s, {:.0} s",
-                if self.tty { "\r\x1b[2K" } else { "" },
-                p.epoch,
-                p.epochs,
-                p.loss,
-                v,
-                p.steps_per_s,
-                self.started.elapsed().as_secs_f64()
-            );
-            return;
-        }
-        if !self.tty || self.last.elapsed().as_millis() < 200 {
-            return;
-        }
-        self.last = Instant::now();
-        let done = p.batch * 30 / p.batches.max(1);
-        let _ = write!(
-            err,
-            "\r\x1b[2Kepoch {}/{} [{}{}] {:>3}%  loss {:.4}  {:.0} steps/s",
-            p.epoch,
-            p.epochs,
-            "#".repeat(done),
-            ".".repeat(30 - done),
-            p.batch * 100 / p.batches.max(1),
-            p.loss,
-            p.steps_per_s
-        );
-        let _ = err.flush();
-    }
-}
-
 /// Runs the command.
 pub async fn run(a: Args) -> anyhow::Result<i32> {
     if !(a.until > 0.0 && a.until <= 1.0) {
@@ -181,13 +135,16 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             .collect::<std::collections::HashSet<_>>()
             .len()
     );
-    let mut bar = Bar {
-        tty: std::io::stderr().is_terminal(),
-        last: Instant::now(),
-        started: Instant::now(),
-    };
-    let mut model = tokio::task::block_in_place(|| train(records, &o, &mut |p| bar.show(p)))
-        .context("training failed")?;
+    let meter = std::sync::Arc::new(progress::Meter::new());
+    let shown = progress::show(
+        format!("train {}", arch.name()),
+        meter.clone(),
+        progress::Unit::Count("batches"),
+    );
+    let trained =
+        tokio::task::block_in_place(|| train(records, &o, &mut |p| progress::training(&meter, p)));
+    shown.finish();
+    let mut model = trained.context("training failed")?;
     model
         .save(&a.out)
         .with_context(|| format!("saving the model to {}", a.out.display()))?;

@@ -5,6 +5,7 @@ use anyhow::Context;
 use prewarm_proto::wire::{FailureKind, Priority, TransferRequest, VersionSpec, version_spec};
 
 use super::CoordinatorArg;
+use crate::progress;
 
 /// Arguments of `prewarm transfer`.
 #[derive(clap::Args, Debug)]
@@ -53,9 +54,14 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         } as i32,
         timeout_ms: a.timeout_ms,
     };
-    let ack = client
-        .transfer(req)
-        .await
+    let shown = progress::show(
+        format!("transfer {} to {}", req.resource, req.capacity),
+        std::sync::Arc::new(progress::Meter::new()),
+        progress::Unit::Wait,
+    );
+    let ack = client.transfer(req).await;
+    shown.finish();
+    let ack = ack
         .map_err(|s| anyhow::anyhow!("{}", s.message()))
         .context("transfer")?
         .into_inner();
