@@ -6,33 +6,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::nextuse::{BINS, NextUse, edge};
 
-/// `P(idle > edge(k))` for k in 0..BINS (non-increasing, starts at 1).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Curve(pub Vec<f32>);
+/// `P(idle > edge(k))` for k in 0..BINS (non-increasing, starts at 1). A fixed array: a
+/// hint is made per read answered, and a curve on the heap cost an allocation each.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Curve(pub [f32; BINS]);
 
 impl Curve {
     /// Freezes `n`.
     pub fn of(n: &NextUse<'_>) -> Self {
-        Curve(n.survival_at_edges().iter().map(|s| *s as f32).collect())
+        let s = n.survival_at_edges();
+        Curve(std::array::from_fn(|k| s[k] as f32))
     }
 
     /// A use at exactly `gap` seconds after the last (the oracle's knowledge), or never.
     pub fn point(gap: Option<f64>) -> Self {
-        Curve(
-            (0..BINS)
-                .map(|k| match gap {
-                    Some(g) if edge(k) < g => 1.0,
-                    Some(_) => 0.0,
-                    None => 1.0,
-                })
-                .collect(),
-        )
+        Curve(std::array::from_fn(|k| match gap {
+            Some(g) if edge(k) < g => 1.0,
+            Some(_) => 0.0,
+            None => 1.0,
+        }))
     }
 
     /// `P(idle > a)`, log-linear between edges.
     pub fn survival(&self, a: f64) -> f64 {
         let s = &self.0;
-        if s.len() != BINS || a <= 0.0 {
+        if a <= 0.0 {
             return 1.0;
         }
         let k = (1..BINS).rfind(|k| edge(*k) <= a).unwrap_or(0);
@@ -96,10 +94,10 @@ impl Curve {
         if b.len() != BINS * 4 {
             return None;
         }
-        let v: Vec<f32> = b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let v: [f32; BINS] = std::array::from_fn(|k| {
+            let c = &b[4 * k..4 * k + 4];
+            f32::from_le_bytes([c[0], c[1], c[2], c[3]])
+        });
         v.iter()
             .all(|x| x.is_finite() && (0.0..=1.0).contains(x))
             .then_some(Curve(v))

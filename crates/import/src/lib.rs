@@ -68,6 +68,12 @@ pub struct ImportOptions {
     pub strict: bool,
     /// Column mapping, for the `csv` format.
     pub csv: Option<CsvMapping>,
+    /// Each request names the states it reads (a request for a model names the model; an
+    /// HTTP request its URL; an invocation its function): the records' events carry their
+    /// reads as `needs`, so that placement routes each to a capacity holding them and the
+    /// models predict what comes next. Off: the event carries only its key and type, and
+    /// what it reads is the model's to predict.
+    pub named: bool,
 }
 
 /// One skipped row.
@@ -321,6 +327,11 @@ pub fn import(
         });
     }
     records.sort_by(|a, b| a.ts.total_cmp(&b.ts));
+    if opts.named {
+        for r in &mut records {
+            name_needs(r);
+        }
+    }
     report.records = records.len() as u64;
     let keys: std::collections::HashSet<&str> =
         records.iter().map(|r| r.event.key.as_str()).collect();
@@ -335,6 +346,15 @@ pub fn import(
         _ => 0.0,
     };
     Ok((records, report))
+}
+
+/// The record's reads, named by its event (distinct, in the order read).
+fn name_needs(r: &mut HistoryRecord) {
+    for read in &r.reads {
+        if !r.event.needs.contains(&read.resource) {
+            r.event.needs.push(read.resource.clone());
+        }
+    }
 }
 
 /// A record for one execution that read one resource.

@@ -54,6 +54,7 @@ fn worldcup_imports_with_column_flags_alone() {
     };
     let opts = ImportOptions {
         strict: false,
+        named: false,
         csv: Some(mapping),
     };
     let (recs, rep) = import(
@@ -125,6 +126,7 @@ fn malformed_rows_are_counted_or_fatal_under_strict() {
     };
     let mut opts = ImportOptions {
         strict: false,
+        named: false,
         csv: Some(mapping.clone()),
     };
     let (recs, rep) = import(Format::Csv, std::slice::from_ref(&p), &opts).unwrap();
@@ -140,6 +142,7 @@ fn malformed_rows_are_counted_or_fatal_under_strict() {
 
     let bad_col = ImportOptions {
         strict: false,
+        named: false,
         csv: Some(CsvMapping {
             resource_col: ColRef::Name("nope".into()),
             ..mapping
@@ -190,6 +193,7 @@ fn garbage_is_an_error_boms_are_stripped_and_messages_stay_short() {
     std::fs::write(&wide, format!("{}\n", header.join(","))).unwrap();
     let opts = ImportOptions {
         strict: false,
+        named: false,
         csv: Some(CsvMapping {
             time_cols: vec![ColRef::Name("t".into())],
             time_format: TimeFormat::Unix,
@@ -207,4 +211,62 @@ fn garbage_is_an_error_boms_are_stripped_and_messages_stay_short() {
     let e = import(Format::Csv, &[wide], &opts).unwrap_err().to_string();
     assert!(e.contains("1000000 columns"), "{}", &e[..e.len().min(300)]);
     assert!(e.len() < 600, "{} bytes", e.len());
+}
+
+#[test]
+fn named_requests_carry_their_reads_as_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("serving.csv");
+    std::fs::write(
+        &p,
+        "t,tenant,model\n1,acme,llama-8b\n2,acme,mistral-7b\n3,zeta,llama-8b\n",
+    )
+    .unwrap();
+    let mapping = CsvMapping {
+        time_cols: vec![ColRef::Name("t".into())],
+        time_format: TimeFormat::Unix,
+        key_col: Some(ColRef::Name("tenant".into())),
+        resource_col: ColRef::Name("model".into()),
+        namespace: "models".into(),
+        resource_list: None,
+        bytes_col: None,
+        duration_col: None,
+        type_col: None,
+        header: true,
+        delimiter: b',',
+    };
+    let mut opts = ImportOptions {
+        strict: true,
+        named: false,
+        csv: Some(mapping),
+    };
+    let (plain, _) = import(Format::Csv, std::slice::from_ref(&p), &opts).unwrap();
+    assert!(plain.iter().all(|r| r.event.needs.is_empty()));
+    opts.named = true;
+    let (named, _) = import(Format::Csv, std::slice::from_ref(&p), &opts).unwrap();
+    let needs: Vec<String> = named
+        .iter()
+        .map(|r| {
+            r.event
+                .needs
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    assert_eq!(
+        needs,
+        ["models/llama-8b", "models/mistral-7b", "models/llama-8b"]
+    );
+    assert_eq!(named[0].event.key, "acme", "the key stays the tenant");
+    // Clf too: the URL a request names.
+    let log = dir.path().join("access.log");
+    std::fs::write(
+        &log,
+        "h - - [01/Jul/1995:00:00:01 -0400] \"GET /a HTTP/1.0\" 200 10\n",
+    )
+    .unwrap();
+    let (web, _) = import(Format::Clf, &[log], &opts).unwrap();
+    assert_eq!(web[0].event.needs, vec![web[0].reads[0].resource.clone()]);
 }

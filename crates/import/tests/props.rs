@@ -45,6 +45,7 @@ const SAMPLES: [(Format, &str, &str); 5] = [
 fn options(format: Format) -> ImportOptions {
     ImportOptions {
         strict: false,
+        named: false,
         csv: (format == Format::Csv).then(|| CsvMapping {
             time_cols: vec![ColRef::Name("t".into())],
             time_format: TimeFormat::Unix,

@@ -35,6 +35,7 @@ fn run(format: Format, inputs: &[PathBuf]) -> (Vec<HistoryRecord>, ImportReport)
 fn strict(format: Format, inputs: &[PathBuf]) -> ImportError {
     let opts = ImportOptions {
         strict: true,
+        named: false,
         csv: None,
     };
     import(format, inputs, &opts).unwrap_err()
@@ -400,6 +401,7 @@ fn web_logs_nasa_original_combined_w3c_and_tabs() {
 fn list_mapping(list: ListSyntax, delimiter: u8) -> ImportOptions {
     ImportOptions {
         strict: false,
+        named: false,
         csv: Some(CsvMapping {
             time_cols: vec![ColRef::Name("t".into())],
             time_format: TimeFormat::Unix,

@@ -1,6 +1,8 @@
 //! Simple baselines: recency-weighted frequency, PPM-style per-key Markov, and the oracle.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashMapExt};
 
 use prewarm_core::{HistoryRecord, ResourceId};
 

@@ -4,7 +4,7 @@
 //! bypassing the cache for a state needed later than everything it would evict) it bounds
 //! what any policy can reach with the same placement, planner and transfer model.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use prewarm_core::{Context, HistoryRecord, Prediction, Predictor, ResourceId, VersionPolicy};
 

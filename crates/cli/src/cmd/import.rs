@@ -46,6 +46,12 @@ pub struct Args {
     /// Fail on the first malformed row instead of skipping and counting it.
     #[arg(long)]
     strict: bool,
+    /// Each request names the states it reads (a model-serving log naming the model, a web
+    /// log's URL, an invocation's function): the events carry them as `needs`, placement
+    /// routes each request to a capacity holding them, and prediction is about what comes
+    /// next. Replay such a history with `--lead 0` when the request is the execution's start.
+    #[arg(long)]
+    named: bool,
     /// csv: time column(s), by header name or 0-based index; several are joined with a space.
     #[arg(long, value_delimiter = ',')]
     time_col: Vec<ColRef>,
@@ -128,6 +134,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     };
     let opts = ImportOptions {
         strict: a.strict,
+        named: a.named,
         csv,
     };
     let (records, report) = tokio::task::spawn_blocking({
