@@ -298,7 +298,9 @@ impl Coordinator {
                     }
                 }
             }
-            let obs = engine.hints_for(records, &BookFleet(&book));
+            let mut obs = engine.hints_for(records, &BookFleet(&book));
+            obs.prewarms
+                .extend(engine.ahead(records, &BookFleet(&book)));
             Capacities::note_hints(&mut book, &obs.hints);
             obs
         };

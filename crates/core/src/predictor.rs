@@ -63,6 +63,18 @@ pub trait Predictor: Send {
     /// first.
     fn predict(&mut self, ctx: &Context<'_>, k: usize) -> Vec<Prediction>;
 
+    /// The `k` most likely reads of the next execution of `record`'s key, asked after
+    /// `record` was observed (what comes *next*, for pre-warming ahead of the next event).
+    /// Default: [`Predictor::predict`] for the record's own event at its end, which a
+    /// sequence model answers from the key's history including `record`.
+    fn predict_next(&mut self, record: &HistoryRecord, k: usize) -> Vec<Prediction> {
+        let ctx = Context {
+            ts: record.ts + record.duration_s.max(0.0),
+            event: &record.event,
+        };
+        self.predict(&ctx, k)
+    }
+
     /// [`Predictor::predict`] for each of `ctxs` in order, with the same answers (no
     /// `observe` in between); learned models spread the work over the cores.
     fn predict_batch(&mut self, ctxs: &[Context<'_>], k: usize) -> Vec<Vec<Prediction>> {

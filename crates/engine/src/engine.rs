@@ -93,6 +93,12 @@ pub struct EngineConfig {
     /// 98.0 → 99.1%) and lowered them under pressure, at up to 2× the bytes
     /// (BENCHMARKS.md, "Spreading").
     pub spread: bool,
+    /// After each execution, pre-warm what the model expects the key's *next* execution to
+    /// read ([`Predictor::predict_next`]) on the capacity that ran it, each priced by the
+    /// planner with the model's probability when due ([`Engine::ahead`]): the lever when
+    /// events name their states (placement routes by the name, so only what comes next is
+    /// left to predict) or arrive with no lead. Off by default (BENCHMARKS.md, "Ahead").
+    pub ahead: bool,
 }
 
 impl Default for EngineConfig {
@@ -105,6 +111,7 @@ impl Default for EngineConfig {
             max_tracked: 1 << 20,
             calibrate: false,
             spread: false,
+            ahead: false,
         }
     }
 }
@@ -185,6 +192,9 @@ pub struct Prewarm {
     /// A copy of a state just read elsewhere, taken only if the planner prices it positive
     /// when it is due (see [`Engine::prewarm`]); otherwise unconditional (Azure's windows).
     pub spread: bool,
+    /// The model's chance that the key's next execution reads it ([`Engine::ahead`]):
+    /// taken only if the planner prices it positive with that chance when it is due.
+    pub ahead: Option<f64>,
 }
 
 /// What the engine decided for one event.
@@ -458,6 +468,7 @@ impl Engine {
                     latest,
                     bytes,
                     reuse: 0.0,
+                    lead_s: None,
                 });
             }
         }
@@ -587,7 +598,53 @@ impl Engine {
     /// [`Engine::hints_for`].
     pub fn observe(&mut self, records: &[HistoryRecord], fleet: &dyn Fleet) -> Observed {
         self.learn(records);
-        self.hints_for(records, fleet)
+        let mut out = self.hints_for(records, fleet);
+        out.prewarms.extend(self.ahead(records, fleet));
+        out
+    }
+
+    /// With [`EngineConfig::ahead`], the pre-warms of what each record's key is expected to
+    /// read next, on the capacity that ran it (after [`Engine::learn`]): skipped where that
+    /// capacity holds it, and, for an event that names its states (placement then finds
+    /// any holder), where any capacity does. Empty without it or without a model.
+    pub fn ahead(&mut self, records: &[HistoryRecord], fleet: &dyn Fleet) -> Vec<Prewarm> {
+        let k = self.cfg.top_k;
+        let (true, Some(model)) = (self.cfg.ahead, self.predictor.as_mut()) else {
+            return Vec::new();
+        };
+        let next: Vec<Vec<Prediction>> = records
+            .iter()
+            .map(|rec| match rec.capacity {
+                Some(_) => model.predict_next(rec, k),
+                None => Vec::new(),
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (rec, preds) in records.iter().zip(next) {
+            let Some(cap) = &rec.capacity else {
+                continue;
+            };
+            let end = rec.ts + rec.duration_s.max(0.0);
+            for p in preds {
+                let held_here = fleet.holding(cap, &p.resource).is_some();
+                let named = !rec.event.needs.is_empty();
+                if p.probability <= 0.0
+                    || held_here
+                    || (named && fleet.holder_count(&p.resource, Version::FIRST) > 0)
+                {
+                    continue;
+                }
+                out.push(Prewarm {
+                    capacity: cap.clone(),
+                    resource: p.resource,
+                    at: end,
+                    hold_until: end,
+                    spread: false,
+                    ahead: Some(p.probability.clamp(0.0, 1.0)),
+                });
+            }
+        }
+        out
     }
 
     /// The model and the next-use estimates learn from completed executions.
@@ -637,6 +694,7 @@ impl Engine {
                         at: end + pre,
                         hold_until: end + keep.max(pre),
                         spread: false,
+                        ahead: None,
                     });
                 }
                 out.prewarms
@@ -675,11 +733,24 @@ impl Engine {
                 at,
                 hold_until: at,
                 spread: true,
+                ahead: None,
             })
     }
 
-    /// A spread pre-warm, priced by the planner against `pw.capacity`'s cache.
-    fn spread_decision(
+    /// Seconds from `now` to `r`'s next use: known (the oracle), else the state's mean gap
+    /// between uses (the engine's estimate); `None` when neither is finite.
+    fn until_use(&self, r: &ResourceId, now: f64) -> Option<f64> {
+        let known = self
+            .predictor
+            .as_ref()
+            .and_then(|p| p.known_next_use(r, now));
+        let wait = known.map_or_else(|| self.demand.next_use(r).mean_gap(), |t| t - now);
+        (wait.is_finite() && wait >= 0.0).then_some(wait)
+    }
+
+    /// A spread or ahead pre-warm, priced by the planner against `pw.capacity`'s cache (a
+    /// spread with the calibrated chance of a use there, an ahead one with the model's).
+    fn priced_decision(
         &mut self,
         pw: &Prewarm,
         latest: Version,
@@ -693,18 +764,21 @@ impl Engine {
         let raw = crate::spread::chance(&self.demand.next_use(&pw.resource), horizon, holders);
         let want = Want {
             resource: pw.resource.clone(),
-            probability: self.spreads.calibrated(raw),
+            probability: pw.ahead.unwrap_or_else(|| self.spreads.calibrated(raw)),
             version: VersionPolicy::Latest,
             latest,
             bytes,
             reuse: 0.0,
+            lead_s: pw.ahead.and_then(|_| self.until_use(&pw.resource, now)),
         };
         let d = self
             .planner
             .plan(&[want], target.as_ref())
             .into_iter()
             .next()?;
-        self.spreads.taken(&pw.capacity, &pw.resource, raw);
+        if pw.spread {
+            self.spreads.taken(&pw.capacity, &pw.resource, raw);
+        }
         Some(d)
     }
 
@@ -724,10 +798,19 @@ impl Engine {
             return None;
         }
         self.note_size(&pw.resource, bytes);
-        let mut hint = self.hint(&pw.resource, fleet, now, None);
-        let d = if pw.spread {
+        // An ahead pre-warm is expected to be read with the model's chance by its expected
+        // next use.
+        let expected = pw.ahead.and_then(|p| {
+            let wait = self.until_use(&pw.resource, now)?;
+            Some(Expected {
+                p,
+                until: now + wait,
+            })
+        });
+        let mut hint = self.hint(&pw.resource, fleet, now, expected);
+        let d = if pw.spread || pw.ahead.is_some() {
             // Priced by the planner; kept by the usual rule when taken.
-            self.spread_decision(pw, latest, bytes, fleet, now)?
+            self.priced_decision(pw, latest, bytes, fleet, now)?
         } else {
             hint.keep_until = pw.hold_until;
             Decision {

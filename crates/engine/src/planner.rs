@@ -96,6 +96,9 @@ pub struct Want {
     pub bytes: u64,
     /// Chance it is used again within the target's horizon if held (beyond this execution).
     pub reuse: f64,
+    /// Seconds until it is expected to be read, when that is not the planner's lead (a
+    /// pre-warm ahead of the next event); `None`: the lead.
+    pub lead_s: Option<f64>,
 }
 
 impl Want {
@@ -165,7 +168,8 @@ impl Planner {
         let need_after = (already + w.bytes).saturating_sub(free);
         let displaced =
             target.displaced(need_after)? - target.displaced(need_before).unwrap_or(0.0);
-        let lateness = (ahead + fetch - c.lead_s).max(0.0);
+        let lead = w.lead_s.unwrap_or(c.lead_s).max(0.0);
+        let lateness = (ahead + fetch - lead).max(0.0);
         let saved = (fetch - lateness).max(0.0);
         let horizon = target.horizon().unwrap_or(f64::INFINITY);
         let memory = if c.memory_price > 0.0 {

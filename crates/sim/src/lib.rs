@@ -66,6 +66,9 @@ pub struct SimConfig {
     pub calibrate: bool,
     /// States just read are offered to one more capacity (the engine's `spread`).
     pub spread: bool,
+    /// After each execution, what the model expects the key to read next is pre-warmed on
+    /// the capacity that ran it (the engine's `ahead`).
+    pub ahead: bool,
     /// The planner's settings (its bandwidth, latency, lead and price are set from the
     /// above).
     pub planner: PlannerConfig,
@@ -86,6 +89,7 @@ impl Default for SimConfig {
             warmup: 0.2,
             calibrate: false,
             spread: false,
+            ahead: false,
             planner: PlannerConfig::default(),
         }
     }
@@ -176,6 +180,7 @@ impl Policy {
             keep,
             calibrate: cfg.calibrate && family != "oracle",
             spread: cfg.spread,
+            ahead: cfg.ahead,
             ..EngineConfig::default()
         };
         (ec, model)

@@ -14,6 +14,9 @@ pub struct Future {
     reads: HashMap<(u64, String), Vec<Prediction>>,
     /// Use times per resource, sorted.
     uses: HashMap<ResourceId, Vec<f64>>,
+    /// Per key: its executions' start times, sorted, and the event time bits of each (the
+    /// key into `reads`), for what comes next.
+    by_key: HashMap<String, Vec<(f64, u64)>>,
 }
 
 impl Future {
@@ -21,8 +24,13 @@ impl Future {
     pub fn new(records: &[HistoryRecord], lead_s: f64) -> Self {
         let mut reads: HashMap<(u64, String), Vec<Prediction>> = HashMap::new();
         let mut uses: HashMap<ResourceId, Vec<f64>> = HashMap::new();
+        let mut by_key: HashMap<String, Vec<(f64, u64)>> = HashMap::new();
         for r in records {
             let at = (r.ts - lead_s).to_bits();
+            by_key
+                .entry(r.event.key.clone())
+                .or_default()
+                .push((r.ts, at));
             let e = reads.entry((at, r.event.key.clone())).or_default();
             for rd in &r.reads {
                 if !e.iter().any(|p| p.resource == rd.resource) {
@@ -40,7 +48,14 @@ impl Future {
         for v in uses.values_mut() {
             v.sort_by(f64::total_cmp);
         }
-        Self { reads, uses }
+        for v in by_key.values_mut() {
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        Self {
+            reads,
+            uses,
+            by_key,
+        }
     }
 }
 
@@ -55,6 +70,23 @@ impl Predictor for Future {
         let mut v = self
             .reads
             .get(&(ctx.ts.to_bits(), ctx.event.key.clone()))
+            .cloned()
+            .unwrap_or_default();
+        v.truncate(k.max(v.len().min(64)));
+        v
+    }
+
+    fn predict_next(&mut self, record: &HistoryRecord, k: usize) -> Vec<Prediction> {
+        let Some(runs) = self.by_key.get(&record.event.key) else {
+            return Vec::new();
+        };
+        let i = runs.partition_point(|(ts, _)| *ts <= record.ts);
+        let Some((_, at)) = runs.get(i) else {
+            return Vec::new();
+        };
+        let mut v = self
+            .reads
+            .get(&(*at, record.event.key.clone()))
             .cloned()
             .unwrap_or_default();
         v.truncate(k.max(v.len().min(64)));

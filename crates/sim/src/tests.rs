@@ -117,6 +117,39 @@ fn prediction_beats_keep_alive_and_the_oracle_bounds_everyone() {
     assert!(r.warm_rate < oracle.warm_rate, "{r:?}");
 }
 
+#[test]
+fn ahead_prewarms_pay_without_lead_and_the_oracle_still_bounds() {
+    // No lead: a state can only be ready if it moved before its event, i.e. after the key's
+    // previous execution (what `ahead` pre-warms).
+    let h = cyclic();
+    let run = |ahead: bool| -> Vec<_> {
+        let c = SimConfig {
+            lead_s: 0.0,
+            ahead,
+            ..cfg()
+        };
+        policies().into_iter().map(|p| replay(&h, p, &c)).collect()
+    };
+    let (off, on) = (run(false), run(true));
+    let (lru_off, markov_off, oracle_off) = (&off[1], &off[2], &off[3]);
+    let (lru_on, markov_on, oracle_on) = (&on[1], &on[2], &on[3]);
+    assert_eq!(
+        lru_on, lru_off,
+        "model-free policies have nothing to pre-warm"
+    );
+    assert!(
+        markov_on.warm_rate > markov_off.warm_rate,
+        "{markov_on:?} vs {markov_off:?}"
+    );
+    assert!(
+        oracle_on.warm_rate > oracle_off.warm_rate + 0.05,
+        "{oracle_on:?} vs {oracle_off:?}"
+    );
+    for r in &on {
+        assert!(r.warm <= oracle_on.warm, "{} beat the oracle", r.policy);
+    }
+}
+
 /// Predicts, with certainty, a state nobody reads.
 struct Wrong;
 

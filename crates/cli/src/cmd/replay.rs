@@ -67,6 +67,12 @@ pub struct Args {
     /// is used there pays for its link time and what it displaces (model-driven policies).
     #[arg(long)]
     spread: bool,
+    /// After each execution, pre-warm what the model expects the key to read next on the
+    /// capacity that ran it, each taken when the planner prices it positive with the
+    /// model's probability (model-driven policies; for histories whose events name their
+    /// states, `import --named`, and for `--lead 0`).
+    #[arg(long)]
+    ahead: bool,
     /// Size of a state whose history records carry none (default: the median of the sizes
     /// the history does give, else 64 MiB).
     #[arg(long)]
@@ -271,6 +277,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         warmup: a.warmup,
         calibrate: a.calibrate,
         spread: a.spread,
+        ahead: a.ahead,
         ..SimConfig::default()
     };
     cfg.planner.threshold = a.threshold;

@@ -62,6 +62,7 @@ fn want(name: &str, p: f64, latest: u64, bytes: u64) -> Want {
         latest: Version::new(latest).unwrap(),
         bytes,
         reuse: 0.0,
+        lead_s: None,
     }
 }
 
