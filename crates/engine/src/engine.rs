@@ -97,7 +97,8 @@ pub struct EngineConfig {
     /// read ([`Predictor::predict_next`]) on the capacity that ran it, each priced by the
     /// planner with the model's probability when due ([`Engine::ahead`]): the lever when
     /// events name their states (placement routes by the name, so only what comes next is
-    /// left to predict) or arrive with no lead. Off by default (BENCHMARKS.md, "Ahead").
+    /// left to predict) or arrive with no lead. Off by default (BENCHMARKS.md, "Named
+    /// states and pre-warming ahead").
     pub ahead: bool,
 }
 
