@@ -10,14 +10,13 @@ use crate::state::{Book, Cap};
 /// The fleet view of a locked book.
 pub struct BookFleet<'a>(pub &'a Book);
 
-impl Fleet for BookFleet<'_> {
-    fn capacities(&self) -> &[CapacityId] {
-        &self.0.attached
-    }
-
-    fn holders(&self, r: &ResourceId, min: Version) -> Vec<CapacityId> {
+impl BookFleet<'_> {
+    /// [`Fleet::holders_into`]'s list, ascending.
+    fn sorted_holders(&self, r: &ResourceId, min: Version) -> Vec<usize> {
         let book = self.0;
-        let mut out: Vec<CapacityId> = book
+        // `attached` is sorted: a holder's index is its place there.
+        let at = |c: &CapacityId| book.attached.binary_search(c).ok();
+        let mut out: Vec<usize> = book
             .holders
             .get(r)
             .into_iter()
@@ -27,15 +26,29 @@ impl Fleet for BookFleet<'_> {
                     .get(*c)
                     .is_some_and(|cap| cap.tx.is_some() && cap.newest(r).is_some_and(|v| v >= min))
             })
-            .cloned()
+            .filter_map(at)
             .collect();
         for ((c, res), (v, _)) in &book.moving {
-            if res == r && *v >= min && !out.contains(c) {
-                out.push(c.clone());
+            if res == r
+                && *v >= min
+                && let Some(i) = at(c)
+                && !out.contains(&i)
+            {
+                out.push(i);
             }
         }
-        out.sort();
+        out.sort_unstable();
         out
+    }
+}
+
+impl Fleet for BookFleet<'_> {
+    fn capacities(&self) -> &[CapacityId] {
+        &self.0.attached
+    }
+
+    fn holders_into(&self, r: &ResourceId, min: Version, out: &mut Vec<usize>) {
+        out.extend(self.sorted_holders(r, min));
     }
 
     fn target(&self, c: &CapacityId, now: f64) -> Option<Box<dyn Target + '_>> {

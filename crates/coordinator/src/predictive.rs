@@ -341,7 +341,7 @@ impl Coordinator {
             true,
             e.capacity.as_ref(),
             &attached,
-            &[],
+            &prewarm_engine::Holders::default(),
             &[],
             &prewarm_engine::Loads::default(),
         )

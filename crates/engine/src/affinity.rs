@@ -51,7 +51,12 @@ impl Affinity {
             let cut = ticks[mid];
             self.recent.retain(|_, (t, _)| *t > cut);
         }
-        let (seen, states) = self.recent.entry(r.event.key.clone()).or_default();
+        if !self.recent.contains_key(&r.event.key) {
+            self.recent.insert(r.event.key.clone(), (0, Vec::new()));
+        }
+        let Some((seen, states)) = self.recent.get_mut(&r.event.key) else {
+            return;
+        };
         *seen = self.tick;
         for rd in &r.reads {
             states.retain(|s| *s != rd.resource);

@@ -149,6 +149,31 @@ impl Ord for Rank {
     }
 }
 
+/// The rule's priority of `m` with GreedyDual's inflation `l` (see [`CacheBook`]).
+fn priority_of(rule: Rule, l: f64, m: &Meta) -> f64 {
+    match rule {
+        Rule::Belady => match m.hint.as_ref().and_then(|h| h.next_at) {
+            // Never again first, then the furthest next use.
+            Some(t) if t.is_finite() => -t,
+            _ => f64::NEG_INFINITY,
+        },
+        _ => {
+            // GreedyDual: L + (uses, plus a planned use's chance under `Value`) · fetch
+            // per byte.
+            let fetch = m.hint.as_ref().map_or(1.0, |h| h.fetch_s);
+            let planned = match rule {
+                Rule::Value => m
+                    .hint
+                    .as_ref()
+                    .and_then(|h| h.expected)
+                    .map_or(0.0, |e| e.p.clamp(0.0, 1.0)),
+                _ => 0.0,
+            };
+            l + (f64::from(m.uses) + planned) * fetch / m.bytes.max(1) as f64
+        }
+    }
+}
+
 /// Weight of each new eviction in the horizon's moving average.
 const HORIZON_ALPHA: f64 = 0.05;
 
@@ -245,27 +270,7 @@ impl<K: Clone + Eq + Hash + Ord> CacheBook<K> {
     }
 
     fn priority(&self, m: &Meta) -> f64 {
-        match self.rule {
-            Rule::Belady => match m.hint.as_ref().and_then(|h| h.next_at) {
-                // Never again first, then the furthest next use.
-                Some(t) if t.is_finite() => -t,
-                _ => f64::NEG_INFINITY,
-            },
-            _ => {
-                // GreedyDual: L + (uses, plus a planned use's chance under `Value`) · fetch
-                // per byte.
-                let fetch = m.hint.as_ref().map_or(1.0, |h| h.fetch_s);
-                let planned = match self.rule {
-                    Rule::Value => m
-                        .hint
-                        .as_ref()
-                        .and_then(|h| h.expected)
-                        .map_or(0.0, |e| e.p.clamp(0.0, 1.0)),
-                    _ => 0.0,
-                };
-                self.gdsf_l + (f64::from(m.uses) + planned) * fetch / m.bytes.max(1) as f64
-            }
-        }
+        priority_of(self.rule, self.gdsf_l, m)
     }
 
     fn unindex(&mut self, key: &K, m: &Meta) {
@@ -283,14 +288,26 @@ impl<K: Clone + Eq + Hash + Ord> CacheBook<K> {
         }
     }
 
+    /// Changes `key`'s meta in place and moves it in the indexes whose order key changed
+    /// (a hint leaves its recency alone; a touch under LRU its priority).
     fn update(&mut self, key: &K, f: impl FnOnce(&mut Meta)) {
-        let Some(mut m) = self.entries.remove(key) else {
+        let (rule, l) = (self.rule, self.gdsf_l);
+        let Some(m) = self.entries.get_mut(key) else {
             return;
         };
-        self.unindex(key, &m);
-        f(&mut m);
-        self.index(key, &mut m);
-        self.entries.insert(key.clone(), m);
+        let (old_use, old_prio) = (m.last_use, m.prio);
+        f(m);
+        if m.last_use.to_bits() != old_use.to_bits() {
+            self.recency.remove(&(Rank(old_use), m.seq, key.clone()));
+            self.recency.insert((Rank(m.last_use), m.seq, key.clone()));
+        }
+        if rule.keeps_priority() {
+            m.prio = priority_of(rule, l, m);
+            if m.prio.to_bits() != old_prio.to_bits() {
+                self.prio.remove(&(Rank(old_prio), m.seq, key.clone()));
+                self.prio.insert((Rank(m.prio), m.seq, key.clone()));
+            }
+        }
     }
 
     /// A state arrived (or started arriving) at `now`.

@@ -28,7 +28,7 @@ use crate::cache::{Expected, Hint, Rule};
 use crate::calibrate::Calibration;
 use crate::nextuse::Demand;
 use crate::nextuse_curve::Curve;
-use crate::placement::{Loads, Placement, place};
+use crate::placement::{Holders, Loads, Placement, place};
 use crate::planner::{Decision, Planner, PlannerConfig, Target, Want};
 
 /// How long a held state is kept after a use while there is room.
@@ -130,8 +130,16 @@ pub struct Holding {
 pub trait Fleet {
     /// Attached capacities, sorted.
     fn capacities(&self) -> &[CapacityId];
-    /// Attached capacities holding or receiving a version of `r` at least `min`.
-    fn holders(&self, r: &ResourceId, min: Version) -> Vec<CapacityId>;
+    /// Appends to `out` the attached capacities holding or receiving a version of `r` at
+    /// least `min`, as indices into [`Fleet::capacities`] (placement compares them as
+    /// integers, not ids; one buffer serves all of a decision's candidates).
+    fn holders_into(&self, r: &ResourceId, min: Version, out: &mut Vec<usize>);
+    /// [`Fleet::holders_into`] as a list of its own.
+    fn holders(&self, r: &ResourceId, min: Version) -> Vec<usize> {
+        let mut out = Vec::new();
+        self.holders_into(r, min, &mut out);
+        out
+    }
     /// How many [`Fleet::holders`] there are (a fleet may count without listing).
     fn holder_count(&self, r: &ResourceId, min: Version) -> usize {
         self.holders(r, min).len()
@@ -384,11 +392,10 @@ impl Engine {
             by_key,
         } = self.placing(ev, &wants);
         // Each candidate's holders, asked of the fleet once (placement and pricing read them).
-        let holders: Vec<Vec<CapacityId>> = placing
-            .iter()
-            .zip(&needs)
-            .map(|((r, _, _), v)| fleet.holders(r, *v))
-            .collect();
+        let mut holders = Holders::default();
+        for ((r, _, _), v) in placing.iter().zip(&needs) {
+            holders.push_with(|out| fleet.holders_into(r, *v, out));
+        }
         let placement = place(
             &ev.event.key,
             by_key,
@@ -514,10 +521,10 @@ impl Engine {
 
     /// Stage 4: each want's chance of a use within the target's horizon beyond this
     /// execution, shared among the capacities that hold it.
-    fn price_reuse(&self, wants: &mut [Want], holders: &[Vec<CapacityId>], horizon: f64, now: f64) {
+    fn price_reuse(&self, wants: &mut [Want], holders: &Holders, horizon: f64, now: f64) {
         // `holders[i]` holds `wants[i]`: placement's candidates start with the wants, in order.
         for (i, w) in wants.iter_mut().enumerate() {
-            let others = holders.get(i).map_or(0, Vec::len);
+            let others = holders.of(i).len();
             let idle = self
                 .demand
                 .last_use(&w.resource)

@@ -31,5 +31,5 @@ pub use engine::{
 };
 pub use evict::{Candidate, Shortfall, choose_victims};
 pub use nextuse_curve::Curve;
-pub use placement::{Loads, Placement, PlacementReason, place};
+pub use placement::{Holders, Loads, Placement, PlacementReason, place};
 pub use planner::{Decision, Planner, PlannerConfig, Target, Want};

@@ -45,11 +45,39 @@ fn bin_of(gap: f64) -> usize {
     (exp + 1).min(BINS - 1)
 }
 
-/// A histogram of idle times.
+/// Where an idle time falls: its bin and the share of that bin above it (log-uniform
+/// inside a bin, uniform in the first; the tail bin is all "later than anything seen").
+/// The same for every distribution, so computed once per query (it costs a logarithm).
+#[derive(Clone, Copy, Debug)]
+struct Position {
+    bin: usize,
+    frac_above: f64,
+}
+
+impl Position {
+    fn of(a: f64) -> Self {
+        let bin = bin_of(a.max(0.0));
+        let frac_above = if bin == BINS - 1 {
+            1.0
+        } else if bin == 0 {
+            1.0 - a.max(0.0) / BASE
+        } else {
+            // Edges double from bin 1 on: the share of [lo, 2·lo) above `a` is 1 − log₂(a/lo).
+            1.0 - (a / edge(bin)).log2()
+        };
+        Self {
+            bin,
+            frac_above: frac_above.clamp(0.0, 1.0),
+        }
+    }
+}
+
+/// A histogram of idle times, kept as suffix sums: `above[k]` is the weight of bins `k..`
+/// (so `above[0]` is the total), which is what survival queries read — one lookup, not a
+/// sum over the later bins.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct IdleDist {
-    counts: [f32; BINS],
-    total: f32,
+    above: [f32; BINS],
 }
 
 impl IdleDist {
@@ -58,78 +86,76 @@ impl IdleDist {
         if !gap_s.is_finite() || gap_s < 0.0 {
             return;
         }
-        if self.total >= WINDOW {
-            for c in &mut self.counts {
+        if self.above[0] >= WINDOW {
+            for c in &mut self.above {
                 *c *= 0.5;
             }
-            self.total *= 0.5;
         }
-        self.counts[bin_of(gap_s)] += 1.0;
-        self.total += 1.0;
+        for c in &mut self.above[..=bin_of(gap_s)] {
+            *c += 1.0;
+        }
     }
 
     /// Samples (decayed).
     pub fn samples(&self) -> f64 {
-        f64::from(self.total)
+        f64::from(self.above[0])
     }
 
-    /// Unnormalised survival: weight of idle times above `a` (log-uniform inside a bin,
-    /// uniform in the first; the tail bin is all "later than anything seen").
-    fn above(&self, a: f64) -> f64 {
-        if self.total == 0.0 {
+    /// Weight of bins `k..` (0 past the last).
+    fn weight_from(&self, k: usize) -> f64 {
+        self.above.get(k).map_or(0.0, |c| f64::from(*c))
+    }
+
+    /// Weight of bin `k`.
+    fn count(&self, k: usize) -> f64 {
+        self.weight_from(k) - self.weight_from(k + 1)
+    }
+
+    /// Unnormalised survival: the weight of idle times above the position's (computed once
+    /// for several distributions).
+    fn above_at(&self, at: Position) -> f64 {
+        if self.above[0] == 0.0 {
             return 0.0;
         }
-        let k = bin_of(a.max(0.0));
-        let later: f64 = self.counts[k + 1..].iter().map(|c| f64::from(*c)).sum();
-        let inside = f64::from(self.counts[k]);
-        let frac_above = if k == BINS - 1 {
-            1.0
-        } else if k == 0 {
-            1.0 - a.max(0.0) / BASE
-        } else {
-            // Edges double from bin 1 on: the share of [lo, 2·lo) above `a` is 1 − log₂(a/lo).
-            1.0 - (a / edge(k)).log2()
-        };
-        later + inside * frac_above.clamp(0.0, 1.0)
+        self.weight_from(at.bin + 1) + self.count(at.bin) * at.frac_above
     }
 
     /// The mean of the idle times seen (bin midpoints; the tail bin, "later than anything
     /// seen", left out), with the weight it rests on; `None` when there are none.
     fn mean(&self) -> Option<(f64, f64)> {
         let (mut sum, mut n) = (0.0, 0.0);
-        for (k, c) in self.counts[..BINS - 1].iter().enumerate() {
+        for k in 0..BINS - 1 {
             let mid = if k == 0 {
                 BASE / 2.0
             } else {
                 (edge(k) * edge(k + 1)).sqrt()
             };
-            sum += f64::from(*c) * mid;
-            n += f64::from(*c);
+            let c = self.count(k);
+            sum += c * mid;
+            n += c;
         }
         (n > 0.0).then(|| (sum / n, n))
     }
 
     /// `P(idle > a)`.
     pub fn survival(&self, a: f64) -> f64 {
-        if self.total == 0.0 {
-            return 1.0;
-        }
-        self.above(a) / f64::from(self.total)
+        self.survival_at(Position::of(a))
     }
 
-    /// `P(idle > edge(k))` for every k at once (suffix sums: one pass, no logarithms).
+    fn survival_at(&self, at: Position) -> f64 {
+        if self.above[0] == 0.0 {
+            return 1.0;
+        }
+        self.above_at(at) / f64::from(self.above[0])
+    }
+
+    /// `P(idle > edge(k))` for every k at once.
     fn survival_at_edges(&self) -> [f64; BINS] {
-        let mut out = [1.0; BINS];
-        if self.total == 0.0 {
-            return out;
+        if self.above[0] == 0.0 {
+            return [1.0; BINS];
         }
-        let total = f64::from(self.total);
-        let mut above = 0.0;
-        for k in (0..BINS).rev() {
-            above += f64::from(self.counts[k]);
-            out[k] = above / total;
-        }
-        out
+        let total = f64::from(self.above[0]);
+        std::array::from_fn(|k| f64::from(self.above[k]) / total)
     }
 }
 
@@ -143,9 +169,10 @@ pub struct NextUse<'a> {
 impl NextUse<'_> {
     /// `P(idle > a)`, the blend of own and pooled by their sample weights.
     pub fn survival(&self, a: f64) -> f64 {
+        let at = Position::of(a);
         let n = self.own.map_or(0.0, IdleDist::samples);
-        let own = self.own.map_or(1.0, |d| d.survival(a));
-        let pooled = self.pooled.survival(a);
+        let own = self.own.map_or(1.0, |d| d.survival_at(at));
+        let pooled = self.pooled.survival_at(at);
         (n * own + PRIOR * pooled) / (n + PRIOR)
     }
 
@@ -232,13 +259,21 @@ impl Demand {
 
     /// Records a use of `r` at `t`.
     pub fn used(&mut self, r: &ResourceId, t: f64) {
-        if self.stats.len() >= self.cap && !self.stats.contains_key(r) {
-            self.forget_oldest();
+        if !self.stats.contains_key(r) {
+            if self.stats.len() >= self.cap {
+                self.forget_oldest();
+            }
+            self.stats.insert(
+                r.clone(),
+                Stat {
+                    last_use: f64::NAN,
+                    dist: IdleDist::default(),
+                },
+            );
         }
-        let s = self.stats.entry(r.clone()).or_insert(Stat {
-            last_use: f64::NAN,
-            dist: IdleDist::default(),
-        });
+        let Some(s) = self.stats.get_mut(r) else {
+            return;
+        };
         if s.last_use.is_finite() && t >= s.last_use {
             let gap = t - s.last_use;
             s.dist.observe(gap);

@@ -45,6 +45,40 @@ pub struct Placement {
 /// A state an event may need: (resource, probability, seconds a cold fetch costs).
 pub type Candidate = (ResourceId, f64, f64);
 
+/// Each candidate's holders, as indices into the capacities, in one buffer (a decision
+/// asks the fleet for a few lists per event; one allocation holds them all).
+#[derive(Clone, Debug, Default)]
+pub struct Holders {
+    flat: Vec<usize>,
+    ends: Vec<usize>,
+}
+
+impl Holders {
+    /// Lists given one per candidate.
+    pub fn from_lists(lists: &[Vec<usize>]) -> Self {
+        let mut h = Self::default();
+        for l in lists {
+            h.push_with(|out| out.extend_from_slice(l));
+        }
+        h
+    }
+
+    /// Appends the next candidate's list, written by `fill` onto the buffer's end.
+    pub fn push_with(&mut self, fill: impl FnOnce(&mut Vec<usize>)) {
+        fill(&mut self.flat);
+        self.ends.push(self.flat.len());
+    }
+
+    /// Candidate `i`'s holders (none past the last list).
+    pub fn of(&self, i: usize) -> &[usize] {
+        let Some(&end) = self.ends.get(i) else {
+            return &[];
+        };
+        let start = i.checked_sub(1).map_or(0, |j| self.ends[j]);
+        &self.flat[start..end]
+    }
+}
+
 /// Headroom over the fair share of recent placements.
 pub const EPSILON: f64 = 0.25;
 
@@ -112,8 +146,9 @@ impl Loads {
 }
 
 /// Places an event with key `key` among `capacities` (`None` when there are none).
-/// `holders[i]` lists the capacities that hold a recent-enough version of `candidates[i]`
-/// or are receiving one (missing: none). With `by_key` the home (and the tie-break among
+/// `holders[i]` lists (as indices into `capacities`) the capacities that hold a
+/// recent-enough version of `candidates[i]` or are receiving one (missing: none; indices
+/// past the end are ignored). With `by_key` the home (and the tie-break among
 /// holders) is the key's rendezvous order rather than its most valuable candidate's: for
 /// keys that keep reading their own states, which then live together.
 #[allow(clippy::too_many_arguments)]
@@ -122,20 +157,20 @@ pub fn place(
     by_key: bool,
     named: Option<&CapacityId>,
     capacities: &[CapacityId],
-    holders: &[Vec<CapacityId>],
+    holders: &Holders,
     candidates: &[Candidate],
     loads: &Loads,
 ) -> Option<Placement> {
     let n = capacities.len();
-    let held_by = |i: usize| holders.get(i).map_or(&[][..], Vec::as_slice);
-    if let Some(c) = named.filter(|c| capacities.contains(c)) {
+    let held_by = |i: usize| holders.of(i);
+    if let Some(at) = named.and_then(|c| capacities.iter().position(|x| x == c)) {
         let held_probability = candidates
             .iter()
             .enumerate()
-            .filter(|(i, _)| held_by(*i).contains(c))
+            .filter(|(i, _)| held_by(*i).contains(&at))
             .fold(0.0, |a, (_, (_, p, _))| a + p);
         return Some(Placement {
-            capacity: c.clone(),
+            capacity: capacities[at].clone(),
             reason: PlacementReason::Named,
             held_probability,
         });
@@ -143,9 +178,9 @@ pub fn place(
     // What each holder already has: the chance the execution finds its reads there (Σ p),
     // then the seconds that saves (Σ p · fetch) to break ties. Few capacities hold any of an
     // event's candidates: a list, not a map.
-    let mut score: Vec<(&CapacityId, f64, f64)> = Vec::new();
+    let mut score: Vec<(usize, f64, f64)> = Vec::new();
     for (i, (_, p, fetch)) in candidates.iter().enumerate() {
-        for c in held_by(i) {
+        for &c in held_by(i).iter().filter(|&&c| c < n) {
             let at = match score.iter().position(|s| s.0 == c) {
                 Some(at) => at,
                 None => {
@@ -170,8 +205,9 @@ pub fn place(
     // Each holder's load check and rendezvous weight once (both hash the id).
     let best_holder = score
         .iter()
-        .filter(|(c, _, _)| capacities.contains(c) && loads.allows(c, n))
-        .map(|&(c, saved, mass)| (c, saved, mass, weight_of(anchor, c)))
+        .map(|&(c, saved, mass)| (&capacities[c], saved, mass))
+        .filter(|(c, _, _)| loads.allows(c, n))
+        .map(|(c, saved, mass)| (c, saved, mass, weight_of(anchor, c)))
         .max_by(|a, b| {
             a.2.total_cmp(&b.2)
                 .then(a.1.total_cmp(&b.1))
@@ -192,7 +228,10 @@ pub fn place(
         } else {
             PlacementReason::Home
         },
-        held_probability: score.iter().find(|s| s.0 == c).map_or(0.0, |s| s.2),
+        held_probability: score
+            .iter()
+            .find(|s| capacities[s.0] == *c)
+            .map_or(0.0, |s| s.2),
     })
 }
 
@@ -241,7 +280,7 @@ mod tests {
     fn named_then_any_holder_then_the_states_home_then_the_keys_hash() {
         let caps = caps(4);
         let m = r("m/a");
-        let holders = [vec![CapacityId::new("c2").unwrap()]];
+        let holders = Holders::from_lists(&[vec![2]]);
         let loads = Loads::default();
         let cand = [(m.clone(), 0.8, 1.0)];
         let p = place("k", false, Some(&caps[1]), &caps, &holders, &cand, &loads).unwrap();
@@ -269,7 +308,7 @@ mod tests {
         }
         // Nobody holds m/b: every key goes to m/b's home, the same one each time.
         let cand = [(r("m/b"), 0.6, 1.0)];
-        let holders: [Vec<CapacityId>; 1] = [vec![]];
+        let holders = Holders::from_lists(&[vec![]]);
         let homes: std::collections::HashSet<_> = (0..50)
             .map(|k| {
                 place(
@@ -290,7 +329,7 @@ mod tests {
             .collect();
         assert_eq!(homes.len(), 1);
         // Nothing predicted: the key's hash, stable, moving ~1/n of keys when one leaves.
-        let none: [Vec<CapacityId>; 0] = [];
+        let none = Holders::default();
         let mut moved = 0;
         for k in 0..1000 {
             let key = format!("key-{k}");
@@ -311,7 +350,7 @@ mod tests {
         let caps = caps(4);
         let mut loads = Loads::default();
         let cand = [(r("hot"), 1.0, 1.0)];
-        let mut holding: Vec<CapacityId> = Vec::new();
+        let mut holding: Vec<usize> = Vec::new();
         let mut per: HashMap<CapacityId, usize> = HashMap::new();
         for k in 0..400 {
             let p = place(
@@ -319,14 +358,15 @@ mod tests {
                 false,
                 None,
                 &caps,
-                std::slice::from_ref(&holding),
+                &Holders::from_lists(std::slice::from_ref(&holding)),
                 &cand,
                 &loads,
             )
             .unwrap();
             loads.placed(&p.capacity, caps.len());
-            if !holding.contains(&p.capacity) {
-                holding.push(p.capacity.clone());
+            let at = caps.iter().position(|c| *c == p.capacity).unwrap();
+            if !holding.contains(&at) {
+                holding.push(at);
             }
             *per.entry(p.capacity).or_default() += 1;
         }
@@ -336,6 +376,16 @@ mod tests {
         for n in per.values() {
             assert!(*n <= 135, "{per:?}");
         }
+    }
+
+    #[test]
+    fn holders_keep_each_candidates_list_apart_in_one_buffer() {
+        let h = Holders::from_lists(&[vec![3, 1], vec![], vec![0]]);
+        assert_eq!(h.of(0), &[3, 1]);
+        assert!(h.of(1).is_empty());
+        assert_eq!(h.of(2), &[0]);
+        assert!(h.of(3).is_empty(), "past the last list: none");
+        assert!(Holders::default().of(0).is_empty());
     }
 
     #[test]

@@ -130,10 +130,8 @@ impl Fleet for SimFleet {
         &self.ids
     }
 
-    fn holders(&self, r: &ResourceId, min: Version) -> Vec<CapacityId> {
-        self.holding_at(r, min)
-            .map(|c| self.ids[c].clone())
-            .collect()
+    fn holders_into(&self, r: &ResourceId, min: Version, out: &mut Vec<usize>) {
+        out.extend(self.holding_at(r, min));
     }
 
     fn holder_count(&self, r: &ResourceId, min: Version) -> usize {
