@@ -117,6 +117,23 @@ impl Target for BookTarget<'_> {
             .map(|(_, loss)| loss)
     }
 
+    fn displaced_within(&self, need: u64, window: f64) -> Option<f64> {
+        if need == 0 {
+            return Some(0.0);
+        }
+        let (victims, _) = self
+            .cap
+            .cache
+            .peek_victims(need, self.now, &|r| self.cap.evictable(r))
+            .ok()?;
+        Some(
+            victims
+                .iter()
+                .map(|r| self.cap.cache.value_within(r, self.now, window))
+                .sum(),
+        )
+    }
+
     fn predictive_in_flight(&self) -> u64 {
         self.reserved()
     }

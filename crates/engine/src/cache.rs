@@ -379,6 +379,43 @@ impl<K: Clone + Eq + Hash + Ord> CacheBook<K> {
         p * h.fetch_s
     }
 
+    /// Expected cold-start seconds holding `key` saves within `window` seconds of `now`:
+    /// what evicting it costs a pre-warm that arrives that long before its own use (the
+    /// victim would have been evicted at that use anyway). Its exact next use when the
+    /// hint knows it, else its next-use estimate over the window and its planned use
+    /// pro rata when planned for later.
+    pub fn value_within(&self, key: &K, now: f64, window: f64) -> f64 {
+        self.entries
+            .get(key)
+            .map_or(0.0, |m| self.value_within_of(m, now, window.max(0.0)))
+    }
+
+    fn value_within_of(&self, m: &Meta, now: f64, window: f64) -> f64 {
+        let Some(h) = &m.hint else {
+            return 0.0;
+        };
+        let share = h.share.clamp(0.0, 1.0);
+        if let Some(t) = h.next_at {
+            return if t - now <= window {
+                h.fetch_s * share
+            } else {
+                0.0
+            };
+        }
+        let horizon = self.horizon_at(now).unwrap_or(f64::INFINITY).min(window);
+        let reuse = h
+            .curve
+            .as_ref()
+            .map_or(0.0, |c| c.within(now - m.last_use, horizon));
+        let planned = h.expected.filter(|e| now <= e.until).map_or(0.0, |e| {
+            let left = e.until - now;
+            let by = if left <= window { 1.0 } else { window / left };
+            e.p.clamp(0.0, 1.0) * by
+        });
+        let p = 1.0 - (1.0 - planned) * (1.0 - reuse * share);
+        p * h.fetch_s
+    }
+
     /// Unleased states whose keep-alive ran out by `now`.
     pub fn expired(&self, now: f64, evictable: &dyn Fn(&K) -> bool) -> Vec<K> {
         let mut out: Vec<K> = self

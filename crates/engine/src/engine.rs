@@ -707,6 +707,23 @@ impl Engine {
                 }
                 out.prewarms
                     .extend(self.spread(&rd.resource, cap, fleet, end));
+                if self.cfg.rule == Rule::Belady {
+                    // A known next use is the resource's, wherever it runs: every copy's
+                    // hint moves on with it (else a copy elsewhere keeps a next use already
+                    // past, which Belady's order keeps forever).
+                    out.hints.extend(
+                        fleet
+                            .holders(&rd.resource, Version::FIRST)
+                            .into_iter()
+                            .map(|i| &fleet.capacities()[i])
+                            .filter(|c| *c != cap)
+                            .map(|c| HintFor {
+                                capacity: c.clone(),
+                                resource: rd.resource.clone(),
+                                hint: hint.clone(),
+                            }),
+                    );
+                }
                 out.hints.push(HintFor {
                     capacity: cap.clone(),
                     resource: rd.resource.clone(),

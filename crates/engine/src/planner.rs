@@ -6,7 +6,7 @@
 //! ```text
 //! fetch  = latency + bytes / bandwidth
 //! saved  = fetch − lateness      lateness = max(0, queued ahead + fetch − lead)
-//! net    = p · saved                                   (read: the wait is avoided; what it
+//! net    = p · (saved − early)                         (read: the wait is avoided; what it
 //!                                                       displaces and the link time it
 //!                                                       takes would go on demand anyway)
 //!        + (1 − p) · (reuse · fetch − displaced)       (not read: it may be reused within
@@ -19,6 +19,12 @@
 //! The two prices are the operator's: how many seconds of cold start a second of link time
 //! and a GB·s of cache are worth (1 and 0 by default: link time counts like waiting time,
 //! memory is free until it runs out).
+//!
+//! `early` is 0 for a prefetch at the event (its victims would go at the on-demand fetch
+//! `lead` later anyway). A pre-warm ahead of its event, expected to be read `lead_s` from
+//! now, evicts them that much earlier: `early` is what they were expected to save within
+//! `lead_s` ([`crate::CacheBook::value_within`]; for the oracle, the victims needed before
+//! the pre-warmed state is — Belady's comparison of next uses).
 //!
 //! `displaced` is the value (seconds) the capacity's eviction rule says its victims held
 //! ([`crate::CacheBook::peek_victims`]), `reuse` the chance of a use within the horizon from
@@ -122,6 +128,10 @@ pub trait Target {
     /// Seconds of cold start the states evicted to free `need` bytes (beyond the free
     /// ones) were expected to save; `None` when that much cannot be freed.
     fn displaced(&self, need: u64) -> Option<f64>;
+    /// What the same states were expected to save within `window` seconds
+    /// ([`crate::CacheBook::value_within`]): the cost of evicting them that much earlier
+    /// than an on-demand fetch would; `None` when that much cannot be freed.
+    fn displaced_within(&self, need: u64, window: f64) -> Option<f64>;
     /// Predictive bytes already moving to it.
     fn predictive_in_flight(&self) -> u64;
     /// Its cache's horizon (how long a state admitted now would stay), seconds.
@@ -171,6 +181,15 @@ impl Planner {
         let lead = w.lead_s.unwrap_or(c.lead_s).max(0.0);
         let lateness = (ahead + fetch - lead).max(0.0);
         let saved = (fetch - lateness).max(0.0);
+        // Read `lead_s` from now (a pre-warm ahead of its event): its victims go that much
+        // earlier than an on-demand fetch would evict them, and lose their uses meanwhile.
+        let early = match w.lead_s {
+            Some(wait) => {
+                target.displaced_within(need_after, wait)?
+                    - target.displaced_within(need_before, wait).unwrap_or(0.0)
+            }
+            None => 0.0,
+        };
         let horizon = target.horizon().unwrap_or(f64::INFINITY);
         let memory = if c.memory_price > 0.0 {
             c.cost_per_s(w.bytes) * horizon.min(1e7)
@@ -181,7 +200,7 @@ impl Planner {
             - displaced.max(0.0)
             - c.link_price.max(0.0) * fetch
             - memory;
-        Some(p * saved + (1.0 - p) * unread)
+        Some(p * (saved - early.max(0.0)) + (1.0 - p) * unread)
     }
 
     /// The transfers to request for `wants` on `target`, best first.

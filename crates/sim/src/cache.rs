@@ -196,6 +196,23 @@ impl Target for SimTarget<'_> {
             .map(|(_, loss)| loss)
     }
 
+    fn displaced_within(&self, need: u64, window: f64) -> Option<f64> {
+        if need == 0 {
+            return Some(0.0);
+        }
+        let SimTarget(c, now) = *self;
+        let (victims, _) = c
+            .book
+            .peek_victims(need, now, &|k| c.evictable(k, now))
+            .ok()?;
+        Some(
+            victims
+                .iter()
+                .map(|k| c.book.value_within(k, now, window))
+                .sum(),
+        )
+    }
+
     fn predictive_in_flight(&self) -> u64 {
         self.0.predictive_in_flight(self.1)
     }

@@ -141,12 +141,14 @@ fn ahead_prewarms_pay_without_lead_and_the_oracle_still_bounds() {
         markov_on.warm_rate > markov_off.warm_rate,
         "{markov_on:?} vs {markov_off:?}"
     );
-    assert!(
-        oracle_on.warm_rate > oracle_off.warm_rate + 0.05,
-        "{oracle_on:?} vs {oracle_off:?}"
-    );
-    for r in &on {
-        assert!(r.warm <= oracle_on.warm, "{} beat the oracle", r.policy);
+    // The oracle keeps every copy's next use current, so it holds the cycle without
+    // pre-warming; pre-warming ahead does not take it below what a learned policy reaches.
+    assert!(oracle_off.warm_rate > 0.99, "{oracle_off:?}");
+    assert!(oracle_on.warm_rate > 0.95, "{oracle_on:?}");
+    for (rows, oracle) in [(&off, oracle_off), (&on, oracle_on)] {
+        for r in rows.iter() {
+            assert!(r.warm <= oracle.warm, "{} beat the oracle", r.policy);
+        }
     }
 }
 

@@ -161,3 +161,42 @@ fn keep_alive_expiry_lists_only_unleased_states_past_their_time() {
     assert_eq!(b.expired(25.0, &not_one), vec![2]);
     assert_eq!(b.expired(35.0, &all), vec![1, 2, 3]);
 }
+
+#[test]
+fn value_within_a_window_counts_only_uses_inside_it() {
+    let mut b = CacheBook::new(Rule::Belady, 300);
+    // Known next uses: 2 s of fetch needed at 10 s, another at 100 s, one never again.
+    for (k, next) in [(1, 10.0), (2, 100.0), (3, f64::INFINITY)] {
+        b.admit(k, 100, 0.0);
+        b.hint(
+            &k,
+            Hint {
+                next_at: Some(next),
+                ..hint(2.0)
+            },
+        );
+    }
+    assert_eq!(
+        b.value_within(&1, 0.0, 30.0),
+        2.0,
+        "needed inside the window"
+    );
+    assert_eq!(b.value_within(&2, 0.0, 30.0), 0.0, "needed after it");
+    assert_eq!(b.value_within(&3, 0.0, 1e9), 0.0, "never needed again");
+    assert_eq!(b.value_within(&4, 0.0, 30.0), 0.0, "not held");
+    // A planned use without a known time counts pro rata of the window it falls in.
+    let mut v = CacheBook::new(Rule::Value, 300);
+    v.admit(7_u32, 100, 0.0);
+    v.hint(
+        &7,
+        Hint {
+            expected: Some(Expected {
+                p: 0.8,
+                until: 40.0,
+            }),
+            ..hint(1.0)
+        },
+    );
+    assert!((v.value_within(&7, 0.0, 10.0) - 0.2).abs() < 1e-12);
+    assert!((v.value_within(&7, 0.0, 60.0) - 0.8).abs() < 1e-12);
+}

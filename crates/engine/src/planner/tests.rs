@@ -36,6 +36,21 @@ impl Target for T {
         }
         (freed >= need).then_some(value)
     }
+    fn displaced_within(&self, need: u64, window: f64) -> Option<f64> {
+        // Hand-made victims are each used once, `value` seconds of fetch, at a time given
+        // by their order: victim i at i + 1 seconds from now.
+        let (mut freed, mut value) = (0, 0.0);
+        for (i, (b, v)) in self.victims.iter().enumerate() {
+            if freed >= need {
+                break;
+            }
+            freed += b;
+            if (i + 1) as f64 <= window {
+                value += v;
+            }
+        }
+        (freed >= need).then_some(value)
+    }
     fn predictive_in_flight(&self) -> u64 {
         self.in_flight
     }
@@ -188,4 +203,34 @@ fn link_time_is_priced_like_waiting_by_default() {
     let mut w = want("x", 0.2, 1, 100_000_000);
     w.reuse = 0.9;
     assert_eq!(names(&p.plan(&[w], &room)), ["x"]);
+}
+
+#[test]
+fn a_prewarm_ahead_is_refused_when_it_evicts_a_state_needed_before_its_own_use() {
+    // Sure to be read 30 s from now (an ahead pre-warm); the victim (1 s of fetch) is next
+    // used 1 s from now: taking it now trades its use for one that would have been
+    // fetched on demand in time anyway. At the event (no lead of its own) it is taken.
+    let ahead = Want {
+        lead_s: Some(30.0),
+        ..want("x", 1.0, 1, 100_000_000)
+    };
+    let full = t(0, &[(100_000_000, 1.0)]);
+    assert!(
+        planner()
+            .plan(std::slice::from_ref(&ahead), &full)
+            .is_empty()
+    );
+    assert_eq!(
+        names(&planner().plan(&[want("x", 1.0, 1, 100_000_000)], &full)),
+        ["x"]
+    );
+    // Needed only 0.5 s from now, the victim's use (1 s away) is after the pre-warmed
+    // state's: taken.
+    let soon = Want {
+        lead_s: Some(0.5),
+        ..ahead.clone()
+    };
+    assert_eq!(names(&planner().plan(&[soon], &full)), ["x"]);
+    // Into free room, nothing is displaced early: taken.
+    assert_eq!(names(&planner().plan(&[ahead], &t(1 << 30, &[]))), ["x"]);
 }
