@@ -30,4 +30,6 @@ pub use ensure::{EnsureError, EnsureRequest, Ensured};
 pub use space::{Held, Lease, Slot, SpaceError, StateSpace};
 
 #[cfg(test)]
+mod proxy_tests;
+#[cfg(test)]
 mod tests;

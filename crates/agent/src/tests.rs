@@ -19,7 +19,7 @@ use crate::client::{ClientError, EnsureClient};
 use crate::install::InstallError;
 use crate::space::SpaceError;
 
-fn noise(n: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
@@ -31,18 +31,18 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn id(s: &str) -> ResourceId {
+pub(crate) fn id(s: &str) -> ResourceId {
     ResourceId::new(s).unwrap()
 }
 
-struct Env {
-    store: Arc<Store>,
-    snap: Snapshotter,
+pub(crate) struct Env {
+    pub(crate) store: Arc<Store>,
+    pub(crate) snap: Snapshotter,
     _dir: tempfile::TempDir,
-    cache: std::path::PathBuf,
+    pub(crate) cache: std::path::PathBuf,
 }
 
-async fn env() -> Env {
+pub(crate) async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         Store::open_or_create(dir.path().join("store").to_str().unwrap())
@@ -57,7 +57,7 @@ async fn env() -> Env {
     }
 }
 
-async fn serve(store: &Arc<Store>, faults: Faults) -> DataAddr {
+pub(crate) async fn serve(store: &Arc<Store>, faults: Faults) -> DataAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let server = Arc::new(
@@ -68,7 +68,7 @@ async fn serve(store: &Arc<Store>, faults: Faults) -> DataAddr {
     DataAddr::Tcp(addr)
 }
 
-fn agent(cache: &std::path::Path, budget: u64, addr: DataAddr) -> Arc<Agent> {
+pub(crate) fn agent(cache: &std::path::Path, budget: u64, addr: DataAddr) -> Arc<Agent> {
     agent_paced(cache, budget, addr, None)
 }
 

@@ -68,12 +68,12 @@ impl Affinity {
 
     /// The key's recent states with the placement weight each gets when the model assigned
     /// `assigned` of the probability (most recent first).
-    pub fn candidates(&self, key: &str, assigned: f64) -> Vec<(ResourceId, f64)> {
+    pub fn candidates(&self, key: &str, assigned: f64) -> Vec<(&ResourceId, f64)> {
         let Some((_, states)) = self.recent.get(key) else {
             return Vec::new();
         };
         let mass = (1.0 - assigned).max(0.0) * self.repeat / states.len().max(1) as f64;
-        states.iter().rev().map(|r| (r.clone(), mass)).collect()
+        states.iter().rev().map(|r| (r, mass)).collect()
     }
 
     /// The learned repeat rate.

@@ -227,9 +227,9 @@ pub struct Observed {
 }
 
 /// What placement weighs for one event ([`Engine::decide`]'s third stage).
-struct Placing {
+struct Placing<'a> {
     /// The wants and the key's own recent states: (resource, probability, fetch seconds).
-    candidates: Vec<crate::placement::Candidate>,
+    candidates: Vec<crate::placement::Candidate<'a>>,
     /// The oldest version of each that would do (parallel to `candidates`).
     needs: Vec<Version>,
     /// Home the event by its key rather than by its most likely state.
@@ -315,28 +315,6 @@ impl Engine {
             }
             None => vec![Vec::new(); events.len()],
         }
-    }
-
-    /// The event's candidate states: named ones for certain, then predictions (the larger
-    /// probability when both name one).
-    fn candidates(ev: &EventView<'_>, preds: &[Prediction]) -> Vec<Prediction> {
-        let mut out: Vec<Prediction> = ev
-            .event
-            .needs
-            .iter()
-            .map(|r| Prediction {
-                resource: r.clone(),
-                version: VersionPolicy::Latest,
-                probability: 1.0,
-            })
-            .collect();
-        for p in preds {
-            match out.iter_mut().find(|x| x.resource == p.resource) {
-                Some(x) => x.probability = x.probability.max(p.probability),
-                None => out.push(p.clone()),
-            }
-        }
-        out
     }
 
     /// Decides one event at `now` given its predictions (see the module docs); the placement
@@ -457,28 +435,47 @@ impl Engine {
         }
     }
 
-    /// Stage 2: the candidates the store has, as the planner's wants.
+    /// Stage 2: the event's candidate states the store has, as the planner's wants: named
+    /// ones for certain, then predictions (the larger probability when both name one).
     fn wants(
         &mut self,
         ev: &EventView<'_>,
         preds: &[Prediction],
         catalog: &dyn Catalog,
     ) -> Vec<Want> {
-        let cands = Self::candidates(ev, preds);
-        let mut wants: Vec<Want> = Vec::with_capacity(cands.len());
-        for p in &cands {
-            if let Some((latest, bytes)) = catalog.latest(&p.resource) {
-                self.note_size(&p.resource, bytes);
-                wants.push(Want {
-                    resource: p.resource.clone(),
-                    probability: p.probability.clamp(0.0, 1.0),
-                    version: p.version,
-                    latest,
-                    bytes,
-                    reuse: 0.0,
-                    lead_s: None,
-                });
+        let named = ev
+            .event
+            .needs
+            .iter()
+            .map(|r| (r, VersionPolicy::Latest, 1.0));
+        let predicted = preds
+            .iter()
+            .map(|p| (&p.resource, p.version, p.probability));
+        let mut wants: Vec<Want> = Vec::with_capacity(ev.event.needs.len() + preds.len());
+        let mut absent: Vec<&ResourceId> = Vec::new();
+        for (r, version, probability) in named.chain(predicted) {
+            let probability = probability.clamp(0.0, 1.0);
+            if let Some(w) = wants.iter_mut().find(|w| w.resource == *r) {
+                w.probability = w.probability.max(probability);
+                continue;
             }
+            if absent.contains(&r) {
+                continue;
+            }
+            let Some((latest, bytes)) = catalog.latest(r) else {
+                absent.push(r);
+                continue;
+            };
+            self.note_size(r, bytes);
+            wants.push(Want {
+                resource: r.clone(),
+                probability,
+                version,
+                latest,
+                bytes,
+                reuse: 0.0,
+                lead_s: None,
+            });
         }
         wants
     }
@@ -487,11 +484,11 @@ impl Engine {
     /// share of the probability the model left; the version each needs; and whether to
     /// home the event by its key (the key's states are a better bet than the model's top
     /// one, and the event names nothing).
-    fn placing(&self, ev: &EventView<'_>, wants: &[Want]) -> Placing {
+    fn placing<'a>(&'a self, ev: &EventView<'_>, wants: &'a [Want]) -> Placing<'a> {
         let pc = &self.cfg.planner;
-        let mut placing: Vec<(ResourceId, f64, f64)> = wants
+        let mut placing: Vec<crate::placement::Candidate<'a>> = wants
             .iter()
-            .map(|w| (w.resource.clone(), w.probability, pc.fetch_s(w.bytes)))
+            .map(|w| (&w.resource, w.probability, pc.fetch_s(w.bytes)))
             .collect();
         let mut needs: Vec<Version> = wants.iter().map(Want::need).collect();
         let assigned: f64 = wants.iter().map(|w| w.probability).sum();
@@ -506,8 +503,8 @@ impl Engine {
             match placing.iter_mut().find(|x| x.0 == r) {
                 Some(x) => x.1 = x.1.max(mass),
                 None => {
-                    let bytes = self.sizes.get(&r).copied().unwrap_or(0);
-                    placing.push((r.clone(), mass, pc.fetch_s(bytes)));
+                    let bytes = self.sizes.get(r).copied().unwrap_or(0);
+                    placing.push((r, mass, pc.fetch_s(bytes)));
                     needs.push(Version::FIRST);
                 }
             }

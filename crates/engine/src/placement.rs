@@ -43,7 +43,7 @@ pub struct Placement {
 }
 
 /// A state an event may need: (resource, probability, seconds a cold fetch costs).
-pub type Candidate = (ResourceId, f64, f64);
+pub type Candidate<'a> = (&'a ResourceId, f64, f64);
 
 /// Each candidate's holders, as indices into the capacities, in one buffer (a decision
 /// asks the fleet for a few lists per event; one allocation holds them all).
@@ -158,7 +158,7 @@ pub fn place(
     named: Option<&CapacityId>,
     capacities: &[CapacityId],
     holders: &Holders,
-    candidates: &[Candidate],
+    candidates: &[Candidate<'_>],
     loads: &Loads,
 ) -> Option<Placement> {
     let n = capacities.len();
@@ -198,7 +198,7 @@ pub fn place(
         .max_by(|a, b| {
             a.1.total_cmp(&b.1)
                 .then((a.1 * a.2).total_cmp(&(b.1 * b.2)))
-                .then(b.0.cmp(&a.0))
+                .then(b.0.cmp(a.0))
         })
         .map_or(key, |c| c.0.as_str());
     let anchor = stable_hash(anchor);
@@ -282,7 +282,7 @@ mod tests {
         let m = r("m/a");
         let holders = Holders::from_lists(&[vec![2]]);
         let loads = Loads::default();
-        let cand = [(m.clone(), 0.8, 1.0)];
+        let cand = [(&m, 0.8, 1.0)];
         let p = place("k", false, Some(&caps[1]), &caps, &holders, &cand, &loads).unwrap();
         assert_eq!(
             (p.capacity.as_str(), p.reason),
@@ -307,7 +307,8 @@ mod tests {
             assert!((p.held_probability - 0.8).abs() < 1e-12);
         }
         // Nobody holds m/b: every key goes to m/b's home, the same one each time.
-        let cand = [(r("m/b"), 0.6, 1.0)];
+        let mb = r("m/b");
+        let cand = [(&mb, 0.6, 1.0)];
         let holders = Holders::from_lists(&[vec![]]);
         let homes: std::collections::HashSet<_> = (0..50)
             .map(|k| {
@@ -349,7 +350,8 @@ mod tests {
     fn a_hot_state_spills_over_to_its_next_homes_under_the_load_bound() {
         let caps = caps(4);
         let mut loads = Loads::default();
-        let cand = [(r("hot"), 1.0, 1.0)];
+        let hot = r("hot");
+        let cand = [(&hot, 1.0, 1.0)];
         let mut holding: Vec<usize> = Vec::new();
         let mut per: HashMap<CapacityId, usize> = HashMap::new();
         for k in 0..400 {

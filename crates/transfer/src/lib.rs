@@ -13,7 +13,9 @@ pub mod server;
 pub mod throttle;
 
 pub use auth::{Token, TokenError};
-pub use client::{Connection, DataAddr, DataError, FetchStats, Received, verify_batch};
+pub use client::{
+    Connection, DataAddr, DataError, FetchStats, READ_TIMEOUT, Received, verify_batch,
+};
 pub use fds::PackChannel;
 pub use pace::{Pacer, Priorities};
 pub use server::{DataServer, Faults};
