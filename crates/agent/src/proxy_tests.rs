@@ -17,9 +17,9 @@ use prewarm_transfer::{DataAddr, DataError, Faults, READ_TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::agent::{LoadError, Priority, Source, VersionReq};
+use crate::agent::{LoadError, Priority, VersionReq};
 use crate::install::InstallError;
-use crate::tests::{agent, env, id, noise, serve};
+use crate::tests::{agent, env, id, noise, resume_over, serve};
 
 /// What the proxy does once a connection has carried its share of the server's bytes.
 #[derive(Clone, Copy, Debug)]
@@ -136,19 +136,9 @@ async fn fails_then_resumes(fault: Fault) -> Duration {
     );
     assert_eq!(a.staged(), vec![(r.clone(), Version::new(1).unwrap())]);
 
-    a.set_source(Some(Source {
-        addr: direct,
-        instance: "test".into(),
-    }));
-    let done = a
-        .load(&r, VersionReq::AtLeast(None), Priority::OnDemand)
-        .await
-        .unwrap();
-    let rep = done.report.unwrap();
+    let rep = resume_over(&a, &r, direct, &data).await;
     assert!(rep.resumed_bytes >= 6 << 20, "{fault:?}: {rep:?}");
     assert!(rep.wire_bytes <= (18 << 20), "{fault:?}: {rep:?}");
-    assert_eq!(std::fs::read(&done.held.path).unwrap(), data);
-    assert!(a.staged().is_empty());
     took
 }
 

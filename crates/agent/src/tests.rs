@@ -185,6 +185,27 @@ async fn delta_transfer_of_a_directory_moves_only_changed_chunks() {
     assert!(!second.held.path.exists(), "the damaged states are gone");
 }
 
+/// Loads `r` (left staged by a failed load) again over `addr`: it installs the committed
+/// `data` exactly and nothing stays staged; the report is the caller's to bound.
+pub(crate) async fn resume_over(
+    a: &Arc<Agent>,
+    r: &ResourceId,
+    addr: DataAddr,
+    data: &[u8],
+) -> crate::install::InstallReport {
+    a.set_source(Some(Source {
+        addr,
+        instance: "test".into(),
+    }));
+    let done = a
+        .load(r, VersionReq::AtLeast(None), Priority::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&done.held.path).unwrap(), data);
+    assert!(a.staged().is_empty());
+    done.report.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_peer_leaves_nothing_installed_and_the_retry_resumes() {
     let e = env().await;
@@ -221,19 +242,10 @@ async fn a_dead_peer_leaves_nothing_installed_and_the_retry_resumes() {
     );
     assert_eq!(a.staged(), vec![(r.clone(), Version::new(1).unwrap())]);
 
-    a.set_source(Some(Source {
-        addr: serve(&e.store, Faults::default()).await,
-        instance: "test".into(),
-    }));
-    let done = a
-        .load(&r, VersionReq::AtLeast(None), Priority::OnDemand)
-        .await
-        .unwrap();
-    let rep = done.report.unwrap();
+    let healthy = serve(&e.store, Faults::default()).await;
+    let rep = resume_over(&a, &r, healthy, &data).await;
     assert!(rep.resumed_bytes >= 8 << 20, "{rep:?}");
     assert!(rep.wire_bytes <= (16 << 20) + (1 << 20), "{rep:?}");
-    assert_eq!(std::fs::read(&done.held.path).unwrap(), data);
-    assert!(a.staged().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
