@@ -67,29 +67,70 @@ pub enum IdError {
     },
 }
 
+/// A validated id's text, shared (`Arc<str>`: the decision engine clones ids per event, and
+/// a clone is a reference count, not an allocation), with its hash computed once when the
+/// id is made: the engine's maps hash an id many times per event, and two different ids are
+/// told apart by their hashes before their bytes are compared. The hash is keyed per process
+/// (like the maps' own hashers), so crafted ids cannot be made to collide.
+#[derive(Clone)]
+struct Text {
+    s: Arc<str>,
+    h: u64,
+}
+
+impl Text {
+    fn new(s: String) -> Self {
+        use std::hash::BuildHasher;
+        static KEY: std::sync::OnceLock<foldhash::quality::RandomState> =
+            std::sync::OnceLock::new();
+        let h = KEY.get_or_init(Default::default).hash_one(s.as_str());
+        Self { s: s.into(), h }
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.s, &other.s) || (self.h == other.h && self.s == other.s)
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialOrd for Text {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Text {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.s.cmp(&other.s)
+    }
+}
+
+impl std::hash::Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(self.h);
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.s
+    }
+}
+
 /// The id of a piece of shared state: model weights, a cache, a dataset, per-tenant data.
 ///
 /// 1–256 bytes of `[A-Za-z0-9._/-]`, made of `/`-separated segments, none of them empty,
 /// `.` or `..` or over 200 bytes, so an id is always a safe relative path that every file
 /// system prewarm stores it on can hold.
 ///
-/// Shared (`Arc<str>`): the decision engine clones ids per event, and a clone is a
-/// reference count, not an allocation.
-#[derive(Clone, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// Shared and hashed once (see `Text`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ResourceId(Arc<str>);
-
-impl PartialEq for ResourceId {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
-    }
-}
-
-impl std::hash::Hash for ResourceId {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.0.hash(h);
-    }
-}
+pub struct ResourceId(Text);
 
 impl ResourceId {
     /// Validates `s` as a resource id.
@@ -104,7 +145,7 @@ impl ResourceId {
                 id: s,
             });
         }
-        Ok(Self(s.into()))
+        Ok(Self(Text::new(s)))
     }
 
     /// Validates raw bytes (for example a path from the file system) as a resource id.
@@ -158,7 +199,7 @@ impl TryFrom<String> for ResourceId {
 
 impl From<ResourceId> for String {
     fn from(r: ResourceId) -> String {
-        r.0.as_ref().to_owned()
+        r.0.s.as_ref().to_owned()
     }
 }
 
@@ -177,7 +218,7 @@ impl fmt::Display for ResourceId {
 
 impl fmt::Debug for ResourceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ResourceId({:?})", self.0)
+        write!(f, "ResourceId({:?})", &*self.0)
     }
 }
 
@@ -185,30 +226,17 @@ impl fmt::Debug for ResourceId {
 ///
 /// 1–128 bytes of `[A-Za-z0-9._-]`.
 ///
-/// Shared (`Arc<str>`): the decision engine clones ids per event, and a clone is a
-/// reference count, not an allocation.
-#[derive(Clone, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// Shared and hashed once (see `Text`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct CapacityId(Arc<str>);
-
-impl PartialEq for CapacityId {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
-    }
-}
-
-impl std::hash::Hash for CapacityId {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.0.hash(h);
-    }
-}
+pub struct CapacityId(Text);
 
 impl CapacityId {
     /// Validates `s` as a capacity id.
     pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
         let s = s.into();
         check_chars("capacity", &s, MAX_CAPACITY_ID_LEN, false)?;
-        Ok(Self(s.into()))
+        Ok(Self(Text::new(s)))
     }
 
     /// The id as a string slice.
@@ -226,7 +254,7 @@ impl TryFrom<String> for CapacityId {
 
 impl From<CapacityId> for String {
     fn from(c: CapacityId) -> String {
-        c.0.as_ref().to_owned()
+        c.0.s.as_ref().to_owned()
     }
 }
 
@@ -245,7 +273,7 @@ impl fmt::Display for CapacityId {
 
 impl fmt::Debug for CapacityId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CapacityId({:?})", self.0)
+        write!(f, "CapacityId({:?})", &*self.0)
     }
 }
 
@@ -368,6 +396,33 @@ mod tests {
 
     fn check_resource(input: &str, ok: bool) {
         assert_eq!(ResourceId::new(input).is_ok(), ok, "{input:?}");
+    }
+
+    #[test]
+    fn ids_made_apart_are_equal_hash_alike_and_order_by_their_text() {
+        use std::collections::{BTreeSet, HashSet};
+        let ids: Vec<ResourceId> = ["m/b", "m/a", "m/c", "m/a"]
+            .iter()
+            .map(|s| ResourceId::new(*s).unwrap())
+            .collect();
+        assert_eq!(ids[1], ids[3]);
+        assert_ne!(ids[0], ids[1]);
+        let set: HashSet<&ResourceId> = ids.iter().collect();
+        assert_eq!(set.len(), 3);
+        assert!(set.contains(&ResourceId::new("m/c").unwrap()));
+        let sorted: Vec<&str> = ids
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(ResourceId::as_str)
+            .collect();
+        assert_eq!(sorted, ["m/a", "m/b", "m/c"]);
+        let caps: HashSet<CapacityId> = ["c1", "c2", "c1"]
+            .iter()
+            .map(|s| CapacityId::new(*s).unwrap())
+            .collect();
+        assert_eq!(caps.len(), 2);
+        assert!(CapacityId::new("c1").unwrap() < CapacityId::new("c2").unwrap());
     }
 
     #[test]

@@ -251,6 +251,8 @@ pub struct Engine {
     calibration: Option<Calibration>,
     /// Copies offered to more capacities and how they turned out.
     spreads: crate::spread::Spreads,
+    /// The holder lists' buffers, reused by every decision.
+    scratch: Holders,
 }
 
 impl Engine {
@@ -263,6 +265,7 @@ impl Engine {
             sizes: HashMap::new(),
             affinity: Affinity::default(),
             spreads: crate::spread::Spreads::new(),
+            scratch: Holders::default(),
             calibration: cfg
                 .calibrate
                 .then(|| Calibration::new(2.0 * cfg.planner.lead_s.max(0.5))),
@@ -362,6 +365,23 @@ impl Engine {
         fleet: &dyn Fleet,
         now: f64,
     ) -> Decided {
+        let mut holders = std::mem::take(&mut self.scratch);
+        holders.clear();
+        let d = self.decide_with(ev, preds, catalog, fleet, now, &mut holders);
+        self.scratch = holders;
+        d
+    }
+
+    /// [`Engine::decide_inner`] with the holder lists' buffers passed in.
+    fn decide_with(
+        &mut self,
+        ev: &EventView<'_>,
+        preds: &[Prediction],
+        catalog: &dyn Catalog,
+        fleet: &dyn Fleet,
+        now: f64,
+        holders: &mut Holders,
+    ) -> Decided {
         let preds = self.calibrated(preds);
         let mut wants = self.wants(ev, &preds, catalog);
         let Placing {
@@ -370,7 +390,6 @@ impl Engine {
             by_key,
         } = self.placing(ev, &wants);
         // Each candidate's holders, asked of the fleet once (placement and pricing read them).
-        let mut holders = Holders::default();
         for ((r, _, _), v) in placing.iter().zip(&needs) {
             holders.push_with(|out| fleet.holders_into(r, *v, out));
         }
@@ -379,7 +398,7 @@ impl Engine {
             by_key,
             ev.capacity,
             fleet.capacities(),
-            &holders,
+            holders,
             &placing,
             &self.loads,
         );
@@ -398,7 +417,7 @@ impl Engine {
             };
         };
         let horizon = target.horizon().unwrap_or(f64::INFINITY);
-        self.price_reuse(&mut wants, &holders, horizon, now);
+        self.price_reuse(&mut wants, holders, horizon, now);
         let transfers = self.planner.plan(&wants, target.as_ref());
         drop(target);
         let hints = self.expected_hints(&wants, &transfers, &p.capacity, fleet, now);
@@ -486,13 +505,17 @@ impl Engine {
     /// one, and the event names nothing).
     fn placing<'a>(&'a self, ev: &EventView<'_>, wants: &'a [Want]) -> Placing<'a> {
         let pc = &self.cfg.planner;
-        let mut placing: Vec<crate::placement::Candidate<'a>> = wants
-            .iter()
-            .map(|w| (&w.resource, w.probability, pc.fetch_s(w.bytes)))
-            .collect();
-        let mut needs: Vec<Version> = wants.iter().map(Want::need).collect();
         let assigned: f64 = wants.iter().map(|w| w.probability).sum();
         let own = self.affinity.candidates(&ev.event.key, assigned);
+        let mut placing: Vec<crate::placement::Candidate<'a>> =
+            Vec::with_capacity(wants.len() + own.len());
+        placing.extend(
+            wants
+                .iter()
+                .map(|w| (&w.resource, w.probability, pc.fetch_s(w.bytes))),
+        );
+        let mut needs: Vec<Version> = Vec::with_capacity(placing.capacity());
+        needs.extend(wants.iter().map(Want::need));
         let top = wants.iter().map(|w| w.probability).fold(0.0, f64::max);
         let by_key =
             ev.event.needs.is_empty() && !own.is_empty() && self.affinity.repeat_rate() > top;

@@ -69,6 +69,12 @@ impl Holders {
         self.ends.push(self.flat.len());
     }
 
+    /// Empties the lists, keeping the buffers (the engine reuses one across decisions).
+    pub fn clear(&mut self) {
+        self.flat.clear();
+        self.ends.clear();
+    }
+
     /// Candidate `i`'s holders (none past the last list).
     pub fn of(&self, i: usize) -> &[usize] {
         let Some(&end) = self.ends.get(i) else {
@@ -178,7 +184,7 @@ pub fn place(
     // What each holder already has: the chance the execution finds its reads there (Σ p),
     // then the seconds that saves (Σ p · fetch) to break ties. Few capacities hold any of an
     // event's candidates: a list, not a map.
-    let mut score: Vec<(usize, f64, f64)> = Vec::new();
+    let mut score: Vec<(usize, f64, f64)> = Vec::with_capacity(n.min(16));
     for (i, (_, p, fetch)) in candidates.iter().enumerate() {
         for &c in held_by(i).iter().filter(|&&c| c < n) {
             let at = match score.iter().position(|s| s.0 == c) {
