@@ -4,7 +4,9 @@
 //! replays one sequence of moments). After every kill, every state the killed agent left at
 //! its path is byte-identical to the committed version; at the end a restarted agent serves
 //! every state complete, on demand (taking the space of any resumed predictive transfer),
-//! within its budget.
+//! within its budget. And a coordinator killed while events flow in from NATS JetStream:
+//! every event the stream acknowledged to its publisher is handled, none acknowledged by the
+//! coordinator is lost.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -139,4 +141,106 @@ fn an_agent_killed_at_random_moments_never_shows_a_wrong_or_partial_state() {
         "within the budget: {inv}"
     );
     check_states(&cache, &states, kills + 1);
+}
+
+/// The stream and consumer the coordinator binds by default.
+const STREAM: &str = "PREWARM_EVENTS";
+const DURABLE: &str = "prewarm-coordinator";
+
+fn floor_and_pending(info: &serde_json::Value) -> (u64, u64, u64) {
+    (
+        info["ack_floor"]["stream_seq"].as_u64().unwrap(),
+        info["num_ack_pending"].as_u64().unwrap(),
+        info["num_pending"].as_u64().unwrap(),
+    )
+}
+
+/// A JetStream message of `PER` events, numbered from `first`.
+fn message(first: u64) -> String {
+    let events: Vec<String> = (first..first + PER)
+        .map(|i| format!(r#"{{"event": {{"type": "flow", "key": "k{i}"}}}}"#))
+        .collect();
+    format!("[{}]", events.join(","))
+}
+
+const PER: u64 = 250;
+
+#[test]
+fn a_coordinator_killed_while_events_flow_from_nats_loses_no_event() {
+    // A backlog of messages of many events each, so that the coordinator is killed busy,
+    // with messages delivered but not yet acknowledged; more arrive while it is down.
+    const BACKLOG: u64 = 1_000;
+    const LATER: u64 = 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((_nats, port)) = nats_server(tmp.path()) else {
+        return;
+    };
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut c = Cluster::start_with(&["--nats", &url, "--subject", "flow.events"]);
+    let coord = c.url.trim_start_matches("http://").to_owned();
+    wait_until("the JetStream consumer", 20, || {
+        std::fs::read_to_string(c.path("coordinator.log"))
+            .unwrap()
+            .contains("consuming events from NATS")
+    });
+    drop(c.coord.take());
+    let mut p = Nats::connect(port);
+    let backlog: Vec<String> = (0..BACKLOG).map(|m| message(m * PER)).collect();
+    let mut seqs = p.js_publish_all("flow.events", &backlog);
+    // Started without waiting for it to answer (it may be through the backlog by then);
+    // the consumer's state is watched instead.
+    let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+    c.coord = Some(spawn(&args, &c.path("coordinator.log")));
+    let mut q = Nats::connect(port);
+    let t0 = std::time::Instant::now();
+    while floor_and_pending(&q.consumer_info(STREAM, DURABLE)).0 < 4 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no message handled");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SIGKILL mid-stream. The stream's acknowledged floor is what the dead coordinator
+    // handled (it acknowledges a message after handling its events, in order).
+    drop(c.coord.take());
+    let later = std::thread::spawn(move || {
+        (BACKLOG..BACKLOG + LATER)
+            .map(|m| {
+                std::thread::sleep(Duration::from_millis(50));
+                p.js_publish("flow.events", &message(m * PER))
+            })
+            .collect::<Vec<u64>>()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (acked_at_kill, unacked_at_kill, _) = floor_and_pending(&q.consumer_info(STREAM, DURABLE));
+    assert!(
+        (4..BACKLOG).contains(&acked_at_kill),
+        "killed mid-stream: {acked_at_kill} of {BACKLOG} messages acknowledged"
+    );
+    c.start_coordinator();
+    seqs.extend(later.join().unwrap());
+    let total = BACKLOG + LATER;
+    assert_eq!(
+        seqs.len() as u64,
+        total,
+        "the stream acknowledged every message"
+    );
+    let last = *seqs.last().unwrap();
+    // The restarted coordinator gets what the dead one had not acknowledged (redelivered
+    // once the consumer's ack wait has passed) and everything published after the kill.
+    wait_until("every message acknowledged", 120, || {
+        let (floor, ack_pending, pending) = floor_and_pending(&q.consumer_info(STREAM, DURABLE));
+        floor == last && ack_pending == 0 && pending == 0
+    });
+    let (_, m) = http_get(&coord, "/metrics");
+    let handled_after = metric(&m, "prewarm_coordinator_events_total") as u64;
+    assert_eq!(
+        handled_after,
+        (total - acked_at_kill) * PER,
+        "the restarted coordinator handles exactly the events not acknowledged before the kill"
+    );
+    eprintln!(
+        "killed with {acked_at_kill} of {total} messages acknowledged and {unacked_at_kill} \
+         delivered but not acknowledged; the restarted coordinator handled {handled_after} \
+         events"
+    );
+    let log = std::fs::read_to_string(c.path("coordinator.log")).unwrap();
+    assert!(!log.contains("panicked"), "{log}");
 }

@@ -4,9 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -612,59 +611,6 @@ fn a_history_file_replayed_as_events_prefetches() {
             .unwrap()
             .contains("replayed 11 events")
     });
-}
-
-/// A nats-server with JetStream on a free port, or `None` (with a note) when none is
-/// installed — except under CI, where `.ci/run` installs one and its absence is a failure.
-fn nats_server(dir: &Path) -> Option<(Proc, u16)> {
-    let found = Command::new("nats-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide nats-server (.ci/run installs it)"
-        );
-        eprintln!("no nats-server on PATH: skipping");
-        return None;
-    }
-    let port = free_port();
-    let store = dir.join("nats");
-    let child = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(&store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("nats-server", 20, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Some((Proc(child), port))
-}
-
-/// Publishes `payload` on `subject` with the plain NATS protocol (the stream captures it).
-fn nats_publish(port: u16, subject: &str, payload: &str) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut r, &mut line).unwrap();
-    assert!(line.starts_with("INFO"), "{line}");
-    write!(
-        s,
-        "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n{payload}\r\nPING\r\n",
-        payload.len()
-    )
-    .unwrap();
-    loop {
-        line.clear();
-        std::io::BufRead::read_line(&mut r, &mut line).unwrap();
-        assert!(!line.starts_with("-ERR"), "{line}");
-        if line.starts_with("PONG") {
-            break;
-        }
-    }
 }
 
 #[test]

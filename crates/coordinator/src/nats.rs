@@ -25,6 +25,9 @@ pub struct NatsConfig {
     pub stream: String,
     /// The durable consumer's name: one per coordinator deployment.
     pub durable: String,
+    /// How long a delivered message waits for its acknowledgement before it is delivered
+    /// again (what a coordinator that died mid-message costs its successor).
+    pub ack_wait: Duration,
 }
 
 /// Why the consumer stopped.
@@ -64,16 +67,15 @@ pub async fn consume_nats(c: &Arc<Coordinator>, cfg: &NatsConfig) -> Result<(), 
         })
         .await
         .map_err(js)?;
+    // Created, or updated to these settings (the ack wait may change between releases).
     let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            &cfg.durable,
-            consumer::pull::Config {
-                durable_name: Some(cfg.durable.clone()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                filter_subject: cfg.subject.clone(),
-                ..Default::default()
-            },
-        )
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(cfg.durable.clone()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: cfg.ack_wait,
+            filter_subject: cfg.subject.clone(),
+            ..Default::default()
+        })
         .await
         .map_err(js)?;
     tracing::info!(

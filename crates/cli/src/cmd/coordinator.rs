@@ -79,6 +79,11 @@ pub struct Args {
     /// The durable consumer's name (keep it across restarts: no event is lost).
     #[arg(long, default_value = "prewarm-coordinator")]
     nats_durable: String,
+    /// How long NATS waits for a delivered message's acknowledgement before it delivers it
+    /// again: after a coordinator dies, the events it had taken but not handled come back
+    /// to its successor this much later (set when the consumer is created or updated).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    nats_ack_wait: Duration,
     /// Also feed the events of this history file (JSON Lines) through the predictive loop.
     #[arg(long, value_name = "FILE")]
     replay: Option<PathBuf>,
@@ -215,6 +220,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             subject: a.subject.clone(),
             stream: a.nats_stream.clone(),
             durable: a.nats_durable.clone(),
+            ack_wait: a.nats_ack_wait,
         };
         tokio::spawn(prewarm_coordinator::run_nats(
             running.coordinator.clone(),

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod nats;
+pub use nats::*;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_prewarm");
 
 pub fn free_port() -> u16 {
