@@ -102,6 +102,19 @@ pub enum LoadError {
     /// The install failed (verification, disk…).
     #[error(transparent)]
     Install(#[from] InstallError),
+    /// The cache's disk has no room for the state, even after evicting every unleased one
+    /// ([`crate::disk`]); nothing of it is left staged.
+    #[error(
+        "no room on the cache's disk for {resource}@{version}: {short} more bytes are needed than eviction can free"
+    )]
+    DiskFull {
+        /// The resource.
+        resource: ResourceId,
+        /// Its version.
+        version: Version,
+        /// Bytes the disk still lacked.
+        short: u64,
+    },
     /// Publishing the state failed.
     #[error("cannot publish {path}: {source}")]
     Publish {
@@ -123,6 +136,7 @@ impl LoadError {
             LoadError::Data(DataError::Refused { .. }) => "refused",
             LoadError::Data(_) => "source",
             LoadError::Space(SpaceError::Full { .. }) => "cache_full",
+            LoadError::DiskFull { .. } => "disk_full",
             LoadError::Space(SpaceError::Preempted(..)) => "preempted",
             LoadError::Space(_) => "io",
             LoadError::Install(InstallError::Verification { .. }) => "verification",
@@ -144,7 +158,8 @@ impl From<&LoadError> for prewarm_proto::wire::FailureKind {
             | LoadError::Data(_)
             | LoadError::Install(InstallError::Data(_)) => K::Source,
             // Space went to an on-demand load: to the coordinator, the state did not fit.
-            LoadError::Space(SpaceError::Full { .. } | SpaceError::Preempted(..)) => K::CacheFull,
+            LoadError::Space(SpaceError::Full { .. } | SpaceError::Preempted(..))
+            | LoadError::DiskFull { .. } => K::CacheFull,
             LoadError::Install(InstallError::Verification { .. }) => K::Verification,
             LoadError::Space(_)
             | LoadError::Install(InstallError::Io { .. })
@@ -557,14 +572,81 @@ impl Agent {
             flight.boosted.store(true, Ordering::Release);
         }
         let _guard = flight.lock.lock().await;
-        let out = self
-            .install_locked(conn, Arc::new(m), priority, &flight)
+        let m = Arc::new(m);
+        let mut out = self
+            .install_locked(conn, m.clone(), priority, &flight)
             .await;
+        if out.as_ref().is_err_and(crate::disk::storage_full) {
+            out = self.install_on_a_full_disk(&m, priority, &flight).await;
+        }
         self.inflight
             .lock()
             .expect("agent lock poisoned")
             .remove(&(resource.clone(), version));
         out
+    }
+
+    /// An install that ran out of disk: frees what the state still needs on the disk by the
+    /// eviction rule and tries once more (resuming from what is staged); failing that,
+    /// removes what is staged and answers [`LoadError::DiskFull`] (see [`crate::disk`]).
+    async fn install_on_a_full_disk(
+        self: &Arc<Self>,
+        m: &Arc<Manifest>,
+        priority: Priority,
+        flight: &InFlight,
+    ) -> Result<Loaded, LoadError> {
+        let (resource, version) = (m.state.resource.clone(), m.state.version);
+        let staging = self.staging_path(&resource, version);
+        let short = || {
+            let free = crate::disk::available(&self.cfg.cache_dir).unwrap_or(0);
+            crate::disk::shortfall(m.logical_size, crate::disk::bytes_under(&staging), free)
+        };
+        let need = short();
+        let relieved = {
+            let mut local = self.local.lock().expect("agent lock poisoned");
+            let r = local.space.relieve_disk(need, self.cfg.clock.now());
+            let now_ms = self.cfg.clock.now_ms();
+            for (r, v) in local.space.take_evicted() {
+                local.chunks.remove(&r, v);
+                self.metrics.evictions.inc();
+                let why = Why::Evicted {
+                    version: v,
+                    for_resource: resource.clone(),
+                };
+                local.departures.record(
+                    &r,
+                    Departed {
+                        why,
+                        unix_ms: now_ms,
+                    },
+                );
+            }
+            r
+        };
+        tracing::warn!(
+            "the cache's disk is full installing {resource}@{version}: {need} B lacking; {}",
+            match &relieved {
+                Ok(()) => "evicted by the rule to make room, trying again".to_owned(),
+                Err(e) => format!("cannot make room ({e})"),
+            }
+        );
+        if relieved.is_ok() {
+            let retry = match self.connect().await {
+                Ok(conn) => self.install_locked(conn, m.clone(), priority, flight).await,
+                Err(e) => Err(e),
+            };
+            if !retry.as_ref().is_err_and(crate::disk::storage_full) {
+                return retry;
+            }
+        }
+        let short = short();
+        let _ = std::fs::remove_dir_all(&staging).or_else(|_| std::fs::remove_file(&staging));
+        let _ = std::fs::remove_file(staging.with_extension("manifest"));
+        Err(LoadError::DiskFull {
+            resource,
+            version,
+            short,
+        })
     }
 
     async fn install_locked(

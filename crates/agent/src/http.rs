@@ -169,11 +169,18 @@ async fn ensure(
                     LoadError::Space(SpaceError::Full { .. }) => {
                         (StatusCode::INSUFFICIENT_STORAGE, "cache_full")
                     }
+                    LoadError::DiskFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
                     LoadError::NoSource => (StatusCode::SERVICE_UNAVAILABLE, "no_source"),
                     other => (StatusCode::BAD_GATEWAY, other.reason()),
                 },
             };
-            error(status, kind, e.to_string())
+            // A local file error names the agent's paths: the log has it, the client a summary.
+            let message = if kind == "io" {
+                "the agent could not write the state to its cache (its log says why)".to_owned()
+            } else {
+                e.to_string()
+            };
+            error(status, kind, message)
         }
     }
 }

@@ -5,6 +5,8 @@
 //!   expiry, an index that survives restarts);
 //! - [`install`] + [`layout`] + [`local`]: delta, resumable, verified installs into a staging
 //!   path, published by one rename;
+//! - [`disk`]: an install that finds the disk full makes room on it by the rule, or fails
+//!   cleanly;
 //! - [`agent`]: loads (dedup'd per state, on-demand ahead of predictive), invalidation,
 //!   staleness; [`ensure`]: the application's call, with its leases (renewed or released
 //!   by id); [`history`]: every call logged as training data;
@@ -15,6 +17,7 @@ pub mod agent;
 pub mod client;
 pub mod control;
 pub mod departures;
+pub mod disk;
 pub mod ensure;
 pub mod history;
 pub mod http;

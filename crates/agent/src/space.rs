@@ -602,9 +602,35 @@ impl StateSpace {
         }
     }
 
+    /// Frees `need` bytes of the disk itself (the budget may promise more than the disk
+    /// holds): evicts unleased states by the rule and deletes them before returning (not in
+    /// the background), so the bytes are free when it returns. Frees nothing when that is
+    /// impossible ([`SpaceError::Full`]).
+    /// The victims are deleted before the index is saved: on a full disk the index cannot
+    /// be rewritten until they are gone (a state whose tree is gone while the index still
+    /// lists it is dropped at open).
+    pub fn relieve_disk(&mut self, need: u64, now: f64) -> Result<(), SpaceError> {
+        self.take_out(need, need, now)?;
+        if let Ok(entries) = std::fs::read_dir(self.dir.join(TRASH)) {
+            for e in entries.flatten() {
+                remove_tree(&e.path());
+            }
+        }
+        self.save()
+    }
+
     /// Evicts unleased states by the rule until `need` bytes are freed; frees nothing when
     /// that is impossible.
     fn evict(&mut self, need: u64, asked: u64, now: f64) -> Result<(), SpaceError> {
+        self.take_out(need, asked, now)?;
+        self.save()?;
+        self.purge_trash();
+        Ok(())
+    }
+
+    /// [`StateSpace::evict`]'s first stage: the victims leave `states/` (into `trash/`) and
+    /// the books; the index is not saved yet.
+    fn take_out(&mut self, need: u64, asked: u64, now: f64) -> Result<(), SpaceError> {
         let victims = {
             let states = &self.states;
             self.book.victims(need, now, &|k| {
@@ -625,8 +651,6 @@ impl StateSpace {
             self.book.remove(&key);
             self.evicted.push(key);
         }
-        self.save()?;
-        self.purge_trash();
         Ok(())
     }
 

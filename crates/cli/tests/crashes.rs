@@ -4,9 +4,9 @@
 //! replays one sequence of moments). After every kill, every state the killed agent left at
 //! its path is byte-identical to the committed version; at the end a restarted agent serves
 //! every state complete, on demand (taking the space of any resumed predictive transfer),
-//! within its budget. And a coordinator killed while events flow in from NATS JetStream:
-//! every event the stream acknowledged to its publisher is handled, none acknowledged by the
-//! coordinator is lost.
+//! within its budget. A coordinator killed while events flow in from NATS JetStream: every
+//! event the stream acknowledged to its publisher is handled, none acknowledged by the
+//! coordinator is lost. And a cache whose disk (a small tmpfs) fills before its budget.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -243,4 +243,108 @@ fn a_coordinator_killed_while_events_flow_from_nats_loses_no_event() {
     );
     let log = std::fs::read_to_string(c.path("coordinator.log")).unwrap();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A size-limited tmpfs at `at`, unmounted on drop; `None` where mounting is not allowed.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, bytes: u64) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The bytes of state `r` as the agent installed it (a file state), if there.
+fn installed(cache: &Path, r: &str) -> Option<Vec<u8>> {
+    std::fs::read(cache.join("states").join(r).join("v1")).ok()
+}
+
+#[test]
+fn a_full_disk_is_relieved_by_eviction_or_fails_cleanly_and_the_agent_keeps_serving() {
+    let c = Cluster::start();
+    // The cache's disk (12 MiB) is smaller than its budget (64 MiB): the disk fills first.
+    let cache = c.path("cap-a");
+    let Some(_fs) = Tmpfs::mount(&cache, 12 << 20) else {
+        eprintln!("cannot mount a tmpfs here (needs root): skipping");
+        return;
+    };
+    let api = format!("127.0.0.1:{}", free_port());
+    let _a = c.agent("cap-a", &api, &["--cache-size", "64MiB"]);
+    let mut data = std::collections::HashMap::new();
+    for (i, (r, n)) in [("d/a", 4), ("d/b", 4), ("d/c", 6), ("d/d", 9)]
+        .into_iter()
+        .enumerate()
+    {
+        let f = c.path(&format!("src{i}"));
+        let bytes = noise(n << 20, 40 + i as u64);
+        std::fs::write(&f, &bytes).unwrap();
+        c.snapshot(r, &f);
+        data.insert(r, bytes);
+    }
+    let ensure = |r: &str, lease_ms: u64| {
+        http_get(&api, &format!("/v1/states/{r}?key=k&lease_ms={lease_ms}"))
+    };
+    for r in ["d/a", "d/b"] {
+        let (code, body) = ensure(r, 1);
+        assert_eq!(code, 200, "{body}");
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // c does not fit beside a and b on the disk: the agent evicts by its rule (a, least
+    // recently used) and installs c whole.
+    let (code, body) = ensure("d/c", 3_000);
+    assert_eq!(
+        code,
+        200,
+        "{body}\n{}",
+        std::fs::read_to_string(c.path("cap-a.log")).unwrap()
+    );
+    assert_eq!(installed(&cache, "d/c").as_ref(), data.get("d/c"));
+    assert_eq!(installed(&cache, "d/a"), None, "a made room");
+    let (code, body) = ensure("d/b", 3_000);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"hit\":true"), "{body}");
+    // d cannot fit while b and c are leased: a clean 507 naming no path, nothing of d left
+    // on the disk, b and c still served whole.
+    let (code, body) = ensure("d/d", 1);
+    assert_eq!(code, 507, "{body}");
+    assert!(body.contains("\"error\":\"disk_full\""), "{body}");
+    assert!(!body.contains(cache.to_str().unwrap()), "{body}");
+    let staged = cache.join("staging/d/d");
+    assert!(
+        !staged.join("v1").exists() && !staged.join("v1.manifest").exists(),
+        "nothing of d stays staged"
+    );
+    assert_eq!(installed(&cache, "d/d"), None);
+    for r in ["d/b", "d/c"] {
+        assert_eq!(installed(&cache, r).as_ref(), data.get(r));
+        let (code, body) = ensure(r, 1);
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("\"hit\":true"), "{body}");
+    }
+    // Once the leases run out, d makes its room.
+    std::thread::sleep(Duration::from_millis(3_100));
+    let (code, body) = ensure("d/d", 1);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(installed(&cache, "d/d").as_ref(), data.get("d/d"));
+    let (_, m) = http_get(&api, "/metrics");
+    assert_eq!(
+        metric(&m, "prewarm_agent_failures_total{reason=\"disk_full\"}"),
+        1.0,
+        "{m}"
+    );
 }

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod nats;
+#[allow(unused_imports)] // each test file uses its own share of these
 pub use nats::*;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_prewarm");
