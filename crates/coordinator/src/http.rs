@@ -114,8 +114,32 @@ fn unauthorized() -> Response {
     )
 }
 
-/// `POST /v1/events` once authorized: the body read within its limit, parsed, handled.
+/// `POST /v1/events` once authorized: a slot taken (or the request shed, see
+/// [`crate::limits::Ingest`]), the body read within its limit, parsed, handled.
 async fn post_events(c: Arc<Coordinator>, auth: Option<&[u8]>, body: Body) -> Response {
+    let (slots, wait) = &c.ingest;
+    let Ok(Ok(_slot)) = tokio::time::timeout(*wait, slots.acquire()).await else {
+        c.metrics.requests_shed.inc();
+        warn_throttled!(REFUSALS, "POST /v1/events shed: overloaded");
+        let mut r = refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "every event slot stayed busy for {:.1} s; retry after 1 s",
+                wait.as_secs_f64()
+            ),
+        );
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
+        return r;
+    };
+    post_body(c.clone(), auth, body).await
+}
+
+/// [`post_events`] holding a slot.
+async fn post_body(c: Arc<Coordinator>, auth: Option<&[u8]>, body: Body) -> Response {
     let body = match axum::body::to_bytes(body, MAX_EVENTS_BODY).await {
         Ok(b) => b,
         Err(e) => {

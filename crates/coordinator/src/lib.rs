@@ -13,7 +13,7 @@ mod dashboard;
 mod fleet;
 mod http;
 mod invalidate;
-mod limits;
+pub mod limits;
 mod metrics;
 mod nats;
 mod predictive;
@@ -68,6 +68,8 @@ pub struct CoordinatorConfig {
     pub http: prewarm_http::Limits,
     /// Events per second each token may post (`None`: no limit).
     pub events_rate: Option<std::num::NonZeroU32>,
+    /// Admission of event bodies under overload.
+    pub ingest: limits::Ingest,
 }
 
 /// The coordinator: its parts, each with one job.
@@ -86,6 +88,8 @@ pub struct Coordinator {
     pub watchers: Watchers,
     /// The per-token events rate limit.
     events_limit: Option<limits::EventsLimit>,
+    /// Slots for event bodies in progress, and how long a request waits for one.
+    ingest: (tokio::sync::Semaphore, Duration),
     /// Warm starts, events and prefetch outcomes over time, for the dashboard.
     pub pulse: pulse::Pulse,
     /// Metrics handles.
@@ -298,6 +302,10 @@ pub async fn start(
         events_limit: cfg
             .events_rate
             .map(|r| limits::EventsLimit::new(r, cfg.token.is_some())),
+        ingest: (
+            tokio::sync::Semaphore::new(cfg.ingest.concurrent.max(1)),
+            cfg.ingest.wait,
+        ),
         clock: cfg.clock.clone(),
     });
     let mut tasks = Vec::new();

@@ -14,6 +14,28 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::predictive::MAX_BATCH;
 
+/// Admission of `POST /v1/events` bodies (overload): at most `concurrent` bodies are read,
+/// parsed and handled at once; a request beyond waits up to `wait` for a slot (its body
+/// unread, so waiting costs no memory), then is shed with 503 `overloaded` and
+/// `Retry-After`, counted in `prewarm_coordinator_requests_shed_total`. Memory for events
+/// is then bounded by `concurrent` bodies, and a client's latency by `wait` plus one body.
+#[derive(Clone, Copy, Debug)]
+pub struct Ingest {
+    /// Bodies in progress at once.
+    pub concurrent: usize,
+    /// How long a request waits for a slot before it is shed.
+    pub wait: Duration,
+}
+
+impl Default for Ingest {
+    fn default() -> Self {
+        Self {
+            concurrent: 16,
+            wait: Duration::from_secs(2),
+        }
+    }
+}
+
 /// The events limit.
 pub struct EventsLimit {
     limiter: DefaultKeyedRateLimiter<String>,

@@ -28,6 +28,8 @@ pub struct CoordinatorMetrics {
     pub events_refused: Counter,
     /// Events refused by the per-token rate limit.
     pub events_rate_limited: Counter,
+    /// `POST /v1/events` requests shed under overload (503).
+    pub requests_shed: Counter,
     /// History records the model learned from.
     pub history_records: Counter,
     /// Retention hints sent to agents.
@@ -60,6 +62,11 @@ impl CoordinatorMetrics {
             events: r.counter(
                 "prewarm_coordinator_events_total",
                 "Events handled by the predictive loop.",
+                &[],
+            ),
+            requests_shed: r.counter(
+                "prewarm_coordinator_requests_shed_total",
+                "POST /v1/events requests shed under overload (503 overloaded): no slot freed within the queue wait.",
                 &[],
             ),
             events_rate_limited: r.counter(

@@ -38,6 +38,7 @@ async fn coordinator(store: Arc<Store>) -> Running {
         clock: prewarm_core::Clock::system(),
         http: prewarm_http::Limits::default(),
         events_rate: None,
+        ingest: Default::default(),
     };
     let brain = Brain::new(EngineConfig::default(), None);
     prewarm_coordinator::start(store, cfg, Some(brain))

@@ -229,6 +229,7 @@ async fn start_cluster(s: &Setup, brain: Option<Brain>) -> Result<Cluster, Phase
             clock: prewarm_core::Clock::system(),
             http: prewarm_http::Limits::default(),
             events_rate: None,
+            ingest: Default::default(),
         },
         brain,
     )

@@ -139,6 +139,7 @@ async fn live(sizes: &BTreeMap<ResourceId, u64>) -> Live {
             clock: clock.clone(),
             http: prewarm_http::Limits::default(),
             events_rate: None,
+            ingest: Default::default(),
         },
         Some(brain),
     )

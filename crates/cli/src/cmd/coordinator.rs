@@ -39,6 +39,13 @@ pub struct Args {
     /// 10,000); over it: 429 with Retry-After (default: no limit).
     #[arg(long, value_name = "N")]
     events_rate: Option<std::num::NonZeroU32>,
+    /// Event bodies (POST /v1/events) read and handled at once; a request beyond waits for
+    /// a slot (its body unread) up to --events-queue-wait, then gets 503 `overloaded`.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    events_concurrency: usize,
+    /// How long a POST /v1/events waits for a slot before it is shed.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    events_queue_wait: Duration,
     /// The policy of the decision engine: a model (markov, frequency, histogram, gru:DIR,
     /// transformer:DIR from `prewarm train`; SIGHUP reloads DIR), a model-free baseline
     /// (lru, s3fifo, gdsf: placement, eviction rule and keep-alive only), or none (no engine:
@@ -191,6 +198,10 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         clock: prewarm_core::Clock::system(),
         http: a.http.limits()?,
         events_rate: a.events_rate,
+        ingest: prewarm_coordinator::limits::Ingest {
+            concurrent: a.events_concurrency,
+            wait: a.events_queue_wait,
+        },
     };
     let brain = engine(&a)?;
     let retrain = retraining(&a)?;
