@@ -51,7 +51,7 @@ pub struct Settings {
     /// Time between an event and its execution's start.
     pub lead: Duration,
     /// Price of link time for the predictive policies.
-    pub link_price: f64,
+    pub link_price: prewarm_engine::LinkPrice,
     /// Time budget for training the GRU.
     pub train_budget: Duration,
     /// Where to write the HTML report.

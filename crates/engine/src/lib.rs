@@ -32,4 +32,4 @@ pub use engine::{
 pub use evict::{Candidate, Shortfall, choose_victims};
 pub use nextuse_curve::Curve;
 pub use placement::{Holders, Loads, Placement, PlacementReason, place};
-pub use planner::{Decision, Planner, PlannerConfig, Target, Want};
+pub use planner::{Decision, LinkPrice, Planner, PlannerConfig, Target, Want};

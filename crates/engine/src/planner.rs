@@ -18,7 +18,13 @@
 //!
 //! The two prices are the operator's: how many seconds of cold start a second of link time
 //! and a GB·s of cache are worth (1 and 0 by default: link time counts like waiting time,
-//! memory is free until it runs out).
+//! memory is free until it runs out). Link time may instead be priced by how busy the link
+//! is ([`LinkPrice::Queue`]): on-demand fetches go ahead of predictive ones on a capacity's
+//! link (the agent's and the replay's alike), so a prefetch nobody reads costs only the
+//! prefetches it holds up — nothing on an idle link, a full cold start's worth once the
+//! predictive transfers queued ahead of it fill the lead. Not the default: it wins where
+//! caches have room and loses where they do not (BENCHMARKS.md, "Link time priced by the
+//! queue").
 //!
 //! `early` is 0 for a prefetch at the event (its victims would go at the on-demand fetch
 //! `lead` later anyway). A pre-warm ahead of its event, expected to be read `lead_s` from
@@ -36,6 +42,52 @@
 
 use prewarm_core::{ResourceId, Version, VersionPolicy};
 use serde::Serialize;
+
+/// How the link time of a prefetch that is not read is priced (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkPrice {
+    /// The share of the lead that the predictive transfers queued ahead already take
+    /// (0 on an idle link, 1 once they fill the lead).
+    Queue,
+    /// This many seconds of cold start per second of link time.
+    Fixed(f64),
+}
+
+impl LinkPrice {
+    /// The price for a transfer with `ahead` seconds queued before it and `lead` seconds to
+    /// arrive in.
+    pub fn at(self, ahead: f64, lead: f64) -> f64 {
+        match self {
+            LinkPrice::Queue => (ahead.max(0.0) / lead.max(1e-3)).min(1.0),
+            LinkPrice::Fixed(p) => p.max(0.0),
+        }
+    }
+}
+
+impl std::str::FromStr for LinkPrice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "queue" {
+            return Ok(LinkPrice::Queue);
+        }
+        match s.parse::<f64>() {
+            Ok(p) if p.is_finite() && p >= 0.0 => Ok(LinkPrice::Fixed(p)),
+            _ => Err(format!(
+                "{s:?} is neither `queue` nor a price of at least 0 (seconds of cold start per second of link time)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for LinkPrice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkPrice::Queue => f.write_str("queue"),
+            LinkPrice::Fixed(p) => write!(f, "{p}"),
+        }
+    }
+}
 
 /// Planner settings.
 #[derive(Clone, Debug, Serialize)]
@@ -56,8 +108,9 @@ pub struct PlannerConfig {
     /// Price of cache memory, seconds of cold start per GB·s held (0: memory is free until
     /// it runs out).
     pub memory_price: f64,
-    /// Price of link time, seconds of cold start per second a transfer occupies the link.
-    pub link_price: f64,
+    /// Price of link time, seconds of cold start per second a prefetch nobody reads
+    /// occupies the link.
+    pub link_price: LinkPrice,
 }
 
 impl Default for PlannerConfig {
@@ -70,7 +123,7 @@ impl Default for PlannerConfig {
             max_per_event: 4,
             lead_s: 1.0,
             memory_price: 0.0,
-            link_price: 1.0,
+            link_price: LinkPrice::Fixed(1.0),
         }
     }
 }
@@ -198,7 +251,7 @@ impl Planner {
         };
         let unread = w.reuse.clamp(0.0, 1.0) * fetch
             - displaced.max(0.0)
-            - c.link_price.max(0.0) * fetch
+            - c.link_price.at(ahead, lead) * fetch
             - memory;
         Some(p * (saved - early.max(0.0)) + (1.0 - p) * unread)
     }

@@ -60,9 +60,11 @@ pub struct Args {
     /// until pressure evicts them).
     #[arg(long, default_value_t = 0.0)]
     memory_price: f64,
-    /// Price of link time, in seconds of cold start per second a prefetch occupies the link.
-    #[arg(long, default_value_t = 1.0)]
-    link_price: f64,
+    /// Price of the link time a prefetch nobody reads takes: seconds of cold start per
+    /// second of link time, or `queue` (by how busy the link is: free when idle, a cold
+    /// start's worth once queued prefetches fill the lead).
+    #[arg(long, default_value = "1")]
+    link_price: prewarm_engine::LinkPrice,
     /// Fixed keep-alive after use for lru, s3fifo and gdsf (default: until pressure).
     #[arg(long, value_parser = parse_duration)]
     keep_alive: Option<Duration>,

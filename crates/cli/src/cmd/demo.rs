@@ -34,10 +34,10 @@ pub struct Args {
     /// Time between an event and its execution's start.
     #[arg(long, value_parser = parse_duration, default_value = "500ms")]
     lead: Duration,
-    /// Price of link time for the predictive policies, in seconds of cold start per second a
-    /// prefetch occupies the link (the demo's link is loopback).
-    #[arg(long, default_value_t = 1.0)]
-    link_price: f64,
+    /// Price of the link time a prefetch nobody reads takes, for the predictive policies:
+    /// seconds of cold start per second of link time, or `queue` (by how busy the link is).
+    #[arg(long, default_value = "1")]
+    link_price: prewarm_engine::LinkPrice,
     /// Time budget for training the GRU.
     #[arg(long, value_parser = parse_duration, default_value = "20s")]
     train_budget: Duration,

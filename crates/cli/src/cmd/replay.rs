@@ -55,10 +55,11 @@ pub struct Args {
     /// GB·s held (default 0: kept until pressure).
     #[arg(long, default_value_t = 0.0)]
     memory_price: f64,
-    /// Price of link time for the model-driven policies, in seconds of cold start per second
-    /// a transfer occupies the link (a prefetch that is not read costs its link time).
-    #[arg(long, default_value_t = 1.0)]
-    link_price: f64,
+    /// Price of the link time a prefetch nobody reads takes, for the model-driven policies:
+    /// seconds of cold start per second of link time, or `queue` (by how busy the link is:
+    /// free when idle, a cold start's worth once queued prefetches fill the lead).
+    #[arg(long, default_value = "1")]
+    link_price: prewarm_engine::LinkPrice,
     /// Plan with the models' probabilities calibrated online against how often such
     /// predictions came true, not as the models state them.
     #[arg(long)]

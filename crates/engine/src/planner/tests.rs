@@ -92,7 +92,7 @@ fn planner() -> Planner {
         bandwidth: 100e6,
         latency_s: 0.0,
         lead_s: 2.0,
-        link_price: 0.0,
+        link_price: LinkPrice::Fixed(0.0),
         ..Default::default()
     })
 }
@@ -187,11 +187,11 @@ fn reuse_and_memory_price_enter_the_same_sum() {
 }
 
 #[test]
-fn link_time_is_priced_like_waiting_by_default() {
-    // Into free room, with link time at its default price: worth it when more likely read
+fn link_time_priced_like_waiting() {
+    // Into free room, with link time at a fixed price of 1: worth it when more likely read
     // than not (p · 1 s > (1 − p) · 1 s), or when it will likely be reused anyway.
     let p = Planner::new(PlannerConfig {
-        link_price: 1.0,
+        link_price: LinkPrice::Fixed(1.0),
         ..planner().cfg
     });
     let room = t(1 << 30, &[]);
@@ -233,4 +233,40 @@ fn a_prewarm_ahead_is_refused_when_it_evicts_a_state_needed_before_its_own_use()
     assert_eq!(names(&planner().plan(&[soon], &full)), ["x"]);
     // Into free room, nothing is displaced early: taken.
     assert_eq!(names(&planner().plan(&[ahead], &t(1 << 30, &[]))), ["x"]);
+}
+
+#[test]
+fn link_time_priced_by_the_queue_is_free_on_an_idle_link_and_full_once_the_lead_is_taken() {
+    // Lead 2 s, 100 MB at 100 MB/s: a 1 s fetch. Idle link: a 0.2 chance is worth it (the
+    // on-demand fetch would go ahead of it anyway). With 2 s of prefetches queued ahead it
+    // is late, and its link time is priced like waiting: refused, as at a fixed price of 1.
+    let p = Planner::new(PlannerConfig {
+        link_price: LinkPrice::Queue,
+        max_in_flight: 1 << 40,
+        ..planner().cfg
+    });
+    let idle = t(1 << 30, &[]);
+    assert_eq!(
+        names(&p.plan(&[want("x", 0.2, 1, 100_000_000)], &idle)),
+        ["x"]
+    );
+    let mut busy = t(1 << 30, &[]);
+    busy.in_flight = 200_000_000;
+    assert!(p.plan(&[want("x", 0.2, 1, 100_000_000)], &busy).is_empty());
+    assert_eq!(LinkPrice::Queue.at(0.0, 2.0), 0.0);
+    assert_eq!(LinkPrice::Queue.at(1.0, 2.0), 0.5);
+    assert_eq!(LinkPrice::Queue.at(5.0, 2.0), 1.0);
+    assert_eq!(LinkPrice::Fixed(0.7).at(5.0, 2.0), 0.7);
+}
+
+#[test]
+fn link_prices_parse_and_print() {
+    assert_eq!("queue".parse::<LinkPrice>(), Ok(LinkPrice::Queue));
+    assert_eq!("0.5".parse::<LinkPrice>(), Ok(LinkPrice::Fixed(0.5)));
+    for bad in ["-1", "nan", "inf", "fast"] {
+        let e = bad.parse::<LinkPrice>().unwrap_err();
+        assert!(e.contains("neither `queue`"), "{e}");
+    }
+    assert_eq!(LinkPrice::Queue.to_string(), "queue");
+    assert_eq!(LinkPrice::Fixed(1.0).to_string(), "1");
 }
