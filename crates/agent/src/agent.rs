@@ -605,22 +605,7 @@ impl Agent {
         let relieved = {
             let mut local = self.local.lock().expect("agent lock poisoned");
             let r = local.space.relieve_disk(need, self.cfg.clock.now());
-            let now_ms = self.cfg.clock.now_ms();
-            for (r, v) in local.space.take_evicted() {
-                local.chunks.remove(&r, v);
-                self.metrics.evictions.inc();
-                let why = Why::Evicted {
-                    version: v,
-                    for_resource: resource.clone(),
-                };
-                local.departures.record(
-                    &r,
-                    Departed {
-                        why,
-                        unix_ms: now_ms,
-                    },
-                );
-            }
+            self.note_evicted(&mut local, &resource);
             r
         };
         tracing::warn!(
@@ -736,13 +721,25 @@ impl Agent {
             self.cfg.clock.now(),
             flight.boosted.clone(),
         )?;
+        self.note_evicted(&mut local, resource);
+        let (sources, states) = local.chunks.sources_for(m);
+        let leases: Vec<_> = states
+            .iter()
+            .filter_map(|(r, v)| local.space.lease(r, *v))
+            .collect();
+        Ok((slot, sources, leases))
+    }
+
+    /// Forgets the chunks of the states the space just evicted for `for_resource`, counts
+    /// them, and notes why each left.
+    fn note_evicted(&self, local: &mut Local, for_resource: &ResourceId) {
         let now_ms = self.cfg.clock.now_ms();
         for (r, v) in local.space.take_evicted() {
             local.chunks.remove(&r, v);
             self.metrics.evictions.inc();
             let why = Why::Evicted {
                 version: v,
-                for_resource: resource.clone(),
+                for_resource: for_resource.clone(),
             };
             local.departures.record(
                 &r,
@@ -752,12 +749,6 @@ impl Agent {
                 },
             );
         }
-        let (sources, states) = local.chunks.sources_for(m);
-        let leases: Vec<_> = states
-            .iter()
-            .filter_map(|(r, v)| local.space.lease(r, *v))
-            .collect();
-        Ok((slot, sources, leases))
     }
 
     fn staging_path(&self, resource: &ResourceId, version: Version) -> PathBuf {
