@@ -258,8 +258,10 @@ async fn fetch_remote(
             path: staging.to_owned(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let stats = fetched?;
+        // The writer's failure (a full disk, say) is why the receiver stopped: it is the
+        // error to report, not the stopped stream it caused.
         let (failed, bytes) = written?;
+        let stats = fetched?;
         report.wire_bytes += stats.wire_bytes;
         report.fetched_bytes += bytes;
         if let Some((i, why)) = failed.first() {

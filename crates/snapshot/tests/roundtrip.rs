@@ -439,6 +439,96 @@ async fn special_files_and_missing_sources_are_refused() {
     );
 }
 
+/// Every path under `root`, relative, sorted.
+fn listing(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p.strip_prefix(root).unwrap().to_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn links_restore_inside_their_destination_and_devices_and_fifos_are_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let f = fixture().await;
+    let src = f.dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let data = noise(3, 100_000);
+    std::fs::write(src.join("a.bin"), &data).unwrap();
+    std::fs::hard_link(src.join("a.bin"), src.join("b.bin")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", src.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../outside", src.join("up")).unwrap();
+    let m = f
+        .snap
+        .snapshot_path(&rid("links/t"), &src)
+        .await
+        .unwrap()
+        .committed
+        .state;
+    let m = f.store.resolve(&m.resource, Some(m.version)).await.unwrap();
+    let before = listing(f.dir.path());
+    let dest = f.dir.path().join("restored");
+    restore(f.store.as_ref(), &m, &dest).await.unwrap();
+    // Only the destination appeared; hard links came back as two independent files; the
+    // symlinks are links with their targets as stored, nothing written through them.
+    let mut after = listing(f.dir.path());
+    after.retain(|p| !p.starts_with("restored"));
+    assert_eq!(before, after, "nothing outside the destination changed");
+    let (a, b) = (dest.join("a.bin"), dest.join("b.bin"));
+    assert_eq!(std::fs::read(&a).unwrap(), data);
+    assert_eq!(std::fs::read(&b).unwrap(), data);
+    assert_ne!(
+        std::fs::metadata(&a).unwrap().ino(),
+        std::fs::metadata(&b).unwrap().ino()
+    );
+    for (name, target) in [("abs", "/etc/passwd"), ("up", "../../outside")] {
+        let p = dest.join(name);
+        assert!(std::fs::symlink_metadata(&p).unwrap().is_symlink());
+        assert_eq!(std::fs::read_link(&p).unwrap(), Path::new(target));
+    }
+    assert!(!f.dir.path().join("outside").exists());
+    // A FIFO (and, where mknod is allowed, a character device) in a tree is refused
+    // before anything is published.
+    let special = f.dir.path().join("special");
+    std::fs::create_dir(&special).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(special.join("pipe"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    let e = f
+        .snap
+        .snapshot_path(&rid("links/s"), &special)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SnapshotError::SpecialFile { .. }), "{e}");
+    assert!(e.to_string().contains("FIFO"), "{e}");
+    std::fs::remove_file(special.join("pipe")).unwrap();
+    let dev = std::process::Command::new("mknod")
+        .arg(special.join("null"))
+        .args(["c", "1", "3"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if dev {
+        let e = f
+            .snap
+            .snapshot_path(&rid("links/s"), &special)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("character device"), "{e}");
+    }
+    assert!(f.store.versions(&rid("links/s")).await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn gc_keeps_newest_versions_and_reclaims_space() {
     let f = fixture().await;
