@@ -611,10 +611,8 @@ impl StateSpace {
     /// lists it is dropped at open).
     pub fn relieve_disk(&mut self, need: u64, now: f64) -> Result<(), SpaceError> {
         self.take_out(need, need, now)?;
-        if let Ok(entries) = std::fs::read_dir(self.dir.join(TRASH)) {
-            for e in entries.flatten() {
-                remove_tree(&e.path());
-            }
+        for p in self.trash() {
+            remove_tree(&p);
         }
         self.save()
     }
@@ -675,11 +673,7 @@ impl StateSpace {
     /// Deletes what `trash/` holds, on a background thread (a large tree takes a while and
     /// nothing waits for it: its bytes left the budget when it was discarded).
     fn purge_trash(&self) {
-        let trash = self.dir.join(TRASH);
-        let Ok(entries) = std::fs::read_dir(&trash) else {
-            return;
-        };
-        let paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        let paths = self.trash();
         if paths.is_empty() {
             return;
         }
@@ -688,6 +682,13 @@ impl StateSpace {
                 remove_tree(&p);
             }
         });
+    }
+
+    /// What `trash/` holds.
+    fn trash(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.join(TRASH))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
     }
 
     /// Records a completed install at `now`.

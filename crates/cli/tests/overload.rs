@@ -82,11 +82,10 @@ fn drive(coord: &str, clients: usize, per: usize, stop: &Arc<AtomicBool>) -> Arc
             })
         })
         .collect();
-    let t = tally.clone();
-    std::thread::spawn(move || threads.into_iter().for_each(|h| h.join().unwrap()))
-        .join()
-        .map(|()| t)
-        .unwrap()
+    for t in threads {
+        t.join().unwrap();
+    }
+    tally
 }
 
 #[test]

@@ -79,16 +79,17 @@ impl Nats {
         c
     }
 
-    fn until_pong(&mut self) {
+    /// The server's next protocol line (an `-ERR` fails the test).
+    fn line(&mut self) -> String {
         let mut line = String::new();
-        loop {
-            line.clear();
-            self.inp.read_line(&mut line).unwrap();
-            assert!(!line.starts_with("-ERR"), "{line}");
-            if line.starts_with("PONG") {
-                return;
-            }
-        }
+        let n = self.inp.read_line(&mut line).unwrap();
+        assert!(n > 0, "the NATS server closed the connection");
+        assert!(!line.starts_with("-ERR"), "{line}");
+        line
+    }
+
+    fn until_pong(&mut self) {
+        while !self.line().starts_with("PONG") {}
     }
 
     /// Sends `payload` to `subject` with a reply inbox and returns the reply's body.
@@ -112,11 +113,8 @@ impl Nats {
 
     /// The body of the reply to `inbox` (replies to other inboxes are skipped).
     fn reply(&mut self, inbox: &str) -> String {
-        let mut line = String::new();
         loop {
-            line.clear();
-            self.inp.read_line(&mut line).unwrap();
-            assert!(!line.starts_with("-ERR"), "{line}");
+            let line = self.line();
             if line.starts_with("PING") {
                 write!(self.out, "PONG\r\n").unwrap();
                 continue;
