@@ -80,8 +80,9 @@ impl Default for Options<'_> {
 }
 
 /// `frequency`, `markov`, `histogram`, a saved learned model `gru:DIR` / `transformer:DIR`
-/// (from `prewarm train`), or `mixture[:SPEC]` — the online mixture ([`mixture::Mixture`])
-/// of SPEC (when given), Markov and frequency — with the default [`Options`].
+/// (from `prewarm train`), or `mixture[:SPEC[+SPEC…]]` — the online mixture
+/// ([`mixture::Mixture`]) of the SPECs (when given), Markov and frequency — with the default
+/// [`Options`].
 pub fn by_name(spec: &str) -> Result<Box<dyn Predictor>, SpecError> {
     by_name_with(spec, &Options::default())
 }
@@ -89,12 +90,15 @@ pub fn by_name(spec: &str) -> Result<Box<dyn Predictor>, SpecError> {
 /// [`by_name`] with `o`; also `oracle` when `o` gives the future.
 pub fn by_name_with(spec: &str, o: &Options<'_>) -> Result<Box<dyn Predictor>, SpecError> {
     if let Some(rest) = spec.strip_prefix("mixture") {
-        let first = match rest.strip_prefix(':') {
-            Some(inner) => Some(by_name_with(inner, o)?),
-            None if rest.is_empty() => None,
+        let learned = match rest.strip_prefix(':') {
+            Some(inner) => inner
+                .split('+')
+                .map(|m| by_name_with(m, o))
+                .collect::<Result<Vec<_>, _>>()?,
+            None if rest.is_empty() => Vec::new(),
             None => return Err(SpecError::Unknown(spec.to_owned())),
         };
-        return Ok(mixture_of(first, o));
+        return Ok(mixture_of(learned, o));
     }
     Ok(match spec {
         "frequency" => Box::new(baselines::Frequency::new(o.tau)),
@@ -111,10 +115,10 @@ pub fn by_name_with(spec: &str, o: &Options<'_>) -> Result<Box<dyn Predictor>, S
     })
 }
 
-/// The mixture `mixture[:SPEC]` names: `first` (when given), Markov and frequency, mixed by
-/// online weights.
-fn mixture_of(first: Option<Box<dyn Predictor>>, o: &Options<'_>) -> Box<dyn Predictor> {
-    let mut members: Vec<Box<dyn Predictor>> = first.into_iter().collect();
+/// The mixture `mixture[:SPEC[+SPEC…]]` names: the `learned` members (when given), Markov
+/// and frequency, mixed by online weights.
+fn mixture_of(learned: Vec<Box<dyn Predictor>>, o: &Options<'_>) -> Box<dyn Predictor> {
+    let mut members = learned;
     members.push(Box::new(baselines::Markov::new(o.order, o.tau)));
     members.push(Box::new(baselines::Frequency::new(o.tau)));
     Box::new(mixture::Mixture::new("mixture", members))
@@ -173,6 +177,16 @@ mod tests {
         assert!(matches!(
             by_name("gru:/nonexistent/model"),
             Err(SpecError::Load { .. })
+        ));
+        // A mixture takes several members joined by `+`; a bad one fails the whole spec.
+        assert!(by_name("mixture:markov+frequency").is_ok());
+        assert!(matches!(
+            by_name("mixture:markov+gru:/nonexistent/model"),
+            Err(SpecError::Load { .. })
+        ));
+        assert!(matches!(
+            by_name("mixture:markov+"),
+            Err(SpecError::Unknown(_))
         ));
     }
 }

@@ -9,6 +9,7 @@ use prewarm_sim::{SimConfig, SimReport};
 use serde::Serialize;
 
 use crate::html::{chart, esc};
+use crate::text::bytes;
 
 /// Everything a replay produced.
 #[derive(Serialize)]
@@ -29,6 +30,8 @@ pub struct Replay {
     pub ceiling: prewarm_sim::ceiling::Ceiling,
     /// The retraining rounds run during the replays (empty: none).
     pub retraining: Vec<prewarm_sim::retrain::RoundLog>,
+    /// The settings learned from the warm-up part, per cache size (empty: not tuned).
+    pub tuning: Vec<(u64, prewarm_sim::tune::Tuned)>,
 }
 
 /// The replay's report page.
@@ -37,6 +40,7 @@ pub fn html(r: &Replay) -> String {
     s.push_str(&frontiers_section(r));
     s.push_str(&standings_section(r));
     s.push_str(&retraining_section(r));
+    s.push_str(&tuning_section(r));
     s.push_str(&time_to_ready_section(r));
     s.push_str(&over_time_section(r));
     s.push_str("</body></html>\n");
@@ -228,6 +232,39 @@ fn retraining_section(r: &Replay) -> String {
             x.history,
             esc(&out)
         );
+    }
+    s.push_str("</table>\n");
+    s
+}
+
+/// The settings learned from the warm-up part (nothing when the replay did not tune).
+fn tuning_section(r: &Replay) -> String {
+    if r.tuning.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "<h2>Settings learned from the warm-up part</h2>\n<p>Each candidate replayed over the \
+         warm-up part (its second half counted) and compared execution by execution with the \
+         given setting; a candidate is taken only when its net gain passes McNemar's test.</p>\n\
+         <table><tr><th>cache</th><th>policy</th><th>candidate</th><th>warm</th><th>gained</th>\
+         <th>lost</th><th>bytes</th><th>chosen</th></tr>\n",
+    );
+    for (cache, t) in &r.tuning {
+        for x in &t.trials {
+            let _ = writeln!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                bytes(*cache),
+                esc(&t.policy),
+                esc(&format!("{} {}", x.model, x.setting.flags())),
+                x.warm,
+                x.executions,
+                x.gained,
+                x.lost,
+                bytes(x.bytes),
+                if t.is_chosen(x) { "✓" } else { "" }
+            );
+        }
     }
     s.push_str("</table>\n");
     s

@@ -28,6 +28,25 @@ pub fn round_line(r: &prewarm_sim::retrain::RoundLog) -> String {
     }
 }
 
+/// What the tuner chose for one policy at one cache size, in one line.
+pub fn tuned_line(cache: u64, t: &prewarm_sim::tune::Tuned) -> String {
+    let chosen = t.trials.iter().find(|x| t.is_chosen(x));
+    let why = match chosen {
+        Some(x) if !t.kept() => format!(
+            "{} executions gained, {} lost against the given setting",
+            x.gained, x.lost
+        ),
+        _ => "no candidate's gain stood out".to_owned(),
+    };
+    format!(
+        "tuned {} at {} on the warm-up part ({} records): {} ({why})",
+        t.policy,
+        bytes(cache),
+        t.records,
+        t.flags()
+    )
+}
+
 /// What bounds every causal policy, in one sentence.
 pub fn ceiling_line(c: &prewarm_sim::ceiling::Ceiling) -> String {
     format!(

@@ -26,6 +26,7 @@ pub mod pareto;
 mod replay;
 pub mod retrain;
 mod run;
+pub mod tune;
 
 use prewarm_core::{Predictor, ResourceId};
 use prewarm_engine::{EngineConfig, PlannerConfig, rules_for};
@@ -35,7 +36,7 @@ use serde::Serialize;
 pub use bench_fleet::BenchFleet;
 pub use oracle::Future;
 pub use prewarm_engine::Rule;
-pub use replay::{replay, replay_logged, replay_metered};
+pub use replay::{replay, replay_logged, replay_metered, replay_paired};
 
 /// Simulation settings.
 #[derive(Clone, Debug, Serialize)]

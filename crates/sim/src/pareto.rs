@@ -12,8 +12,10 @@ use crate::SimReport;
 /// Policies that learn a model of the workload (everything else is a baseline, the oracle
 /// aside).
 pub fn is_learned(policy: &str) -> bool {
-    matches!(policy, "gru" | "transformer" | "mixture" | "learned")
-        || policy.starts_with("gru:")
+    matches!(
+        policy,
+        "gru" | "transformer" | "mixture" | "auto" | "learned"
+    ) || policy.starts_with("gru:")
         || policy.starts_with("transformer:")
 }
 

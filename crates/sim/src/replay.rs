@@ -23,6 +23,18 @@ pub fn replay_metered(
     run(records, policy, cfg, false, meter).0
 }
 
+/// [`replay`], also returning whether each counted execution started warm, in execution
+/// order (the same order under every policy and setting of the same records, so two runs
+/// can be compared execution by execution, as [`crate::tune`] does).
+pub fn replay_paired(
+    records: &[HistoryRecord],
+    policy: Policy,
+    cfg: &SimConfig,
+) -> (SimReport, Vec<bool>) {
+    let (r, _, warm) = run_full(records, policy, cfg, false, &Meter::new());
+    (r, warm)
+}
+
 /// [`replay`], also returning every decision made, in order.
 pub fn replay_logged(
     records: &[HistoryRecord],
@@ -40,6 +52,19 @@ fn run(
     logged: bool,
     meter: &Meter,
 ) -> (SimReport, Option<DecisionLog>) {
+    let (r, log, _) = run_full(records, policy, cfg, logged, meter);
+    (r, log)
+}
+
+/// The replay: its report, its decisions (when `logged`) and each counted execution's warm
+/// start.
+fn run_full(
+    records: &[HistoryRecord],
+    policy: Policy,
+    cfg: &SimConfig,
+    logged: bool,
+    meter: &Meter,
+) -> (SimReport, Option<DecisionLog>, Vec<bool>) {
     let name = policy.name.clone();
     let mut policy = policy;
     let mut retrainer = policy.retrainer.take();
@@ -79,7 +104,8 @@ fn run(
     let end = records.last().map_or(0.0, |r| r.ts);
     sim.fleet.advance(end);
     let log = sim.log.take();
-    (report(name, &sim), log)
+    let warm = sim.tally.ttr_ms.iter().map(|w| *w <= 0.0).collect();
+    (report(name, &sim), log, warm)
 }
 
 fn report(policy: String, sim: &Sim<'_>) -> SimReport {

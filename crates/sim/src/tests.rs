@@ -379,3 +379,97 @@ fn the_engine_hands_a_retrained_member_to_its_mixture_and_replaces_anything_else
         "no member of that name: it serves alone"
     );
 }
+
+#[test]
+fn the_tuner_learns_from_the_warm_up_what_pays_and_keeps_the_given_setting_without_evidence() {
+    let h = one_shot_clients();
+    let c = SimConfig {
+        capacities: 4,
+        cache_bytes: 1_000_000_000,
+        memory_price: 0.0,
+        keep_alive_s: f64::INFINITY,
+        warmup: 0.5,
+        ..cfg()
+    };
+    let markov = |_: &str| {
+        Ok::<_, std::convert::Infallible>(Policy::new(
+            "markov",
+            PolicyKind::Predictive(Box::new(Markov::new(1, 3600.0))),
+        ))
+    };
+    let warmup = &h[..h.len() / 2];
+    let tuned = crate::tune::tune("markov", warmup, &c, &["markov"], markov).unwrap();
+    assert_eq!(tuned.policy, "markov");
+    assert_eq!(tuned.trials.len(), 4);
+    assert!(tuned.chosen.spread, "{tuned:#?}");
+    assert!(!tuned.kept());
+    assert!(!tuned.flags().contains("--model"), "{}", tuned.flags());
+    // The chosen setting pays on the scored half too, which the tuner never saw.
+    let given = replay(&h, markov("").unwrap(), &c);
+    let chosen = replay(&h, markov("").unwrap(), &tuned.chosen.apply(&c));
+    assert!(
+        chosen.warm > given.warm,
+        "{} vs {}",
+        chosen.warm,
+        given.warm
+    );
+    // Twenty records are too few discordant executions to switch on.
+    let short = crate::tune::tune("markov", &h[..20], &c, &["markov"], markov).unwrap();
+    assert!(short.kept(), "{short:#?}");
+}
+
+/// Predicts, for every event, one fixed state (a model that is always wrong about sessions).
+struct Stuck(ResourceId);
+
+impl Predictor for Stuck {
+    fn name(&self) -> &str {
+        "fixed"
+    }
+    fn observe(&mut self, _: &HistoryRecord) {}
+    fn predict(&mut self, _: &Context<'_>, _: usize) -> Vec<Prediction> {
+        vec![Prediction {
+            resource: self.0.clone(),
+            version: VersionPolicy::Latest,
+            probability: 0.9,
+        }]
+    }
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
+}
+
+#[test]
+fn the_tuner_chooses_the_model_whose_decisions_start_more_executions_warm() {
+    let h = cyclic();
+    let c = cfg();
+    let make = |m: &str| {
+        Ok::<_, std::convert::Infallible>(match m {
+            "fixed" => Policy::new(
+                "fixed",
+                PolicyKind::Predictive(Box::new(Stuck(ResourceId::new("s/a").unwrap()))),
+            ),
+            _ => Policy::new(
+                "markov",
+                PolicyKind::Predictive(Box::new(Markov::new(1, 3600.0))),
+            ),
+        })
+    };
+    let warmup = &h[..h.len() / 2];
+    let tuned = crate::tune::tune("auto", warmup, &c, &["fixed", "markov"], make).unwrap();
+    assert_eq!(tuned.policy, "auto");
+    assert_eq!(tuned.trials.len(), 8);
+    assert_eq!(tuned.model, "markov", "{tuned:#?}");
+    assert!(
+        tuned.flags().starts_with("--model markov "),
+        "{}",
+        tuned.flags()
+    );
+    let fixed = replay(&h, make("fixed").unwrap(), &c);
+    let chosen = replay(&h, make("markov").unwrap(), &tuned.chosen.apply(&c));
+    assert!(
+        chosen.warm > fixed.warm,
+        "{} vs {}",
+        chosen.warm,
+        fixed.warm
+    );
+}

@@ -11,6 +11,7 @@ use prewarm_predict::neural::{Arch, TrainOptions, train};
 use prewarm_predict::{Options, SpecError, by_name_with};
 use prewarm_report::Replay;
 use prewarm_sim::retrain::{Rounds, Schedule};
+use prewarm_sim::tune::{Tuned, tune};
 use prewarm_sim::{Policy, PolicyKind, SimConfig, SimReport, replay_metered};
 
 use super::{parse_duration, read_history};
@@ -24,9 +25,11 @@ pub struct Args {
     #[arg(long)]
     history: PathBuf,
     /// Policies: none, lru, s3fifo, gdsf, histogram, frequency, markov, gru, transformer,
-    /// mixture (the GRU, Markov and frequency mixed by online weights), oracle; gru,
-    /// transformer and mixture train in-process on the warm-up share, or load gru:DIR /
-    /// transformer:DIR.
+    /// mixture (the GRU, Markov and frequency mixed by online weights; `mixture:SPEC+SPEC`
+    /// names other members),
+    /// auto (of markov, gru, transformer and mixture, the model and settings whose replay of
+    /// the warm-up part started the most executions warm), oracle; gru, transformer and
+    /// mixture train in-process on the warm-up share, or load gru:DIR / transformer:DIR.
     #[arg(
         long,
         value_delimiter = ',',
@@ -98,6 +101,12 @@ pub struct Args {
     /// the replay time (BENCHMARKS.md, "Retraining during the replay").
     #[arg(long, default_value_t = 0.0)]
     retrain_growth: f64,
+    /// Learn the link price (`1` or `queue`) and spreading for each model-driven policy and
+    /// cache size from the warm-up part: each candidate is replayed over it and the given
+    /// setting is replaced only by one whose gain passes a significance test
+    /// (`prewarm_sim::tune`). Prints the chosen settings as the coordinator's flags.
+    #[arg(long)]
+    tune: bool,
     /// Also replay at these cache sizes (comma-separated) for the warm-start vs memory plot.
     #[arg(long, value_delimiter = ',')]
     sweep: Vec<ByteSize>,
@@ -191,7 +200,7 @@ fn policy(
                 Ok(p) => PolicyKind::Predictive(p),
                 Err(SpecError::Unknown(_)) => bail!(
                     "unknown policy {name:?} (none, lru, s3fifo, gdsf, histogram, frequency, markov, gru, \
-                     transformer, mixture, oracle, gru:DIR, transformer:DIR, mixture:SPEC)"
+                     transformer, mixture, auto, oracle, gru:DIR, transformer:DIR, mixture:SPEC)"
                 ),
                 Err(e) => return Err(e.into()),
             }
@@ -212,18 +221,80 @@ fn policy(
     Ok(policy.with_retrainer(rounds.retrainer(arch, champion)))
 }
 
-/// Replays every policy at `cfg`, filling in the oracle share.
+/// Whether `--tune` learns settings for the policy called `name` (those the planner prices
+/// with a model's predictions: not the model-free baselines, Azure's windows or the oracle).
+fn tunable(name: &str) -> bool {
+    !prewarm_engine::model_free(name) && !matches!(name, "histogram" | "oracle")
+}
+
+/// The models the `auto` policy chooses among, the one kept without evidence first.
+const AUTO_MODELS: [&str; 4] = ["markov", "gru", "transformer", "mixture"];
+
+/// What tuning keeps across replays: the choices made, the models trained for the trials
+/// (on the warm-up's first half only), and whether every model-driven policy is tuned
+/// (`--tune`) or only `auto`.
+struct Tuning<'a> {
+    log: &'a mut Vec<(u64, Tuned)>,
+    trained: &'a Trained,
+    all: bool,
+}
+
+/// The settings (and, for `auto`, the model) learned for `name` from the warm-up part and
+/// logged in `tuning`, when it is tuned; else `cfg` and `name`.
+fn tuned_cfg(
+    name: &str,
+    records: &[HistoryRecord],
+    cfg: &SimConfig,
+    tuning: &mut Tuning<'_>,
+) -> anyhow::Result<(SimConfig, String)> {
+    let models: &[&str] = match name {
+        "auto" => &AUTO_MODELS,
+        n if tuning.all && tunable(n) => &[n],
+        _ => return Ok((cfg.clone(), name.to_owned())),
+    };
+    let start = ((records.len() as f64) * cfg.warmup) as usize;
+    let warmup = &records[..start];
+    // The trials count the warm-up's second half: a model trained for them sees only the
+    // first half (trained on all of it, its trials would be in-sample and favour settings
+    // that trust it).
+    let half = start / 2;
+    let scored_from = records.get(half).map(|r| r.ts);
+    let t0 = std::time::Instant::now();
+    let trained = tuning.trained;
+    let tuned = tokio::task::block_in_place(|| {
+        tune(name, warmup, cfg, models, |m| {
+            policy(m, &records[..half.max(1)], scored_from, trained)
+        })
+    })?;
+    eprintln!(
+        "  {} ({:.1} s)",
+        text::tuned_line(cfg.cache_bytes, &tuned),
+        t0.elapsed().as_secs_f64()
+    );
+    let out = (tuned.chosen.apply(cfg), tuned.model.clone());
+    tuning.log.push((cfg.cache_bytes, tuned));
+    Ok(out)
+}
+
+/// Replays every policy at `cfg`, filling in the oracle share; tuned policies (`auto`, and
+/// with `--tune` every model-driven one) run with what was learned from the warm-up part,
+/// logged in `tuning`.
 fn run_all(
     records: &[HistoryRecord],
     names: &[String],
     cfg: &SimConfig,
     trained: &Trained,
+    tuning: &mut Tuning<'_>,
 ) -> anyhow::Result<Vec<SimReport>> {
     let start = ((records.len() as f64) * cfg.warmup) as usize;
     let scored_from = records.get(start).map(|r| r.ts);
     let mut rows = Vec::new();
     for name in names {
-        let p = policy(name, &records[..start.max(1)], scored_from, trained)?;
+        let (cfg, model) = &tuned_cfg(name, records, cfg, tuning)?;
+        let mut p = policy(model, &records[..start.max(1)], scored_from, trained)?;
+        if name == "auto" {
+            p.name.clone_from(name);
+        }
         let t0 = std::time::Instant::now();
         let logged = trained.rounds.as_ref().map_or(0, |r| r.log().len());
         let meter = std::sync::Arc::new(progress::Meter::new());
@@ -309,14 +380,26 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             })
         }),
     };
-    let rows = run_all(&records, &a.policies, &cfg, &trained)?;
+    let mut log = Vec::new();
+    let for_trials = Trained {
+        dir: tempfile::tempdir().context("a temporary directory for trained models")?,
+        budget: a.train_budget,
+        rounds: None,
+    };
+    let mut tuning = Tuning {
+        log: &mut log,
+        trained: &for_trials,
+        all: a.tune,
+    };
+    let rows = run_all(&records, &a.policies, &cfg, &trained, &mut tuning)?;
     let mut sweep = Vec::new();
     for size in &a.sweep {
         let c = SimConfig {
             cache_bytes: size.0,
             ..cfg.clone()
         };
-        sweep.push((size.0, run_all(&records, &a.policies, &c, &trained)?));
+        let rows = run_all(&records, &a.policies, &c, &trained, &mut tuning)?;
+        sweep.push((size.0, rows));
     }
     let mut all = vec![(cfg.cache_bytes, rows.clone())];
     all.extend(sweep.iter().cloned());
@@ -332,6 +415,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         standings,
         ceiling,
         retraining: trained.rounds.as_ref().map(Rounds::log).unwrap_or_default(),
+        tuning: log,
     };
 
     if let Some(path) = &a.report {
@@ -344,6 +428,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     } else {
         println!("{}", text::table(&out.rows));
         println!("\n{}", text::ceiling_line(&out.ceiling));
+        for (cache, t) in &out.tuning {
+            println!("{}", text::tuned_line(*cache, t));
+        }
         if !out.standings.is_empty() {
             println!("\n{}", text::standings_table(&out.standings));
         }
