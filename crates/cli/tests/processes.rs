@@ -871,6 +871,14 @@ fn a_coordinator_retrains_its_model_from_history_and_serves_the_better_one() {
         ) >= 1.0
     );
     assert!(metrics.contains("prewarm_coordinator_model_log_loss{model=\"challenger\"}"));
+    // The round replayed the window with each model deciding (--retrain-judge replay, the
+    // default): both warm-start rates are reported, and the challenger's is not lower.
+    let (champ, chall) = (
+        last["champion_warm_rate"].as_f64().unwrap(),
+        last["challenger_warm_rate"].as_f64().unwrap(),
+    );
+    assert!((0.0..=1.0).contains(&champ) && chall >= champ, "{last}");
+    assert!(metrics.contains("prewarm_coordinator_model_warm_rate{model=\"challenger\"}"));
 
     // Retraining needs a learned model: a clear error, nothing started.
     let out = run(&[

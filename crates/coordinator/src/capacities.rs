@@ -120,6 +120,21 @@ impl Capacities {
         self.lock().attached.len()
     }
 
+    /// How many capacities are attached and their median cache budget (0 when none is).
+    pub(crate) fn shape(&self) -> (usize, u64) {
+        let book = self.lock();
+        let mut budgets: Vec<u64> = book
+            .attached
+            .iter()
+            .filter_map(|c| book.caps.get(c).map(|cap| cap.budget))
+            .collect();
+        budgets.sort_unstable();
+        (
+            budgets.len(),
+            budgets.get(budgets.len() / 2).copied().unwrap_or(0),
+        )
+    }
+
     /// Attached capacities, sorted.
     pub(crate) fn attached(&self) -> Vec<CapacityId> {
         self.lock().attached()

@@ -39,7 +39,7 @@ use prewarm_store::Store;
 use prewarm_transfer::{DataServer, Token, TokenError, auth};
 
 pub use capacities::Capacities;
-pub use metrics::CoordinatorMetrics;
+pub use metrics::{CoordinatorMetrics, RoundScores};
 pub use nats::{NatsConfig, NatsError, consume_nats, run_nats};
 pub use predictive::{Brain, EventIn, EventOutcome, EventsError, MAX_BATCH, parse_events};
 pub use replay::replay_events;
@@ -129,6 +129,8 @@ fn model_status(b: &Brain) -> prewarm_proto::wire::ModelStatus {
         held_out,
         last_round_unix_ms: m.last_unix_ms,
         last_error: m.last_error,
+        champion_warm_rate: champion.warm_rate.unwrap_or(-1.0),
+        challenger_warm_rate: challenger.warm_rate.unwrap_or(-1.0),
     }
 }
 

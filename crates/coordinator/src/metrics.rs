@@ -9,6 +9,7 @@ use prewarm_proto::wire::{FailureKind, TransferAck};
 const RETRAINS: &str =
     "Background retraining rounds by result (swapped: the challenger now serves; kept: it lost).";
 const LOG_LOSS: &str = "Log-loss (nats) on the latest retraining round's held-back window, serving model and challenger.";
+const WARM_RATE: &str = "Share of the latest retraining round's held-back executions each model's decisions started warm in a replay of the window (--retrain-judge replay).";
 
 /// Handles to the coordinator's metrics.
 pub struct CoordinatorMetrics {
@@ -44,10 +45,40 @@ pub struct CoordinatorMetrics {
     pub retrains_kept: Counter,
     /// Retraining rounds that failed.
     pub retrains_failed: Counter,
+    /// The latest retraining round's scores.
+    pub scores: RoundScores,
+}
+
+/// The latest retraining round's scores of the serving model and the challenger.
+pub struct RoundScores {
     /// The serving model's log-loss on the latest round's held-back window.
     pub champion_log_loss: FloatGauge,
     /// The latest challenger's log-loss on the same window.
     pub challenger_log_loss: FloatGauge,
+    /// The share of the latest round's window the serving model's decisions started warm.
+    pub champion_warm_rate: FloatGauge,
+    /// … the challenger's.
+    pub challenger_warm_rate: FloatGauge,
+}
+
+impl RoundScores {
+    fn new(r: &Registry) -> Self {
+        let gauge = |name, help, model| r.float_gauge(name, help, &[("model", model)]);
+        Self {
+            champion_log_loss: gauge("prewarm_coordinator_model_log_loss", LOG_LOSS, "champion"),
+            challenger_log_loss: gauge(
+                "prewarm_coordinator_model_log_loss",
+                LOG_LOSS,
+                "challenger",
+            ),
+            champion_warm_rate: gauge("prewarm_coordinator_model_warm_rate", WARM_RATE, "champion"),
+            challenger_warm_rate: gauge(
+                "prewarm_coordinator_model_warm_rate",
+                WARM_RATE,
+                "challenger",
+            ),
+        }
+    }
 }
 
 impl CoordinatorMetrics {
@@ -109,16 +140,7 @@ impl CoordinatorMetrics {
                 RETRAINS,
                 &[("result", "failed")],
             ),
-            champion_log_loss: r.float_gauge(
-                "prewarm_coordinator_model_log_loss",
-                LOG_LOSS,
-                &[("model", "champion")],
-            ),
-            challenger_log_loss: r.float_gauge(
-                "prewarm_coordinator_model_log_loss",
-                LOG_LOSS,
-                &[("model", "challenger")],
-            ),
+            scores: RoundScores::new(r),
             dirty_bytes: r.gauge(
                 "prewarm_coordinator_dirty_bytes",
                 "Un-snapshotted bytes reported by the watchers, in total.",

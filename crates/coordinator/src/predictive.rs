@@ -82,6 +82,15 @@ impl Brain {
             .replace_model(predictor);
     }
 
+    /// The engine's settings.
+    pub fn engine_config(&self) -> EngineConfig {
+        self.engine
+            .lock()
+            .expect("engine lock poisoned")
+            .config()
+            .clone()
+    }
+
     /// The model's name.
     pub fn model_name(&self) -> String {
         self.engine

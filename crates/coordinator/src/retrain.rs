@@ -8,6 +8,13 @@
 //! its wall-clock budget; the event path keeps serving the old model meanwhile. Rounds,
 //! swaps and both scores are in `status` and `/metrics`.
 //!
+//! With `--retrain-judge replay` (the default) the two are compared by what their decisions
+//! do: each drives the decision engine over a replay of the window (`prewarm_sim`, the same
+//! engine, on a simulated fleet of the attached capacities' count and median budget, with
+//! the coordinator's settings), and the one that starts more executions warm serves; a tie
+//! falls back to log-loss. A lower log-loss does not mean more warm starts (on Azure
+//! Functions 2019 the GRU predicts better and the Transformer decides better).
+//!
 //! Records that arrive while a round runs reach the new model only through later rounds'
 //! windows (its per-key state is rebuilt from the window the round took).
 
@@ -16,8 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prewarm_core::{HistoryRecord, Predictor};
-use prewarm_predict::neural::retrain::{RetrainConfig, RetrainError, Round, challenge, copy_model};
+use prewarm_predict::neural::retrain::{
+    RetrainConfig, RetrainError, Round, challenge_judged, copy_model,
+};
 use prewarm_predict::neural::{Learned, Model};
+use prewarm_sim::SimConfig;
 
 use crate::{Brain, Coordinator, CoordinatorMetrics};
 
@@ -32,6 +42,10 @@ pub struct RetrainSettings {
     pub history: usize,
     /// One round's settings.
     pub round: RetrainConfig,
+    /// Compare the two models by replaying the window through the decision engine over a
+    /// fleet shaped like the attached one (`--retrain-judge replay`, the default), not by
+    /// log-loss alone.
+    pub replay_judge: bool,
 }
 
 /// What `status` shows of the serving model.
@@ -84,8 +98,13 @@ fn round(
     records: &[HistoryRecord],
     cfg: &RetrainConfig,
     dir: &Path,
+    judge: Option<SimConfig>,
 ) -> (Model, Outcome, Option<String>) {
-    match challenge(&champion, records, cfg) {
+    let judge = judge.map(prewarm_sim::tune::judge);
+    let judge = judge
+        .as_ref()
+        .map(|j| j as &prewarm_predict::neural::retrain::Judge<'_>);
+    match challenge_judged(&champion, records, cfg, judge) {
         Ok((r, Some(mut won))) => {
             let saved = save_atomically(&mut won, dir).err();
             match copy_model(&won) {
@@ -129,8 +148,9 @@ pub async fn run_retraining(c: Arc<Coordinator>, s: RetrainSettings) {
         tick.tick().await;
         let records = brain.recent_history();
         let (cfg, dir) = (s.round.clone(), s.dir.clone());
+        let judge = s.replay_judge.then(|| judge_config(&c, brain));
         let joined = tokio::task::spawn_blocking(move || {
-            let (m, out, save_error) = round(champion, &records, &cfg, &dir);
+            let (m, out, save_error) = round(champion, &records, &cfg, &dir, judge);
             (m, out, save_error)
         })
         .await;
@@ -154,8 +174,15 @@ pub async fn run_retraining(c: Arc<Coordinator>, s: RetrainSettings) {
 fn note_round(brain: &Brain, metrics: &CoordinatorMetrics, out: Outcome) {
     match out {
         Ok((r, serving)) => {
-            metrics.champion_log_loss.set(r.champion.log_loss);
-            metrics.challenger_log_loss.set(r.challenger.log_loss);
+            metrics.scores.champion_log_loss.set(r.champion.log_loss);
+            metrics
+                .scores
+                .challenger_log_loss
+                .set(r.challenger.log_loss);
+            if let (Some(a), Some(b)) = (r.champion.warm_rate, r.challenger.warm_rate) {
+                metrics.scores.champion_warm_rate.set(a);
+                metrics.scores.challenger_warm_rate.set(b);
+            }
             if let Some(p) = serving {
                 brain.replace(p);
                 metrics.retrains_swapped.inc();
@@ -163,9 +190,12 @@ fn note_round(brain: &Brain, metrics: &CoordinatorMetrics, out: Outcome) {
                 metrics.retrains_kept.inc();
             }
             tracing::info!(
-                "retraining: challenger {:.4} vs serving {:.4} nats on {} held-back records: {}",
+                "retraining: challenger {:.4} vs serving {:.4} nats, replayed {} vs {} warm, on {} \
+                 held-back records: {}",
                 r.challenger.log_loss,
                 r.champion.log_loss,
+                warm_text(r.challenger.warm_rate),
+                warm_text(r.champion.warm_rate),
                 r.held_out,
                 if r.swapped { "swapped" } else { "kept" }
             );
@@ -180,6 +210,33 @@ fn note_round(brain: &Brain, metrics: &CoordinatorMetrics, out: Outcome) {
             note_round_error(brain, metrics, e.to_string(), false)
         }
         Err(e) => note_round_error(brain, metrics, e.to_string(), true),
+    }
+}
+
+/// A replayed warm-start rate for the log.
+fn warm_text(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".to_owned(), |r| format!("{:.1}%", 100.0 * r))
+}
+
+/// The replay that judges a round: the coordinator's engine settings over a fleet of the
+/// attached capacities' count and median budget (one capacity of 4 GiB when none is
+/// attached).
+fn judge_config(c: &Coordinator, brain: &Brain) -> SimConfig {
+    let ec = brain.engine_config();
+    let (count, budget) = c.capacities.shape();
+    SimConfig {
+        capacities: count.max(1),
+        cache_bytes: if budget == 0 { 4 << 30 } else { budget },
+        bandwidth: ec.planner.bandwidth,
+        latency_s: ec.planner.latency_s,
+        lead_s: ec.planner.lead_s,
+        memory_price: ec.planner.memory_price,
+        top_k: ec.top_k,
+        calibrate: ec.calibrate,
+        spread: ec.spread,
+        ahead: ec.ahead,
+        planner: ec.planner.clone(),
+        ..SimConfig::default()
     }
 }
 

@@ -7,13 +7,17 @@ use crate::text::{bytes, table as table_of};
 pub fn round_line(r: &prewarm_sim::retrain::RoundLog) -> String {
     match (&r.round, &r.error) {
         (Some(x), _) => format!(
-            "retraining {} round {} at {} records: challenger {:.4} vs serving {:.4} nats on {} \
+            "retraining {} round {} at {} records: challenger {:.4} vs serving {:.4} nats{} on {} \
              held back → {} ({:.1} s)",
             r.arch,
             r.k + 1,
             r.history,
             x.challenger.log_loss,
             x.champion.log_loss,
+            match (x.challenger.warm_rate, x.champion.warm_rate) {
+                (Some(a), Some(b)) => format!(", {:.1}% vs {:.1}% warm", 100.0 * a, 100.0 * b),
+                _ => String::new(),
+            },
             x.held_out,
             if x.swapped { "swapped" } else { "kept" },
             x.seconds

@@ -1,10 +1,11 @@
 //! Retraining rounds during a replay: the coordinator's champion/challenger rounds
-//! ([`prewarm_predict::neural::retrain::challenge`], the same function) run on the history
-//! the replay has observed so far, on a schedule of history growth instead of wall time. A
-//! round trains a challenger on all but the newest fifth of that history, scores it and the
-//! serving model prequentially on that fifth, and swaps only when the challenger's log-loss
-//! is lower; the new model then serves with its per-key state rebuilt from the history, as
-//! in production.
+//! ([`prewarm_predict::neural::retrain::challenge_judged`], the same function) run on the
+//! history the replay has observed so far, on a schedule of history growth instead of wall
+//! time. A round trains a challenger on all but the newest fifth of that history, scores it
+//! and the serving model prequentially on that fifth and (with [`Schedule::judge`], as the
+//! coordinator's `--retrain-judge replay`) by the warm starts of a replay of that fifth,
+//! and swaps when the challenger wins; the new model then serves with its per-key state
+//! rebuilt from the history, as in production.
 //!
 //! **Schedule.** Rounds run when the observed history has grown by `growth` since the model
 //! serving was trained (`first · growth^k` records), so the number of rounds grows with the
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use foldhash::HashMap;
 use prewarm_core::{HistoryRecord, Predictor};
 use prewarm_predict::MAX_KEYS;
-use prewarm_predict::neural::retrain::{RetrainConfig, Round, challenge, copy_model};
+use prewarm_predict::neural::retrain::{RetrainConfig, Round, challenge_judged, copy_model};
 use prewarm_predict::neural::{Learned, Model};
 use serde::Serialize;
 
@@ -33,6 +34,9 @@ pub struct Schedule {
     pub growth: f64,
     /// The round's settings (hold-out share, training budget, …).
     pub round: RetrainConfig,
+    /// The fleet a round's replay judge runs on (`None`: log-loss alone). One book serves
+    /// every cache size of a run, so this is one size's (the run's base size).
+    pub judge: Option<crate::SimConfig>,
 }
 
 impl Schedule {
@@ -110,10 +114,15 @@ impl Rounds {
         if let Some(done) = inner.outcomes.get(arch).and_then(|v| v.get(k)) {
             return done.as_ref().and_then(|m| copy_model(m).ok());
         }
-        let (won, round, error) = match challenge(serving, history, &self.schedule.round) {
-            Ok((r, won)) => (won, Some(r), None),
-            Err(e) => (None, None, Some(e.to_string())),
-        };
+        let judge = self.schedule.judge.clone().map(crate::tune::judge);
+        let judge = judge
+            .as_ref()
+            .map(|j| j as &prewarm_predict::neural::retrain::Judge<'_>);
+        let (won, round, error) =
+            match challenge_judged(serving, history, &self.schedule.round, judge) {
+                Ok((r, won)) => (won, Some(r), None),
+                Err(e) => (None, None, Some(e.to_string())),
+            };
         inner.log.push(RoundLog {
             arch: arch.to_owned(),
             k,
@@ -183,6 +192,7 @@ mod tests {
                 options: Some(tiny()),
                 ..RetrainConfig::default()
             },
+            judge: Some(crate::SimConfig::default()),
         });
         let policy = |champion: &Model| {
             let serving = Learned::new(copy_model(champion).unwrap(), MAX_KEYS);
@@ -196,6 +206,13 @@ mod tests {
         let at: Vec<usize> = log.iter().map(|r| r.history).collect();
         assert_eq!(at, vec![800, 1_600]);
         assert!(log.iter().all(|r| r.round.is_some()), "{log:?}");
+        // Judged by a replay of the held-back part, as the coordinator's rounds are.
+        assert!(
+            log.iter()
+                .flat_map(|r| &r.round)
+                .all(|r| r.champion.warm_rate.is_some() && r.challenger.warm_rate.is_some()),
+            "{log:?}"
+        );
         let b = replay(&h, policy(&champion), &cfg);
         assert_eq!(book.log().len(), 2, "the second replay trained nothing");
         assert_eq!(a, b, "and was served the same models");
@@ -207,6 +224,7 @@ mod tests {
             first: 2_000,
             growth: 1.5,
             round: RetrainConfig::default(),
+            judge: None,
         };
         let at: Vec<usize> = (0..3).map(|k| s.due(k)).collect();
         assert_eq!(at, vec![3_000, 4_500, 6_750]);

@@ -28,11 +28,11 @@
 //! The coordinator takes the choice as flags (`--model`, `--link-price`, `--spread`);
 //! `prewarm replay --tune` and the `auto` policy print them per cache size.
 
-use prewarm_core::HistoryRecord;
+use prewarm_core::{HistoryRecord, Predictor};
 use prewarm_engine::LinkPrice;
 use serde::Serialize;
 
-use crate::{Policy, SimConfig, replay_paired};
+use crate::{Policy, PolicyKind, SimConfig, replay, replay_paired};
 
 /// How many standard deviations of the discordant count a candidate's net gain must reach.
 pub const Z: f64 = 2.0;
@@ -210,6 +210,27 @@ pub fn tune<E>(
         chosen,
         trials,
     })
+}
+
+/// The replay as a retraining round's judge (`prewarm_predict::neural::retrain::Judge`):
+/// the share of a window's executions after its warm-up share that the model's decisions,
+/// through the engine over a fleet set by `cfg`, started warm. The coordinator compares its
+/// champion and challenger with it (`--retrain-judge replay`).
+pub fn judge(
+    cfg: SimConfig,
+) -> impl Fn(Box<dyn Predictor>, &[HistoryRecord], f64) -> f64 + Send + Sync {
+    move |model, records, warmup| {
+        let c = SimConfig {
+            warmup,
+            ..cfg.clone()
+        };
+        replay(
+            records,
+            Policy::new("candidate", PolicyKind::Predictive(model)),
+            &c,
+        )
+        .warm_rate
+    }
 }
 
 #[cfg(test)]

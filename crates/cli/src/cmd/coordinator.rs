@@ -103,8 +103,8 @@ pub struct Args {
     #[arg(long, default_value = "125MB")]
     bandwidth: prewarm_core::ByteSize,
     /// Retrain a gru:DIR or transformer:DIR model (alone or a mixture's member) in the background this often from the
-    /// agents' history; the challenger serves (and is saved to DIR) only when it scores a
-    /// lower log-loss than the serving model on the newest held-back history.
+    /// agents' history; the challenger serves (and is saved to DIR) only when it does better
+    /// than the serving model on the newest held-back history (see --retrain-judge).
     #[arg(long, value_parser = parse_duration)]
     retrain_every: Option<Duration>,
     /// Wall-clock training budget of one retraining round.
@@ -113,6 +113,21 @@ pub struct Args {
     /// History records kept for retraining (the newest).
     #[arg(long, default_value_t = 200_000)]
     retrain_history: usize,
+    /// How a retraining round compares the challenger with the serving model on the
+    /// held-back history: `replay` (the share of executions each one's decisions start warm
+    /// in a replay of it through the decision engine, on a fleet of the attached capacities'
+    /// count and median budget; log-loss breaks ties) or `log-loss`.
+    #[arg(long, value_enum, default_value = "replay")]
+    retrain_judge: RetrainJudge,
+}
+
+/// See `--retrain-judge`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RetrainJudge {
+    /// The replayed warm-start rate, then log-loss.
+    Replay,
+    /// Log-loss alone.
+    LogLoss,
 }
 
 /// The retraining settings `a` asks for (`None`: no retraining).
@@ -142,6 +157,7 @@ fn retraining(a: &Args) -> anyhow::Result<Option<prewarm_coordinator::RetrainSet
             budget: a.retrain_budget,
             ..Default::default()
         },
+        replay_judge: a.retrain_judge == RetrainJudge::Replay,
     }))
 }
 

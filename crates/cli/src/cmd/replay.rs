@@ -377,6 +377,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                     budget: a.train_budget,
                     ..Default::default()
                 },
+                // Judged by a replay at the base cache size, as the coordinator's rounds
+                // are by default (`--retrain-judge replay`).
+                judge: Some(cfg.clone()),
             })
         }),
     };
@@ -417,25 +420,29 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         retraining: trained.rounds.as_ref().map(Rounds::log).unwrap_or_default(),
         tuning: log,
     };
+    emit(&a, &out)?;
+    Ok(0)
+}
 
+/// Writes the report and prints the tables (or the JSON).
+fn emit(a: &Args, out: &Replay) -> anyhow::Result<()> {
     if let Some(path) = &a.report {
-        std::fs::write(path, prewarm_report::replay::html(&out))
+        std::fs::write(path, prewarm_report::replay::html(out))
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("report written to {}", path.display());
     }
     if a.json {
-        output::json(&out)?;
-    } else {
-        println!("{}", text::table(&out.rows));
-        println!("\n{}", text::ceiling_line(&out.ceiling));
-        for (cache, t) in &out.tuning {
-            println!("{}", text::tuned_line(*cache, t));
-        }
-        if !out.standings.is_empty() {
-            println!("\n{}", text::standings_table(&out.standings));
-        }
+        return output::json(out);
     }
-    Ok(0)
+    println!("{}", text::table(&out.rows));
+    println!("\n{}", text::ceiling_line(&out.ceiling));
+    for (cache, t) in &out.tuning {
+        println!("{}", text::tuned_line(*cache, t));
+    }
+    if !out.standings.is_empty() {
+        println!("\n{}", text::standings_table(&out.standings));
+    }
+    Ok(())
 }
 
 /// The median of the sizes the history gives (per resource, largest seen), else 64 MiB.

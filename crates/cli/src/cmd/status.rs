@@ -78,6 +78,8 @@ fn print_json(s: &StatusReply) {
             "challenger_log_loss": m.challenger_log_loss, "champion_top5": m.champion_top5,
             "challenger_top5": m.challenger_top5, "held_out": m.held_out,
             "last_round_unix_ms": m.last_round_unix_ms, "last_error": m.last_error,
+            "champion_warm_rate": (m.champion_warm_rate >= 0.0).then_some(m.champion_warm_rate),
+            "challenger_warm_rate": (m.challenger_warm_rate >= 0.0).then_some(m.challenger_warm_rate),
         })
     });
     println!(
@@ -103,6 +105,13 @@ fn print_model(m: &ModelStatus) {
                 100.0 * m.champion_top5,
                 m.held_out
             );
+            if m.champion_warm_rate >= 0.0 && m.challenger_warm_rate >= 0.0 {
+                print!(
+                    ", replayed: {:.1}% vs {:.1}% warm",
+                    100.0 * m.challenger_warm_rate,
+                    100.0 * m.champion_warm_rate
+                );
+            }
         }
         if !m.last_error.is_empty() {
             print!(" ({})", m.last_error);

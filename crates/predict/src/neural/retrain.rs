@@ -2,9 +2,11 @@
 //! held-back window; the serving model (the champion) and the challenger are each scored on
 //! that window the way they would serve it — fresh per-key state, warmed on what came just
 //! before, then predicting each execution before learning from it (prequential log-loss,
-//! the proper scoring rule the mixture also uses). The challenger replaces the champion only
-//! when its log-loss is lower. The window is newer than anything the champion was trained
-//! on, so neither has seen it.
+//! the proper scoring rule the mixture also uses) and, with a [`Judge`], driving the
+//! decision engine over a replay of the window. The challenger replaces the champion when
+//! its decisions start more of the window's executions warm, and where they tie (or nothing
+//! was replayed) when its log-loss is lower. The window is newer than anything the champion
+//! was trained on, so neither has seen it.
 
 use std::time::{Duration, Instant};
 
@@ -51,7 +53,18 @@ pub struct Score {
     pub top5: f64,
     /// Executions scored.
     pub events: u64,
+    /// Share of the window's executions its decisions started warm, when a [`Judge`]
+    /// replayed them.
+    pub warm_rate: Option<f64>,
 }
+
+/// Replays a window of history with a model deciding (the decision engine over a simulated
+/// fleet, `prewarm_sim::judge`): `(model, records, warm-up share)` → the share of the
+/// executions after the warm-up share that started warm. Models are compared by it because
+/// a lower log-loss does not mean more warm starts (BENCHMARKS.md, "Choosing the model and
+/// the settings by replay").
+pub type Judge<'a> =
+    dyn Fn(Box<dyn crate::Predictor>, &[HistoryRecord], f64) -> f64 + Send + Sync + 'a;
 
 /// What one round found.
 #[derive(Clone, Debug, Serialize)]
@@ -94,23 +107,43 @@ pub fn copy_model(m: &Model) -> Result<Model, RetrainError> {
     Model::new(m.config.clone(), m.tensors.clone()).map_err(|e| RetrainError::Copy(e.to_string()))
 }
 
-/// `m` scored on `history[split..]`, warmed on at most `warm` records before it.
+/// `m` scored on `history[split..]`, warmed on at most `warm` records before it; with a
+/// `judge`, also replayed there.
 fn score(
     m: &Model,
     history: &[HistoryRecord],
     split: usize,
     warm: usize,
+    judge: Option<&Judge<'_>>,
 ) -> Result<Score, RetrainError> {
     let from = split.saturating_sub(warm);
     let part = &history[from..];
     let warmup = (split - from) as f64 / part.len().max(1) as f64;
     let mut p = Learned::new(copy_model(m)?, crate::MAX_KEYS);
     let row = evaluate(&mut p, part, warmup, 60.0);
+    let warm_rate = match judge {
+        Some(j) => Some(j(
+            Box::new(Learned::new(copy_model(m)?, crate::MAX_KEYS)),
+            part,
+            warmup,
+        )),
+        None => None,
+    };
     Ok(Score {
         log_loss: row.log_loss,
         top5: row.top5,
         events: row.events,
+        warm_rate,
     })
+}
+
+/// Whether `challenger` beats `champion`: by the replay's warm starts when both were
+/// replayed and differ, else by log-loss.
+pub fn better(challenger: &Score, champion: &Score) -> bool {
+    match (challenger.warm_rate, champion.warm_rate) {
+        (Some(a), Some(b)) if a != b => a > b,
+        _ => challenger.log_loss < champion.log_loss,
+    }
 }
 
 /// One round against `champion` on `history` (time-ordered): the round's figures, and the
@@ -119,6 +152,16 @@ pub fn challenge(
     champion: &Model,
     history: &[HistoryRecord],
     cfg: &RetrainConfig,
+) -> Result<(Round, Option<Model>), RetrainError> {
+    challenge_judged(champion, history, cfg, None)
+}
+
+/// [`challenge`], the two compared by the warm starts `judge` finds when they differ.
+pub fn challenge_judged(
+    champion: &Model,
+    history: &[HistoryRecord],
+    cfg: &RetrainConfig,
+    judge: Option<&Judge<'_>>,
 ) -> Result<(Round, Option<Model>), RetrainError> {
     let started = Instant::now();
     if history.len() < cfg.min_records.max(10) {
@@ -135,9 +178,9 @@ pub fn challenge(
     });
     opts.seed = champion.config.training.seed.wrapping_add(1);
     let challenger = train(&history[..split], &opts, &mut |_| {})?;
-    let champion_score = score(champion, history, split, cfg.warm_records)?;
-    let challenger_score = score(&challenger, history, split, cfg.warm_records)?;
-    let swapped = challenger_score.log_loss < champion_score.log_loss;
+    let champion_score = score(champion, history, split, cfg.warm_records, judge)?;
+    let challenger_score = score(&challenger, history, split, cfg.warm_records, judge)?;
+    let swapped = better(&challenger_score, &champion_score);
     let round = Round {
         trained_on: split,
         held_out: history.len() - split,
@@ -206,6 +249,41 @@ mod tests {
         );
         assert_eq!(round.held_out, 240);
         assert!(round.challenger.events > 100, "{round:?}");
+    }
+
+    #[test]
+    fn the_replayed_warm_starts_decide_and_log_loss_breaks_their_ties() {
+        let champion = train(&cycles(1_200, 0), &options(1e-2, 25), &mut |_| {}).unwrap();
+        let now: Vec<_> = cycles(1_200, 1);
+        // A judge whose replay starts more executions warm with the champion (asked first)
+        // though the challenger predicts the new loops better.
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let judge = |p: Box<dyn crate::Predictor>, records: &[HistoryRecord], warmup: f64| {
+            assert_eq!(p.name(), "gru");
+            assert!(records.len() > 240 && (0.0..1.0).contains(&warmup));
+            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => 0.9,
+                _ => 0.5,
+            }
+        };
+        let (round, won) =
+            challenge_judged(&champion, &now, &cfg(options(1e-2, 25)), Some(&judge)).unwrap();
+        assert!(
+            round.challenger.log_loss < round.champion.log_loss,
+            "{round:?}"
+        );
+        assert_eq!(round.champion.warm_rate, Some(0.9));
+        assert_eq!(round.challenger.warm_rate, Some(0.5));
+        assert!(!round.swapped && won.is_none(), "{round:?}");
+        // Equal warm starts: the lower log-loss wins.
+        let score = |log_loss, warm_rate| Score {
+            log_loss,
+            warm_rate,
+            ..Score::default()
+        };
+        assert!(better(&score(1.0, Some(0.8)), &score(2.0, Some(0.8))));
+        assert!(!better(&score(1.0, Some(0.7)), &score(2.0, Some(0.8))));
+        assert!(better(&score(1.0, None), &score(2.0, Some(0.8))));
     }
 
     #[test]
