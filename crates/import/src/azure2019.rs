@@ -351,6 +351,13 @@ fn read_invocations(
             .get(&(owner.to_owned(), app.to_owned(), func.to_owned()), day)
             .unwrap_or(0.0);
         let resource = resource_for("fn", func.as_bytes());
+        // One check per row (its records differ only in time): a key or trigger too long
+        // for a history record makes the row malformed.
+        if let Err(e) = record(day_start, kind, app.to_owned(), resource.clone(), 0, 0.0).validate()
+        {
+            sink.malformed(p, line, e.to_string())?;
+            continue;
+        }
         for (&(_, minute), &n) in c.minutes.iter().zip(&counts) {
             let start = day_start + 60.0 * (minute - 1) as f64;
             for k in 0..n {

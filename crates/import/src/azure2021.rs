@@ -43,7 +43,7 @@ pub fn import(path: &Path, sink: &mut Sink) -> Result<(), ImportError> {
             {
                 let start = (end - dur).max(0.0);
                 let resource = resource_for("fn", format!("{app}/{func}").as_bytes());
-                sink.push(record(start, "invoke", app, resource, 0, dur));
+                sink.push_parsed(path, line, record(start, "invoke", app, resource, 0, dur))?;
             }
             _ => sink.malformed(
                 path,

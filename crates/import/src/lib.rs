@@ -200,23 +200,29 @@ impl Sink {
         self.records.push(r);
     }
 
-    /// [`Sink::push`] of a record whose time was parsed from the row: one before 1970 (a
-    /// damaged year) or not a number is a malformed row, not a record.
+    /// [`Sink::push`] of a record parsed from a row: one before 1970 (a damaged year), with a
+    /// time that is not a number, or that a history record may not hold (a key or type too
+    /// long) is a malformed row, not a record.
     pub fn push_parsed(
         &mut self,
         file: &Path,
         line: u64,
         r: HistoryRecord,
     ) -> Result<(), ImportError> {
-        if r.ts.is_finite() && r.ts >= 0.0 {
-            self.push(r);
-            return Ok(());
+        if !(r.ts.is_finite() && r.ts >= 0.0) {
+            return self.malformed(
+                file,
+                line,
+                format!("time {} is before 1970 or not a number", r.ts),
+            );
         }
-        self.malformed(
-            file,
-            line,
-            format!("time {} is before 1970 or not a number", r.ts),
-        )
+        // What a history file may not hold (a key or type over `MAX_KEY_LEN`…) is not
+        // imported: `eval`, `train` and `replay` would refuse the file.
+        if let Err(e) = r.validate() {
+            return self.malformed(file, line, e.to_string());
+        }
+        self.push(r);
+        Ok(())
     }
 }
 

@@ -270,3 +270,61 @@ fn named_requests_carry_their_reads_as_needs() {
     let (web, _) = import(Format::Clf, &[log], &opts).unwrap();
     assert_eq!(web[0].event.needs, vec![web[0].reads[0].resource.clone()]);
 }
+
+/// Found by the `importers` fuzz target: a row whose key (a web log's host, an Azure app) or
+/// event type was longer than a history record may hold (1,024 bytes) became a record, so
+/// `import` wrote a history file that `eval`, `train` and `replay` then refused to read. Such
+/// a row is malformed (counted, or fatal under `strict`), like a row with a bad time.
+#[test]
+fn a_key_or_type_too_long_for_history_is_a_malformed_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "h".repeat(1_100);
+    let cases = [
+        (
+            Format::Clf,
+            "access.log",
+            format!(
+                "{long} - - [01/Jul/1995:00:00:01 -0400] \"GET /a HTTP/1.0\" 200 1\n\
+                 ok.host - - [01/Jul/1995:00:00:02 -0400] \"GET /b HTTP/1.0\" 200 1\n"
+            ),
+        ),
+        (
+            Format::Azure2021,
+            "trace.csv",
+            format!("app,func,end_timestamp,duration\n{long},f,10.5,0.25\na,f,11,0.5\n"),
+        ),
+        (
+            Format::Azure2019,
+            "invocations_per_function_md.anon.d01.csv",
+            format!(
+                "HashOwner,HashApp,HashFunction,Trigger,1,2\no,{long},f,http,1,0\no,a,f,{long},1,0\no,a,f,http,0,1\n"
+            ),
+        ),
+    ];
+    for (format, name, text) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let opts = ImportOptions::default();
+        let (recs, rep) = import(format, std::slice::from_ref(&path), &opts)
+            .unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        assert_eq!(recs.len(), 1, "{format:?}: only the row within bounds");
+        assert!(rep.malformed >= 1, "{format:?}: the long row is counted");
+        assert!(recs.iter().all(|r| r.validate().is_ok()), "{format:?}");
+        assert!(
+            rep.examples[0].reason.contains("too long"),
+            "{format:?}: {}",
+            rep.examples[0].reason
+        );
+        let strict = ImportOptions {
+            strict: true,
+            ..ImportOptions::default()
+        };
+        assert!(
+            matches!(
+                import(format, &[path], &strict),
+                Err(ImportError::Strict { .. })
+            ),
+            "{format:?}: fatal under strict"
+        );
+    }
+}

@@ -112,8 +112,52 @@ impl ChunkIndex {
                 .map(blob_from_pb)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(IndexDecodeError::Invalid)?;
+            // A pack listed twice would leave the first listing's chunks pointing into it.
+            if idx.packs.contains_key(&id) {
+                return Err(IndexDecodeError::Invalid(format!(
+                    "pack {id} is listed twice"
+                )));
+            }
             idx.add_pack(id, blobs);
         }
         Ok(idx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `envelope_manifest` fuzz target: an index object listing one pack twice
+    /// (with other blobs the second time) decoded to an index that answered for chunks its
+    /// pack list no longer held. Such an object is damaged or forged: refused.
+    #[test]
+    fn an_index_listing_a_pack_twice_is_refused() {
+        let entry = |seed: u8| pb::BlobEntry {
+            hash: vec![seed; 32].into(),
+            offset: 8,
+            stored_length: 1,
+            raw_length: 1,
+            codec: crate::Codec::Raw.to_pb(),
+        };
+        let pack = |seed: u8| pb::PackEntries {
+            pack_id: vec![1; 32].into(),
+            blobs: vec![entry(seed)],
+        };
+        let body = pb::PackIndex {
+            packs: vec![pack(2), pack(3)],
+        }
+        .encode_to_vec();
+        let err = ChunkIndex::decode(&envelope::seal(INDEX_MAGIC, &body))
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("twice"), "{err}");
+        // Listed once, it decodes.
+        let once = pb::PackIndex {
+            packs: vec![pack(2)],
+        }
+        .encode_to_vec();
+        let idx = ChunkIndex::decode(&envelope::seal(INDEX_MAGIC, &once)).expect("decodes");
+        assert_eq!(idx.len(), 1);
     }
 }

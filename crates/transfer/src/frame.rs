@@ -147,10 +147,14 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
     max: u32,
 ) -> Result<Frame, FrameError> {
     let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
-        Err(e) => return Err(e.into()),
+    let mut got = 0;
+    while got < len.len() {
+        match r.read(&mut len[got..]).await? {
+            // Only an end between frames is a close; inside the length prefix it is a break.
+            0 if got == 0 => return Err(FrameError::Closed),
+            0 => return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            n => got += n,
+        }
     }
     let len = check_len(u32::from_le_bytes(len))?;
     if len > max {
@@ -341,6 +345,31 @@ mod tests {
             FrameReader::new(&bad[..]).next().await,
             Err(FrameError::Malformed(_))
         ));
+    }
+
+    /// Found by the `data_plane` fuzz target: a stream ending inside a length prefix (1 to 3
+    /// bytes of it) read as a clean close through `read_frame`, as a broken one through
+    /// `FrameReader`; the server took such a client for one that had finished. Both readers
+    /// now call it a broken connection; only an end between frames is a close.
+    #[tokio::test]
+    async fn a_stream_cut_inside_a_length_prefix_is_not_a_clean_close() {
+        for cut in 1..4 {
+            let data = vec![9u8; cut];
+            assert!(
+                matches!(
+                    read_frame(&mut data.as_slice()).await,
+                    Err(FrameError::Io(_))
+                ),
+                "read_frame, {cut} bytes"
+            );
+            assert!(
+                matches!(
+                    FrameReader::new(data.as_slice()).next().await,
+                    Err(FrameError::Io(_))
+                ),
+                "FrameReader, {cut} bytes"
+            );
+        }
     }
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
