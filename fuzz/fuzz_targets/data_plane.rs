@@ -26,13 +26,13 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use prewarm_core::ChunkHash;
-use prewarm_fuzz::{MemFixture, Script, TOKEN, chunk_bytes, read_frames, resource};
+use prewarm_fuzz::{MemFixture, Script, TOKEN, check_delivery, chunk_bytes, read_frames, resource};
 use prewarm_metrics::Registry;
 use prewarm_store::{Codec, Manifest, verify_stored};
 use prewarm_transfer::frame::{
     self, Code, FrameError, FrameReader, Kind, MAGIC, MAX_HELLO, read_frame, read_frame_limited,
 };
-use prewarm_transfer::{Connection, DataAddr, DataServer, Token, verify_batch};
+use prewarm_transfer::{Connection, DataAddr, DataServer, Token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Fx {
@@ -252,23 +252,11 @@ fn client(data: &[u8]) {
             let got = c.fetch(&refs, None, &tx).await;
             drop(tx);
             drop(c);
-            let mut seen = Vec::new();
+            let mut batches = Vec::new();
             while let Some(batch) = rx.recv().await {
-                seen.extend(batch.iter().map(|r| r.index));
-                for (i, v) in verify_batch(&refs, batch) {
-                    if let Ok(bytes) = v {
-                        assert_eq!(&bytes[..], &f.chunks[i][..], "a verified chunk is true");
-                    }
-                }
+                batches.push(batch);
             }
-            assert!(
-                seen.iter().enumerate().all(|(k, i)| k == *i),
-                "chunks handed on once each, in order"
-            );
-            if let Ok(stats) = got {
-                assert_eq!(stats.chunks as usize, refs.len());
-                assert_eq!(seen.len(), refs.len(), "a fetch succeeds with every chunk");
-            }
+            check_delivery(&refs, &f.chunks, batches, got.ok().map(|s| s.chunks));
         };
         tokio::join!(serve, talk);
     });

@@ -339,6 +339,34 @@ pub fn segments(mut script: &[u8]) -> Vec<(usize, &[u8])> {
 
 /// Ignores `SIGPIPE`, as a Rust `main` does (libFuzzer's `main` does not): a write to a
 /// socket its peer closed must fail, not kill the fuzzer.
+/// What a client's fetch of `refs` handed on, as its batches arrived: whatever verifies is
+/// the true chunk (`chunks[i]`), every index is handed on once, in order, and a fetch that
+/// succeeded (`fetched`: its chunk count) handed on every chunk.
+pub fn check_delivery(
+    refs: &[ChunkRef],
+    chunks: &[Vec<u8>],
+    batches: Vec<Vec<prewarm_transfer::Received>>,
+    fetched: Option<u64>,
+) {
+    let mut seen = Vec::new();
+    for batch in batches {
+        seen.extend(batch.iter().map(|r| r.index));
+        for (i, v) in prewarm_transfer::verify_batch(refs, batch) {
+            if let Ok(bytes) = v {
+                assert_eq!(&bytes[..], &chunks[i][..], "a verified chunk is true");
+            }
+        }
+    }
+    assert!(
+        seen.iter().enumerate().all(|(k, i)| k == *i),
+        "chunks handed on once each, in order"
+    );
+    if let Some(n) = fetched {
+        assert_eq!(n as usize, refs.len());
+        assert_eq!(seen.len(), refs.len(), "a fetch succeeds with every chunk");
+    }
+}
+
 pub fn ignore_sigpipe() {
     // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
     unsafe {
