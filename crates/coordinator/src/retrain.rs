@@ -23,9 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prewarm_core::{HistoryRecord, Predictor};
-use prewarm_predict::neural::retrain::{
-    RetrainConfig, RetrainError, Round, challenge_judged, copy_model,
-};
+use prewarm_predict::neural::retrain::{RetrainConfig, RetrainError, Round, copy_model};
 use prewarm_predict::neural::{Learned, Model};
 use prewarm_sim::SimConfig;
 
@@ -100,11 +98,7 @@ fn round(
     dir: &Path,
     judge: Option<SimConfig>,
 ) -> (Model, Outcome, Option<String>) {
-    let judge = judge.map(prewarm_sim::tune::judge);
-    let judge = judge
-        .as_ref()
-        .map(|j| j as &prewarm_predict::neural::retrain::Judge<'_>);
-    match challenge_judged(&champion, records, cfg, judge) {
+    match prewarm_sim::tune::challenge(&champion, records, cfg, judge) {
         Ok((r, Some(mut won))) => {
             let saved = save_atomically(&mut won, dir).err();
             match copy_model(&won) {

@@ -1,5 +1,5 @@
 //! Retraining rounds during a replay: the coordinator's champion/challenger rounds
-//! ([`prewarm_predict::neural::retrain::challenge_judged`], the same function) run on the
+//! ([`crate::tune::challenge`], the same function) run on the
 //! history the replay has observed so far, on a schedule of history growth instead of wall
 //! time. A round trains a challenger on all but the newest fifth of that history, scores it
 //! and the serving model prequentially on that fifth and (with [`Schedule::judge`], as the
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use foldhash::HashMap;
 use prewarm_core::{HistoryRecord, Predictor};
 use prewarm_predict::MAX_KEYS;
-use prewarm_predict::neural::retrain::{RetrainConfig, Round, challenge_judged, copy_model};
+use prewarm_predict::neural::retrain::{RetrainConfig, Round, copy_model};
 use prewarm_predict::neural::{Learned, Model};
 use serde::Serialize;
 
@@ -114,12 +114,9 @@ impl Rounds {
         if let Some(done) = inner.outcomes.get(arch).and_then(|v| v.get(k)) {
             return done.as_ref().and_then(|m| copy_model(m).ok());
         }
-        let judge = self.schedule.judge.clone().map(crate::tune::judge);
-        let judge = judge
-            .as_ref()
-            .map(|j| j as &prewarm_predict::neural::retrain::Judge<'_>);
+        let judge = self.schedule.judge.clone();
         let (won, round, error) =
-            match challenge_judged(serving, history, &self.schedule.round, judge) {
+            match crate::tune::challenge(serving, history, &self.schedule.round, judge) {
                 Ok((r, won)) => (won, Some(r), None),
                 Err(e) => (None, None, Some(e.to_string())),
             };

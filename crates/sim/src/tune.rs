@@ -30,6 +30,8 @@
 
 use prewarm_core::{HistoryRecord, Predictor};
 use prewarm_engine::LinkPrice;
+use prewarm_predict::neural::Model;
+use prewarm_predict::neural::retrain::{RetrainConfig, RetrainError, Round, challenge_judged};
 use serde::Serialize;
 
 use crate::{Policy, PolicyKind, SimConfig, replay, replay_paired};
@@ -231,6 +233,21 @@ pub fn judge(
         )
         .warm_rate
     }
+}
+
+/// One retraining round (the coordinator's and the replay's), champion and challenger judged
+/// by a replay at `judge` when given ([`judge`]), by held-back log-loss otherwise.
+pub fn challenge(
+    champion: &Model,
+    history: &[HistoryRecord],
+    cfg: &RetrainConfig,
+    judge_at: Option<SimConfig>,
+) -> Result<(Round, Option<Model>), RetrainError> {
+    let judge = judge_at.map(judge);
+    let judge = judge
+        .as_ref()
+        .map(|j| j as &prewarm_predict::neural::retrain::Judge<'_>);
+    challenge_judged(champion, history, cfg, judge)
 }
 
 #[cfg(test)]
