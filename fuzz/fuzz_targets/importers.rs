@@ -119,6 +119,9 @@ fuzz_target!(|data: &[u8]| {
         strict: flags & 1 != 0,
         named: flags & 2 != 0,
         csv: (format == Format::Csv).then(|| mapping(which)),
+        // A few KiB of counts can name billions of invocations; the limit is what stops
+        // them (tested here at a size an execution can afford).
+        max_records: Some(100_000),
     };
     let (records, report) = match import(format, &inputs, &opts) {
         Ok(v) => v,

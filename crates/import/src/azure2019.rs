@@ -34,6 +34,9 @@ use super::{ImportError, Sink, base_name, capped, read_file, record, resource_fo
 /// Seconds in a day of the trace.
 const DAY_S: f64 = 86_400.0;
 
+/// Minute columns in a day file (`1` … `1440`).
+const MINUTES_PER_DAY: u64 = 1_440;
+
 enum Kind {
     Invocations,
     Durations,
@@ -280,6 +283,13 @@ fn invocation_columns(
             p.display()
         )));
     }
+    if let Some(&(_, m)) = minutes.iter().find(|&&(_, m)| m > MINUTES_PER_DAY) {
+        return Err(ImportError::Format(format!(
+            "{}: a minute column is numbered {}; a day file has minutes 1 to {MINUTES_PER_DAY}",
+            p.display(),
+            m
+        )));
+    }
     Ok(InvocationColumns {
         owner: col(header, "HashOwner", p)?,
         app: col(header, "HashApp", p)?,
@@ -358,6 +368,7 @@ fn read_invocations(
             sink.malformed(p, line, e.to_string())?;
             continue;
         }
+        sink.reserve(counts.iter().fold(0, |a: u64, &n| a.saturating_add(n)))?;
         for (&(_, minute), &n) in c.minutes.iter().zip(&counts) {
             let start = day_start + 60.0 * (minute - 1) as f64;
             for k in 0..n {

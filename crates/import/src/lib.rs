@@ -74,7 +74,15 @@ pub struct ImportOptions {
     /// models predict what comes next. Off: the event carries only its key and type, and
     /// what it reads is the model's to predict.
     pub named: bool,
+    /// Most records an import may produce ([`DEFAULT_MAX_RECORDS`] when `None`). Formats
+    /// that expand counts into records (Azure 2019: one record per counted invocation) can
+    /// turn a small file into billions; past the limit the import stops with
+    /// [`ImportError::TooManyRecords`] before building them.
+    pub max_records: Option<u64>,
 }
+
+/// The default of [`ImportOptions::max_records`]: about 8 GB of records in memory.
+pub const DEFAULT_MAX_RECORDS: u64 = 50_000_000;
 
 /// One skipped row.
 #[derive(Clone, Debug, Serialize)]
@@ -128,6 +136,15 @@ pub enum ImportError {
     /// The inputs do not fit the format (missing columns, missing mapping…).
     #[error("{0}")]
     Format(String),
+    /// The inputs expand to more records than the limit allows.
+    #[error(
+        "the input expands to more than {limit} records (a count is one record per \
+         invocation); import fewer days or minutes, or raise --max-records"
+    )]
+    TooManyRecords {
+        /// The limit ([`ImportOptions::max_records`]).
+        limit: u64,
+    },
     /// Not one row of the inputs was valid.
     #[error("no valid rows in the input ({malformed} malformed rows skipped{})", first.as_ref().map(|f| format!("; the first: {f}")).unwrap_or_default())]
     NoRecords {
@@ -157,14 +174,19 @@ pub(crate) fn capped(s: &str) -> String {
 /// Collects rows and skips, enforcing `strict`.
 pub(crate) struct Sink {
     strict: bool,
+    /// Records still allowed ([`ImportOptions::max_records`]).
+    room: u64,
+    limit: u64,
     pub records: Vec<HistoryRecord>,
     pub report: ImportReport,
 }
 
 impl Sink {
-    fn new(strict: bool) -> Self {
+    fn new(strict: bool, limit: u64) -> Self {
         Self {
             strict,
+            room: limit,
+            limit,
             records: Vec::new(),
             report: ImportReport::default(),
         }
@@ -197,7 +219,17 @@ impl Sink {
     }
 
     pub fn push(&mut self, r: HistoryRecord) {
+        self.room = self.room.saturating_sub(1);
         self.records.push(r);
+    }
+
+    /// Claims room for `n` records about to be pushed: the import stops with
+    /// [`ImportError::TooManyRecords`] before building them when they would pass the limit.
+    pub fn reserve(&mut self, n: u64) -> Result<(), ImportError> {
+        if n > self.room {
+            return Err(ImportError::TooManyRecords { limit: self.limit });
+        }
+        Ok(())
     }
 
     /// [`Sink::push`] of a record parsed from a row: one before 1970 (a damaged year), with a
@@ -289,7 +321,8 @@ pub fn import(
     if inputs.is_empty() {
         return Err(ImportError::Format("no input files".into()));
     }
-    let mut sink = Sink::new(opts.strict);
+    let limit = opts.max_records.unwrap_or(DEFAULT_MAX_RECORDS);
+    let mut sink = Sink::new(opts.strict, limit);
     match format {
         Format::Azure2019 => azure2019::import(inputs, &mut sink)?,
         Format::Azure2021 => {

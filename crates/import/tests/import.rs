@@ -53,6 +53,7 @@ fn worldcup_imports_with_column_flags_alone() {
         delimiter: b',',
     };
     let opts = ImportOptions {
+        max_records: None,
         strict: false,
         named: false,
         csv: Some(mapping),
@@ -125,6 +126,7 @@ fn malformed_rows_are_counted_or_fatal_under_strict() {
         delimiter: b',',
     };
     let mut opts = ImportOptions {
+        max_records: None,
         strict: false,
         named: false,
         csv: Some(mapping.clone()),
@@ -141,6 +143,7 @@ fn malformed_rows_are_counted_or_fatal_under_strict() {
     assert!(matches!(e, ImportError::Strict { line: 3, .. }), "{e}");
 
     let bad_col = ImportOptions {
+        max_records: None,
         strict: false,
         named: false,
         csv: Some(CsvMapping {
@@ -192,6 +195,7 @@ fn garbage_is_an_error_boms_are_stripped_and_messages_stay_short() {
     let header: Vec<String> = (0..1_000_000).map(|i| format!("c{i}")).collect();
     std::fs::write(&wide, format!("{}\n", header.join(","))).unwrap();
     let opts = ImportOptions {
+        max_records: None,
         strict: false,
         named: false,
         csv: Some(CsvMapping {
@@ -236,6 +240,7 @@ fn named_requests_carry_their_reads_as_needs() {
         delimiter: b',',
     };
     let mut opts = ImportOptions {
+        max_records: None,
         strict: true,
         named: false,
         csv: Some(mapping),
@@ -327,4 +332,54 @@ fn a_key_or_type_too_long_for_history_is_a_malformed_row() {
             "{format:?}: fatal under strict"
         );
     }
+}
+
+/// Fuzzing found a 4 KB Azure 2019 input that ran for minutes: its counts named billions of
+/// invocations, each expanded into a record. The limit stops such an input before building
+/// anything, with an error that says what to do; within the limit the counts import exactly.
+#[test]
+fn counts_that_expand_past_the_record_limit_stop_the_import_before_building_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("invocations_per_function_md.anon.d01.csv");
+    let write = |counts: &str| {
+        std::fs::write(
+            &path,
+            format!("HashOwner,HashApp,HashFunction,Trigger,1,2\no,a,f,http,{counts}\n"),
+        )
+        .unwrap()
+    };
+    let limited = |n| ImportOptions {
+        max_records: Some(n),
+        ..ImportOptions::default()
+    };
+    write("6,4");
+    let (recs, _) = import(Format::Azure2019, std::slice::from_ref(&path), &limited(10)).unwrap();
+    assert_eq!(recs.len(), 10, "exactly at the limit");
+    let err = import(Format::Azure2019, std::slice::from_ref(&path), &limited(9)).unwrap_err();
+    assert!(
+        matches!(err, ImportError::TooManyRecords { limit: 9 }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--max-records"), "{err}");
+    // The default limit: a trillion invocations in one row is refused at once.
+    write("999999999999,18446744073709551615");
+    let err = import(
+        Format::Azure2019,
+        std::slice::from_ref(&path),
+        &ImportOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, ImportError::TooManyRecords { limit } if limit == prewarm_import::DEFAULT_MAX_RECORDS),
+        "{err}"
+    );
+    // The fuzzed input's way there: a durations header whose percentile columns were cut to
+    // bare numbers read as minutes 142356 … of a day that has 1440.
+    std::fs::write(
+        &path,
+        "HashOwner,HashApp,HashFunction,Average,Count,142356,179611\no,a,f,1.0,2,8,9\n",
+    )
+    .unwrap();
+    let err = import(Format::Azure2019, &[path], &ImportOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("minutes 1 to 1440"), "{err}");
 }

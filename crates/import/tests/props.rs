@@ -44,6 +44,7 @@ const SAMPLES: [(Format, &str, &str); 5] = [
 
 fn options(format: Format) -> ImportOptions {
     ImportOptions {
+        max_records: None,
         strict: false,
         named: false,
         csv: (format == Format::Csv).then(|| CsvMapping {

@@ -34,6 +34,7 @@ fn run(format: Format, inputs: &[PathBuf]) -> (Vec<HistoryRecord>, ImportReport)
 
 fn strict(format: Format, inputs: &[PathBuf]) -> ImportError {
     let opts = ImportOptions {
+        max_records: None,
         strict: true,
         named: false,
         csv: None,
@@ -400,6 +401,7 @@ fn web_logs_nasa_original_combined_w3c_and_tabs() {
 
 fn list_mapping(list: ListSyntax, delimiter: u8) -> ImportOptions {
     ImportOptions {
+        max_records: None,
         strict: false,
         named: false,
         csv: Some(CsvMapping {

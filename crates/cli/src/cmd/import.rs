@@ -52,6 +52,10 @@ pub struct Args {
     /// next. Replay such a history with `--lead 0` when the request is the execution's start.
     #[arg(long)]
     named: bool,
+    /// Most records the import may produce; formats that expand counts (azure2019: one
+    /// record per counted invocation) stop with an error past it, before building them.
+    #[arg(long, default_value_t = prewarm_import::DEFAULT_MAX_RECORDS)]
+    max_records: u64,
     /// csv: time column(s), by header name or 0-based index; several are joined with a space.
     #[arg(long, value_delimiter = ',')]
     time_col: Vec<ColRef>,
@@ -136,6 +140,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         strict: a.strict,
         named: a.named,
         csv,
+        max_records: Some(a.max_records),
     };
     let (records, report) = tokio::task::spawn_blocking({
         let inputs = a.inputs.clone();
