@@ -245,15 +245,17 @@ fn tuning_section(r: &Replay) -> String {
     let mut s = String::from(
         "<h2>Settings learned from the warm-up part</h2>\n<p>Each candidate replayed over the \
          warm-up part (its second half counted) and compared execution by execution with the \
-         given setting; a candidate is taken only when its net gain passes McNemar's test.</p>\n\
+         given setting; a candidate is taken only when its net gain passes McNemar's test. \
+         Among the chosen model's candidates the warm-up cannot tell from the best (within \
+         one standard error: \"tied\"), the one moving the fewest bytes is chosen.</p>\n\
          <table><tr><th>cache</th><th>policy</th><th>candidate</th><th>warm</th><th>gained</th>\
-         <th>lost</th><th>bytes</th><th>chosen</th></tr>\n",
+         <th>lost</th><th>bytes</th><th>tied</th><th>chosen</th></tr>\n",
     );
     for (cache, t) in &r.tuning {
         for x in &t.trials {
             let _ = writeln!(
                 s,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 bytes(*cache),
                 esc(&t.policy),
                 esc(&format!("{} {}", x.model, x.setting.flags())),
@@ -262,6 +264,7 @@ fn tuning_section(r: &Replay) -> String {
                 x.gained,
                 x.lost,
                 bytes(x.bytes),
+                if x.tied { "tied" } else { "" },
                 if t.is_chosen(x) { "✓" } else { "" }
             );
         }

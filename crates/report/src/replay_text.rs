@@ -42,6 +42,13 @@ pub fn tuned_line(cache: u64, t: &prewarm_sim::tune::Tuned) -> String {
         ),
         _ => "no candidate's gain stood out".to_owned(),
     };
+    let why = match chosen {
+        Some(x) if t.by_bytes => format!(
+            "{why}; the fewest bytes ({}) among those the warm-up cannot tell apart",
+            bytes(x.bytes)
+        ),
+        _ => why,
+    };
     format!(
         "tuned {} at {} on the warm-up part ({} records): {} ({why})",
         t.policy,

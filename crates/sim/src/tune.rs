@@ -13,7 +13,12 @@
 //!    executions warm under the candidate and cold under the given setting, `lost` the
 //!    reverse;
 //! 3. switch only on evidence — McNemar's test: `gained − lost ≥ Z · √(gained + lost)` — and
-//!    to the candidate that gained the most net; else keep the given setting.
+//!    to the candidate that gained the most net; else keep the given setting;
+//! 4. then, among the candidates of the chosen model that the warm-up cannot tell from the
+//!    choice (its net advantage over them under one standard error, `√(discordant)`: the
+//!    one-standard-error rule of model selection), take the one that moves the fewest
+//!    bytes. Warm starts come first; bytes decide only what the evidence leaves open
+//!    (BENCHMARKS.md, "Bytes within the noise").
 //!
 //! A short warm-up therefore changes nothing (too few discordant executions to pass the
 //! test), which is the safe answer. A model trained for the trials must not have seen the
@@ -108,6 +113,9 @@ pub struct Trial {
     pub gained: u64,
     /// Executions cold here and warm under the given setting.
     pub lost: u64,
+    /// Whether the warm-up could not tell it from the candidate chosen on warm starts (its
+    /// net advantage under one standard error), so bytes could decide.
+    pub tied: bool,
 }
 
 impl Trial {
@@ -131,6 +139,9 @@ pub struct Tuned {
     pub chosen: Setting,
     /// Every candidate, the first model with the given setting first.
     pub trials: Vec<Trial>,
+    /// Whether the choice moves fewer bytes than the candidate best on warm starts, which
+    /// the warm-up could not tell from it (step 4 of the module docs).
+    pub by_bytes: bool,
 }
 
 impl Tuned {
@@ -176,42 +187,75 @@ pub fn tune<E>(
         ..cfg.clone()
     };
     let base = Setting::of(cfg);
-    let mut base_warm: Option<Vec<bool>> = None;
+    let mut warms: Vec<Vec<bool>> = Vec::new();
     let mut trials = Vec::new();
     for model in models {
         for setting in Setting::candidates(base) {
             let mut p = make(model)?;
             p.retrainer = None;
             let (report, warm) = replay_paired(warmup, p, &setting.apply(&trial_cfg));
-            let first = base_warm.get_or_insert_with(|| warm.clone());
-            let pairs = || warm.iter().zip(first.iter());
+            let (gained, lost) = discordant(&warm, warms.first().unwrap_or(&warm));
             trials.push(Trial {
                 model: (*model).to_owned(),
                 setting,
                 executions: report.executions,
                 warm: report.warm,
                 bytes: report.bytes,
-                gained: pairs().filter(|(w, b)| **w && !**b).count() as u64,
-                lost: pairs().filter(|(w, b)| !**w && **b).count() as u64,
+                gained,
+                lost,
+                tied: false,
             });
+            warms.push(warm);
         }
     }
-    let (model, chosen) = trials
+    let best = trials
         .iter()
-        .filter(|t| t.significant())
-        .max_by_key(|t| t.gained as i64 - t.lost as i64)
-        .or(trials.first())
-        .map_or_else(
-            || (models.first().copied().unwrap_or(policy).to_owned(), base),
-            |t| (t.model.clone(), t.setting),
-        );
+        .enumerate()
+        .filter(|(_, t)| t.significant())
+        .max_by_key(|(_, t)| t.gained as i64 - t.lost as i64)
+        .map_or(0, |(i, _)| i);
+    let chosen = cheapest_tied(&mut trials, &warms, best);
+    let by_bytes = chosen != best;
+    let (model, chosen) = trials.get(chosen).map_or_else(
+        || (models.first().copied().unwrap_or(policy).to_owned(), base),
+        |t| (t.model.clone(), t.setting),
+    );
     Ok(Tuned {
         policy: policy.to_owned(),
         records: warmup.len(),
         model,
         chosen,
         trials,
+        by_bytes,
     })
+}
+
+/// Executions warm in `a` and cold in `b`, and the reverse.
+fn discordant(a: &[bool], b: &[bool]) -> (u64, u64) {
+    a.iter().zip(b).fold((0, 0), |(g, l), (x, y)| match (x, y) {
+        (true, false) => (g + 1, l),
+        (false, true) => (g, l + 1),
+        _ => (g, l),
+    })
+}
+
+/// Step 4 of the module docs: marks the candidates of `best`'s model that the warm-up cannot
+/// tell from it and returns the index of the one moving the fewest bytes (`best` on ties).
+fn cheapest_tied(trials: &mut [Trial], warms: &[Vec<bool>], best: usize) -> usize {
+    let Some(model) = trials.get(best).map(|t| t.model.clone()) else {
+        return best;
+    };
+    let mut chosen = best;
+    for i in 0..trials.len() {
+        let (ahead, behind) = discordant(&warms[best], &warms[i]);
+        let net = ahead as f64 - behind as f64;
+        let tied = trials[i].model == model && net < ((ahead + behind) as f64).sqrt().max(1.0);
+        trials[i].tied = tied;
+        if tied && trials[i].bytes < trials[chosen].bytes {
+            chosen = i;
+        }
+    }
+    chosen
 }
 
 /// The replay as a retraining round's judge (`prewarm_predict::neural::retrain::Judge`):
@@ -266,7 +310,42 @@ mod tests {
             bytes: 0,
             gained,
             lost,
+            tied: false,
         }
+    }
+
+    #[test]
+    fn bytes_decide_only_among_candidates_the_warm_up_cannot_tell_apart() {
+        let mut t: Vec<Trial> = [(0, 900), (1, 100), (2, 500), (3, 50)]
+            .iter()
+            .map(|&(i, bytes)| Trial {
+                bytes,
+                model: if i == 3 {
+                    "gru".into()
+                } else {
+                    "markov".into()
+                },
+                ..trial(0, 0)
+            })
+            .collect();
+        // 100 executions; the best (0) is cold on 90..95. 1 loses 15 and gains 2 back (net 13
+        // ≥ √17): told apart. 2 loses 3 and gains 3 (net 0): within the noise, and cheaper.
+        // 3 would be cheaper still, but it is another model.
+        let mut best = vec![true; 100];
+        best[90..95].fill(false);
+        let mut one = best.clone();
+        one[..15].fill(false);
+        one[90..92].fill(true);
+        let mut two = best.clone();
+        two[..3].fill(false);
+        two[90..93].fill(true);
+        let three = best.clone();
+        let mut warms = vec![best, one, two, three];
+        assert_eq!(cheapest_tied(&mut t, &warms, 0), 2);
+        assert!(t[0].tied && !t[1].tied && t[2].tied && !t[3].tied);
+        // Losing 8 against 3 gained (net 5 ≥ √11) is evidence: the best stays.
+        warms[2][..8].fill(false);
+        assert_eq!(cheapest_tied(&mut t, &warms, 0), 0);
     }
 
     #[test]

@@ -1,0 +1,429 @@
+//! One agent's control plane, with faults. The agent is real; what `prewarm agent` runs in
+//! `control.rs` over gRPC is done here in-process against the coordinator's own gRPC
+//! handlers (`Service`, the seam its fake-agent tests use), so each message can be dropped,
+//! duplicated, or held back and delivered later in a shuffled order: `Load`, `Invalidate`
+//! and `Retain` commands on the way in, acknowledgements and inventory reports on the way
+//! out. Coordinator calls run on the coordinator's runtime, as a network call would; the
+//! rest runs on the agent's, so a crash of either ends its side. Loads are carried out as
+//! `control.rs` does (`Agent::load` of the exact version, then an acknowledgement).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use prewarm_agent::agent::{Finished, Loaded, Source};
+use prewarm_agent::{Agent, Priority, VersionReq};
+use prewarm_coordinator::Service;
+use prewarm_core::{ResourceId, Version};
+use prewarm_proto::wire::coordinator_server::Coordinator as _;
+use prewarm_proto::wire::{self, AttachRequest, Command, FailureKind, TransferAck, command};
+use prewarm_transfer::DataAddr;
+use tokio::runtime::Handle;
+use tonic::Request;
+
+use crate::rng::Rng;
+
+/// The running coordinator as agents reach it (`None` while it is down).
+pub type Reach = Arc<Mutex<Option<(Service, Handle)>>>;
+
+/// Chances per thousand messages.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rates {
+    /// Lost.
+    pub drop: u32,
+    /// Delivered twice.
+    pub dup: u32,
+    /// Held back until the next flush (which delivers in a shuffled order).
+    pub delay: u32,
+}
+
+/// An acknowledgement the agent produced.
+#[derive(Clone, Debug)]
+pub struct AckSeen {
+    /// Transfer id (0: a load the agent started itself).
+    pub id: u64,
+    /// The state.
+    pub resource: String,
+    /// Its version.
+    pub version: u64,
+    /// Succeeded.
+    pub ok: bool,
+    /// Succeeded by installing (not already held).
+    pub fresh: bool,
+    /// Bytes on the wire.
+    pub wire: u64,
+}
+
+/// What the link saw.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// `Load` commands handed to the agent.
+    pub started: u64,
+    /// Of those, acknowledged (or failed) by the agent.
+    pub finished: u64,
+    /// Every acknowledgement produced, in order.
+    pub acks: Vec<AckSeen>,
+    /// Per resource, the newest version an `Invalidate` told the agent of.
+    pub told: HashMap<ResourceId, Version>,
+    /// Messages dropped, duplicated, delayed.
+    pub dropped: u64,
+    /// Duplicated.
+    pub duplicated: u64,
+    /// Delayed.
+    pub delayed: u64,
+    /// Attach sessions.
+    pub sessions: u64,
+}
+
+enum Msg {
+    In(Command),
+    Out(TransferAck),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Fate {
+    Deliver,
+    Drop,
+    Twice,
+    Later,
+}
+
+/// One agent's link to the coordinator.
+pub struct Link {
+    /// The agent.
+    pub agent: Arc<Agent>,
+    reach: Reach,
+    handle: Handle,
+    rates: Mutex<Rates>,
+    calm: AtomicBool,
+    rng: Mutex<Rng>,
+    held: Mutex<Vec<Msg>>,
+    /// Duplicate the next `Load` of this state, and that load's fresh acknowledgement.
+    force: Mutex<Option<(String, u64)>>,
+    brk: tokio::sync::Notify,
+    /// What it saw.
+    pub stats: Mutex<Stats>,
+}
+
+impl Link {
+    /// Starts `agent`'s control loop on `handle` (the agent's runtime).
+    pub fn start(agent: Arc<Agent>, reach: Reach, handle: Handle, rng: Rng, rates: Rates) -> Arc<Self> {
+        let link = Arc::new(Link {
+            agent,
+            reach,
+            handle: handle.clone(),
+            rates: Mutex::new(rates),
+            calm: AtomicBool::new(false),
+            rng: Mutex::new(rng),
+            held: Mutex::default(),
+            force: Mutex::default(),
+            brk: tokio::sync::Notify::new(),
+            stats: Mutex::default(),
+        });
+        handle.spawn(run(link.clone()));
+        link
+    }
+
+    /// Locks the stats.
+    pub fn stats(&self) -> std::sync::MutexGuard<'_, Stats> {
+        self.stats.lock().expect("stats lock")
+    }
+
+    /// Message faults off (`true`) or back on.
+    pub fn calm(&self, calm: bool) {
+        self.calm.store(calm, Ordering::Relaxed);
+    }
+
+    /// Duplicates the next `Load` of `resource@version` and its fresh acknowledgement.
+    pub fn force_duplicate(&self, resource: &str, version: u64) {
+        *self.force.lock().expect("force lock") = Some((resource.to_owned(), version));
+    }
+
+    /// Breaks the attach stream (the agent reattaches, as after a network cut).
+    pub fn break_stream(&self) {
+        self.brk.notify_one();
+    }
+
+    /// Delivers what was held back, in a shuffled order.
+    pub fn flush(self: &Arc<Self>) {
+        let mut held = std::mem::take(&mut *self.held.lock().expect("held lock"));
+        self.rng.lock().expect("rng lock").shuffle(&mut held);
+        for m in held {
+            let me = self.clone();
+            self.handle.spawn(async move {
+                match m {
+                    Msg::In(c) => me.deliver(c),
+                    Msg::Out(a) => me.call_ack(a).await,
+                }
+            });
+        }
+    }
+
+    /// Messages held back.
+    pub fn holding(&self) -> usize {
+        self.held.lock().expect("held lock").len()
+    }
+
+    fn fate(&self) -> Fate {
+        if self.calm.load(Ordering::Relaxed) {
+            return Fate::Deliver;
+        }
+        let r = *self.rates.lock().expect("rates lock");
+        let mut rng = self.rng.lock().expect("rng lock");
+        let d = rng.below(1000) as u32;
+        let fate = if d < r.drop {
+            Fate::Drop
+        } else if d < r.drop + r.dup {
+            Fate::Twice
+        } else if d < r.drop + r.dup + r.delay {
+            Fate::Later
+        } else {
+            Fate::Deliver
+        };
+        let mut s = self.stats();
+        match fate {
+            Fate::Drop => s.dropped += 1,
+            Fate::Twice => s.duplicated += 1,
+            Fate::Later => s.delayed += 1,
+            Fate::Deliver => {}
+        }
+        fate
+    }
+
+    fn coordinator(&self) -> Option<(Service, Handle)> {
+        self.reach.lock().expect("reach lock").clone()
+    }
+
+    /// A command from the coordinator, through the faults.
+    fn receive(self: &Arc<Self>, c: Command) {
+        let forced = match &c.command {
+            Some(command::Command::Load(l)) => {
+                let f = self.force.lock().expect("force lock");
+                f.as_ref()
+                    .is_some_and(|(r, v)| *r == l.resource && *v == l.version)
+            }
+            _ => false,
+        };
+        if forced {
+            self.deliver(c.clone());
+            self.deliver(c);
+            return;
+        }
+        match self.fate() {
+            Fate::Deliver => self.deliver(c),
+            Fate::Drop => {}
+            Fate::Twice => {
+                self.deliver(c.clone());
+                self.deliver(c);
+            }
+            Fate::Later => self.held.lock().expect("held lock").push(Msg::In(c)),
+        }
+    }
+
+    /// Hands a command to the agent, as `control.rs` does.
+    fn deliver(self: &Arc<Self>, c: Command) {
+        match c.command {
+            Some(command::Command::Load(l)) => {
+                self.stats().started += 1;
+                self.handle.spawn(carry_out(self.clone(), l));
+            }
+            Some(command::Command::Invalidate(i)) => {
+                if let (Ok(r), Some(v)) = (ResourceId::new(i.resource), Version::new(i.new_version)) {
+                    let mut s = self.stats();
+                    let told = s.told.entry(r.clone()).or_insert(v);
+                    *told = (*told).max(v);
+                    drop(s);
+                    self.agent.invalidate(r, v);
+                }
+            }
+            Some(command::Command::Retain(k)) => {
+                if let Ok((r, hint)) = prewarm_api::hint_of(&k) {
+                    self.agent.retain(&r, &hint);
+                    self.agent.metrics.hints.inc();
+                }
+            }
+            Some(command::Command::Welcome(_)) | None => {}
+        }
+    }
+
+    /// An acknowledgement on its way out, through the faults.
+    async fn send_ack(self: &Arc<Self>, a: TransferAck) {
+        self.record(&a);
+        let forced = {
+            let mut f = self.force.lock().expect("force lock");
+            let hit = a.ok
+                && !a.already_held
+                && f.as_ref().is_some_and(|(r, v)| *r == a.resource && *v == a.version);
+            if hit {
+                *f = None;
+            }
+            hit
+        };
+        let fate = if forced { Fate::Twice } else { self.fate() };
+        match fate {
+            Fate::Deliver => self.call_ack(a).await,
+            Fate::Drop => {}
+            Fate::Twice => {
+                self.call_ack(a.clone()).await;
+                self.call_ack(a).await;
+            }
+            Fate::Later => self.held.lock().expect("held lock").push(Msg::Out(a)),
+        }
+    }
+
+    fn record(&self, a: &TransferAck) {
+        let seen = AckSeen {
+            id: a.transfer_id,
+            resource: a.resource.clone(),
+            version: a.version,
+            ok: a.ok,
+            fresh: a.ok && !a.already_held,
+            wire: a.wire_bytes,
+        };
+        self.stats().acks.push(seen);
+    }
+
+    async fn call_ack(&self, a: TransferAck) {
+        if let Some((svc, h)) = self.coordinator() {
+            let call = h.spawn(async move { svc.ack(Request::new(a)).await.is_ok() });
+            let _ = tokio::time::timeout(Duration::from_secs(10), call).await;
+        }
+    }
+}
+
+/// Attaches, reattaches after every end of the stream, and reports the inventory.
+async fn run(link: Arc<Link>) {
+    if let Some(rx) = link.agent.take_finished() {
+        tokio::spawn(forward_finished(link.clone(), rx));
+    }
+    tokio::spawn(report_changes(link.clone()));
+    let mut resumed = false;
+    loop {
+        let _ = session(&link, &mut resumed).await;
+        link.agent.set_source(None);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One attach session: Welcome, then commands until the stream ends or is broken.
+async fn session(link: &Arc<Link>, resumed: &mut bool) -> Result<(), String> {
+    let (svc, h) = link.coordinator().ok_or("no coordinator")?;
+    let req = AttachRequest {
+        capacity: link.agent.config().name.as_str().to_owned(),
+        ensure_addr: String::new(),
+        inventory: Some(prewarm_agent::control::inventory(&link.agent)),
+    };
+    let attach = h.spawn(async move { svc.attach(Request::new(req)).await });
+    let mut stream = match attach.await {
+        Ok(Ok(s)) => s.into_inner(),
+        _ => return Err("attach failed".into()),
+    };
+    let Some(Ok(Command {
+        command: Some(command::Command::Welcome(w)),
+    })) = stream.next().await
+    else {
+        return Err("no welcome".into());
+    };
+    if let Some(rule) = prewarm_api::rule_of(&w.eviction_rule) {
+        link.agent.set_rule(rule);
+    }
+    link.agent.set_source(Some(Source {
+        addr: DataAddr::Tcp(w.data_tcp.clone()),
+        instance: w.coordinator_instance.clone(),
+    }));
+    if !std::mem::replace(resumed, true) {
+        link.agent.resume_staged();
+    }
+    link.stats().sessions += 1;
+    loop {
+        tokio::select! {
+            m = stream.next() => match m {
+                Some(Ok(c)) => link.receive(c),
+                _ => return Ok(()),
+            },
+            () = link.brk.notified() => return Ok(()),
+        }
+    }
+}
+
+/// Reports the inventory whenever it changes (a report may be lost like any message).
+async fn report_changes(link: Arc<Link>) {
+    loop {
+        link.agent.changed.notified().await;
+        if link.fate() == Fate::Drop {
+            continue;
+        }
+        let inv = prewarm_agent::control::inventory(&link.agent);
+        if let Some((svc, h)) = link.coordinator() {
+            let call = h.spawn(async move { svc.report(Request::new(inv)).await.is_ok() });
+            let _ = tokio::time::timeout(Duration::from_secs(10), call).await;
+        }
+    }
+}
+
+/// Acknowledges the loads the agent started itself (refreshes, resumed transfers).
+async fn forward_finished(link: Arc<Link>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Finished>) {
+    while let Some(f) = rx.recv().await {
+        let mut ack = TransferAck {
+            capacity: link.agent.config().name.as_str().to_owned(),
+            resource: f.resource.as_str().to_owned(),
+            version: f.version.get(),
+            priority: wire::Priority::Predictive as i32,
+            ..Default::default()
+        };
+        match f.result {
+            Ok(loaded) => fill_ok(&mut ack, loaded),
+            Err((kind, msg)) => {
+                ack.failure = kind as i32;
+                ack.error = msg;
+            }
+        }
+        link.send_ack(ack).await;
+    }
+}
+
+fn fill_ok(ack: &mut TransferAck, loaded: Loaded) {
+    ack.ok = true;
+    ack.version = loaded.held.version.get();
+    ack.state_bytes = loaded.held.bytes;
+    match loaded.report {
+        Some(rep) => {
+            ack.wire_bytes = rep.wire_bytes;
+            ack.reused_bytes = rep.reused_bytes;
+            ack.resumed_bytes = rep.resumed_bytes;
+            ack.duration_us = rep.micros;
+        }
+        None => ack.already_held = true,
+    }
+}
+
+/// A `Load`: the exact version, installed, then acknowledged.
+async fn carry_out(link: Arc<Link>, l: wire::Load) {
+    let mut ack = TransferAck {
+        transfer_id: l.transfer_id,
+        capacity: link.agent.config().name.as_str().to_owned(),
+        resource: l.resource.clone(),
+        version: l.version,
+        priority: l.priority,
+        ..Default::default()
+    };
+    let priority = if l.priority == wire::Priority::OnDemand as i32 {
+        Priority::OnDemand
+    } else {
+        Priority::Predictive
+    };
+    match (ResourceId::new(l.resource), Version::new(l.version)) {
+        (Ok(r), Some(v)) => match link.agent.load(&r, VersionReq::Exact(v), priority).await {
+            Ok(loaded) => fill_ok(&mut ack, loaded),
+            Err(e) => {
+                ack.failure = FailureKind::from(&e) as i32;
+                ack.error = e.to_string();
+            }
+        },
+        _ => ack.failure = FailureKind::InvalidRequest as i32,
+    }
+    link.send_ack(ack).await;
+    link.stats().finished += 1;
+}
