@@ -279,6 +279,15 @@ impl Engine {
         &self.cfg
     }
 
+    /// Changes, while running, the two settings learned from the history
+    /// (`prewarm_sim::tune`): how a prefetch's link time is priced and whether states just
+    /// read are offered to one more capacity. Nothing the engine learned is lost.
+    pub fn retune(&mut self, link_price: crate::LinkPrice, spread: bool) {
+        self.cfg.planner.link_price = link_price;
+        self.planner.cfg.link_price = link_price;
+        self.cfg.spread = spread;
+    }
+
     /// The model's name (`none` without one).
     pub fn model_name(&self) -> &str {
         self.predictor.as_ref().map_or("none", |p| p.name())

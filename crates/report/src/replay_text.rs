@@ -58,6 +58,26 @@ pub fn tuned_line(cache: u64, t: &prewarm_sim::tune::Tuned) -> String {
     )
 }
 
+/// One round of re-learning a policy's settings while it ran.
+pub fn retuned_line(policy: &str, r: &prewarm_sim::retune::Retuned) -> String {
+    if r.to == r.from {
+        format!(
+            "retuned {policy} after {} executions: kept {} (no other setting's gain stood out)",
+            r.at,
+            r.from.flags()
+        )
+    } else {
+        format!(
+            "retuned {policy} after {} executions: {} → {} ({} executions gained, {} lost)",
+            r.at,
+            r.from.flags(),
+            r.to.flags(),
+            r.gained,
+            r.lost
+        )
+    }
+}
+
 /// What bounds every causal policy, in one sentence.
 pub fn ceiling_line(c: &prewarm_sim::ceiling::Ceiling) -> String {
     format!(

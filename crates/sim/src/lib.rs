@@ -25,6 +25,7 @@ mod oracle;
 pub mod pareto;
 mod replay;
 pub mod retrain;
+pub mod retune;
 mod run;
 pub mod tune;
 
@@ -36,7 +37,7 @@ use serde::Serialize;
 pub use bench_fleet::BenchFleet;
 pub use oracle::Future;
 pub use prewarm_engine::Rule;
-pub use replay::{replay, replay_logged, replay_metered, replay_paired};
+pub use replay::{replay, replay_logged, replay_metered, replay_paired, replay_retuned};
 
 /// Simulation settings.
 #[derive(Clone, Debug, Serialize)]

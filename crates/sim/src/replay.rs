@@ -4,6 +4,7 @@
 use prewarm_core::{HistoryRecord, Meter};
 use prewarm_engine::Engine;
 
+use crate::retune::Retuner;
 use crate::run::{BUCKETS, Ev, Sim};
 use crate::{DecisionLog, Policy, SimConfig, SimReport};
 
@@ -23,6 +24,19 @@ pub fn replay_metered(
     run(records, policy, cfg, false, meter).0
 }
 
+/// [`replay_metered`], the settings re-learned while it runs by `retuner` (as the
+/// coordinator re-learns them between retraining rounds).
+pub fn replay_retuned(
+    records: &[HistoryRecord],
+    policy: Policy,
+    cfg: &SimConfig,
+    meter: &Meter,
+    retuner: &mut Retuner<'_>,
+) -> SimReport {
+    meter.set_total(records.len() as u64);
+    run_full(records, policy, cfg, false, meter, Some(retuner)).0
+}
+
 /// [`replay`], also returning whether each counted execution started warm, in execution
 /// order (the same order under every policy and setting of the same records, so two runs
 /// can be compared execution by execution, as [`crate::tune`] does).
@@ -31,7 +45,7 @@ pub fn replay_paired(
     policy: Policy,
     cfg: &SimConfig,
 ) -> (SimReport, Vec<bool>) {
-    let (r, _, warm) = run_full(records, policy, cfg, false, &Meter::new());
+    let (r, _, warm) = run_full(records, policy, cfg, false, &Meter::new(), None);
     (r, warm)
 }
 
@@ -52,7 +66,7 @@ fn run(
     logged: bool,
     meter: &Meter,
 ) -> (SimReport, Option<DecisionLog>) {
-    let (r, log, _) = run_full(records, policy, cfg, logged, meter);
+    let (r, log, _) = run_full(records, policy, cfg, logged, meter, None);
     (r, log)
 }
 
@@ -64,6 +78,7 @@ fn run_full(
     cfg: &SimConfig,
     logged: bool,
     meter: &Meter,
+    mut retuner: Option<&mut Retuner<'_>>,
 ) -> (SimReport, Option<DecisionLog>, Vec<bool>) {
     let name = policy.name.clone();
     let mut policy = policy;
@@ -94,6 +109,9 @@ fn run_full(
                 // Executions are observed in time order: records[..=i] is what agents reported.
                 if let Some(p) = retrainer.as_mut().and_then(|r| r.after(&records[..=i])) {
                     engine.replace_model(p);
+                }
+                if let Some(s) = retuner.as_mut().and_then(|r| r.after(&records[..=i])) {
+                    engine.retune(s.link_price, s.spread);
                 }
             }
             Ev::Release(cap, r) => sim.on_release(cap, r, t),

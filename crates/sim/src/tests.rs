@@ -473,3 +473,57 @@ fn the_tuner_chooses_the_model_whose_decisions_start_more_executions_warm() {
         fixed.warm
     );
 }
+
+#[test]
+fn settings_are_re_learned_while_running_when_the_workload_changes() {
+    // 200 executions that spreading cannot help (one client, one state), then the one-shot
+    // clients, whom it helps: tuned on the first part, the setting stays; re-tuned every
+    // 200 executions, it switches once the newest window holds the new workload.
+    let calm: Vec<HistoryRecord> = (0..200usize)
+        .map(|i| rec(5.0 * i as f64, "one", &["p/0"], &[]))
+        .collect();
+    let h: Vec<HistoryRecord> = calm.into_iter().chain(one_shot_clients()).collect();
+    let c = SimConfig {
+        capacities: 4,
+        cache_bytes: 1_000_000_000,
+        memory_price: 0.0,
+        keep_alive_s: f64::INFINITY,
+        warmup: 1.0 / 3.0,
+        ..cfg()
+    };
+    let markov = || {
+        Policy::new(
+            "markov",
+            PolicyKind::Predictive(Box::new(Markov::new(1, 3600.0))),
+        )
+    };
+    let tuned = crate::tune::tune("markov", &h[..200], &c, &["markov"], |_| {
+        Ok::<_, std::convert::Infallible>(markov())
+    })
+    .unwrap();
+    assert!(
+        tuned.kept(),
+        "nothing to learn from the calm part: {tuned:#?}"
+    );
+    let mut retuner = crate::retune::Retuner::new(200, &c, "markov", || Some(markov()));
+    let meter = prewarm_core::Meter::new();
+    let retuned = crate::replay_retuned(&h, markov(), &c, &meter, &mut retuner);
+    let fixed = replay(&h, markov(), &c);
+    // Rounds after 400 and 600 executions (not after the first 200: tuned before the run).
+    assert_eq!(
+        retuner.log.iter().map(|r| r.at).collect::<Vec<_>>(),
+        [400, 600],
+        "{:#?}",
+        retuner.log
+    );
+    let first = &retuner.log[0];
+    assert!(first.to.spread && !first.from.spread, "{first:#?}");
+    assert!(first.gained > first.lost);
+    assert!(retuner.setting().spread);
+    assert!(
+        retuned.warm > fixed.warm,
+        "re-tuned {} vs fixed {}",
+        retuned.warm,
+        fixed.warm
+    );
+}

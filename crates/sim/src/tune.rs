@@ -142,6 +142,9 @@ pub struct Tuned {
     /// Whether the choice moves fewer bytes than the candidate best on warm starts, which
     /// the warm-up could not tell from it (step 4 of the module docs).
     pub by_bytes: bool,
+    /// The rounds that re-learned the settings while the policy ran
+    /// ([`crate::retune::Retuner`]; empty when it did not).
+    pub rounds: Vec<crate::retune::Retuned>,
 }
 
 impl Tuned {
@@ -227,6 +230,7 @@ pub fn tune<E>(
         chosen,
         trials,
         by_bytes,
+        rounds: Vec::new(),
     })
 }
 

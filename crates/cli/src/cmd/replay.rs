@@ -11,8 +11,9 @@ use prewarm_predict::neural::{Arch, TrainOptions, train};
 use prewarm_predict::{Options, SpecError, by_name_with};
 use prewarm_report::Replay;
 use prewarm_sim::retrain::{Rounds, Schedule};
+use prewarm_sim::retune::Retuner;
 use prewarm_sim::tune::{Tuned, tune};
-use prewarm_sim::{Policy, PolicyKind, SimConfig, SimReport, replay_metered};
+use prewarm_sim::{Policy, PolicyKind, SimConfig, SimReport, replay_metered, replay_retuned};
 
 use super::{parse_duration, read_history};
 use crate::{output, progress};
@@ -107,6 +108,12 @@ pub struct Args {
     /// (`prewarm_sim::tune`). Prints the chosen settings as the coordinator's flags.
     #[arg(long)]
     tune: bool,
+    /// Re-learn the tuned policies' settings while replaying (`auto`, and every model-driven
+    /// policy under `--tune`): every warm-up's length of executions, the newest such window
+    /// replayed under each setting with the serving model, switched only on evidence
+    /// (`prewarm_sim::retune`), as the coordinator does between retraining rounds.
+    #[arg(long)]
+    retune: bool,
     /// Also replay at these cache sizes (comma-separated) for the warm-start vs memory plot.
     #[arg(long, value_delimiter = ',')]
     sweep: Vec<ByteSize>,
@@ -237,6 +244,7 @@ struct Tuning<'a> {
     log: &'a mut Vec<(u64, Tuned)>,
     trained: &'a Trained,
     all: bool,
+    retune: bool,
 }
 
 /// The settings (and, for `auto`, the model) learned for `name` from the warm-up part and
@@ -276,6 +284,43 @@ fn tuned_cfg(
     Ok(out)
 }
 
+/// Replays one policy, its settings re-learned while it runs when `name` was tuned and
+/// `--retune` asks for it (the rounds logged with its tuning).
+fn replay_one(
+    name: &str,
+    model: &str,
+    records: &[HistoryRecord],
+    cfg: &SimConfig,
+    trained: &Trained,
+    tuning: &mut Tuning<'_>,
+    meter: &progress::Meter,
+) -> anyhow::Result<SimReport> {
+    let start = ((records.len() as f64) * cfg.warmup) as usize;
+    let scored_from = records.get(start).map(|r| r.ts);
+    let train_on = &records[..start.max(1)];
+    let mut p = policy(model, train_on, scored_from, trained)?;
+    if name == "auto" {
+        p.name = name.to_owned();
+    }
+    let tuned = tuning.log.last_mut().filter(|t| t.1.policy == name);
+    let Some(tuned) = tuned.filter(|_| tuning.retune) else {
+        return Ok(tokio::task::block_in_place(|| {
+            replay_metered(records, p, cfg, meter)
+        }));
+    };
+    let mut retuner = Retuner::new(start, cfg, model, || {
+        let mut p = policy(model, train_on, scored_from, trained).ok()?;
+        p.retrainer = None;
+        Some(p)
+    });
+    let r = tokio::task::block_in_place(|| replay_retuned(records, p, cfg, meter, &mut retuner));
+    for x in &retuner.log {
+        eprintln!("  {}", text::retuned_line(name, x));
+    }
+    tuned.1.rounds = retuner.log;
+    Ok(r)
+}
+
 /// Replays every policy at `cfg`, filling in the oracle share; tuned policies (`auto`, and
 /// with `--tune` every model-driven one) run with what was learned from the warm-up part,
 /// logged in `tuning`.
@@ -286,15 +331,9 @@ fn run_all(
     trained: &Trained,
     tuning: &mut Tuning<'_>,
 ) -> anyhow::Result<Vec<SimReport>> {
-    let start = ((records.len() as f64) * cfg.warmup) as usize;
-    let scored_from = records.get(start).map(|r| r.ts);
     let mut rows = Vec::new();
     for name in names {
         let (cfg, model) = &tuned_cfg(name, records, cfg, tuning)?;
-        let mut p = policy(model, &records[..start.max(1)], scored_from, trained)?;
-        if name == "auto" {
-            p.name.clone_from(name);
-        }
         let t0 = std::time::Instant::now();
         let logged = trained.rounds.as_ref().map_or(0, |r| r.log().len());
         let meter = std::sync::Arc::new(progress::Meter::new());
@@ -303,7 +342,7 @@ fn run_all(
             meter.clone(),
             progress::Unit::Count("executions"),
         );
-        let r = tokio::task::block_in_place(|| replay_metered(records, p, cfg, &meter));
+        let r = replay_one(name, model, records, cfg, trained, tuning, &meter)?;
         shown.finish();
         for x in trained.rounds.iter().flat_map(|r| r.log()).skip(logged) {
             eprintln!("  {}", text::round_line(&x));
@@ -393,6 +432,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         log: &mut log,
         trained: &for_trials,
         all: a.tune,
+        retune: a.retune,
     };
     let rows = run_all(&records, &a.policies, &cfg, &trained, &mut tuning)?;
     let mut sweep = Vec::new();
