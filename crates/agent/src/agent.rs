@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prewarm_core::{CapacityId, ChunkHash, Clock, ResourceId, Version};
+use prewarm_core::{CapacityId, ChunkHash, Clock, ResourceId, Scope, Version};
 use prewarm_engine::{Hint, Rule};
 use prewarm_metrics::Registry;
 use prewarm_store::Manifest;
@@ -20,7 +20,7 @@ use crate::history::HistoryLog;
 use crate::install::{self, InstallError, InstallReport, LocalCopy};
 use crate::local::LocalChunks;
 use crate::metrics::AgentMetrics;
-use crate::space::{Held, Lease, Slot, SpaceError, StateSpace};
+use crate::space::{Held, Slot, SpaceError, StateSpace};
 
 /// How an agent is set up.
 #[derive(Clone, Debug)]
@@ -193,9 +193,9 @@ struct Local {
     departures: Departures,
 }
 
-/// An install's reservation, the chunks it can copy from held states, and the leases that
-/// keep those states while it copies.
-type Reserved = (Slot, HashMap<ChunkHash, LocalCopy>, Vec<Lease>);
+/// An install's reservation (which leases the held states it copies from) and the chunks it
+/// can copy from them.
+type Reserved = (Slot, HashMap<ChunkHash, LocalCopy>);
 
 #[derive(Default)]
 struct InFlight {
@@ -652,7 +652,7 @@ impl Agent {
         let staging = self.staging_path(&resource, version);
         let staged_manifest = staging.with_extension("manifest");
         self.release_expired();
-        let (slot, sources, _leases) = self.reserve(&m, flight)?;
+        let (slot, sources) = self.reserve(&m, flight)?;
         let publish_err = |path: &std::path::Path| {
             let path = path.to_owned();
             move |source| LoadError::Publish { path, source }
@@ -723,11 +723,12 @@ impl Agent {
         )?;
         self.note_evicted(&mut local, resource);
         let (sources, states) = local.chunks.sources_for(m);
-        let leases: Vec<_> = states
-            .iter()
-            .filter_map(|(r, v)| local.space.lease(r, *v))
-            .collect();
-        Ok((slot, sources, leases))
+        // Leased while the install copies from them, by its reservation: an install that
+        // gives its space to one an execution waits for lets them go at once.
+        for (r, v) in &states {
+            local.space.lease_source(&slot, r, *v);
+        }
+        Ok((slot, sources))
     }
 
     /// Forgets the chunks of the states the space just evicted for `for_resource`, counts
@@ -926,31 +927,51 @@ impl Agent {
         }
     }
 
-    /// Keeps `lease` for `d`, releases expired ones, and returns the lease's id.
-    pub(crate) fn hold(&self, lease: crate::space::Lease, d: Duration) -> u64 {
+    /// Keeps `lease` on `resource` for `d`, releases expired ones, and returns the lease's id.
+    pub(crate) fn hold(
+        &self,
+        lease: crate::space::Lease,
+        resource: &ResourceId,
+        d: Duration,
+    ) -> u64 {
         self.release_expired();
         let until = Instant::now() + d;
         self.leases
             .lock()
             .expect("agent lock poisoned")
-            .hold(lease, until)
+            .hold(lease, resource.clone(), until)
     }
 
     /// Extends `ensure` lease `id` to `d` from now; false when it has expired or was released.
     pub fn renew_lease(&self, id: u64, d: Duration) -> bool {
+        self.renew_lease_within(id, d, None)
+    }
+
+    /// [`Agent::renew_lease`] for a caller that may name `scope`'s states only (`None`:
+    /// every state): a lease on another state answers false, like an unknown one.
+    pub fn renew_lease_within(&self, id: u64, d: Duration, scope: Option<&Scope>) -> bool {
         self.release_expired();
         let until = Instant::now() + d;
-        self.leases
-            .lock()
-            .expect("agent lock poisoned")
-            .renew(id, until)
+        let mut leases = self.leases.lock().expect("agent lock poisoned");
+        let visible = |r: Option<&ResourceId>| scope.is_none_or(|s| r.is_some_and(|r| s.admits(r)));
+        visible(leases.resource(id)) && leases.renew(id, until)
     }
 
     /// Releases `ensure` lease `id` now (its state may be evicted from then on); false when
     /// it had expired or was released already.
     pub fn release_lease(&self, id: u64) -> bool {
+        self.release_lease_within(id, None)
+    }
+
+    /// [`Agent::release_lease`] for a caller that may name `scope`'s states only (`None`:
+    /// every state): a lease on another state answers false, like an unknown one.
+    pub fn release_lease_within(&self, id: u64, scope: Option<&Scope>) -> bool {
         self.release_expired();
-        let released = self.leases.lock().expect("agent lock poisoned").release(id);
+        let released = {
+            let mut leases = self.leases.lock().expect("agent lock poisoned");
+            let r = leases.resource(id);
+            scope.is_none_or(|s| r.is_some_and(|r| s.admits(r))) && leases.release(id)
+        };
         if released {
             self.changed.notify_one(); // its state is evictable again: say so
         }

@@ -119,7 +119,7 @@ impl Agent {
     ) -> Result<(Ensured, u64), EnsureError> {
         let lease_ms = lease_for.as_millis() as u64;
         if let Some((held, lease)) = self.hit(&req.resource, req.min_version, req.max_stale) {
-            let lease = Some(self.hold(lease, lease_for));
+            let lease = Some(self.hold(lease, &req.resource, lease_for));
             let bytes = held.bytes;
             let e = Ensured {
                 resource: held.resource.to_string(),
@@ -161,7 +161,7 @@ impl Agent {
         // again, as the replay counts it).
         let lease = self
             .lease_exact(&req.resource, loaded.held.version)
-            .map(|l| self.hold(l, lease_for));
+            .map(|l| self.hold(l, &req.resource, lease_for));
         let bytes = loaded.held.bytes;
         let e = Ensured {
             resource: loaded.held.resource.to_string(),

@@ -14,7 +14,13 @@
 //!   states: [{resource, version, bytes, path, stale, leased}]}`).
 //! - `GET /metrics` → Prometheus text.
 //!
-//! On a non-loopback listener every request needs `authorization: Bearer <token>`.
+//! On a non-loopback listener every request needs `authorization: Bearer <token>` (401
+//! without one that the agent's keys know). A tenant-scoped token (`--tokens FILE`, see
+//! `prewarm_transfer::tokens`) needs the `ensure` capability for states, leases and the
+//! inventory, and `admin` for `/metrics`; it may name only resources inside its prefixes:
+//! any other answers 403 `forbidden`, the same whether the state exists or not; a lease on
+//! another tenant's state answers 404 like an unknown one, and the inventory lists its own
+//! states only. Refusals are counted in `prewarm_agent_forbidden_total{route}`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +32,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use prewarm_core::{ResourceId, Version};
-use prewarm_transfer::{DataError, Token};
+use prewarm_transfer::{Capability, DataError, Denied, Keys, Principal};
 use serde::Deserialize;
 
 use crate::agent::{Agent, LoadError};
@@ -43,7 +49,7 @@ pub const MAX_LEASE_MS: u64 = 3_600_000;
 #[derive(Clone)]
 struct Ctx {
     agent: Arc<Agent>,
-    token: Option<Token>,
+    keys: Arc<Keys>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,14 +70,15 @@ struct LeaseQuery {
     lease_ms: Option<u64>,
 }
 
-/// The router; `token` is required when given.
-pub fn router(agent: Arc<Agent>, token: Option<Token>) -> Router {
+/// The router; requests are checked with `keys` (the shared token and tenant-scoped ones;
+/// [`Keys::open`]: no check, for loopback listeners).
+pub fn router(agent: Arc<Agent>, keys: Arc<Keys>) -> Router {
     Router::new()
         .route("/v1/states/{*resource}", get(ensure))
         .route("/v1/leases/{id}", put(renew).delete(release))
         .route("/v1/inventory", get(inventory))
         .route("/metrics", get(metrics))
-        .with_state(Ctx { agent, token })
+        .with_state(Ctx { agent, keys })
 }
 
 fn error(status: StatusCode, kind: &str, message: String) -> Response {
@@ -82,18 +89,42 @@ fn error(status: StatusCode, kind: &str, message: String) -> Response {
         .into_response()
 }
 
-fn authorized(ctx: &Ctx, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    match &ctx.token {
-        Some(t) if !t.matches_bearer(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) => {
-            tracing::warn!("ensure API: request without a valid token refused");
-            Err(Box::new(error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token".into(),
-            )))
-        }
-        _ => Ok(()),
-    }
+/// Who sent the request, or a 401.
+fn authorized(ctx: &Ctx, headers: &HeaderMap) -> Result<Arc<Principal>, Box<Response>> {
+    let presented = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    ctx.keys.authenticate_bearer(presented).map_err(|e| {
+        tracing::warn!("ensure API: request without a valid token refused");
+        Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            e.to_string(),
+        ))
+    })
+}
+
+/// Who sent the request if it holds `cap`; else a 401 or 403.
+fn allowed(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    cap: Capability,
+) -> Result<Arc<Principal>, Box<Response>> {
+    let who = authorized(ctx, headers)?;
+    who.may(cap).map_err(|e| forbidden(ctx, cap, &e))?;
+    Ok(who)
+}
+
+/// A 403 for `e`, counted by the capability the route needs.
+fn forbidden(ctx: &Ctx, cap: Capability, e: &Denied) -> Box<Response> {
+    ctx.agent
+        .registry
+        .counter(
+            "prewarm_agent_forbidden_total",
+            "Requests refused for a token's capabilities or resource prefixes, by the capability the route needs.",
+            &[("route", cap.name())],
+        )
+        .inc();
+    tracing::info!("ensure API: {e}");
+    Box::new(error(StatusCode::FORBIDDEN, "forbidden", e.to_string()))
 }
 
 async fn ensure(
@@ -102,9 +133,10 @@ async fn ensure(
     headers: HeaderMap,
     query: Result<Query<EnsureQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(r) = authorized(&ctx, &headers) {
-        return *r;
-    }
+    let who = match allowed(&ctx, &headers, Capability::Ensure) {
+        Ok(who) => who,
+        Err(r) => return *r,
+    };
     let q = match query {
         Ok(Query(q)) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
@@ -113,6 +145,10 @@ async fn ensure(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_resource", e.to_string()),
     };
+    // Before anything looks at the state: the answer is the same whether it exists or not.
+    if let Err(e) = who.may_name(Capability::Ensure, &resource) {
+        return *forbidden(&ctx, Capability::Ensure, &e);
+    }
     let min_version = match q.min_version {
         None => None,
         Some(n) => match Version::new(n) {
@@ -223,21 +259,22 @@ async fn renew(
     headers: HeaderMap,
     query: Result<Query<LeaseQuery>, QueryRejection>,
 ) -> Response {
-    let checked = authorized(&ctx, &headers)
-        .and_then(|()| lease_id(&id))
-        .and_then(|id| match query {
-            Ok(Query(q)) => lease_for(&ctx, q.lease_ms).map(|d| (id, d)),
+    let checked = allowed(&ctx, &headers, Capability::Ensure).and_then(|who| {
+        let id = lease_id(&id)?;
+        match query {
+            Ok(Query(q)) => lease_for(&ctx, q.lease_ms).map(|d| (who, id, d)),
             Err(e) => Err(Box::new(error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 e.body_text(),
             ))),
-        });
-    let (id, d) = match checked {
+        }
+    });
+    let (who, id, d) = match checked {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    if !ctx.agent.renew_lease(id, d) {
+    if !ctx.agent.renew_lease_within(id, d, who.narrowing()) {
         return unknown_lease(id);
     }
     axum::Json(prewarm_api::Lease {
@@ -248,23 +285,31 @@ async fn renew(
 }
 
 async fn release(State(ctx): State<Ctx>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let id = match authorized(&ctx, &headers).and_then(|()| lease_id(&id)) {
-        Ok(id) => id,
+    let checked = allowed(&ctx, &headers, Capability::Ensure)
+        .and_then(|who| lease_id(&id).map(|id| (who, id)));
+    let (who, id) = match checked {
+        Ok(x) => x,
         Err(r) => return *r,
     };
-    if !ctx.agent.release_lease(id) {
+    if !ctx.agent.release_lease_within(id, who.narrowing()) {
         return unknown_lease(id);
     }
     StatusCode::NO_CONTENT.into_response()
 }
 
 async fn inventory(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&ctx, &headers) {
-        return *r;
-    }
+    // The application's tokens (ensure) see their own states; an operator's (admin) all.
+    let who = match authorized(&ctx, &headers).and_then(|who| match who.may(Capability::Admin) {
+        Ok(()) => Ok(who),
+        Err(_) => allowed(&ctx, &headers, Capability::Ensure),
+    }) {
+        Ok(who) => who,
+        Err(r) => return *r,
+    };
     let (held, used, budget) = ctx.agent.inventory();
     let states = held
         .iter()
+        .filter(|(h, _)| who.scope.admits(&h.resource))
         .map(|(h, stale)| prewarm_api::HeldState {
             resource: h.resource.as_str().to_owned(),
             version: h.version.get(),
@@ -283,6 +328,7 @@ async fn inventory(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
             .agent
             .departures(64)
             .into_iter()
+            .filter(|(r, _)| who.scope.admits(r))
             .map(|(r, d)| prewarm_api::DepartedState {
                 resource: r.as_str().to_owned(),
                 version: d.version().map(prewarm_core::Version::get),
@@ -296,7 +342,7 @@ async fn inventory(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
 }
 
 async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&ctx, &headers) {
+    if let Err(r) = allowed(&ctx, &headers, Capability::Admin) {
         return *r;
     }
     (

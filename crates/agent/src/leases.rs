@@ -8,29 +8,32 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::Instant;
 
+use prewarm_core::ResourceId;
+
 use crate::space::Lease;
 
 /// The held leases by id.
 #[derive(Debug, Default)]
 pub(crate) struct Leases {
     next: u64,
-    held: HashMap<u64, (Instant, Lease)>,
+    /// Each lease's expiry, the lease, and its state (a tenant may touch its own only).
+    held: HashMap<u64, (Instant, Lease, ResourceId)>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
 }
 
 impl Leases {
-    /// Holds `lease` until `until`; returns its id (never 0, never reused).
-    pub(crate) fn hold(&mut self, lease: Lease, until: Instant) -> u64 {
+    /// Holds `lease` on `resource` until `until`; returns its id (never 0, never reused).
+    pub(crate) fn hold(&mut self, lease: Lease, resource: ResourceId, until: Instant) -> u64 {
         self.next += 1;
         let id = self.next;
-        self.held.insert(id, (until, lease));
+        self.held.insert(id, (until, lease, resource));
         self.deadlines.push(Reverse((until, id)));
         id
     }
 
     /// Moves lease `id`'s expiry to `until`; false when it is not held (expired, released).
     pub(crate) fn renew(&mut self, id: u64, until: Instant) -> bool {
-        let Some((at, _)) = self.held.get_mut(&id) else {
+        let Some((at, _, _)) = self.held.get_mut(&id) else {
             return false;
         };
         *at = until;
@@ -39,10 +42,15 @@ impl Leases {
             self.deadlines = self
                 .held
                 .iter()
-                .map(|(id, (at, _))| Reverse((*at, *id)))
+                .map(|(id, (at, _, _))| Reverse((*at, *id)))
                 .collect();
         }
         true
+    }
+
+    /// The state lease `id` is on, while it is held.
+    pub(crate) fn resource(&self, id: u64) -> Option<&ResourceId> {
+        self.held.get(&id).map(|(_, _, r)| r)
     }
 
     /// Drops lease `id` now; false when it is not held.
@@ -59,7 +67,11 @@ impl Leases {
             }
             self.deadlines.pop();
             // A renewed lease has a later expiry than this leftover deadline.
-            if self.held.get(&id).is_some_and(|(until, _)| *until <= now) {
+            if self
+                .held
+                .get(&id)
+                .is_some_and(|(until, _, _)| *until <= now)
+            {
                 self.held.remove(&id);
             }
         }
@@ -88,10 +100,11 @@ mod tests {
             counter.fetch_add(1, Ordering::AcqRel);
             Lease::counted(counter.clone())
         };
+        let r = || ResourceId::new("m/x").unwrap();
         let count = || counter.load(Ordering::Acquire);
-        let a = l.hold(lease(), ms(100));
-        let b = l.hold(lease(), ms(200));
-        let c = l.hold(lease(), ms(300));
+        let a = l.hold(lease(), r(), ms(100));
+        let b = l.hold(lease(), r(), ms(200));
+        let c = l.hold(lease(), r(), ms(300));
         assert_eq!((a, b, c, count()), (1, 2, 3, 3));
         assert!(l.renew(a, ms(1_000)));
         assert_eq!(l.expire(ms(150)), 0);
@@ -99,13 +112,15 @@ mod tests {
         assert_eq!(l.expire(ms(250)), 1);
         assert_eq!(count(), 2, "b expired");
         assert!(!l.renew(b, ms(2_000)), "an expired lease cannot be renewed");
+        assert_eq!(l.resource(c), Some(&r()));
+        assert_eq!(l.resource(b), None);
         assert!(l.release(c));
         assert!(!l.release(c));
         assert_eq!(count(), 1);
         assert_eq!(l.expire(ms(1_000)), 1);
         assert_eq!(count(), 0);
         // Renewals spammed on one lease do not grow the heap without bound.
-        let d = l.hold(lease(), ms(5_000));
+        let d = l.hold(lease(), r(), ms(5_000));
         for i in 0..10_000 {
             assert!(l.renew(d, ms(5_000 + i)));
         }

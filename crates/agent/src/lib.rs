@@ -35,4 +35,6 @@ pub use space::{Held, Lease, Slot, SpaceError, StateSpace};
 #[cfg(test)]
 mod proxy_tests;
 #[cfg(test)]
+mod tenant_tests;
+#[cfg(test)]
 mod tests;

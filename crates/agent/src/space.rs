@@ -156,11 +156,19 @@ struct Reservation {
     preempted: AtomicBool,
     /// Wakes the install (one waiter: the task writing the state) once preempted.
     wake: tokio::sync::Notify,
+    /// Leases on the held states the install copies chunks from (delta sources): they go
+    /// with the reservation, so that preempting the install frees those states at once.
+    sources: std::sync::Mutex<Vec<(Key, Lease)>>,
 }
 
 impl Reservation {
     fn active(&self) -> bool {
         !self.released.load(Ordering::Acquire) && !self.preempted.load(Ordering::Acquire)
+    }
+
+    /// Lets go of the leases on the install's delta sources.
+    fn release_sources(&self) {
+        self.sources.lock().expect("sources lock poisoned").clear();
     }
 }
 
@@ -213,6 +221,7 @@ impl Drop for Slot {
             let _ =
                 std::fs::remove_dir_all(&self.path).or_else(|_| std::fs::remove_file(&self.path));
             self.reservation.released.store(true, Ordering::Release);
+            self.reservation.release_sources();
         }
     }
 }
@@ -402,6 +411,21 @@ impl StateSpace {
         Some(Lease(leases.clone()))
     }
 
+    /// Leases `resource@version` (if held) for the install of `slot`, which copies chunks
+    /// from it: the lease lasts while the install does, and ends at once if the install is
+    /// preempted.
+    pub fn lease_source(&self, slot: &Slot, resource: &ResourceId, version: Version) {
+        if let Some(l) = self.lease(resource, version) {
+            let key = (resource.clone(), version);
+            let mut sources = slot
+                .reservation
+                .sources
+                .lock()
+                .expect("sources lock poisoned");
+            sources.push((key, l));
+        }
+    }
+
     /// Whether `resource@version` is leased now.
     pub fn leased(&self, resource: &ResourceId, version: Version) -> bool {
         self.states
@@ -575,7 +599,10 @@ impl StateSpace {
             .filter(|p| p.reservation.active() && !p.urgent.load(Ordering::Acquire))
             .collect();
         if free + background.iter().map(|p| p.bytes).sum::<u64>() < asked {
-            return Err(full);
+            return match self.preempt_all_background(asked, now)? {
+                true => Ok(()),
+                false => Err(full),
+            };
         }
         background.sort_by_key(|p| p.bytes);
         let mut shortfall = asked - free;
@@ -600,6 +627,52 @@ impl StateSpace {
             Some(rest) if rest > 0 => self.evict(rest, asked, now),
             _ => Ok(()),
         }
+    }
+
+    /// An urgent install's last resort: every background install preempted at once, and the
+    /// leases they hold on their delta sources let go, when what that frees — their
+    /// reservations and the states only those leases kept — makes room for `asked` bytes
+    /// (then evicted by the rule). False, with nothing preempted, when it does not.
+    fn preempt_all_background(&mut self, asked: u64, now: f64) -> Result<bool, SpaceError> {
+        let background: Vec<&Pending> = self
+            .pending
+            .iter()
+            .filter(|p| p.reservation.active() && !p.urgent.load(Ordering::Acquire))
+            .collect();
+        let mut pins: std::collections::HashMap<Key, usize> = std::collections::HashMap::new();
+        for p in &background {
+            let sources = p.reservation.sources.lock().expect("sources lock poisoned");
+            for (k, _) in sources.iter() {
+                *pins.entry(k.clone()).or_default() += 1;
+            }
+        }
+        if pins.is_empty() {
+            return Ok(false);
+        }
+        let reserved: u64 = background.iter().map(|p| p.bytes).sum();
+        let need = (self.used() - reserved + asked).saturating_sub(self.budget);
+        let states = &self.states;
+        let only_pinned = |k: &Key| {
+            states.get(k).is_some_and(|(_, l)| {
+                l.load(Ordering::Acquire) <= pins.get(k).copied().unwrap_or(0)
+            })
+        };
+        if self.book.peek_victims(need, now, &only_pinned).is_err() {
+            return Ok(false);
+        }
+        for p in background {
+            tracing::info!(
+                "preempting the background install of {}@{} ({} B, copying from held states) for an install an execution waits for",
+                p.key.0,
+                p.key.1,
+                p.bytes
+            );
+            p.reservation.preempted.store(true, Ordering::Release);
+            p.reservation.release_sources();
+            p.reservation.wake.notify_one();
+        }
+        self.evict(need, asked, now)?;
+        Ok(true)
     }
 
     /// Frees `need` bytes of the disk itself (the budget may promise more than the disk
@@ -712,6 +785,7 @@ impl StateSpace {
         self.states.insert(key.clone(), (e.clone(), Arc::default()));
         slot.done = true;
         slot.reservation.released.store(true, Ordering::Release);
+        slot.reservation.release_sources();
         self.pending.retain(|p| p.reservation.active());
         self.save()?;
         Ok(self.held(&key.0, key.1, &e))
@@ -1000,5 +1074,34 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(bg_small.preempted());
+    }
+
+    #[test]
+    fn an_urgent_install_frees_the_states_a_background_install_copies_from() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = StateSpace::open(d.path(), 300, Rule::Lru).unwrap();
+        install(&mut s, "m/a", 1, 150).unwrap();
+        // A background refresh of m/a copies from v1 (leased by its reservation).
+        let refresh = s.begin(&id("m/a"), v(2), 100, tick()).unwrap();
+        s.lease_source(&refresh, &id("m/a"), v(1));
+        assert!(s.leased(&id("m/a"), v(1)));
+        let urgent = || Arc::new(AtomicBool::new(true));
+        // While an execution leases v1 too, preempting the refresh cannot free it: refused,
+        // nothing preempted.
+        let (_, execution) = s.get(&id("m/a"), Some(v(1)), tick()).unwrap();
+        assert!(matches!(
+            s.begin_with(&id("m/b"), v(1), 250, tick(), urgent()),
+            Err(SpaceError::Full { .. })
+        ));
+        assert!(!refresh.is_preempted());
+        drop(execution);
+        // Only the refresh holds v1: it gives way, its lease goes with it, v1 is evicted.
+        let mine = s
+            .begin_with(&id("m/b"), v(1), 250, tick(), urgent())
+            .unwrap();
+        assert!(refresh.is_preempted());
+        assert!(s.get(&id("m/a"), None, tick()).is_none(), "v1 was evicted");
+        assert_eq!(s.used(), 250);
+        drop((mine, refresh));
     }
 }

@@ -100,11 +100,17 @@ fn agent_paced(
 
 /// The agent's HTTP API on a loopback port, and a client of it.
 async fn http_client(a: &Arc<Agent>) -> EnsureClient {
+    let addr = serve_api(a, Arc::new(prewarm_transfer::Keys::open())).await;
+    EnsureClient::new(addr, None)
+}
+
+/// The agent's HTTP API, checking `keys`, on a loopback port; its address.
+pub(crate) async fn serve_api(a: &Arc<Agent>, keys: Arc<prewarm_transfer::Keys>) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
-    let router = crate::http::router(a.clone(), None);
+    let router = crate::http::router(a.clone(), keys);
     tokio::spawn(async move { axum::serve(l, router).await });
-    EnsureClient::new(addr, None)
+    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,6 +131,7 @@ fn pipeline(
                 ts: e.ts.unwrap_or(0.0),
                 event: &e.event,
                 capacity: e.capacity.as_ref(),
+                scope: None,
             })
             .collect();
         let all = engine.predict(&views);

@@ -55,6 +55,8 @@ enum Command {
     Transfer(cmd::transfer::Args),
     /// Capacities, their inventories and recent transfers.
     Status(cmd::status::Args),
+    /// Make a tenant-scoped token (its tokens-file entry; the secret shown once).
+    Token(cmd::token::Args),
     /// Benchmarks against peer tools, measured in the same run.
     Bench(cmd::bench::Args),
     /// The main job: a self-contained demonstration on generated data.
@@ -155,6 +157,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         Command::Agent(a) => cmd::agent::run(a).await,
         Command::Transfer(a) => cmd::transfer::run(a).await,
         Command::Status(a) => cmd::status::run(a).await,
+        Command::Token(a) => cmd::token::run(a).await,
         Command::Bench(a) => cmd::bench::run(a).await,
         Command::Demo(a) => cmd::demo::run(a).await,
         Command::Replay(a) => cmd::replay::run(a).await,

@@ -12,7 +12,7 @@ use prewarm_engine::HintFor;
 use prewarm_proto::wire::{CapacityStatus, FailureKind, Inventory, TransferAck};
 use tokio::sync::oneshot;
 
-use crate::state::{Book, Cap, CommandSender};
+use crate::state::{Book, Cap, CommandSender, Waiting};
 
 /// The fleet as the coordinator knows it.
 #[derive(Default)]
@@ -55,12 +55,12 @@ impl Capacities {
         let gone: Vec<u64> = book
             .pending
             .iter()
-            .filter(|(_, (c, _))| c == capacity)
+            .filter(|(_, w)| &w.capacity == capacity)
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
-            if let Some((_, waiter)) = book.pending.remove(&id) {
-                let _ = waiter.send(TransferAck {
+            if let Some(w) = book.pending.remove(&id) {
+                let _ = w.waiter.send(TransferAck {
                     transfer_id: id,
                     capacity: capacity.as_str().to_owned(),
                     failure: FailureKind::CapacityGone as i32,
@@ -83,31 +83,50 @@ impl Capacities {
     }
 
     /// Records an acknowledgement and hands it to the transfer waiting for it (none: it timed
-    /// out or was answered already).
-    pub(crate) fn ack(&self, ack: TransferAck) -> Result<(), WrongSender> {
+    /// out or was answered already, or the one of that number asked for another state — an
+    /// earlier coordinator process's transfer). False for a repeat of one already recorded (the same
+    /// acknowledgement delivered twice: field for field, down to its duration in
+    /// microseconds, which two loads never share): nothing is recorded or counted again.
+    pub(crate) fn ack(&self, ack: TransferAck) -> Result<bool, WrongSender> {
         let mut book = self.lock();
+        let repeat = book.recent.iter().any(|a| *a == ack);
+        if repeat {
+            return Ok(false);
+        }
         book.remember(ack.clone());
         match book.pending.remove(&ack.transfer_id) {
-            Some((cap, waiter)) if cap.as_str() == ack.capacity => {
-                let _ = waiter.send(ack);
-                Ok(())
+            Some(w) if w.capacity.as_str() == ack.capacity && w.answered_by(&ack) => {
+                let _ = w.waiter.send(ack);
+                Ok(true)
             }
-            Some(entry) => {
-                book.pending.insert(ack.transfer_id, entry);
-                Err(WrongSender)
+            Some(w) => {
+                let wrong_sender = w.capacity.as_str() != ack.capacity;
+                book.pending.insert(ack.transfer_id, w);
+                if wrong_sender {
+                    Err(WrongSender)
+                } else {
+                    Ok(true)
+                }
             }
-            None => Ok(()),
+            None => Ok(true),
         }
     }
 
-    /// Registers transfer `id` to `capacity` as waiting for its acknowledgement.
+    /// Registers transfer `id` (`state`, to `capacity`) as waiting for its acknowledgement.
     pub(crate) fn await_ack(
         book: &mut Book,
         id: u64,
         capacity: &CapacityId,
+        (resource, version): (&ResourceId, Version),
         waiter: oneshot::Sender<TransferAck>,
     ) {
-        book.pending.insert(id, (capacity.clone(), waiter));
+        let w = Waiting {
+            capacity: capacity.clone(),
+            resource: resource.clone(),
+            version,
+            waiter,
+        };
+        book.pending.insert(id, w);
     }
 
     /// Stops waiting for transfer `id` (it timed out, or its command could not be sent).
@@ -184,25 +203,21 @@ impl Capacities {
     }
 
     /// `resource`'s newest committed version is `newest`: the command streams of the
-    /// capacities holding an older one, the first time that version is seen (else `None`).
-    pub(crate) fn behind(
-        &self,
-        resource: &ResourceId,
-        newest: Version,
-    ) -> Option<Vec<CommandSender>> {
+    /// connected capacities whose newest version of it is older and that have not been told
+    /// of that one on this stream. Each stream is told once; a capacity that attaches again
+    /// (after a restart, a cut) is told anew, since what it was told may have gone with it.
+    pub(crate) fn behind(&self, resource: &ResourceId, newest: Version) -> Vec<CommandSender> {
         let mut book = self.lock();
-        let first_seen = book.announced.get(resource).is_none_or(|v| *v < newest);
-        book.announced.insert(resource.clone(), newest);
-        if !first_seen {
-            return None;
-        }
-        Some(
-            book.caps
-                .values()
-                .filter(|c| c.newest(resource).is_some_and(|v| v < newest))
-                .filter_map(|c| c.tx.clone())
-                .collect(),
-        )
+        book.caps
+            .values_mut()
+            .filter(|c| c.newest(resource).is_some_and(|v| v < newest))
+            .filter(|c| c.told.get(resource).is_none_or(|v| *v < newest))
+            .filter_map(|c| {
+                let tx = c.tx.clone()?;
+                c.told.insert(resource.clone(), newest);
+                Some(tx)
+            })
+            .collect()
     }
 
     /// `capacity`'s command stream, while it is connected.

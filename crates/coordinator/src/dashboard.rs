@@ -10,7 +10,8 @@
 //!
 //! Same token rules as every other route: with a token, `/v1/dashboard` needs
 //! `Authorization: Bearer <token>`; a browser opens `/ui?token=<token>` (or sends the header)
-//! and the page passes the token on to its requests.
+//! and the page passes the token on to its requests. Both need the `admin` capability (403
+//! `forbidden` otherwise): the page names every tenant's states.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,8 +25,10 @@ use prewarm_core::{CapacityId, ResourceId};
 use prewarm_proto::wire::{CapacityStatus, Inventory, Priority, TransferAck};
 use serde::{Deserialize, Serialize};
 
+use prewarm_transfer::Capability;
+
 use crate::Coordinator;
-use crate::http::{refuse, token_allowed};
+use crate::http::{allowed, forbid, principal, refuse};
 use crate::pulse::BUCKET_S;
 
 /// The page.
@@ -60,30 +63,26 @@ struct ViewQuery {
     filter: Option<String>,
 }
 
-/// `GET /ui` and `GET /v1/dashboard`, under `check`.
-pub fn routes<F>(c: Arc<Coordinator>, check: F) -> axum::Router
-where
-    F: Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-{
-    let check2 = check.clone();
+/// `GET /ui` and `GET /v1/dashboard`, for `admin` tokens.
+pub fn routes(c: Arc<Coordinator>) -> axum::Router {
+    let c2 = c.clone();
     axum::Router::new()
         .route(
             "/ui",
             get(
                 move |headers: HeaderMap, q: Result<Query<PageQuery>, QueryRejection>| {
-                    let check = check.clone();
+                    let c = c.clone();
                     async move {
                         let from_query = q
                             .ok()
                             .and_then(|Query(q)| q.token)
                             .and_then(|t| HeaderValue::try_from(format!("Bearer {t}")).ok());
                         let auth = headers.get(header::AUTHORIZATION).cloned().or(from_query);
-                        if !token_allowed(&check, auth.as_ref()) {
+                        let Ok(who) = principal(&c, auth.as_ref()) else {
                             return unauthorized();
+                        };
+                        if let Err(e) = who.may(Capability::Admin) {
+                            return forbid(&c, Capability::Admin, &e);
                         }
                         ([(header::CACHE_CONTROL, "no-store")], Html(PAGE)).into_response()
                     }
@@ -94,10 +93,10 @@ where
             "/v1/dashboard",
             get(
                 move |headers: HeaderMap, q: Result<Query<ViewQuery>, QueryRejection>| {
-                    let (c, check) = (c.clone(), check2.clone());
+                    let c = c2.clone();
                     async move {
-                        if !token_allowed(&check, headers.get(header::AUTHORIZATION)) {
-                            return unauthorized();
+                        if let Err(r) = allowed(&c, &headers, Capability::Admin) {
+                            return *r;
                         }
                         match q {
                             Ok(Query(q)) => axum::Json(view(&c, &q)).into_response(),

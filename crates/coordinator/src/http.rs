@@ -8,6 +8,13 @@
 //! The token is checked from the headers before a body is read, so an unauthenticated
 //! client cannot make the coordinator buffer anything; a body is then read up to its limit
 //! and refused with 413 beyond it. Refusals are logged within a budget ([`Throttle`]).
+//!
+//! Tenant-scoped tokens (`prewarm_transfer::tokens`): both routes need the `events`
+//! capability (403 `forbidden` before the body is read); a body whose events name in
+//! `needs` a state outside the token's prefixes is refused whole with 403 (like any other
+//! bad event: all or nothing), and the predictions made for the events it keeps are
+//! filtered to those prefixes, so they never move or keep another tenant's state. Refusals
+//! are counted in `prewarm_coordinator_forbidden_total{route}`.
 
 use std::sync::Arc;
 
@@ -20,8 +27,7 @@ use axum::routing::{get, post};
 use prewarm_core::{CapacityId, Event};
 use serde::Deserialize;
 
-use prewarm_transfer::Throttle;
-use prewarm_transfer::warn_throttled;
+use prewarm_transfer::{Capability, Denied, Principal, Throttle, warn_throttled};
 
 use crate::Coordinator;
 use crate::predictive::{EventIn, EventsError, MAX_EVENTS_BODY, parse_events};
@@ -29,22 +35,41 @@ use crate::predictive::{EventIn, EventsError, MAX_EVENTS_BODY, parse_events};
 /// The log budget of refused HTTP requests.
 static REFUSALS: std::sync::LazyLock<Throttle> = std::sync::LazyLock::new(Throttle::default);
 
-pub(crate) type Check =
-    dyn Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync;
-
-fn authorized(check: &Check, headers: &HeaderMap) -> bool {
-    token_allowed(check, headers.get(axum::http::header::AUTHORIZATION))
+/// Who presents `authorization` (the header's value, if any), or the 401 answer.
+pub(crate) fn principal(
+    c: &Coordinator,
+    authorization: Option<&HeaderValue>,
+) -> Result<Arc<Principal>, Box<Response>> {
+    c.keys
+        .authenticate_bearer(authorization.map(HeaderValue::as_bytes))
+        .map_err(|_| Box::new(unauthorized()))
 }
 
-/// Whether `authorization` (the header's value, if any) passes `check`.
-pub(crate) fn token_allowed(check: &Check, authorization: Option<&HeaderValue>) -> bool {
-    let mut req = tonic::Request::new(());
-    if let Some(v) = authorization
-        && let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes())
-    {
-        req.metadata_mut().insert("authorization", v);
-    }
-    check(req).is_ok()
+/// Who sent the request if it holds `cap`; else the 401 or 403 answer.
+pub(crate) fn allowed(
+    c: &Coordinator,
+    headers: &HeaderMap,
+    cap: Capability,
+) -> Result<Arc<Principal>, Box<Response>> {
+    let who = principal(c, headers.get(axum::http::header::AUTHORIZATION)).inspect_err(|_| {
+        warn_throttled!(REFUSALS, "request refused: missing or wrong token");
+    })?;
+    who.may(cap).map_err(|e| Box::new(forbid(c, cap, &e)))?;
+    Ok(who)
+}
+
+/// The 403 answer to `e`, counted by the capability the route needs.
+pub(crate) fn forbid(c: &Coordinator, cap: Capability, e: &Denied) -> Response {
+    c.registry
+        .counter(
+            "prewarm_coordinator_forbidden_total",
+            "Requests refused for a token's capabilities or resource prefixes, by the \
+             capability the route needs.",
+            &[("route", cap.name())],
+        )
+        .inc();
+    warn_throttled!(REFUSALS, "refused: {e}");
+    refuse(StatusCode::FORBIDDEN, "forbidden", e.to_string())
 }
 
 /// An `{error, message}` answer.
@@ -62,31 +87,21 @@ struct PlacementQuery {
     capacity: Option<String>,
 }
 
-/// The routes, checked with the same token policy as gRPC.
-pub fn routes<F>(c: Arc<Coordinator>, check: F) -> axum::Router
-where
-    F: Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-{
-    let (c2, check2) = (c.clone(), check.clone());
+/// The routes, checked with the same keys as gRPC.
+pub fn routes(c: Arc<Coordinator>) -> axum::Router {
+    let c2 = c.clone();
     axum::Router::new()
         .route(
             "/v1/events",
             post(move |headers: HeaderMap, body: Body| {
-                let (c, check) = (c.clone(), check.clone());
+                let c = c.clone();
                 async move {
-                    if !authorized(&check, &headers) {
-                        warn_throttled!(
-                            REFUSALS,
-                            "POST /v1/events refused: missing or wrong token"
-                        );
-                        return unauthorized();
-                    }
+                    let who = match allowed(&c, &headers, Capability::Events) {
+                        Ok(who) => who,
+                        Err(r) => return *r,
+                    };
                     let auth = headers.get(axum::http::header::AUTHORIZATION);
-                    post_events(c, auth.map(|v| v.as_bytes()), body).await
+                    post_events(c, &who, auth.map(|v| v.as_bytes()), body).await
                 }
             }),
         )
@@ -94,12 +109,12 @@ where
             "/v1/placement",
             get(
                 move |headers: HeaderMap, q: Result<Query<PlacementQuery>, _>| {
-                    let (c, check) = (c2.clone(), check2.clone());
+                    let c = c2.clone();
                     async move {
-                        if !authorized(&check, &headers) {
-                            return unauthorized();
+                        match allowed(&c, &headers, Capability::Events) {
+                            Ok(who) => placement(c, &who, q).await,
+                            Err(r) => *r,
                         }
-                        placement(c, q).await
                     }
                 },
             ),
@@ -116,7 +131,12 @@ fn unauthorized() -> Response {
 
 /// `POST /v1/events` once authorized: a slot taken (or the request shed, see
 /// [`crate::limits::Ingest`]), the body read within its limit, parsed, handled.
-async fn post_events(c: Arc<Coordinator>, auth: Option<&[u8]>, body: Body) -> Response {
+async fn post_events(
+    c: Arc<Coordinator>,
+    who: &Principal,
+    auth: Option<&[u8]>,
+    body: Body,
+) -> Response {
     let (slots, wait) = &c.ingest;
     let Ok(Ok(_slot)) = tokio::time::timeout(*wait, slots.acquire()).await else {
         c.metrics.requests_shed.inc();
@@ -135,11 +155,16 @@ async fn post_events(c: Arc<Coordinator>, auth: Option<&[u8]>, body: Body) -> Re
         );
         return r;
     };
-    post_body(c.clone(), auth, body).await
+    post_body(c.clone(), who, auth, body).await
 }
 
 /// [`post_events`] holding a slot.
-async fn post_body(c: Arc<Coordinator>, auth: Option<&[u8]>, body: Body) -> Response {
+async fn post_body(
+    c: Arc<Coordinator>,
+    who: &Principal,
+    auth: Option<&[u8]>,
+    body: Body,
+) -> Response {
     let body = match axum::body::to_bytes(body, MAX_EVENTS_BODY).await {
         Ok(b) => b,
         Err(e) => {
@@ -165,6 +190,15 @@ async fn post_body(c: Arc<Coordinator>, auth: Option<&[u8]>, body: Body) -> Resp
             return refuse(status, "bad_events", e.to_string());
         }
     };
+    // A body naming another tenant's state is refused whole, before any of it is handled.
+    if let Some(e) = events
+        .iter()
+        .flat_map(|e| &e.event.needs)
+        .find_map(|r| who.may_name(Capability::Events, r).err())
+    {
+        c.metrics.events_refused.inc();
+        return forbid(&c, Capability::Events, &e);
+    }
     if let Some(Err(l)) = c.events_limit.as_ref().map(|l| l.take(auth, events.len())) {
         c.metrics.events_rate_limited.add(events.len() as u64);
         warn_throttled!(REFUSALS, "POST /v1/events refused: over the rate limit");
@@ -182,7 +216,7 @@ async fn post_body(c: Arc<Coordinator>, auth: Option<&[u8]>, body: Body) -> Resp
             .insert(axum::http::header::RETRY_AFTER, secs.into());
         return r;
     }
-    let mut out = c.handle_events(&events, true).await;
+    let mut out = c.handle_events_scoped(&events, true, who.narrowing()).await;
     if batch {
         Json(out).into_response()
     } else {
@@ -190,9 +224,11 @@ async fn post_body(c: Arc<Coordinator>, auth: Option<&[u8]>, body: Body) -> Resp
     }
 }
 
-/// `GET /v1/placement` once authorized: where the event would run and what would move.
+/// `GET /v1/placement` once authorized: where the event would run and what would move
+/// (of the states `who` may name).
 async fn placement(
     c: Arc<Coordinator>,
+    who: &Principal,
     q: Result<Query<PlacementQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let q: PlacementQuery = match q {
@@ -219,28 +255,20 @@ async fn placement(
         },
         capacity,
     };
-    Json(c.handle_event(&e, false).await).into_response()
+    let mut out = c
+        .handle_events_scoped(std::slice::from_ref(&e), false, who.narrowing())
+        .await;
+    Json(out.pop()).into_response()
 }
 
 /// The answer to any path the coordinator does not serve: 401 without the token, else 404.
-pub fn fallback<F>(check: F) -> axum::routing::MethodRouter
-where
-    F: Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-{
+pub fn fallback(c: Arc<Coordinator>) -> axum::routing::MethodRouter {
     axum::routing::any(move |headers: HeaderMap, uri: axum::http::Uri| {
-        let check = check.clone();
+        let c = c.clone();
         async move {
-            if !authorized(&check, &headers) {
+            if principal(&c, headers.get(axum::http::header::AUTHORIZATION)).is_err() {
                 warn_throttled!(REFUSALS, "{} refused: missing or wrong token", uri.path());
-                return refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "missing or wrong bearer token".into(),
-                );
+                return unauthorized();
             }
             refuse(
                 StatusCode::NOT_FOUND,

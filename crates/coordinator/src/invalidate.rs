@@ -24,14 +24,13 @@ pub(crate) async fn watch_versions(c: Arc<Coordinator>, poll: Duration) {
     }
 }
 
-/// `newest` is `resource`'s newest committed version: holders of older ones are told, once.
+/// `newest` is `resource`'s newest committed version: holders of older ones are told, once per
+/// attach stream.
 async fn announce(c: &Coordinator, resource: &ResourceId, newest: Version) {
     if let Some(b) = &c.brain {
         b.forget(resource);
     }
-    let Some(targets) = c.capacities.behind(resource, newest) else {
-        return;
-    };
+    let targets = c.capacities.behind(resource, newest);
     if targets.is_empty() {
         return;
     }

@@ -36,7 +36,7 @@ use prewarm_proto::wire::{
     StatusReply, TransferAck, TransferRequest, coordinator_server::CoordinatorServer,
 };
 use prewarm_store::Store;
-use prewarm_transfer::{DataServer, Token, TokenError, auth};
+use prewarm_transfer::{Capability, DataServer, Keys, Token, TokenError, Tokens};
 
 pub use capacities::Capacities;
 pub use metrics::{CoordinatorMetrics, RoundScores};
@@ -58,7 +58,8 @@ pub struct CoordinatorConfig {
     pub data_listen: SocketAddr,
     /// Data-plane Unix socket for agents on this host (`None`: no same-host channel).
     pub data_unix: Option<PathBuf>,
-    /// The shared token (required on non-loopback listeners).
+    /// The shared token (required on non-loopback listeners; every capability over every
+    /// resource). Tenant-scoped tokens come with [`start_with`].
     pub token: Option<Token>,
     /// How often the store is checked for new versions of held resources.
     pub poll: Duration,
@@ -92,6 +93,8 @@ pub struct Coordinator {
     ingest: (tokio::sync::Semaphore, Duration),
     /// Warm starts, events and prefetch outcomes over time, for the dashboard.
     pub pulse: pulse::Pulse,
+    /// The tokens every listener checks: the shared one and tenant-scoped ones.
+    keys: Arc<Keys>,
     /// Metrics handles.
     pub metrics: CoordinatorMetrics,
     /// The registry behind `/metrics`.
@@ -267,8 +270,21 @@ pub async fn start(
     cfg: CoordinatorConfig,
     brain: Option<Brain>,
 ) -> Result<Running, StartError> {
-    let grpc_token = auth::listener_policy(cfg.listen, cfg.token.as_ref())?;
-    let data_token = auth::listener_policy(cfg.data_listen, cfg.token.as_ref())?;
+    start_with(store, cfg, brain, None).await
+}
+
+/// [`start`] accepting, beside `cfg.token`, the tenant-scoped tokens of a tokens file
+/// (`--tokens`): each request is then served as its token's principal (see
+/// `prewarm_transfer::tokens`), and checked against its capabilities and prefixes.
+pub async fn start_with(
+    store: Arc<Store>,
+    cfg: CoordinatorConfig,
+    brain: Option<Brain>,
+    tokens: Option<Tokens>,
+) -> Result<Running, StartError> {
+    let keys = Arc::new(Keys::new(cfg.token.clone(), tokens));
+    keys.require_for(cfg.listen)?;
+    keys.require_for(cfg.data_listen)?;
     let Listeners {
         grpc_l,
         data_l,
@@ -303,27 +319,20 @@ pub async fn start(
         watchers: Watchers::default(),
         events_limit: cfg
             .events_rate
-            .map(|r| limits::EventsLimit::new(r, cfg.token.is_some())),
+            .map(|r| limits::EventsLimit::new(r, keys.required())),
         ingest: (
             tokio::sync::Semaphore::new(cfg.ingest.concurrent.max(1)),
             cfg.ingest.wait,
         ),
         clock: cfg.clock.clone(),
+        keys: keys.clone(),
     });
     let mut tasks = Vec::new();
-    let data = Arc::new(DataServer::new(
-        store.clone(),
-        data_token,
-        instance.clone(),
-        &registry,
-    ));
+    let data = Arc::new(
+        DataServer::new(store.clone(), None, instance.clone(), &registry).with_keys(keys.clone()),
+    );
     tasks.push(tokio::spawn(data.clone().serve_tcp(data_l)));
-    let local = Arc::new(DataServer::new(
-        store,
-        cfg.token.clone(),
-        instance,
-        &registry,
-    ));
+    let local = Arc::new(DataServer::new(store, None, instance, &registry).with_keys(keys.clone()));
     if let Some(l) = unix_l {
         tasks.push(tokio::spawn(local.clone().serve_unix(l)));
     }
@@ -337,7 +346,6 @@ pub async fn start(
     tasks.push(tokio::spawn(serve_grpc(
         coordinator.clone(),
         grpc_l,
-        grpc_token,
         cfg.http,
     )));
     tracing::info!(
@@ -353,61 +361,53 @@ pub async fn start(
     })
 }
 
-async fn serve_grpc(
-    c: Arc<Coordinator>,
-    l: tokio::net::TcpListener,
-    token: Option<Token>,
-    limits: prewarm_http::Limits,
-) {
+async fn serve_grpc(c: Arc<Coordinator>, l: tokio::net::TcpListener, limits: prewarm_http::Limits) {
+    use axum::response::IntoResponse;
     use axum::routing::get;
     static GRPC_REFUSALS: std::sync::LazyLock<prewarm_transfer::Throttle> =
         std::sync::LazyLock::new(prewarm_transfer::Throttle::default);
-    let check = move |req: tonic::Request<()>| match &token {
-        Some(t) if !t.matches_bearer(req.metadata().get("authorization").map(|v| v.as_bytes())) => {
-            prewarm_transfer::warn_throttled!(
-                GRPC_REFUSALS,
-                "gRPC call without a valid token refused"
-            );
-            Err(tonic::Status::unauthenticated(
-                "missing or wrong bearer token",
-            ))
+    // Every gRPC call carries its principal (the token's entry) to the handlers, which
+    // check its capabilities and prefixes (see `service.rs`).
+    let keys = c.keys.clone();
+    let check = move |mut req: tonic::Request<()>| {
+        let presented = req.metadata().get("authorization").map(|v| v.as_bytes());
+        match keys.authenticate_bearer(presented) {
+            Ok(who) => {
+                req.extensions_mut().insert(who);
+                Ok(req)
+            }
+            Err(e) => {
+                prewarm_transfer::warn_throttled!(
+                    GRPC_REFUSALS,
+                    "gRPC call without a valid token refused"
+                );
+                Err(tonic::Status::unauthenticated(e.to_string()))
+            }
         }
-        _ => Ok(req),
     };
     let svc = tonic::service::interceptor::InterceptedService::new(
         CoordinatorServer::new(Service(c.clone())).max_decoding_message_size(64 << 20),
-        check.clone(),
+        check,
     );
-    let reg = c.registry.clone();
-    let metrics_token = check.clone();
+    let me = c.clone();
     let router = tonic::service::Routes::new(svc)
         .into_axum_router()
-        .merge(http::routes(c.clone(), check.clone()))
-        .merge(dashboard::routes(c.clone(), check.clone()))
+        .merge(http::routes(c.clone()))
+        .merge(dashboard::routes(c.clone()))
         .route(
             "/metrics",
             get(move |headers: axum::http::HeaderMap| {
-                let reg = reg.clone();
-                let mut req = tonic::Request::new(());
-                if let Some(v) = headers.get("authorization")
-                    && let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes())
-                {
-                    req.metadata_mut().insert("authorization", v);
-                }
-                let allowed = metrics_token(req).is_ok();
+                let c = me.clone();
                 async move {
-                    if allowed {
-                        (axum::http::StatusCode::OK, reg.render())
-                    } else {
-                        (
-                            axum::http::StatusCode::UNAUTHORIZED,
-                            "missing or wrong bearer token\n".to_owned(),
-                        )
+                    // Counters and gauges of the whole fleet: the operator's (admin) view.
+                    match http::allowed(&c, &headers, Capability::Admin) {
+                        Ok(_) => (axum::http::StatusCode::OK, c.registry.render()).into_response(),
+                        Err(r) => *r,
                     }
                 }
             }),
         )
-        .fallback_service(http::fallback(check));
+        .fallback_service(http::fallback(c.clone()));
     // gRPC (HTTP/2) and the JSON API (HTTP/1) on one port, bounded against slow and idle
     // clients; quiet control streams are kept by HTTP/2 pings.
     let e = prewarm_http::serve(l, router, limits).await;

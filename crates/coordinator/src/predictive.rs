@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use prewarm_core::{CapacityId, HistoryRecord, ResourceId, Version};
+use prewarm_core::{CapacityId, HistoryRecord, ResourceId, Scope, Version};
 use prewarm_engine::{
     Decided, Decision, Engine, EngineConfig, EventView, HintFor, Placement, Prewarm, Rule,
 };
@@ -178,6 +178,18 @@ impl Coordinator {
         events: &[EventIn],
         dispatch: bool,
     ) -> Vec<EventOutcome> {
+        self.handle_events_scoped(events, dispatch, None).await
+    }
+
+    /// [`Coordinator::handle_events`] for a sender that may name `scope`'s states only (a
+    /// tenant's token): predictions outside it are dropped before anything is placed,
+    /// planned, kept or snapshotted for these events (`None`: every state).
+    pub async fn handle_events_scoped(
+        self: &Arc<Self>,
+        events: &[EventIn],
+        dispatch: bool,
+        scope: Option<&Scope>,
+    ) -> Vec<EventOutcome> {
         if dispatch {
             self.pulse.events(events.len(), self.clock.now());
         }
@@ -197,6 +209,7 @@ impl Coordinator {
                 ts: e.ts.unwrap_or(now),
                 event: &e.event,
                 capacity: e.capacity.as_ref(),
+                scope,
             })
             .collect();
         let all = brain
@@ -205,7 +218,8 @@ impl Coordinator {
             .expect("engine lock poisoned")
             .predict(&views);
         let mut out = Vec::with_capacity(events.len());
-        for (v, preds) in views.iter().zip(all) {
+        for (v, mut preds) in views.iter().zip(all) {
+            preds.retain(|p| v.admits(&p.resource));
             out.push(self.decide(brain, v, &preds, dispatch).await);
         }
         out

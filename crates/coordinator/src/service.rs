@@ -1,8 +1,17 @@
 //! The gRPC service (see `proto/prewarm.proto` for the protocol's documentation).
+//!
+//! Each call is checked against its token's principal (put in the request's extensions by
+//! the listener's interceptor; a call made in-process, without one, is trusted): agents'
+//! calls (attach, report, ack, history) need `transfer`; `transfer`, `watch` and its
+//! reports need `transfer` and the resource inside the token's prefixes; `resolve` needs
+//! `transfer` or `ensure` and the resource inside; `status` is whole for `admin` tokens
+//! and, for any other, filtered to the token's prefixes (its inventories, departures and
+//! recent transfers; no model). Refusals are `PERMISSION_DENIED`, the same whether the
+//! resource exists or not.
 
 use std::sync::Arc;
 
-use prewarm_core::{CapacityId, ResourceId};
+use prewarm_core::{CapacityId, ResourceId, Scope};
 use prewarm_proto::wire::{
     AckReply, AttachRequest, Command, Inventory, ReportReply, ResolveReply, ResolveRequest,
     SnapshotCommand, StatusReply, StatusRequest, TransferAck, TransferRequest, WatcherHello,
@@ -11,6 +20,8 @@ use prewarm_proto::wire::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+
+use prewarm_transfer::{Capability, Denied, Principal};
 
 use crate::Coordinator;
 use crate::state::Cap;
@@ -26,6 +37,52 @@ fn now_ms() -> u64 {
 #[derive(Clone)]
 pub struct Service(pub Arc<Coordinator>);
 
+/// The principal of a call (the interceptor's), or every right for a call made in-process.
+fn who<T>(req: &Request<T>) -> Arc<Principal> {
+    req.extensions()
+        .get::<Arc<Principal>>()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(Principal::full("in-process")))
+}
+
+impl Service {
+    /// The call's principal if it holds `cap`, else `PERMISSION_DENIED` (counted).
+    fn may<T>(&self, req: &Request<T>, cap: Capability) -> Result<Arc<Principal>, Status> {
+        let p = who(req);
+        p.may(cap).map_err(|e| self.denied(cap, &e))?;
+        Ok(p)
+    }
+
+    /// `e` as the gRPC refusal, counted like the HTTP routes' 403s.
+    fn denied(&self, cap: Capability, e: &Denied) -> Status {
+        self.0
+            .registry
+            .counter(
+                "prewarm_coordinator_forbidden_total",
+                "Requests refused for a token's capabilities or resource prefixes, by the \
+                 capability the route needs.",
+                &[("route", cap.name())],
+            )
+            .inc();
+        Status::permission_denied(e.to_string())
+    }
+}
+
+/// `reply` as `scope` may see it: its inventories, departures and recent transfers inside
+/// the scope, and no model.
+fn narrowed(mut reply: StatusReply, scope: &Scope) -> StatusReply {
+    let admits = |r: &str| ResourceId::new(r).is_ok_and(|r| scope.admits(&r));
+    for c in &mut reply.capacities {
+        if let Some(inv) = c.inventory.as_mut() {
+            inv.held.retain(|h| admits(&h.resource));
+            inv.departed.retain(|d| admits(&d.resource));
+        }
+    }
+    reply.recent.retain(|t| admits(&t.resource));
+    reply.model = None;
+    reply
+}
+
 #[tonic::async_trait]
 impl coordinator_server::Coordinator for Service {
     type AttachStream = ReceiverStream<Result<Command, Status>>;
@@ -35,9 +92,12 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<WatcherHello>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let p = self.may(&request, Capability::Transfer)?;
         let hello = request.into_inner();
         let resource = ResourceId::new(&hello.resource)
             .map_err(|e| Status::invalid_argument(format!("invalid resource id: {e}")))?;
+        p.may_name(Capability::Transfer, &resource)
+            .map_err(|e| self.denied(Capability::Transfer, &e))?;
         let (tx, rx) = mpsc::channel(16);
         let c = &self.0;
         let session = c
@@ -59,7 +119,14 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<WatcherReport>,
     ) -> Result<Response<WatcherReply>, Status> {
+        let p = self.may(&request, Capability::Transfer)?;
         let r = request.into_inner();
+        if let Ok(res) = ResourceId::new(&r.resource) {
+            p.may_name(Capability::Transfer, &res)
+                .map_err(|e| self.denied(Capability::Transfer, &e))?;
+        } else if !p.scope.is_all() {
+            return Err(Status::invalid_argument("invalid resource id"));
+        }
         let known = self.0.watchers.report(&r);
         if known && r.snapshotted {
             // A new version may exist: sizes and versions cached for the planner are stale.
@@ -75,6 +142,7 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<AttachRequest>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        self.may(&request, Capability::Transfer)?;
         let req = request.into_inner();
         let capacity = CapacityId::new(req.capacity.clone())
             .map_err(|e| Status::invalid_argument(format!("invalid capacity id: {e}")))?;
@@ -120,6 +188,7 @@ impl coordinator_server::Coordinator for Service {
     }
 
     async fn report(&self, request: Request<Inventory>) -> Result<Response<ReportReply>, Status> {
+        self.may(&request, Capability::Transfer)?;
         let inv = request.into_inner();
         let capacity = CapacityId::new(inv.capacity.clone())
             .map_err(|e| Status::invalid_argument(format!("invalid capacity id: {e}")))?;
@@ -134,10 +203,13 @@ impl coordinator_server::Coordinator for Service {
     }
 
     async fn ack(&self, request: Request<TransferAck>) -> Result<Response<AckReply>, Status> {
+        self.may(&request, Capability::Transfer)?;
         let ack = request.into_inner();
         match self.0.capacities.ack(ack.clone()) {
-            Ok(()) => {
-                self.0.pulse.acked(&ack);
+            Ok(first) => {
+                if first {
+                    self.0.pulse.acked(&ack);
+                }
                 Ok(Response::new(AckReply {}))
             }
             Err(_) => Err(Status::permission_denied(
@@ -150,6 +222,12 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<TransferRequest>,
     ) -> Result<Response<TransferAck>, Status> {
+        let p = self.may(&request, Capability::Transfer)?;
+        // An invalid id is answered by the transfer itself (INVALID_REQUEST).
+        if let Ok(r) = ResourceId::new(&request.get_ref().resource) {
+            p.may_name(Capability::Transfer, &r)
+                .map_err(|e| self.denied(Capability::Transfer, &e))?;
+        }
         Ok(Response::new(self.0.transfer(request.into_inner()).await))
     }
 
@@ -157,9 +235,14 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<ResolveRequest>,
     ) -> Result<Response<ResolveReply>, Status> {
+        let p = who(&request);
         let req = request.into_inner();
         let resource =
             ResourceId::new(req.resource).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Err(e) = p.may_name(Capability::Transfer, &resource) {
+            p.may_name(Capability::Ensure, &resource)
+                .map_err(|_| self.denied(Capability::Transfer, &e))?;
+        }
         match self
             .0
             .transfers
@@ -177,15 +260,22 @@ impl coordinator_server::Coordinator for Service {
 
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<StatusReply>, Status> {
-        Ok(Response::new(self.0.status()))
+        let p = who(&request);
+        let reply = self.0.status();
+        Ok(Response::new(if p.sees_all() {
+            reply
+        } else {
+            narrowed(reply, &p.scope)
+        }))
     }
 
     async fn history(
         &self,
         request: Request<prewarm_proto::wire::HistoryBatch>,
     ) -> Result<Response<prewarm_proto::wire::HistoryReply>, Status> {
+        self.may(&request, Capability::Transfer)?;
         let b = request.into_inner();
         let mut records = Vec::new();
         for r in prewarm_core::HistoryReader::new(b.jsonl.as_slice()) {

@@ -55,6 +55,8 @@ pub struct Cap {
     pub early_hints: HashMap<ResourceId, Hint>,
     /// When it attached, Unix ms.
     pub attached_unix_ms: u64,
+    /// Per resource, the newest version this stream was told of (`Invalidate`).
+    pub told: HashMap<ResourceId, Version>,
 }
 
 impl Cap {
@@ -77,6 +79,7 @@ impl Cap {
             cache: CacheBook::new(rule, 0),
             early_hints: HashMap::new(),
             attached_unix_ms,
+            told: HashMap::new(),
         }
     }
 
@@ -114,6 +117,27 @@ impl Cap {
     }
 }
 
+/// A transfer waiting for its acknowledgement.
+pub struct Waiting {
+    /// The capacity its `Load` went to.
+    pub capacity: CapacityId,
+    /// The state it asked for.
+    pub resource: ResourceId,
+    /// Its version.
+    pub version: Version,
+    /// Who waits for the answer.
+    pub waiter: oneshot::Sender<TransferAck>,
+}
+
+impl Waiting {
+    /// Whether `ack` answers this transfer: it names the same state. (Transfer numbers start
+    /// at 1 in every coordinator process: an agent's acknowledgement of a load its
+    /// predecessor sent can carry the number of one of this process's transfers.)
+    pub fn answered_by(&self, ack: &TransferAck) -> bool {
+        ack.resource == self.resource.as_str() && ack.version == self.version.get()
+    }
+}
+
 /// The coordinator's mutable state (one lock: every operation on it is short).
 #[derive(Default)]
 pub struct Book {
@@ -123,12 +147,10 @@ pub struct Book {
     pub attached: Vec<CapacityId>,
     /// Resource → capacities holding a version of it.
     pub holders: HashMap<ResourceId, BTreeSet<CapacityId>>,
-    /// Transfers awaiting an ack: id → (capacity, waiter).
-    pub pending: HashMap<u64, (CapacityId, oneshot::Sender<TransferAck>)>,
+    /// Transfers awaiting an ack, by id.
+    pub pending: HashMap<u64, Waiting>,
     /// Finished transfers, newest last.
     pub recent: VecDeque<TransferAck>,
-    /// Per resource, the newest version announced to agents.
-    pub announced: HashMap<ResourceId, Version>,
     /// Predictive transfers under way: (capacity, resource) → (version, bytes).
     pub moving: HashMap<(CapacityId, ResourceId), (Version, u64)>,
 }

@@ -213,7 +213,7 @@ impl Transfers {
                 format!("capacity {} is disconnected", t.capacity),
             )));
         };
-        Capacities::await_ack(&mut book, id, &t.capacity, waiter);
+        Capacities::await_ack(&mut book, id, &t.capacity, (&t.resource, t.version), waiter);
         Ok(cmd_tx)
     }
 

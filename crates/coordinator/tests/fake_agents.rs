@@ -438,3 +438,138 @@ async fn the_dashboard_pages_and_filters_a_thousand_capacities_with_totals_over_
         f.task.abort();
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_acknowledgement_delivered_twice_counts_its_delivery_once() {
+    let store = Arc::new(Store::memory().await);
+    commit(&store, "m/x", 1).await;
+    let run = coordinator(store).await;
+    let c = run.coordinator.clone();
+    let fake = Fake::attach(&c, "a", &[], Answer::Silent).await;
+    let req = TransferRequest {
+        capacity: "a".into(),
+        resource: "m/x".into(),
+        priority: prewarm_proto::wire::Priority::Predictive as i32,
+        ..Default::default()
+    };
+    let transfer = tokio::spawn({
+        let c = c.clone();
+        async move { c.transfer(req).await }
+    });
+    settle().await;
+    let load = fake.load_commands()[0].clone();
+    let ack = TransferAck {
+        transfer_id: load.transfer_id,
+        capacity: "a".into(),
+        resource: "m/x".into(),
+        version: 1,
+        ok: true,
+        state_bytes: 100_000,
+        wire_bytes: 60_000,
+        priority: load.priority,
+        ..Default::default()
+    };
+    // The agent's acknowledgement arrives twice (a retried call, a repeated message).
+    for _ in 0..2 {
+        Service(c.clone())
+            .ack(Request::new(ack.clone()))
+            .await
+            .unwrap();
+    }
+    assert!(transfer.await.unwrap().ok);
+    // So does the acknowledgement of a refresh the agent started itself (transfer id 0).
+    let refresh = TransferAck {
+        transfer_id: 0,
+        duration_us: 1234,
+        ..ack
+    };
+    for _ in 0..2 {
+        Service(c.clone())
+            .ack(Request::new(refresh.clone()))
+            .await
+            .unwrap();
+    }
+    let (_, prefetch) = c.pulse.read();
+    assert_eq!(
+        (prefetch.delivered, prefetch.delivered_bytes),
+        (2, 200_000),
+        "two deliveries of 100 kB"
+    );
+    assert_eq!(c.metrics.wire_bytes.get(), 60_000);
+    assert_eq!(c.status().recent.len(), 2, "each recorded once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acknowledgement_of_another_state_does_not_answer_a_transfer_of_the_same_number() {
+    let store = Arc::new(Store::memory().await);
+    commit(&store, "m/x", 1).await;
+    let run = coordinator(store).await;
+    let c = run.coordinator.clone();
+    let fake = Fake::attach(&c, "a", &[], Answer::Silent).await;
+    let transfer = tokio::spawn({
+        let c = c.clone();
+        async move {
+            c.transfer(TransferRequest {
+                capacity: "a".into(),
+                resource: "m/x".into(),
+                ..Default::default()
+            })
+            .await
+        }
+    });
+    settle().await;
+    let id = fake.load_commands()[0].transfer_id;
+    // A restarted coordinator numbers transfers from 1 again: the agent's acknowledgement
+    // of a load its predecessor sent, finishing now, can carry the same number.
+    let stale = TransferAck {
+        transfer_id: id,
+        capacity: "a".into(),
+        resource: "m/old".into(),
+        version: 3,
+        ok: true,
+        ..Default::default()
+    };
+    Service(c.clone()).ack(Request::new(stale)).await.unwrap();
+    settle().await;
+    assert!(
+        !transfer.is_finished(),
+        "answered by another state's acknowledgement"
+    );
+    let ack = TransferAck {
+        transfer_id: id,
+        capacity: "a".into(),
+        resource: "m/x".into(),
+        version: 1,
+        ok: true,
+        ..Default::default()
+    };
+    Service(c.clone()).ack(Request::new(ack)).await.unwrap();
+    let got = transfer.await.unwrap();
+    assert!(
+        got.ok && got.resource == "m/x" && got.version == 1,
+        "{got:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_that_attaches_again_after_an_announcement_is_told_again() {
+    let store = Arc::new(Store::memory().await);
+    commit(&store, "m/x", 1).await;
+    let run = coordinator(store.clone()).await;
+    let c = &run.coordinator;
+    let first = Fake::attach(c, "holder", &[("m/x", 1)], Answer::Install).await;
+    commit(&store, "m/x", 9).await;
+    tokio::time::sleep(POLL + Duration::from_millis(10)).await;
+    assert_eq!(first.invalidations(), vec![("m/x".to_owned(), 2)]);
+    // The agent restarts (what it was told is gone) and attaches again, still holding v1.
+    first.task.abort();
+    let again = Fake::attach(c, "holder", &[("m/x", 1)], Answer::Install).await;
+    tokio::time::sleep(POLL + Duration::from_millis(10)).await;
+    assert_eq!(
+        again.invalidations(),
+        vec![("m/x".to_owned(), 2)],
+        "told again on its new stream"
+    );
+    tokio::time::sleep(3 * POLL).await;
+    assert_eq!(again.invalidations().len(), 1, "once per stream");
+}

@@ -10,6 +10,7 @@ mod history;
 mod ids;
 mod meter;
 mod predictor;
+mod scope;
 mod size;
 mod stats;
 
@@ -24,5 +25,6 @@ pub use ids::{
 };
 pub use meter::Meter;
 pub use predictor::{Context, Prediction, Predictor, VersionPolicy};
+pub use scope::{Scope, ScopeError};
 pub use size::{ByteSize, ParseSizeError, parse_duration};
 pub use stats::percentile;

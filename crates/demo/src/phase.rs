@@ -287,7 +287,7 @@ async fn start_agent(s: &Setup, i: usize, url: &str, c: &mut Cluster) -> Result<
         .map_err(io("an agent's API address"))?
         .to_string();
     // Served as `prewarm agent` serves it.
-    let router = prewarm_agent::http::router(agent.clone(), None);
+    let router = prewarm_agent::http::router(agent.clone(), Default::default());
     tokio::spawn(prewarm_http::serve(
         l,
         router,

@@ -18,7 +18,7 @@
 use foldhash::{HashMap, HashMapExt};
 
 use prewarm_core::{
-    CapacityId, Context, Event, HistoryRecord, Prediction, Predictor, ResourceId, Version,
+    CapacityId, Context, Event, HistoryRecord, Prediction, Predictor, ResourceId, Scope, Version,
     VersionPolicy,
 };
 use serde::Serialize;
@@ -173,6 +173,17 @@ pub struct EventView<'a> {
     pub event: &'a Event,
     /// The capacity that will run it, when the sender decided.
     pub capacity: Option<&'a CapacityId>,
+    /// The resources its sender may name (a tenant's prefixes): candidates outside are
+    /// dropped before placement and planning, so no prediction for this event moves or
+    /// keeps another tenant's state. `None`: every resource (the replay, an unscoped token).
+    pub scope: Option<&'a Scope>,
+}
+
+impl EventView<'_> {
+    /// Whether the event's sender may name `r`.
+    pub fn admits(&self, r: &ResourceId) -> bool {
+        self.scope.is_none_or(|s| s.admits(r))
+    }
 }
 
 /// A retention hint for one state on one capacity.
@@ -482,6 +493,9 @@ impl Engine {
         let mut wants: Vec<Want> = Vec::with_capacity(ev.event.needs.len() + preds.len());
         let mut absent: Vec<&ResourceId> = Vec::new();
         for (r, version, probability) in named.chain(predicted) {
+            if !ev.admits(r) {
+                continue;
+            }
             let probability = probability.clamp(0.0, 1.0);
             if let Some(w) = wants.iter_mut().find(|w| w.resource == *r) {
                 w.probability = w.probability.max(probability);
@@ -529,7 +543,7 @@ impl Engine {
         let by_key =
             ev.event.needs.is_empty() && !own.is_empty() && self.affinity.repeat_rate() > top;
         for (r, mass) in own {
-            if mass <= 0.0 {
+            if mass <= 0.0 || !ev.admits(r) {
                 continue;
             }
             match placing.iter_mut().find(|x| x.0 == r) {
@@ -890,3 +904,6 @@ impl Engine {
         self.demand.len()
     }
 }
+
+#[cfg(test)]
+mod scope_tests;

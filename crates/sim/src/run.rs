@@ -180,6 +180,7 @@ impl<'a> Sim<'a> {
             ts: t,
             event: &rec.event,
             capacity: rec.capacity.as_ref(),
+            scope: None,
         };
         let preds = engine
             .predict(std::slice::from_ref(&ev))

@@ -158,6 +158,28 @@ impl Store {
         create: bool,
     ) -> Result<Self, OpenError> {
         let b = backend(location, create, config.fsync)?;
+        Self::open_backends(b, location, config, create).await
+    }
+
+    /// Opens (with `create`: creates) a store over an object store the caller built — a
+    /// wrapper of its own (the fault simulation's, which fails, corrupts or truncates reads)
+    /// or a backend with no URL here. `location` only names it in messages. Packs are read
+    /// through `os` like a remote store's: no pack file is opened directly.
+    pub async fn open_over(
+        os: Arc<dyn ObjectStore>,
+        location: &str,
+        config: StoreConfig,
+        create: bool,
+    ) -> Result<Self, OpenError> {
+        Self::open_backends(Backends::same(os), location, config, create).await
+    }
+
+    async fn open_backends(
+        b: Backends,
+        location: &str,
+        config: StoreConfig,
+        create: bool,
+    ) -> Result<Self, OpenError> {
         let store = Self {
             os: b.meta,
             bulk: b.bulk,

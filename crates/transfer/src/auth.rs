@@ -1,6 +1,8 @@
 //! The shared token. Every listener bound to a non-loopback address requires it (gRPC
 //! metadata `authorization: Bearer <token>`, HTTP header of the same name, the data plane's
 //! `HELLO`); loopback listeners accept requests without one. Compared in constant time.
+//! Tenant-scoped tokens (a tokens file of hashed entries, each with resource prefixes and
+//! capabilities) sit beside it: see [`crate::tokens`].
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -14,9 +14,10 @@
 //! is outstanding at a time: answers are small, the reads are the work.
 //!
 //! Trust: an agent given a pack can read all of it, other states' chunks included. The
-//! socket lives on the coordinator's host, is checked with the same token as the stream, and
+//! socket lives on the coordinator's host, is checked with the same keys as the stream, and
 //! is only offered to agents that share the host; an agent that holds the token can already
-//! fetch any chunk whose hash it knows.
+//! fetch any chunk whose hash it knows. A tenant-scoped token is refused here (a pack mixes
+//! tenants' chunks): it must use the stream, which serves it its own manifests only.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{IoSlice, IoSliceMut, Read, Write};
@@ -119,7 +120,17 @@ impl DataServer {
     fn pack_channel(&self, mut s: UnixStream, rt: &tokio::runtime::Handle) {
         let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
         let hello = read_frame_with(frame::MAX_HELLO, |b| Ok(s.read_exact(b)?));
-        if let Some(why) = self.refuse_hello(hello) {
+        // A pack holds chunks of many states: only a token over every prefix gets one.
+        let refusal = match self.check_hello(hello) {
+            Ok(who) if !who.scope.is_all() => Some(format!(
+                "token {:?} is scoped to some prefixes; the pack channel passes whole pack \
+                 files (other states' chunks included) and needs a token over every prefix",
+                who.name
+            )),
+            Ok(_) => None,
+            Err(why) => Some(why),
+        };
+        if let Some(why) = refusal {
             tracing::warn!("pack channel: refused connection: {why}");
             self.metrics.refused.inc();
             let _ = write_frame_blocking(

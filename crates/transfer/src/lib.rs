@@ -1,7 +1,7 @@
 //! The parts of prewarm's transfer protocol that the agent and the coordinator share: the
 //! data plane (a length-prefixed, pipelined chunk stream over TCP or, on one host, a Unix
 //! socket; see [`frame`] for the format; on one host, pack files passed by descriptor, see
-//! [`fds`]), pacing of predictive transfers and the shared token. The control plane (gRPC)
+//! [`fds`]), pacing of predictive transfers, the shared token and tenant-scoped tokens ([`tokens`]). The control plane (gRPC)
 //! lives in `prewarm-proto`; the metrics registry in `prewarm-metrics`.
 
 pub mod auth;
@@ -11,6 +11,7 @@ pub mod frame;
 pub mod pace;
 pub mod server;
 pub mod throttle;
+pub mod tokens;
 
 pub use auth::{Token, TokenError};
 pub use client::{
@@ -20,6 +21,9 @@ pub use fds::PackChannel;
 pub use pace::{Pacer, Priorities};
 pub use server::{DataServer, Faults};
 pub use throttle::Throttle;
+pub use tokens::{
+    Capabilities, Capability, Denied, Keys, Principal, Tokens, TokensError, Unauthenticated,
+};
 
 /// An id of this host, equal for processes on one machine (boot): `/proc/sys/kernel/random/boot_id`
 /// plus the host name. Decides whether the same-host channel can be used.

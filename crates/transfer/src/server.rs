@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use crate::auth::Token;
 use crate::frame::{self, Code, Frame, FrameError, Kind, MAGIC, MAX_HASHES};
 use crate::throttle::Throttle;
+use crate::tokens::{Capability, Keys, Principal};
 use crate::warn_throttled;
 use prewarm_metrics::{Counter, Registry};
 
@@ -72,8 +73,8 @@ pub(crate) struct ServerMetrics {
 /// Serves one store to any number of connections.
 pub struct DataServer {
     pub(crate) store: Arc<Store>,
-    /// Required in `HELLO` when set.
-    pub(crate) token: Option<Token>,
+    /// Checked in `HELLO`: the shared token and tenant-scoped ones (see [`Keys`]).
+    pub(crate) keys: Arc<Keys>,
     /// Sent in `HELLO_OK`, so a client can tell which coordinator process it reached.
     pub(crate) instance: String,
     pub(crate) metrics: ServerMetrics,
@@ -102,7 +103,8 @@ enum Answer {
 }
 
 impl DataServer {
-    /// A server of `store`; `token` is required from clients when given.
+    /// A server of `store`; `token` is required from clients when given (see
+    /// [`DataServer::with_keys`] for tenant-scoped tokens).
     pub fn new(
         store: Arc<Store>,
         token: Option<Token>,
@@ -142,7 +144,7 @@ impl DataServer {
         };
         DataServer {
             store,
-            token,
+            keys: Arc::new(Keys::from(token)),
             instance,
             metrics: m,
             faults: Faults::default(),
@@ -153,6 +155,14 @@ impl DataServer {
             refusals: Throttle::default(),
             failures: Throttle::default(),
         }
+    }
+
+    /// Checks hellos with `keys` (the shared token and a tokens file's entries) instead of
+    /// the token given to [`DataServer::new`]: a client needs the `transfer` capability, and
+    /// a scoped one gets manifests of states inside its prefixes only.
+    pub fn with_keys(mut self, keys: Arc<Keys>) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// Injects faults (tests).
@@ -243,20 +253,22 @@ impl DataServer {
                 "{MAX_HANDSHAKES} connections already saying hello"
             )))),
         };
-        let refusal = self.refuse_hello(hello);
-        if let Some(why) = refusal {
-            warn_throttled!(self.refusals, "data plane: refused {peer}: {why}");
-            self.metrics.refused.inc();
-            let _ = frame::write_frame(
-                &mut wr,
-                Kind::Error,
-                0,
-                &frame::error_body(Code::Unauthorized, &why),
-            )
-            .await;
-            let _ = wr.flush().await;
-            return;
-        }
+        let who = match self.check_hello(hello) {
+            Ok(who) => who,
+            Err(why) => {
+                warn_throttled!(self.refusals, "data plane: refused {peer}: {why}");
+                self.metrics.refused.inc();
+                let _ = frame::write_frame(
+                    &mut wr,
+                    Kind::Error,
+                    0,
+                    &frame::error_body(Code::Unauthorized, &why),
+                )
+                .await;
+                let _ = wr.flush().await;
+                return;
+            }
+        };
         if frame::write_frame(&mut wr, Kind::HelloOk, 0, self.instance.as_bytes())
             .await
             .is_err()
@@ -299,7 +311,7 @@ impl DataServer {
                 Kind::Chunks => Some(self.room_for(&f.body, &budget).await),
                 _ => None,
             };
-            let job = self.clone().answer(f, permit);
+            let job = self.clone().answer(f, permit, who.clone());
             if tx.send((request, tokio::spawn(job))).await.is_err() {
                 break;
             }
@@ -308,20 +320,22 @@ impl DataServer {
         let _ = writer.await;
     }
 
-    /// Why a connection's first frame is refused (`None`: accepted).
-    pub(crate) fn refuse_hello(&self, hello: Result<Frame, FrameError>) -> Option<String> {
-        match hello {
-            Err(e) => Some(format!("bad hello: {e}")),
-            Ok(f) if f.kind != Kind::Hello || !f.body.starts_with(MAGIC) => {
-                Some("the first frame is not a prewarm data-plane hello".into())
-            }
-            Ok(f) => match &self.token {
-                Some(t) if !t.matches(&f.body[MAGIC.len()..]) => {
-                    Some("missing or wrong token".into())
-                }
-                _ => None,
-            },
+    /// Who a connection's first frame says the client is, or why it is refused (not a
+    /// hello, a missing or wrong token, a token without the `transfer` capability).
+    pub(crate) fn check_hello(
+        &self,
+        hello: Result<Frame, FrameError>,
+    ) -> Result<Arc<Principal>, String> {
+        let f = hello.map_err(|e| format!("bad hello: {e}"))?;
+        if f.kind != Kind::Hello || !f.body.starts_with(MAGIC) {
+            return Err("the first frame is not a prewarm data-plane hello".into());
         }
+        let who = self
+            .keys
+            .authenticate(Some(&f.body[MAGIC.len()..]))
+            .map_err(|_| "missing or wrong token".to_owned())?;
+        who.may(Capability::Transfer).map_err(|e| e.to_string())?;
+        Ok(who)
     }
 
     /// Waits for room in `budget` for the stored bytes `body`'s hashes name (all of it when
@@ -341,9 +355,14 @@ impl DataServer {
             .expect("the budget is never closed")
     }
 
-    async fn answer(self: Arc<Self>, f: Frame, permit: Option<OwnedSemaphorePermit>) -> Answer {
+    async fn answer(
+        self: Arc<Self>,
+        f: Frame,
+        permit: Option<OwnedSemaphorePermit>,
+        who: Arc<Principal>,
+    ) -> Answer {
         match f.kind {
-            Kind::Manifest => Answer::Manifest(self.manifest(&f.body).await),
+            Kind::Manifest => Answer::Manifest(self.manifest(&f.body, &who).await),
             Kind::Chunks => Answer::Chunks(self.chunks(&f.body).await, permit),
             k => Answer::Error(Code::BadRequest, format!("unexpected {k:?} frame")),
         }
@@ -359,7 +378,9 @@ impl DataServer {
         )
     }
 
-    async fn manifest(&self, body: &[u8]) -> Result<Vec<u8>, Refusal> {
+    /// A manifest, for a client that may name its resource (else refused the same whether
+    /// the state exists or not).
+    async fn manifest(&self, body: &[u8], who: &Principal) -> Result<Vec<u8>, Refusal> {
         let bad = |m: String| (Code::BadRequest, m);
         if body.len() < 8 {
             return Err(bad("manifest request shorter than 8 bytes".into()));
@@ -369,6 +390,8 @@ impl DataServer {
             std::str::from_utf8(&body[8..]).map_err(|_| bad("resource id is not UTF-8".into()))?;
         let resource =
             ResourceId::new(name).map_err(|e| bad(format!("invalid resource id: {e}")))?;
+        who.may_name(Capability::Transfer, &resource)
+            .map_err(|e| (Code::Unauthorized, e.to_string()))?;
         let m = match Version::new(version) {
             Some(v) => {
                 self.store

@@ -409,3 +409,132 @@ async fn pack_channel_refuses_bad_frames_and_remote_stores() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Keys with three tenant entries: acme's agent (transfer, acme only), acme's application
+/// (ensure, acme only) and the fleet's agents (transfer, every prefix).
+fn tenant_keys() -> Arc<crate::Keys> {
+    let entry = |name: &str, secret: &str, prefixes: &str, caps: &str| {
+        format!(
+            "[[token]]\nname = {name:?}\nhash = {:?}\nprefixes = {prefixes}\ncaps = {caps}\n",
+            crate::tokens::token_hash(secret)
+        )
+    };
+    let text = [
+        entry(
+            "acme",
+            "acme-transfer-0123456789",
+            r#"["tenants/acme/"]"#,
+            r#"["transfer"]"#,
+        ),
+        entry(
+            "acme-app",
+            "acme-ensure-0123456789",
+            r#"["tenants/acme/"]"#,
+            r#"["ensure"]"#,
+        ),
+        entry(
+            "agents",
+            "agents-transfer-0123456789",
+            r#"["*"]"#,
+            r#"["transfer"]"#,
+        ),
+    ]
+    .concat();
+    let tokens = crate::Tokens::parse(&text, std::path::Path::new("t.toml")).unwrap();
+    Arc::new(crate::Keys::new(None, Some(tokens)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_transfer_tokens_get_their_own_manifests_and_never_the_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::open_or_create(dir.path().join("store").to_str().unwrap())
+            .await
+            .unwrap(),
+    );
+    let (acme, beta) = (
+        ResourceId::new("tenants/acme/x").unwrap(),
+        ResourceId::new("tenants/beta/y").unwrap(),
+    );
+    for (r, seed) in [(&acme, 3u8), (&beta, 5)] {
+        Snapshotter::new(store.clone())
+            .commit_bytes(r, Bytes::from(vec![seed; 200_000]))
+            .await
+            .unwrap();
+    }
+    let s = Arc::new(
+        DataServer::new(store, None, "t".into(), &Registry::default()).with_keys(tenant_keys()),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp = DataAddr::Tcp(l.local_addr().unwrap().to_string());
+    tokio::spawn(s.clone().serve_tcp(l));
+    let (stream, packs) = (dir.path().join("d.sock"), dir.path().join("d.sock.fds"));
+    tokio::spawn(
+        s.clone()
+            .serve_unix(tokio::net::UnixListener::bind(&stream).unwrap()),
+    );
+    let pack_l = tokio::net::UnixListener::bind(&packs).unwrap();
+    tokio::spawn(s.serve_fds(pack_l));
+    let tok = |s: &str| Token::new(s).unwrap();
+
+    // An ensure-only token, no token, an unknown one: refused at hello.
+    for presented in [
+        None,
+        Some(tok("acme-ensure-0123456789")),
+        Some(tok("nobody-0123456789abc")),
+    ] {
+        match Connection::connect(&tcp, presented.as_ref()).await {
+            Err(DataError::Refused {
+                code: Code::Unauthorized,
+                msg,
+            }) => assert!(
+                presented.is_none() || msg.contains("transfer") || msg.contains("wrong"),
+                "{msg}"
+            ),
+            other => panic!("{:?}", other.err()),
+        }
+    }
+    // acme's agent: its own state, and the same refusal for beta's whether it exists or not.
+    let acme_t = tok("acme-transfer-0123456789");
+    let mut c = Connection::connect(&tcp, Some(&acme_t)).await.unwrap();
+    assert_eq!(c.manifest(&acme, None).await.unwrap().state.resource, acme);
+    let mut refusals = Vec::new();
+    for r in [&beta, &ResourceId::new("tenants/beta/none").unwrap()] {
+        match c.manifest(r, None).await {
+            Err(DataError::Refused {
+                code: Code::Unauthorized,
+                msg,
+            }) => refusals.push(msg.replace(r.as_str(), "R")),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(refusals[0], refusals[1], "no existence oracle");
+    assert!(
+        refusals[0].contains("outside the token's prefixes"),
+        "{}",
+        refusals[0]
+    );
+    // On the same host: the pack channel refuses a scoped token (packs mix tenants), and the
+    // client falls back to the stream, which serves it its own state only.
+    let fds = DataAddr::UnixFds {
+        stream: stream.clone(),
+        packs: packs.clone(),
+    };
+    match crate::PackChannel::connect(&packs, Some(&acme_t)) {
+        Err(DataError::Refused {
+            code: Code::Unauthorized,
+            msg,
+        }) => assert!(msg.contains("every prefix"), "{msg}"),
+        other => panic!("{:?}", other.err()),
+    }
+    let mut c = Connection::connect(&fds, Some(&acme_t)).await.unwrap();
+    let m = c.manifest(&acme, None).await.unwrap();
+    assert_eq!(fetch_all(&mut c, &m.chunks).await, vec![3u8; 200_000]);
+    assert!(c.manifest(&beta, None).await.is_err());
+    // The fleet's agents' token: every state, the pack channel too.
+    let agents = tok("agents-transfer-0123456789");
+    assert!(crate::PackChannel::connect(&packs, Some(&agents)).is_ok());
+    let mut c = Connection::connect(&fds, Some(&agents)).await.unwrap();
+    let m = c.manifest(&beta, None).await.unwrap();
+    assert_eq!(fetch_all(&mut c, &m.chunks).await, vec![5u8; 200_000]);
+}

@@ -38,6 +38,11 @@ class Unauthorized(PrewarmError):
     """401: missing or wrong bearer token."""
 
 
+class Forbidden(PrewarmError):
+    """403 ``forbidden``: the token lacks the capability, or the resource is outside its
+    prefixes (tenant-scoped tokens; the same answer whether the state exists or not)."""
+
+
 class NotFound(PrewarmError):
     """404: an unknown resource, version, lease or path."""
 
@@ -79,6 +84,7 @@ _BY_KIND: Dict[str, Type[PrewarmError]] = {
     "unknown_state": UnknownState,
     "unknown_lease": UnknownLease,
     "unauthorized": Unauthorized,
+    "forbidden": Forbidden,
     "no_source": NoSource,
     "cache_full": CacheFull,
 }
@@ -86,6 +92,7 @@ _BY_KIND: Dict[str, Type[PrewarmError]] = {
 _BY_STATUS: Dict[int, Type[PrewarmError]] = {
     400: BadRequest,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     408: RequestTimeout,
     413: PayloadTooLarge,

@@ -9,7 +9,7 @@ use anyhow::Context;
 use prewarm_agent::{Agent, AgentConfig, DataPath};
 use prewarm_core::CapacityId;
 
-use super::{HttpLimitsArg, TokenArg, parse_duration, parse_size};
+use super::{HttpLimitsArg, TokenArg, TokensArg, parse_duration, parse_size};
 
 /// Arguments of `prewarm agent`.
 #[derive(clap::Args, Debug)]
@@ -49,6 +49,8 @@ pub struct Args {
     #[command(flatten)]
     token: TokenArg,
     #[command(flatten)]
+    tokens: TokensArg,
+    #[command(flatten)]
     http: HttpLimitsArg,
 }
 
@@ -62,8 +64,11 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         "fds" => DataPath::Fds,
         other => anyhow::bail!("--data-path {other}: expected auto, tcp, unix or fds"),
     };
+    // The token this agent presents to the coordinator; its own API accepts it (every
+    // right, unless the tokens file lists it with fewer) and the file's tenant tokens.
     let token = a.token.load()?;
-    let http_token = prewarm_transfer::auth::listener_policy(a.listen, token.as_ref())?;
+    let keys = prewarm_transfer::Keys::new(token.clone(), a.tokens.load()?);
+    keys.require_for(a.listen)?;
     std::fs::create_dir_all(&a.cache_dir)
         .with_context(|| format!("creating {}", a.cache_dir.display()))?;
     let agent: Arc<Agent> = Agent::open(AgentConfig {
@@ -82,7 +87,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let local = listener.local_addr()?;
-    let router = prewarm_agent::http::router(agent.clone(), http_token);
+    let router = prewarm_agent::http::router(agent.clone(), Arc::new(keys));
     // Bounded against slow and idle clients (connection cap, header, body and idle
     // deadlines); TCP_NODELAY for the small JSON answers.
     let http = tokio::spawn(prewarm_http::serve(listener, router, a.http.limits()?));

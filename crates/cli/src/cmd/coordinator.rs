@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use prewarm_coordinator::CoordinatorConfig;
 
-use super::{HttpLimitsArg, StoreArg, TokenArg, parse_duration};
+use super::{HttpLimitsArg, StoreArg, TokenArg, TokensArg, parse_duration};
 
 /// Arguments of `prewarm coordinator`.
 #[derive(clap::Args, Debug)]
@@ -33,6 +33,8 @@ pub struct Args {
     poll: Duration,
     #[command(flatten)]
     token: TokenArg,
+    #[command(flatten)]
+    tokens: TokensArg,
     #[command(flatten)]
     http: HttpLimitsArg,
     /// Events per second each token may post to /v1/events (bursts up to one batch of
@@ -221,9 +223,10 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             wait: a.events_queue_wait,
         },
     };
+    let tokens = a.tokens.load()?;
     let brain = engine(&a)?;
     let retrain = retraining(&a)?;
-    let running = prewarm_coordinator::start(store, cfg, brain)
+    let running = prewarm_coordinator::start_with(store, cfg, brain, tokens)
         .await
         .context("starting the coordinator")?;
     if let Some(r) = retrain {

@@ -13,6 +13,7 @@ pub mod replay;
 pub mod restore;
 pub mod snapshot;
 pub mod status;
+pub mod token;
 pub mod train;
 pub mod transfer;
 pub mod verify;
@@ -145,6 +146,28 @@ impl TokenArg {
     /// The token, if any.
     pub fn load(&self) -> anyhow::Result<Option<prewarm_transfer::Token>> {
         Ok(prewarm_transfer::Token::load(self.token_file.as_deref())?)
+    }
+}
+
+/// `--tokens`, on the commands that serve (coordinator, agent).
+#[derive(clap::Args, Clone, Debug)]
+pub struct TokensArg {
+    /// A TOML file of tenant-scoped tokens accepted beside the shared token: each entry a
+    /// name, the BLAKE3 hash of its secret, resource prefixes and capabilities (ensure,
+    /// events, transfer, admin); `prewarm token new` makes entries. A malformed file stops
+    /// the start.
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<std::path::PathBuf>,
+}
+
+impl TokensArg {
+    /// The file's entries, if a file was given.
+    pub fn load(&self) -> anyhow::Result<Option<prewarm_transfer::Tokens>> {
+        Ok(self
+            .tokens
+            .as_deref()
+            .map(prewarm_transfer::Tokens::load)
+            .transpose()?)
     }
 }
 

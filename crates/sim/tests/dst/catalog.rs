@@ -48,8 +48,10 @@ pub struct Catalog {
     digests: HashMap<(ResourceId, Version), Digest>,
 }
 
-/// Mixed content: 4 KiB blocks, random or a repeated byte (so both codecs appear).
-fn content(rng: &mut Rng, len: usize) -> Vec<u8> {
+/// Mixed content of `base` bytes and up to `spread` more: 4 KiB blocks, random or a
+/// repeated byte (so both codecs appear).
+fn content(rng: &mut Rng, base: usize, spread: usize) -> Vec<u8> {
+    let len = base + rng.index(spread.max(1));
     let mut v = Vec::with_capacity(len);
     while v.len() < len {
         let n = (len - v.len()).min(4096);
@@ -65,11 +67,11 @@ fn content(rng: &mut Rng, len: usize) -> Vec<u8> {
 /// A random edit: a region overwritten, bytes appended, or the tail cut.
 fn edit(rng: &mut Rng, v: &mut Vec<u8>) {
     match rng.below(4) {
-        0 => v.extend(content(rng, 1 + rng.index(20_000))),
+        0 => v.extend(content(rng, 1, 20_000)),
         1 if v.len() > 8192 => v.truncate(v.len() - rng.index(v.len() / 4)),
         _ => {
             let at = rng.index(v.len().max(1));
-            let new = content(rng, 1 + rng.index(16_384));
+            let new = content(rng, 1, 16_384);
             let end = (at + new.len()).min(v.len());
             v.splice(at..end, new);
         }
@@ -109,12 +111,16 @@ impl Catalog {
         for (name, size, tree) in specs {
             let mut files = BTreeMap::new();
             if tree {
-                for (f, n) in [("a.txt", 20_000), ("sub/b.bin", 40_000), ("sub/deep/c", 5000)] {
-                    files.insert(f.to_owned(), content(rng, n + rng.index(n)));
+                for (f, n) in [
+                    ("a.txt", 20_000),
+                    ("sub/b.bin", 40_000),
+                    ("sub/deep/c", 5000),
+                ] {
+                    files.insert(f.to_owned(), content(rng, n, n));
                 }
                 files.insert("empty".to_owned(), Vec::new());
             } else {
-                files.insert(String::new(), content(rng, size + rng.index(size)));
+                files.insert(String::new(), content(rng, size, size / 4));
             }
             cat.res.push(Res {
                 id: ResourceId::new(name).map_err(|e| e.to_string())?,
@@ -132,11 +138,6 @@ impl Catalog {
         Ok(cat)
     }
 
-    /// The clean store handle.
-    pub fn truth(&self) -> &Arc<Store> {
-        &self.truth
-    }
-
     /// Edits resource `i` and commits the result as its next version.
     pub async fn commit(&mut self, i: usize, rng: &mut Rng) -> Result<Version, String> {
         let r = &mut self.res[i];
@@ -146,7 +147,7 @@ impl Catalog {
         edit(rng, f);
         if r.tree && rng.chance(300) {
             let n = format!("sub/new{}", rng.below(4));
-            r.files.insert(n, content(rng, rng.index(9000)));
+            r.files.insert(n, content(rng, 0, 9000));
         }
         self.write(i).await
     }
@@ -177,11 +178,6 @@ impl Catalog {
             r.versions.push(v);
         }
         Ok(v)
-    }
-
-    /// Index of `resource` in the catalog.
-    pub fn index_of(&self, resource: &ResourceId) -> Option<usize> {
-        self.res.iter().position(|r| &r.id == resource)
     }
 
     /// The reference digest of `resource@version`: a restore from the clean store.

@@ -89,11 +89,9 @@ impl Faults {
         self.gate.send_replace(Gate::Armed(pass));
     }
 
-    /// Waits (up to `limit`) until a read is held; false when none came.
-    pub async fn caught(&self, limit: std::time::Duration) -> bool {
-        let mut rx = self.gate.subscribe();
-        let held = rx.wait_for(|g| *g == Gate::Holding);
-        matches!(tokio::time::timeout(limit, held).await, Ok(Ok(_)))
+    /// Whether a read is held at the gate now.
+    pub fn holding(&self) -> bool {
+        *self.gate.borrow() == Gate::Holding
     }
 
     /// Opens the gate: held reads go on.

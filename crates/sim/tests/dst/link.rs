@@ -1,25 +1,21 @@
 //! One agent's control plane, with faults. The agent is real; what `prewarm agent` runs in
-//! `control.rs` over gRPC is done here in-process against the coordinator's own gRPC
-//! handlers (`Service`, the seam its fake-agent tests use), so each message can be dropped,
-//! duplicated, or held back and delivered later in a shuffled order: `Load`, `Invalidate`
-//! and `Retain` commands on the way in, acknowledgements and inventory reports on the way
-//! out. Coordinator calls run on the coordinator's runtime, as a network call would; the
-//! rest runs on the agent's, so a crash of either ends its side. Loads are carried out as
-//! `control.rs` does (`Agent::load` of the exact version, then an acknowledgement).
+//! `control.rs` over gRPC is done in-process here (and in `attach.rs`) against the
+//! coordinator's own gRPC handlers (`Service`, the seam its fake-agent tests use), so each
+//! message can be dropped, duplicated, or held back and delivered later in a shuffled
+//! order: `Load`, `Invalidate` and `Retain` commands on the way in, acknowledgements and
+//! inventory reports on the way out. Coordinator calls run on the coordinator's runtime, as
+//! a network call would; the rest runs on the agent's, so a crash of either ends its side.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use prewarm_agent::agent::{Finished, Loaded, Source};
-use prewarm_agent::{Agent, Priority, VersionReq};
+use prewarm_agent::Agent;
 use prewarm_coordinator::Service;
 use prewarm_core::{ResourceId, Version};
 use prewarm_proto::wire::coordinator_server::Coordinator as _;
-use prewarm_proto::wire::{self, AttachRequest, Command, FailureKind, TransferAck, command};
-use prewarm_transfer::DataAddr;
+use prewarm_proto::wire::{self, Command, TransferAck, command};
 use tokio::runtime::Handle;
 use tonic::Request;
 
@@ -42,18 +38,20 @@ pub struct Rates {
 /// An acknowledgement the agent produced.
 #[derive(Clone, Debug)]
 pub struct AckSeen {
-    /// Transfer id (0: a load the agent started itself).
-    pub id: u64,
     /// The state.
     pub resource: String,
     /// Its version.
     pub version: u64,
-    /// Succeeded.
-    pub ok: bool,
     /// Succeeded by installing (not already held).
     pub fresh: bool,
     /// Bytes on the wire.
     pub wire: u64,
+    /// The state's size.
+    pub bytes: u64,
+    /// A predictive transfer's.
+    pub predictive: bool,
+    /// Of a commanded load (not one the agent started itself: a refresh, a resume).
+    pub commanded: bool,
 }
 
 /// What the link saw.
@@ -83,7 +81,7 @@ enum Msg {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Fate {
+pub(crate) enum Fate {
     Deliver,
     Drop,
     Twice,
@@ -102,14 +100,23 @@ pub struct Link {
     held: Mutex<Vec<Msg>>,
     /// Duplicate the next `Load` of this state, and that load's fresh acknowledgement.
     force: Mutex<Option<(String, u64)>>,
-    brk: tokio::sync::Notify,
+    /// Wakes the attach session to end it (a cut stream).
+    pub(crate) brk: tokio::sync::Notify,
+    /// Acknowledgements being sent now.
+    sending: AtomicU64,
     /// What it saw.
     pub stats: Mutex<Stats>,
 }
 
 impl Link {
     /// Starts `agent`'s control loop on `handle` (the agent's runtime).
-    pub fn start(agent: Arc<Agent>, reach: Reach, handle: Handle, rng: Rng, rates: Rates) -> Arc<Self> {
+    pub fn start(
+        agent: Arc<Agent>,
+        reach: Reach,
+        handle: Handle,
+        rng: Rng,
+        rates: Rates,
+    ) -> Arc<Self> {
         let link = Arc::new(Link {
             agent,
             reach,
@@ -120,9 +127,10 @@ impl Link {
             held: Mutex::default(),
             force: Mutex::default(),
             brk: tokio::sync::Notify::new(),
+            sending: AtomicU64::new(0),
             stats: Mutex::default(),
         });
-        handle.spawn(run(link.clone()));
+        handle.spawn(crate::attach::run(link.clone()));
         link
     }
 
@@ -155,7 +163,10 @@ impl Link {
             self.handle.spawn(async move {
                 match m {
                     Msg::In(c) => me.deliver(c),
-                    Msg::Out(a) => me.call_ack(a).await,
+                    Msg::Out(a) => {
+                        me.call_ack(a).await;
+                        me.sending.fetch_sub(1, Ordering::AcqRel);
+                    }
                 }
             });
         }
@@ -166,7 +177,12 @@ impl Link {
         self.held.lock().expect("held lock").len()
     }
 
-    fn fate(&self) -> Fate {
+    /// Acknowledgements recorded and not yet delivered, dropped or held back.
+    pub fn sending(&self) -> u64 {
+        self.sending.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn fate(&self) -> Fate {
         if self.calm.load(Ordering::Relaxed) {
             return Fate::Deliver;
         }
@@ -192,12 +208,12 @@ impl Link {
         fate
     }
 
-    fn coordinator(&self) -> Option<(Service, Handle)> {
+    pub(crate) fn coordinator(&self) -> Option<(Service, Handle)> {
         self.reach.lock().expect("reach lock").clone()
     }
 
     /// A command from the coordinator, through the faults.
-    fn receive(self: &Arc<Self>, c: Command) {
+    pub(crate) fn receive(self: &Arc<Self>, c: Command) {
         let forced = match &c.command {
             Some(command::Command::Load(l)) => {
                 let f = self.force.lock().expect("force lock");
@@ -227,10 +243,11 @@ impl Link {
         match c.command {
             Some(command::Command::Load(l)) => {
                 self.stats().started += 1;
-                self.handle.spawn(carry_out(self.clone(), l));
+                self.handle.spawn(crate::attach::carry_out(self.clone(), l));
             }
             Some(command::Command::Invalidate(i)) => {
-                if let (Ok(r), Some(v)) = (ResourceId::new(i.resource), Version::new(i.new_version)) {
+                if let (Ok(r), Some(v)) = (ResourceId::new(i.resource), Version::new(i.new_version))
+                {
                     let mut s = self.stats();
                     let told = s.told.entry(r.clone()).or_insert(v);
                     *told = (*told).max(v);
@@ -249,13 +266,15 @@ impl Link {
     }
 
     /// An acknowledgement on its way out, through the faults.
-    async fn send_ack(self: &Arc<Self>, a: TransferAck) {
+    pub(crate) async fn send_ack(self: &Arc<Self>, a: TransferAck) {
+        self.sending.fetch_add(1, Ordering::AcqRel);
         self.record(&a);
         let forced = {
             let mut f = self.force.lock().expect("force lock");
             let hit = a.ok
                 && !a.already_held
-                && f.as_ref().is_some_and(|(r, v)| *r == a.resource && *v == a.version);
+                && f.as_ref()
+                    .is_some_and(|(r, v)| *r == a.resource && *v == a.version);
             if hit {
                 *f = None;
             }
@@ -269,18 +288,23 @@ impl Link {
                 self.call_ack(a.clone()).await;
                 self.call_ack(a).await;
             }
-            Fate::Later => self.held.lock().expect("held lock").push(Msg::Out(a)),
+            Fate::Later => {
+                self.held.lock().expect("held lock").push(Msg::Out(a));
+                return; // still being sent: until it is flushed
+            }
         }
+        self.sending.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn record(&self, a: &TransferAck) {
         let seen = AckSeen {
-            id: a.transfer_id,
             resource: a.resource.clone(),
             version: a.version,
-            ok: a.ok,
             fresh: a.ok && !a.already_held,
             wire: a.wire_bytes,
+            bytes: a.state_bytes,
+            predictive: a.priority == wire::Priority::Predictive as i32,
+            commanded: a.transfer_id != 0,
         };
         self.stats().acks.push(seen);
     }
@@ -291,139 +315,4 @@ impl Link {
             let _ = tokio::time::timeout(Duration::from_secs(10), call).await;
         }
     }
-}
-
-/// Attaches, reattaches after every end of the stream, and reports the inventory.
-async fn run(link: Arc<Link>) {
-    if let Some(rx) = link.agent.take_finished() {
-        tokio::spawn(forward_finished(link.clone(), rx));
-    }
-    tokio::spawn(report_changes(link.clone()));
-    let mut resumed = false;
-    loop {
-        let _ = session(&link, &mut resumed).await;
-        link.agent.set_source(None);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// One attach session: Welcome, then commands until the stream ends or is broken.
-async fn session(link: &Arc<Link>, resumed: &mut bool) -> Result<(), String> {
-    let (svc, h) = link.coordinator().ok_or("no coordinator")?;
-    let req = AttachRequest {
-        capacity: link.agent.config().name.as_str().to_owned(),
-        ensure_addr: String::new(),
-        inventory: Some(prewarm_agent::control::inventory(&link.agent)),
-    };
-    let attach = h.spawn(async move { svc.attach(Request::new(req)).await });
-    let mut stream = match attach.await {
-        Ok(Ok(s)) => s.into_inner(),
-        _ => return Err("attach failed".into()),
-    };
-    let Some(Ok(Command {
-        command: Some(command::Command::Welcome(w)),
-    })) = stream.next().await
-    else {
-        return Err("no welcome".into());
-    };
-    if let Some(rule) = prewarm_api::rule_of(&w.eviction_rule) {
-        link.agent.set_rule(rule);
-    }
-    link.agent.set_source(Some(Source {
-        addr: DataAddr::Tcp(w.data_tcp.clone()),
-        instance: w.coordinator_instance.clone(),
-    }));
-    if !std::mem::replace(resumed, true) {
-        link.agent.resume_staged();
-    }
-    link.stats().sessions += 1;
-    loop {
-        tokio::select! {
-            m = stream.next() => match m {
-                Some(Ok(c)) => link.receive(c),
-                _ => return Ok(()),
-            },
-            () = link.brk.notified() => return Ok(()),
-        }
-    }
-}
-
-/// Reports the inventory whenever it changes (a report may be lost like any message).
-async fn report_changes(link: Arc<Link>) {
-    loop {
-        link.agent.changed.notified().await;
-        if link.fate() == Fate::Drop {
-            continue;
-        }
-        let inv = prewarm_agent::control::inventory(&link.agent);
-        if let Some((svc, h)) = link.coordinator() {
-            let call = h.spawn(async move { svc.report(Request::new(inv)).await.is_ok() });
-            let _ = tokio::time::timeout(Duration::from_secs(10), call).await;
-        }
-    }
-}
-
-/// Acknowledges the loads the agent started itself (refreshes, resumed transfers).
-async fn forward_finished(link: Arc<Link>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Finished>) {
-    while let Some(f) = rx.recv().await {
-        let mut ack = TransferAck {
-            capacity: link.agent.config().name.as_str().to_owned(),
-            resource: f.resource.as_str().to_owned(),
-            version: f.version.get(),
-            priority: wire::Priority::Predictive as i32,
-            ..Default::default()
-        };
-        match f.result {
-            Ok(loaded) => fill_ok(&mut ack, loaded),
-            Err((kind, msg)) => {
-                ack.failure = kind as i32;
-                ack.error = msg;
-            }
-        }
-        link.send_ack(ack).await;
-    }
-}
-
-fn fill_ok(ack: &mut TransferAck, loaded: Loaded) {
-    ack.ok = true;
-    ack.version = loaded.held.version.get();
-    ack.state_bytes = loaded.held.bytes;
-    match loaded.report {
-        Some(rep) => {
-            ack.wire_bytes = rep.wire_bytes;
-            ack.reused_bytes = rep.reused_bytes;
-            ack.resumed_bytes = rep.resumed_bytes;
-            ack.duration_us = rep.micros;
-        }
-        None => ack.already_held = true,
-    }
-}
-
-/// A `Load`: the exact version, installed, then acknowledged.
-async fn carry_out(link: Arc<Link>, l: wire::Load) {
-    let mut ack = TransferAck {
-        transfer_id: l.transfer_id,
-        capacity: link.agent.config().name.as_str().to_owned(),
-        resource: l.resource.clone(),
-        version: l.version,
-        priority: l.priority,
-        ..Default::default()
-    };
-    let priority = if l.priority == wire::Priority::OnDemand as i32 {
-        Priority::OnDemand
-    } else {
-        Priority::Predictive
-    };
-    match (ResourceId::new(l.resource), Version::new(l.version)) {
-        (Ok(r), Some(v)) => match link.agent.load(&r, VersionReq::Exact(v), priority).await {
-            Ok(loaded) => fill_ok(&mut ack, loaded),
-            Err(e) => {
-                ack.failure = FailureKind::from(&e) as i32;
-                ack.error = e.to_string();
-            }
-        },
-        _ => ack.failure = FailureKind::InvalidRequest as i32,
-    }
-    link.send_ack(ack).await;
-    link.stats().finished += 1;
 }

@@ -61,7 +61,10 @@ impl Op {
 }
 
 /// Awaits `h` until `deadline`: `None` when it is still running then.
-async fn until<T>(h: JoinHandle<T>, deadline: Instant) -> Option<Result<T, tokio::task::JoinError>> {
+async fn until<T>(
+    h: JoinHandle<T>,
+    deadline: Instant,
+) -> Option<Result<T, tokio::task::JoinError>> {
     let left = deadline.saturating_duration_since(Instant::now());
     tokio::time::timeout(left, h).await.ok()
 }
@@ -69,7 +72,14 @@ async fn until<T>(h: JoinHandle<T>, deadline: Instant) -> Option<Result<T, tokio
 impl World {
     /// Starts `ensure(resource i, min)` on agent `node`; `zero_stale` asks for no stale
     /// version at all. False when the agent is down.
-    pub fn start_ensure(&mut self, node: usize, i: usize, min: Option<Version>, zero_stale: bool, keep: bool) -> bool {
+    pub fn start_ensure(
+        &mut self,
+        node: usize,
+        i: usize,
+        min: Option<Version>,
+        zero_stale: bool,
+        keep: bool,
+    ) -> bool {
         let resource = self.cat.res[i].id.clone();
         let n = &self.nodes[node];
         let Some(up) = &n.up else {
@@ -87,7 +97,10 @@ impl World {
             kind: None,
             max_stale: zero_stale.then_some(Duration::ZERO),
         };
-        let what = format!("ensure c{node} {} min {min:?} stale0 {zero_stale}", req.resource);
+        let what = format!(
+            "ensure c{node} {} min {min:?} stale0 {zero_stale}",
+            req.resource
+        );
         let agent = up.agent.clone();
         let h = up.handle().spawn(async move { agent.ensure(req).await });
         let asked = Asked {
@@ -106,14 +119,24 @@ impl World {
     }
 
     /// Asks the coordinator to load resource `i` (at `version`, else the newest) on `node`.
-    pub fn start_transfer(&mut self, node: usize, i: usize, version: Option<Version>, on_demand: bool) -> bool {
+    pub fn start_transfer(
+        &mut self,
+        node: usize,
+        i: usize,
+        version: Option<Version>,
+        on_demand: bool,
+    ) -> bool {
         let Some((c, h)) = self.coordinator() else {
             return false;
         };
         let spec = version.map(|v| VersionSpec {
             spec: Some(version_spec::Spec::Exact(v.get())),
         });
-        let priority = if on_demand { Priority::OnDemand } else { Priority::Predictive };
+        let priority = if on_demand {
+            Priority::OnDemand
+        } else {
+            Priority::Predictive
+        };
         let timeout = Duration::from_secs(3);
         let req = TransferRequest {
             capacity: format!("c{node}"),
@@ -122,7 +145,10 @@ impl World {
             priority: priority as i32,
             timeout_ms: timeout.as_millis() as u64,
         };
-        let what = format!("transfer {} {version:?} → c{node} ({priority:?})", req.resource);
+        let what = format!(
+            "transfer {} {version:?} → c{node} ({priority:?})",
+            req.resource
+        );
         let h = h.spawn(async move { c.transfer(req).await });
         self.tally.transfers += 1;
         self.ops.push(Op {
@@ -158,6 +184,21 @@ impl World {
         true
     }
 
+    /// Waits until the gate holds a read of the operation just started, or that operation
+    /// ended without one (its state was held, or it failed first), for at most 300 ms.
+    pub async fn wait_held(&mut self) {
+        let t0 = Instant::now();
+        let mut held = false;
+        while t0.elapsed() < Duration::from_millis(300) {
+            held = self.faults.holding();
+            if held || self.ops.last().is_none_or(Op::finished) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.note(format!("  held at the store: {held}"));
+    }
+
     /// Collects finished operations (with `all`, waits for every one), checking each
     /// answer; an operation past its deadline is a hang.
     pub async fn reap(&mut self, all: bool) -> Result<(), String> {
@@ -179,7 +220,12 @@ impl World {
                 Job::Transfer(h) => match until(h, op.deadline).await.ok_or_else(hung)? {
                     Ok(ack) => {
                         self.tally.transfers_ok += u64::from(ack.ok);
-                        let how = if ack.ok { format!("ok v{}", ack.version) } else { ack.error };
+                        self.answered_wire += ack.wire_bytes;
+                        let how = if ack.ok {
+                            format!("ok v{}", ack.version)
+                        } else {
+                            ack.error
+                        };
                         self.note(format!("  {} → {how}", op.what));
                     }
                     Err(e) if e.is_panic() => return Err(format!("{} panicked: {e}", op.what)),
@@ -188,7 +234,11 @@ impl World {
                 Job::Event(h) => match until(h, op.deadline).await.ok_or_else(hung)? {
                     Ok(o) => {
                         let at = o.placement.map(|p| p.capacity.to_string());
-                        self.note(format!("  {} → {at:?}, {} moves", op.what, o.transfers.len()));
+                        self.note(format!(
+                            "  {} → {at:?}, {} moves",
+                            op.what,
+                            o.transfers.len()
+                        ));
                     }
                     Err(e) if e.is_panic() => return Err(format!("{} panicked: {e}", op.what)),
                     Err(_) => {}
@@ -208,7 +258,9 @@ impl World {
         let e = match r {
             Ok(Ok(e)) => e,
             Ok(Err(EnsureError::Timeout { .. })) => {
-                return Err(format!("hang: {what} timed out (the on-demand fetch never ended)"));
+                return Err(format!(
+                    "hang: {what} timed out (the on-demand fetch never ended)"
+                ));
             }
             Ok(Err(err)) => {
                 self.tally.ensure_errors += 1;
@@ -221,26 +273,43 @@ impl World {
         self.tally.ensured += 1;
         let v = Version::new(e.version).ok_or("version 0 answered")?;
         self.note(format!("  {what} → v{v} hit {}", e.hit));
+        self.tally.promises[0] += u64::from(asked.min.is_some());
+        self.tally.promises[1] += u64::from(asked.not_below.is_some());
         if asked.min.is_some_and(|m| v < m) {
             return Err(format!("{what} answered v{v}, below the minimum asked for"));
         }
-        if asked.not_below.is_some_and(|t| v < t) {
-            return Err(format!("{what} answered v{v}, stale: the agent had been told of v{:?}", asked.not_below));
+        if let Some(told) = asked.not_below.filter(|t| v < *t) {
+            return Err(format!(
+                "{what} answered v{v}, stale: the agent had been told of v{told}"
+            ));
         }
         let node = &self.nodes[asked.node];
         let same = node.up.is_some() && node.incarnation == asked.incarnation;
         let (Some(id), true) = (e.lease, same) else {
             return Ok(()); // crashed since (its leases went with it), or nothing leased
         };
-        let resource = prewarm_core::ResourceId::new(e.resource.clone()).map_err(|x| x.to_string())?;
+        let resource =
+            prewarm_core::ResourceId::new(e.resource.clone()).map_err(|x| x.to_string())?;
         let want = self.cat.reference(&resource, v).await?;
-        let got = digest(&e.path).map_err(|x| format!("{what}: leased state at {} unreadable: {x}", e.path.display()))?;
+        let got = digest(&e.path).map_err(|x| {
+            format!(
+                "{what}: leased state at {} unreadable: {x}",
+                e.path.display()
+            )
+        })?;
         if got != want {
-            return Err(format!("{what}: the bytes at {} differ from the committed v{v}", e.path.display()));
+            return Err(format!(
+                "{what}: the bytes at {} differ from the committed v{v}",
+                e.path.display()
+            ));
         }
         let up = self.nodes[asked.node].up.as_mut().expect("checked above");
         if asked.keep {
-            up.leases.push(Kept { resource, version: v, id });
+            up.leases.push(Kept {
+                resource,
+                version: v,
+                id,
+            });
         } else {
             up.agent.release_lease(id);
         }

@@ -1,5 +1,5 @@
-//! The simulation's randomness: one SplitMix64 stream per run, forked per concern (steps,
-//! each agent's control link), and a stateless mix for the store's fault decisions, so a
+//! The simulation's randomness: one SplitMix64 stream per run for the schedule, one per
+//! agent start for its control link's faults, and a stateless mix for the store's fault decisions, so a
 //! decision depends on the seed and on what is read (and how often), not on which thread
 //! read first.
 
@@ -34,11 +34,6 @@ impl Rng {
     /// True with probability `per_mille` / 1000.
     pub fn chance(&mut self, per_mille: u32) -> bool {
         self.below(1000) < u64::from(per_mille)
-    }
-
-    /// An independent generator for one concern, derived from this one's stream.
-    pub fn fork(&mut self, salt: u64) -> Rng {
-        Rng::new(mix(self.next_u64(), salt))
     }
 
     /// Shuffles `v` in place (Fisher–Yates).

@@ -24,6 +24,7 @@ use crate::faulty::{Faults, Faulty};
 use crate::link::{Link, Rates, Reach};
 use crate::ops::Op;
 use crate::rng::{Rng, mix};
+use crate::tally::Tally;
 
 /// Simulated time at the start (Unix seconds).
 const T0: f64 = 1_900_000_000.0;
@@ -66,29 +67,6 @@ pub struct Node {
     pub incarnation: u32,
 }
 
-/// Counts over the run.
-#[derive(Debug, Default)]
-pub struct Tally {
-    /// Steps taken.
-    pub steps: u64,
-    /// Agent crashes.
-    pub agent_crashes: u64,
-    /// Coordinator crashes.
-    pub coordinator_crashes: u64,
-    /// `ensure` answers checked, and failures (reported errors).
-    pub ensured: u64,
-    /// `ensure` calls that reported an error.
-    pub ensure_errors: u64,
-    /// Transfers requested and how many succeeded.
-    pub transfers: u64,
-    /// Of those, succeeded.
-    pub transfers_ok: u64,
-    /// Versions committed during the run.
-    pub commits: u64,
-    /// States found at their path and compared with the committed bytes.
-    pub compared: u64,
-}
-
 /// Everything of one seed.
 pub struct World {
     /// The seed.
@@ -111,6 +89,10 @@ pub struct World {
     pub nodes: Vec<Node>,
     /// Message faults of the links.
     pub rates: Rates,
+    /// Message faults off for now (a step that counts messages).
+    pub quiet: bool,
+    /// Wire bytes of the answers to transfer requests so far.
+    pub answered_wire: u64,
     /// Work in flight (ensures, transfers, events).
     pub ops: Vec<Op>,
     /// Counts.
@@ -135,7 +117,8 @@ async fn shut(rt: Runtime) {
 }
 
 impl World {
-    /// The store, resources, coordinator and agents of `seed`, attached.
+    /// The store, resources, coordinator and agents of `seed`, started (agents attach on
+    /// their own, as after any start).
     pub async fn build(seed: u64) -> Result<World, String> {
         let mut rng = Rng::new(seed);
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -199,12 +182,16 @@ impl World {
             engine,
             nodes,
             rates,
+            quiet: false,
+            answered_wire: 0,
             ops: Vec::new(),
             tally: Tally::default(),
             seen: HashMap::new(),
             dir,
         };
-        w.note(format!("seed {seed}: policy {policy}, keep-alive {keep_alive} s, message faults {rates:?}"));
+        w.note(format!(
+            "seed {seed}: policy {policy}, keep-alive {keep_alive} s, message faults {rates:?}"
+        ));
         w.start_coordinator().await?;
         for i in 0..w.nodes.len() {
             w.start_agent(i).await?;
@@ -227,9 +214,11 @@ impl World {
     /// Starts a coordinator (a fresh process: new instance, new ports, empty book).
     pub async fn start_coordinator(&mut self) -> Result<(), String> {
         let rt = runtime("coordinator")?;
-        let local = object_store::local::LocalFileSystem::new_with_prefix(self.dir.path().join("store"))
-            .map_err(|e| e.to_string())?;
-        let os: Arc<dyn object_store::ObjectStore> = Arc::new(Faulty::new(local, self.faults.clone()));
+        let local =
+            object_store::local::LocalFileSystem::new_with_prefix(self.dir.path().join("store"))
+                .map_err(|e| e.to_string())?;
+        let os: Arc<dyn object_store::ObjectStore> =
+            Arc::new(Faulty::new(local, self.faults.clone()));
         let cfg = CoordinatorConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_listen: "127.0.0.1:0".parse().expect("address"),
@@ -275,7 +264,13 @@ impl World {
         };
         node.incarnation += 1;
         let rng = Rng::new(mix(self.seed, u64::from(node.incarnation) << 8 | i as u64));
-        let link = Link::start(agent.clone(), self.reach.clone(), rt.handle().clone(), rng, self.rates);
+        let link = Link::start(
+            agent.clone(),
+            self.reach.clone(),
+            rt.handle().clone(),
+            rng,
+            self.rates,
+        );
         node.up = Some(Up {
             rt,
             agent,
@@ -289,19 +284,32 @@ impl World {
     /// versions it was told of) is gone, its directory stays.
     pub async fn crash_agent(&mut self, i: usize) {
         if let Some(up) = self.nodes[i].up.take() {
-            let Up { rt, agent, link, leases } = up;
+            let Up {
+                rt,
+                agent,
+                link,
+                leases,
+            } = up;
+            {
+                let s = link.stats();
+                for (i, n) in [s.dropped, s.duplicated, s.delayed].into_iter().enumerate() {
+                    self.tally.faults[3 + i] += n;
+                }
+            }
             drop((agent, link, leases));
             shut(rt).await;
             self.tally.agent_crashes += 1;
         }
     }
 
-    /// Crashes everything (the end of a seed).
+    /// Stops everything (the end of a seed; not counted as crashes).
     pub async fn teardown(&mut self) {
+        let counted = (self.tally.agent_crashes, self.tally.coordinator_crashes);
         for i in 0..self.nodes.len() {
             self.crash_agent(i).await;
         }
         self.crash_coordinator().await;
+        (self.tally.agent_crashes, self.tally.coordinator_crashes) = counted;
     }
 }
 

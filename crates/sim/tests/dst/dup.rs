@@ -1,0 +1,185 @@
+//! A duplicated request installs once and counts its bytes once. With everything else
+//! settled (every attach stream cut and reattached, so that the coordinator waits for
+//! nothing) and every link's faults off, the same state is asked of one agent by two
+//! transfer requests at once, the first `Load` delivered twice and the installing load's
+//! acknowledgement sent twice. Then: at most one load installed it (the others found it
+//! held); the agent's completed transfers and wire bytes grew by exactly the installs it
+//! acknowledged (checked when no load the agent started itself ran near the step); the coordinator counted each transfer's bytes once, those of the
+//! acknowledgement that answered it (a `Load` delivered twice can be answered twice, and
+//! differently: a failure, then the install — the gRPC stream never repeats a command, so
+//! the first answer is the one), and its record of predictive deliveries grew by the bytes
+//! of each install once, however many times its acknowledgement came. Counters are read
+//! when nothing is being acknowledged and nothing changed over a short pause (a refresh
+//! after an invalidation may complete at any time).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prewarm_coordinator::Coordinator;
+
+use crate::link::{AckSeen, Link};
+use crate::world::World;
+
+/// Transfers the agent completed, all priorities.
+fn completed(agent: &prewarm_agent::Agent) -> u64 {
+    ["on_demand", "predictive"]
+        .iter()
+        .map(|p| {
+            agent
+                .registry
+                .counter(
+                    "prewarm_agent_transfers_total",
+                    "Transfers completed, by priority.",
+                    &[("priority", p)],
+                )
+                .get()
+        })
+        .sum()
+}
+
+/// The counters at one quiet moment.
+#[derive(PartialEq, Debug)]
+struct Counts {
+    /// Per link, acknowledgements recorded.
+    acks: Vec<usize>,
+    /// The agent's completed transfers and wire bytes.
+    agent: (u64, u64),
+    /// The coordinator's wire bytes and predictive bytes delivered.
+    coordinator: (u64, u64),
+}
+
+async fn quiet(links: &[Arc<Link>], node: usize, c: &Coordinator) -> Result<Counts, String> {
+    let read = || Counts {
+        acks: links.iter().map(|l| l.stats().acks.len()).collect(),
+        agent: (
+            completed(&links[node].agent),
+            links[node].agent.metrics.wire_bytes.get(),
+        ),
+        coordinator: (c.metrics.wire_bytes.get(), c.pulse.read().1.delivered_bytes),
+    };
+    let t0 = Instant::now();
+    loop {
+        let before = read();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let sending: u64 = links.iter().map(|l| l.sending()).sum();
+        if sending == 0 && read() == before {
+            return Ok(before);
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err("hang: acknowledgements never stopped coming".into());
+        }
+    }
+}
+
+impl World {
+    /// The duplicate step on agent `node` and resource `res`.
+    pub async fn duplicate(
+        &mut self,
+        node: usize,
+        res: usize,
+        on_demand: bool,
+    ) -> Result<(), String> {
+        self.quiet = true;
+        let band = self.nodes[node]
+            .up
+            .as_ref()
+            .map(|u| u.link.stats().acks.len());
+        self.settle().await?;
+        let (true, Some((c, _))) = (
+            self.nodes.iter().all(|n| n.up.is_some()),
+            self.coordinator(),
+        ) else {
+            self.quiet = false;
+            self.note("  skipped: an agent or the coordinator is down".into());
+            return Ok(());
+        };
+        let links: Vec<Arc<Link>> = self
+            .nodes
+            .iter()
+            .map(|n| n.up.as_ref().expect("up").link.clone())
+            .collect();
+        let (r, v) = (self.cat.res[res].id.clone(), self.cat.res[res].newest());
+        // Transfers still waiting (a lost `Load` or acknowledgement waits for its timeout)
+        // end with the streams: cut them all, and start from a coordinator waiting for nothing.
+        let sessions: Vec<u64> = links.iter().map(|l| l.stats().sessions).collect();
+        links.iter().for_each(|l| l.break_stream());
+        let t0 = Instant::now();
+        while !c.settled()
+            || links
+                .iter()
+                .zip(&sessions)
+                .any(|(l, s)| l.stats().sessions <= *s)
+        {
+            if t0.elapsed() > Duration::from_secs(20) {
+                return Err(
+                    "hang: the coordinator still waits for transfers to capacities that left"
+                        .into(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let before = quiet(&links, node, &c).await?;
+        let answered = self.answered_wire;
+        links[node].force_duplicate(r.as_str(), v.get());
+        self.start_transfer(node, res, Some(v), on_demand);
+        self.start_transfer(node, res, Some(v), on_demand);
+        self.settle().await?;
+        let after = quiet(&links, node, &c).await?;
+        self.quiet = false;
+        links.iter().for_each(|l| l.calm(false));
+        let new = |i: usize| -> Vec<AckSeen> {
+            links[i].stats().acks[before.acks[i]..after.acks[i]].to_vec()
+        };
+        let all: Vec<AckSeen> = (0..links.len()).flat_map(new).filter(|a| a.fresh).collect();
+        let mine: Vec<AckSeen> = new(node).into_iter().filter(|a| a.fresh).collect();
+        let this = mine
+            .iter()
+            .filter(|a| a.resource == r.as_str() && a.version == v.get())
+            .count();
+        self.note(format!(
+            "  {} installs of {r}@{v}, {} installs in all",
+            this,
+            all.len()
+        ));
+        if this > 1 {
+            return Err(format!(
+                "c{node} installed {r}@{v} {this} times for one duplicated request"
+            ));
+        }
+        // A load the agent started itself (a refresh after an invalidation) may straddle a
+        // snapshot: counted before it, acknowledged after. None ran near this step when none
+        // was acknowledged from its start to a while after its end.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let alone = links[node].stats().acks[band.unwrap_or(0)..]
+            .iter()
+            .all(|a| a.commanded);
+        if !alone {
+            self.note("  the agent's counters not compared: a refresh ran beside".into());
+        }
+        let wire: u64 = mine.iter().map(|a| a.wire).sum();
+        if alone && after.agent != (before.agent.0 + mine.len() as u64, before.agent.1 + wire) {
+            return Err(format!(
+                "c{node} counted {} transfers and {} B for {} installs of {wire} B",
+                after.agent.0 - before.agent.0,
+                after.agent.1 - before.agent.1,
+                mine.len()
+            ));
+        }
+        let answered = self.answered_wire - answered;
+        let counted = after.coordinator.0 - before.coordinator.0;
+        if counted != answered {
+            return Err(format!(
+                "the coordinator counted {counted} B for transfers answered with {answered} B"
+            ));
+        }
+        self.tally.duplicates += 1;
+        let pushed: u64 = all.iter().filter(|a| a.predictive).map(|a| a.bytes).sum();
+        let counted = after.coordinator.1 - before.coordinator.1;
+        if counted != pushed {
+            return Err(format!(
+                "the coordinator recorded {counted} B of predictive deliveries for {pushed} B delivered (an acknowledgement counted twice?)"
+            ));
+        }
+        Ok(())
+    }
+}
