@@ -58,6 +58,49 @@ fn refusal<T: std::fmt::Debug>(got: Result<T, ClientError>) -> (u16, String, Str
     }
 }
 
+/// The other tenant's states: 403 whether they exist, are held here, or never existed — the
+/// same kind and message but for the name; no ensure capability: 403; no or a wrong token: 401.
+async fn refusals_name_nothing_of_the_other(
+    acme: &EnsureClient,
+    beta: &EnsureClient,
+    events_only: &EnsureClient,
+    client: &impl Fn(Option<&str>) -> EnsureClient,
+) {
+    // The other's: 403 whether it exists, is held here, or never existed — same kind and
+    // the same message but for the name.
+    let mut messages = Vec::new();
+    for (c, r) in [
+        (acme, "tenants/beta/y"),
+        (acme, "tenants/beta/none"),
+        (acme, "tenants/acme-evil/x"),
+        (beta, "tenants/acme/x"),
+        (beta, "tenants/acme/none"),
+    ] {
+        let (status, kind, message) = refusal(c.ensure(&id(r), None, Some(1_000)).await);
+        assert_eq!(
+            (status, kind.as_str()),
+            (403, "forbidden"),
+            "{r}: {message}"
+        );
+        messages.push(
+            message
+                .replace(r, "R")
+                .replace("acme", "T")
+                .replace("beta", "T"),
+        );
+    }
+    assert!(messages.iter().all(|m| *m == messages[0]), "{messages:?}");
+    // A token without the ensure capability, none, a wrong one.
+    let (status, kind, message) =
+        refusal(events_only.ensure(&id("tenants/acme/x"), None, None).await);
+    assert_eq!((status, kind.as_str()), (403, "forbidden"));
+    assert!(message.contains("ensure capability"), "{message}");
+    for c in [client(None), client(Some("wrong-secret-0123456789"))] {
+        let (status, ..) = refusal(c.ensure(&id("tenants/acme/x"), None, None).await);
+        assert_eq!(status, 401);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_tenant_ensures_its_own_states_and_nothing_of_the_others() {
     let e = env().await;
@@ -94,39 +137,7 @@ async fn each_tenant_ensures_its_own_states_and_nothing_of_the_others() {
         .unwrap();
     assert_eq!(std::fs::read(&y.path).unwrap(), noise(1 << 20, 2));
 
-    // The other's: 403 whether it exists, is held here, or never existed — same kind and
-    // the same message but for the name.
-    let mut messages = Vec::new();
-    for (c, r) in [
-        (&acme, "tenants/beta/y"),
-        (&acme, "tenants/beta/none"),
-        (&acme, "tenants/acme-evil/x"),
-        (&beta, "tenants/acme/x"),
-        (&beta, "tenants/acme/none"),
-    ] {
-        let (status, kind, message) = refusal(c.ensure(&id(r), None, Some(1_000)).await);
-        assert_eq!(
-            (status, kind.as_str()),
-            (403, "forbidden"),
-            "{r}: {message}"
-        );
-        messages.push(
-            message
-                .replace(r, "R")
-                .replace("acme", "T")
-                .replace("beta", "T"),
-        );
-    }
-    assert!(messages.iter().all(|m| *m == messages[0]), "{messages:?}");
-    // A token without the ensure capability, none, a wrong one.
-    let (status, kind, message) =
-        refusal(events_only.ensure(&id("tenants/acme/x"), None, None).await);
-    assert_eq!((status, kind.as_str()), (403, "forbidden"));
-    assert!(message.contains("ensure capability"), "{message}");
-    for c in [client(None), client(Some("wrong-secret-0123456789"))] {
-        let (status, ..) = refusal(c.ensure(&id("tenants/acme/x"), None, None).await);
-        assert_eq!(status, 401);
-    }
+    refusals_name_nothing_of_the_other(&acme, &beta, &events_only, &client).await;
 
     // Leases: the other tenant's lease id reads as unknown; the owner's works.
     let acme_lease = x.lease.unwrap();

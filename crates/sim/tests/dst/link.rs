@@ -52,6 +52,9 @@ pub struct AckSeen {
     pub predictive: bool,
     /// Of a commanded load (not one the agent started itself: a refresh, a resume).
     pub commanded: bool,
+    /// The coordinator took it (at least once): it refuses one whose transfer number is
+    /// another capacity's transfer's (a number its predecessor gave out, say).
+    pub accepted: bool,
 }
 
 /// What the link saw.
@@ -77,7 +80,8 @@ pub struct Stats {
 
 enum Msg {
     In(Command),
-    Out(TransferAck),
+    /// An acknowledgement and its index in the stats.
+    Out(TransferAck, usize),
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -163,8 +167,8 @@ impl Link {
             self.handle.spawn(async move {
                 match m {
                     Msg::In(c) => me.deliver(c),
-                    Msg::Out(a) => {
-                        me.call_ack(a).await;
+                    Msg::Out(a, i) => {
+                        me.call_ack(a, i).await;
                         me.sending.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
@@ -268,7 +272,7 @@ impl Link {
     /// An acknowledgement on its way out, through the faults.
     pub(crate) async fn send_ack(self: &Arc<Self>, a: TransferAck) {
         self.sending.fetch_add(1, Ordering::AcqRel);
-        self.record(&a);
+        let i = self.record(&a);
         let forced = {
             let mut f = self.force.lock().expect("force lock");
             let hit = a.ok
@@ -282,21 +286,22 @@ impl Link {
         };
         let fate = if forced { Fate::Twice } else { self.fate() };
         match fate {
-            Fate::Deliver => self.call_ack(a).await,
+            Fate::Deliver => self.call_ack(a, i).await,
             Fate::Drop => {}
             Fate::Twice => {
-                self.call_ack(a.clone()).await;
-                self.call_ack(a).await;
+                self.call_ack(a.clone(), i).await;
+                self.call_ack(a, i).await;
             }
             Fate::Later => {
-                self.held.lock().expect("held lock").push(Msg::Out(a));
+                self.held.lock().expect("held lock").push(Msg::Out(a, i));
                 return; // still being sent: until it is flushed
             }
         }
         self.sending.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn record(&self, a: &TransferAck) {
+    /// Records `a`; its index in the stats.
+    fn record(&self, a: &TransferAck) -> usize {
         let seen = AckSeen {
             resource: a.resource.clone(),
             version: a.version,
@@ -305,14 +310,20 @@ impl Link {
             bytes: a.state_bytes,
             predictive: a.priority == wire::Priority::Predictive as i32,
             commanded: a.transfer_id != 0,
+            accepted: false,
         };
-        self.stats().acks.push(seen);
+        let mut s = self.stats();
+        s.acks.push(seen);
+        s.acks.len() - 1
     }
 
-    async fn call_ack(&self, a: TransferAck) {
+    /// Delivers acknowledgement number `i` to the coordinator, noting whether it took it.
+    async fn call_ack(&self, a: TransferAck, i: usize) {
         if let Some((svc, h)) = self.coordinator() {
             let call = h.spawn(async move { svc.ack(Request::new(a)).await.is_ok() });
-            let _ = tokio::time::timeout(Duration::from_secs(10), call).await;
+            if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(10), call).await {
+                self.stats().acks[i].accepted = true;
+            }
         }
     }
 }

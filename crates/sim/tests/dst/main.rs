@@ -6,7 +6,8 @@
 //! (mid-transfer, at random moments, idle) and restarts on the same directory; coordinator
 //! restarts; control messages dropped, duplicated, delayed and reordered; store reads that
 //! fail, come back corrupted or truncated; caches too small for what is asked. After every
-//! step the invariants in `check.rs` are checked against the committed versions.
+//! step the invariants in `check.rs` are checked against the committed versions, and at the
+//! end of a seed those in `drain.rs`.
 //!
 //! `cargo test -p prewarm-sim --test dst` runs the CI seeds; `PREWARM_DST_SEEDS=N` runs N
 //! seeds (from `PREWARM_DST_FIRST`, default 1; `PREWARM_DST_JOBS` at a time, default 3);
@@ -22,22 +23,24 @@
 mod attach;
 mod catalog;
 mod check;
+mod drain;
 mod dup;
 mod faulty;
 mod link;
 mod ops;
 mod rng;
+mod schedule;
 mod steps;
 mod tally;
 mod world;
 
 use std::time::Instant;
 
-use steps::Step;
+use schedule::Step;
 use world::World;
 
 /// Seeds `cargo test` runs.
-const CI_SEEDS: u64 = 40;
+const CI_SEEDS: u64 = 32;
 /// Steps per seed.
 const STEPS: usize = 30;
 /// Seeds run at once.
