@@ -60,6 +60,13 @@ pub(crate) fn allowed(
 
 /// The 403 answer to `e`, counted by the capability the route needs.
 pub(crate) fn forbid(c: &Coordinator, cap: Capability, e: &Denied) -> Response {
+    count_forbidden(c, cap);
+    warn_throttled!(REFUSALS, "refused: {e}");
+    refuse(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+}
+
+/// Counts one refusal for a token's capabilities or prefixes (HTTP and gRPC alike).
+pub(crate) fn count_forbidden(c: &Coordinator, cap: Capability) {
     c.registry
         .counter(
             "prewarm_coordinator_forbidden_total",
@@ -68,8 +75,6 @@ pub(crate) fn forbid(c: &Coordinator, cap: Capability, e: &Denied) -> Response {
             &[("route", cap.name())],
         )
         .inc();
-    warn_throttled!(REFUSALS, "refused: {e}");
-    refuse(StatusCode::FORBIDDEN, "forbidden", e.to_string())
 }
 
 /// An `{error, message}` answer.

@@ -55,15 +55,7 @@ impl Service {
 
     /// `e` as the gRPC refusal, counted like the HTTP routes' 403s.
     fn denied(&self, cap: Capability, e: &Denied) -> Status {
-        self.0
-            .registry
-            .counter(
-                "prewarm_coordinator_forbidden_total",
-                "Requests refused for a token's capabilities or resource prefixes, by the \
-                 capability the route needs.",
-                &[("route", cap.name())],
-            )
-            .inc();
+        crate::http::count_forbidden(&self.0, cap);
         Status::permission_denied(e.to_string())
     }
 }
