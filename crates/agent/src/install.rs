@@ -287,8 +287,10 @@ async fn fetch_remote(
 /// verification, why, and the raw bytes written.
 type Written = (Vec<(usize, String)>, u64);
 
-/// Spawns the writer of one fetch round: it verifies each batch received on `rx` and writes
-/// what verifies at every position of its chunk.
+/// Spawns the writer of one fetch round, two stages that overlap: this task verifies each
+/// batch received on `rx` on all cores, and a blocking thread writes what verified (at every
+/// position of its chunk) while the next batch is verified — the round runs at the pace of
+/// its slowest stage, not of their sum.
 fn spawn_writer(
     lay: &Arc<Layout>,
     refs: &Arc<Vec<ChunkRef>>,
@@ -296,40 +298,66 @@ fn spawn_writer(
     staging: &Path,
     mut rx: mpsc::Receiver<Vec<Received>>,
 ) -> tokio::task::JoinHandle<Result<Written, InstallError>> {
-    let (lay2, refs2, pos2, st) = (
-        lay.clone(),
-        refs.clone(),
-        positions.clone(),
-        staging.to_owned(),
-    );
+    let (refs2, pos2, st) = (refs.clone(), positions.clone(), staging.to_owned());
+    let (to_disk, disk) = mpsc::channel::<Pieces>(2);
+    let writes = spawn_disk_writer(lay.clone(), staging.to_owned(), disk);
     tokio::spawn(async move {
         let mut failed: Vec<(usize, String)> = Vec::new();
         let mut fetched = 0u64;
         while let Some(batch) = rx.recv().await {
-            let (lay3, refs3, pos3, st3) = (lay2.clone(), refs2.clone(), pos2.clone(), st.clone());
-            let r = blocking(&st, move || {
-                let mut out = Files::new(&lay3, true);
-                let mut failed = Vec::new();
-                let mut bytes = 0u64;
-                let mut pieces = Vec::new();
-                for (i, v) in verify_batch(&refs3, batch) {
-                    match v {
-                        Ok(raw) => {
-                            bytes += raw.len() as u64;
-                            for off in &pos3[&refs3[i].hash] {
-                                pieces.push((*off, raw.clone()));
-                            }
-                        }
-                        Err(e) => failed.push((i, e.to_string())),
-                    }
-                }
-                out.write_pieces(pieces).map_err(io_err(&st3))?;
-                Ok((failed, bytes))
-            })
-            .await?;
-            failed.extend(r.0);
-            fetched += r.1;
+            let (refs3, pos3) = (refs2.clone(), pos2.clone());
+            let (pieces, bad, bytes) =
+                blocking(&st, move || Ok(verified(&refs3, &pos3, batch))).await?;
+            failed.extend(bad);
+            fetched += bytes;
+            if to_disk.send(pieces).await.is_err() {
+                break; // the disk writer failed: its error is the one to report
+            }
         }
+        drop(to_disk);
+        writes.await.map_err(|e| InstallError::Io {
+            path: st.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
         Ok::<_, InstallError>((failed, fetched))
+    })
+}
+
+/// Verifies `batch` on all cores: the pieces to write (each chunk at every position it has),
+/// the chunks that failed and why, and the raw bytes that verified.
+fn verified(
+    refs: &[ChunkRef],
+    positions: &HashMap<ChunkHash, Vec<u64>>,
+    batch: Vec<Received>,
+) -> (Pieces, Vec<(usize, String)>, u64) {
+    let mut failed = Vec::new();
+    let mut bytes = 0u64;
+    let mut pieces = Vec::new();
+    for (i, v) in verify_batch(refs, batch) {
+        match v {
+            Ok(raw) => {
+                bytes += raw.len() as u64;
+                for off in &positions[&refs[i].hash] {
+                    pieces.push((*off, raw.clone()));
+                }
+            }
+            Err(e) => failed.push((i, e.to_string())),
+        }
+    }
+    (pieces, failed, bytes)
+}
+
+/// The disk stage: writes each set of verified pieces into staging, files kept open.
+fn spawn_disk_writer(
+    lay: Arc<Layout>,
+    staging: PathBuf,
+    mut disk: mpsc::Receiver<Pieces>,
+) -> tokio::task::JoinHandle<Result<(), InstallError>> {
+    tokio::task::spawn_blocking(move || {
+        let mut out = Files::new(&lay, true);
+        while let Some(pieces) = disk.blocking_recv() {
+            out.write_pieces(pieces).map_err(io_err(&staging))?;
+        }
+        Ok(())
     })
 }

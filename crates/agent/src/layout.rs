@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -14,6 +15,30 @@ use prewarm_store::{EntryKind, Manifest, SourceKind};
 
 /// Open files kept per [`Files`].
 const MAX_OPEN: usize = 128;
+/// Most bytes in one vectored write.
+const RUN_BYTES: u64 = 8 << 20;
+/// Most pieces in one vectored write (the kernel's `IOV_MAX`).
+const RUN_PIECES: usize = 1024;
+
+/// Contiguous pieces of one file, written with one `pwritev`.
+#[derive(Default)]
+struct Run {
+    file: usize,
+    start: u64,
+    len: u64,
+    bufs: Vec<bytes::Bytes>,
+}
+
+impl Run {
+    /// Whether `len` bytes at `at` of file `file` continue this run within its bounds.
+    fn joins(&self, file: usize, at: u64, len: usize) -> bool {
+        !self.bufs.is_empty()
+            && self.file == file
+            && self.start + self.len == at
+            && self.bufs.len() < RUN_PIECES
+            && self.len + len as u64 <= RUN_BYTES
+    }
+}
 
 /// The files tiling a manifest's logical stream under `root`.
 #[derive(Clone, Debug)]
@@ -150,29 +175,46 @@ impl<'a> Files<'a> {
         Ok(())
     }
 
-    /// Writes many pieces (stream offset, bytes), coalescing contiguous ones into writes of
-    /// up to 8 MiB: one large write per run instead of one per chunk (small writes into a
-    /// fresh file's pages cost the kernel a zeroing pass each, measured at a fifth of the
-    /// agent's CPU time).
+    /// Writes many pieces (stream offset, bytes), coalescing contiguous ones into vectored
+    /// writes (`pwritev`) of up to 8 MiB and 1,024 pieces: one system call per run instead of
+    /// one per chunk (small writes into a fresh file's pages cost the kernel a zeroing pass
+    /// each, measured at a fifth of the agent's CPU time), and no copy into a run buffer.
     pub fn write_pieces(&mut self, mut pieces: Vec<(u64, bytes::Bytes)>) -> std::io::Result<()> {
-        const RUN: usize = 8 << 20;
         pieces.sort_by_key(|p| p.0);
-        let mut run: Vec<u8> = Vec::new();
-        let mut run_start = 0u64;
+        let mut run = Run::default();
         for (off, b) in pieces {
-            let contiguous = !run.is_empty() && run_start + run.len() as u64 == off;
-            if !contiguous || run.len() + b.len() > RUN {
-                if !run.is_empty() {
-                    self.write_at(run_start, &run)?;
-                    run.clear();
+            for (i, at, r) in self.layout.pieces(off, b.len() as u64) {
+                let seg = b.slice(r);
+                if !run.joins(i, at, seg.len()) {
+                    self.write_run(&mut run)?;
+                    run.file = i;
+                    run.start = at;
                 }
-                run_start = off;
+                run.len += seg.len() as u64;
+                run.bufs.push(seg);
             }
-            run.extend_from_slice(&b);
         }
-        if !run.is_empty() {
-            self.write_at(run_start, &run)?;
+        self.write_run(&mut run)
+    }
+
+    /// Writes `run` with `pwritev` (however many calls it takes) and empties it.
+    fn write_run(&mut self, run: &mut Run) -> std::io::Result<()> {
+        if run.bufs.is_empty() {
+            return Ok(());
         }
+        let f = self.get(run.file)?;
+        let mut slices: Vec<IoSlice<'_>> = run.bufs.iter().map(|b| IoSlice::new(b)).collect();
+        let mut rest = &mut slices[..];
+        let mut at = run.start;
+        while !rest.is_empty() {
+            let n = rustix::io::pwritev(f, rest, at)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            at += n as u64;
+            IoSlice::advance_slices(&mut rest, n);
+        }
+        *run = Run::default();
         Ok(())
     }
 

@@ -151,6 +151,8 @@ pub struct Connection {
     next: u32,
     /// Chunks come from passed pack files instead of the stream.
     packs: Option<PackChannel>,
+    /// The server answers `CHUNK_RUNS` (see [`crate::runs`]).
+    runs: bool,
     /// The server's instance id (from `HELLO_OK`).
     pub server_instance: String,
 }
@@ -212,13 +214,21 @@ impl Connection {
             .await
             .map_err(|_| err("no answer to hello".into()))??;
         match f.kind {
-            Kind::HelloOk => Ok(Connection {
-                rd,
-                wr,
-                next: 1,
-                packs,
-                server_instance: String::from_utf8_lossy(&f.body).into_owned(),
-            }),
+            Kind::HelloOk => {
+                let body = String::from_utf8_lossy(&f.body);
+                let (instance, runs) = match body.strip_suffix(crate::runs::FEATURE) {
+                    Some(i) => (i.to_owned(), true),
+                    None => (body.into_owned(), false),
+                };
+                Ok(Connection {
+                    rd,
+                    wr,
+                    next: 1,
+                    packs,
+                    runs,
+                    server_instance: instance,
+                })
+            }
             Kind::Error => Err(refused(&f.body)),
             k => Err(DataError::Protocol(format!("expected HELLO_OK, got {k:?}"))),
         }
@@ -301,6 +311,10 @@ impl Connection {
             plan.push((self.request_id(), start..refs.len()));
         }
         let window = Arc::new(Semaphore::new(IN_FLIGHT));
+        let ask = match self.runs {
+            true => Kind::ChunkRuns,
+            false => Kind::Chunks,
+        };
         let wr = &mut self.wr;
         let rd = &mut self.rd;
         let send = async {
@@ -318,7 +332,7 @@ impl Connection {
                 for r in &refs[range.clone()] {
                     body.extend_from_slice(r.hash.as_bytes());
                 }
-                frame::write_frame(wr, Kind::Chunks, *id, &body)
+                frame::write_frame(wr, ask, *id, &body)
                     .await
                     .map_err(|e| DataError::PeerGone(e.to_string()))?;
                 wr.flush()
@@ -348,6 +362,11 @@ impl Connection {
                             })?;
                             batch.push(parse_chunk(f.body, i, &refs[i])?);
                             stats.chunks += 1;
+                        }
+                        Kind::Run => {
+                            let got = crate::runs::parse(f.body, &mut want, refs)?;
+                            stats.chunks += got.len() as u64;
+                            batch.extend(got);
                         }
                         Kind::Done if want.is_empty() => break,
                         Kind::Done => {

@@ -10,7 +10,7 @@
 //! answers (pipelining). Server → client: `HELLO_OK` (body: the server's instance id), then
 //! per request, in request order, either `MANIFEST_OK` (an encoded, checksummed manifest) or
 //! one `CHUNK` per hash (hash | codec u8 | raw length u32 LE | stored bytes) and `DONE`, or
-//! `ERROR` (code u8 | UTF-8 message). A frame over [`MAX_FRAME`] is refused before its body
+//! `ERROR` (code u8 | UTF-8 message). `CHUNK_RUNS` and `RUN`: see [`crate::runs`]. A frame over [`MAX_FRAME`] is refused before its body
 //! is read: the peer is misbehaving and the connection is closed.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -39,6 +39,8 @@ pub enum Kind {
     Chunks = 3,
     /// Client asks where chunks are (same-host pack channel, see [`crate::fds`]).
     Locate = 4,
+    /// Client asks for chunks and accepts `RUN` answers (see [`crate::runs`]).
+    ChunkRuns = 5,
     /// Server accepts the greeting.
     HelloOk = 0x81,
     /// Server sends a manifest.
@@ -51,6 +53,8 @@ pub enum Kind {
     PackFds = 0x85,
     /// Server says where chunks are (same-host pack channel).
     Located = 0x86,
+    /// Server sends chunks that lie back to back in a pack (see [`crate::runs`]).
+    Run = 0x87,
     /// Server refuses a request (or the connection).
     Error = 0x8f,
 }
@@ -62,12 +66,14 @@ impl Kind {
             2 => Kind::Manifest,
             3 => Kind::Chunks,
             4 => Kind::Locate,
+            5 => Kind::ChunkRuns,
             0x81 => Kind::HelloOk,
             0x82 => Kind::ManifestOk,
             0x83 => Kind::Chunk,
             0x84 => Kind::Done,
             0x85 => Kind::PackFds,
             0x86 => Kind::Located,
+            0x87 => Kind::Run,
             0x8f => Kind::Error,
             _ => return None,
         })

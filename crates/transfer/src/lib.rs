@@ -9,6 +9,7 @@ pub mod client;
 pub mod fds;
 pub mod frame;
 pub mod pace;
+pub mod runs;
 pub mod server;
 pub mod throttle;
 pub mod tokens;
@@ -33,5 +34,7 @@ pub fn host_id() -> String {
     format!("{}/{}", boot.trim(), name.trim())
 }
 
+#[cfg(test)]
+mod runs_tests;
 #[cfg(test)]
 mod tests;

@@ -18,12 +18,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use prewarm_core::{ChunkHash, ResourceId, StateRef, Version};
 use prewarm_store::{BlobLoc, FetchError, ReadManifestError, Store};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::auth::Token;
 use crate::frame::{self, Code, Frame, FrameError, Kind, MAGIC, MAX_HASHES};
+use crate::runs::{self, Run, SendFile, Wire};
 use crate::throttle::Throttle;
 use crate::tokens::{Capability, Keys, Principal};
 use crate::warn_throttled;
@@ -60,6 +61,8 @@ pub struct Faults {
 pub(crate) struct ServerMetrics {
     pub(crate) bytes: Counter,
     pub(crate) chunks: Counter,
+    /// Of `bytes`, those sent from the pack files by `sendfile` (see [`runs`]).
+    pub(crate) zero_copy_bytes: Counter,
     pub(crate) requests: Counter,
     pub(crate) refused: Counter,
     /// Connections closed after [`IDLE_TIMEOUT`] without a request.
@@ -99,6 +102,8 @@ enum Answer {
     Manifest(Result<Vec<u8>, Refusal>),
     /// The chunks read, and the room they hold in the connection's budget until written.
     Chunks(Result<ReadChunks, Refusal>, Option<OwnedSemaphorePermit>),
+    /// Runs to send from the pack files (nothing read into memory).
+    Runs(Vec<Run>),
     Error(Code, String),
 }
 
@@ -118,6 +123,12 @@ impl DataServer {
                 &[],
             ),
             chunks: metrics.counter("prewarm_data_sent_chunks_total", "Chunks sent.", &[]),
+            zero_copy_bytes: metrics.counter(
+                "prewarm_data_sent_zero_copy_bytes_total",
+                "Of the chunk bytes sent, those that went from the pack files to the socket \
+                 without a copy through the coordinator (runs of adjacent chunks, sendfile).",
+                &[],
+            ),
             requests: metrics.counter("prewarm_data_requests_total", "Data-plane requests.", &[]),
             refused: metrics.counter(
                 "prewarm_data_refused_total",
@@ -230,11 +241,8 @@ impl DataServer {
     }
 
     /// Serves one connection until the client closes it or misbehaves.
-    pub async fn handle<S>(self: Arc<Self>, stream: S, peer: &str)
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
-        let (rd, wr) = tokio::io::split(stream);
+    pub async fn handle<S: Wire>(self: Arc<Self>, stream: S, peer: &str) {
+        let (rd, wr) = stream.halves();
         let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
         let mut wr = BufWriter::with_capacity(1 << 20, wr);
         let hello = match self.handshakes.clone().try_acquire_owned() {
@@ -269,7 +277,8 @@ impl DataServer {
                 return;
             }
         };
-        if frame::write_frame(&mut wr, Kind::HelloOk, 0, self.instance.as_bytes())
+        let hello_ok = format!("{}{}", self.instance, runs::FEATURE);
+        if frame::write_frame(&mut wr, Kind::HelloOk, 0, hello_ok.as_bytes())
             .await
             .is_err()
             || wr.flush().await.is_err()
@@ -308,7 +317,7 @@ impl DataServer {
             // Room for what this request will read, taken in request order (the writer frees
             // it in the same order, so waiting here cannot deadlock).
             let permit = match f.kind {
-                Kind::Chunks => Some(self.room_for(&f.body, &budget).await),
+                Kind::Chunks | Kind::ChunkRuns => Some(self.room_for(&f.body, &budget).await),
                 _ => None,
             };
             let job = self.clone().answer(f, permit, who.clone());
@@ -364,6 +373,10 @@ impl DataServer {
         match f.kind {
             Kind::Manifest => Answer::Manifest(self.manifest(&f.body, &who).await),
             Kind::Chunks => Answer::Chunks(self.chunks(&f.body).await, permit),
+            Kind::ChunkRuns => match self.runs(&f.body).await {
+                Some(runs) => Answer::Runs(runs),
+                None => Answer::Chunks(self.chunks(&f.body).await, permit),
+            },
             k => Answer::Error(Code::BadRequest, format!("unexpected {k:?} frame")),
         }
     }
@@ -436,7 +449,46 @@ impl DataServer {
         }
     }
 
-    async fn write_answers<W: AsyncWrite + Unpin>(
+    /// The runs answering a `CHUNK_RUNS` request, or `None` to answer it with `CHUNK`
+    /// frames read through the store (see [`runs`]).
+    async fn runs(self: &Arc<Self>, body: &[u8]) -> Option<Vec<Run>> {
+        if self.faults.corrupt_every.is_some() || self.faults.die_after_bytes.is_some() {
+            return None;
+        }
+        let locs = self.store.locate(&parse_hashes(body).ok()?).ok()?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || runs::plan(&me.store, &locs))
+            .await
+            .ok()?
+    }
+
+    /// Sends one request's runs and its `DONE`.
+    async fn write_runs<W: SendFile>(
+        &self,
+        wr: &mut BufWriter<W>,
+        request: u32,
+        runs: &[Run],
+    ) -> std::io::Result<()> {
+        for r in runs {
+            let table = r.table();
+            wr.write_all(&frame::header(
+                Kind::Run,
+                request,
+                table.len() + r.len as usize,
+            ))
+            .await?;
+            wr.write_all(&table).await?;
+            wr.flush().await?;
+            if wr.get_mut().send_file(&r.file, r.offset, r.len).await? {
+                self.metrics.zero_copy_bytes.add(r.len);
+            }
+            self.metrics.bytes.add(r.len);
+            self.metrics.chunks.add(r.entries.len() as u64);
+        }
+        frame::write_frame(wr, Kind::Done, request, &[]).await
+    }
+
+    async fn write_answers<W: SendFile>(
         self: Arc<Self>,
         mut wr: BufWriter<W>,
         mut rx: mpsc::Receiver<(u32, JoinHandle<Answer>)>,
@@ -472,6 +524,7 @@ impl DataServer {
                         e => e,
                     }
                 }
+                Answer::Runs(runs) => self.write_runs(&mut wr, request, &runs).await,
                 Answer::Manifest(Err((code, msg)))
                 | Answer::Chunks(Err((code, msg)), _)
                 | Answer::Error(code, msg) => {

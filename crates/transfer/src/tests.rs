@@ -236,7 +236,7 @@ async fn a_client_pipelining_without_reading_is_held_to_its_budget_and_then_serv
 
 /// A local-directory store with two resources (so two packs), served on a Unix socket and a
 /// pack channel.
-async fn setup_local(
+pub(crate) async fn setup_local(
     token: Option<Token>,
 ) -> (
     tempfile::TempDir,
@@ -270,7 +270,7 @@ async fn setup_local(
     (dir, DataAddr::UnixFds { stream, packs }, store, states, reg)
 }
 
-async fn fetch_all(c: &mut Connection, refs: &[prewarm_store::ChunkRef]) -> Vec<u8> {
+pub(crate) async fn fetch_all(c: &mut Connection, refs: &[prewarm_store::ChunkRef]) -> Vec<u8> {
     let (tx, mut rx) = mpsc::channel(64);
     let stats = c.fetch(refs, None, &tx).await.unwrap();
     drop(tx);

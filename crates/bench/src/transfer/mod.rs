@@ -38,6 +38,9 @@ pub struct Settings {
     pub reps: usize,
     /// `ensure` calls timed for the hit latency.
     pub ensure_calls: usize,
+    /// Data paths measured: `tcp`, `unix`, `fds` (the first is the delta's and the `ensure`
+    /// hits' agent).
+    pub paths: Vec<&'static str>,
     /// Work directory (default: a temporary one, removed afterwards).
     pub workdir: Option<PathBuf>,
     /// The `prewarm` binary, run as the coordinator, the agents and the raw TCP receiver.
@@ -205,7 +208,7 @@ pub async fn run(a: &Settings) -> Result<Report, TransferBenchError> {
 }
 
 /// Cold transfers of both files over each data path, a fresh agent each time; the agent of
-/// the last incompressible TCP transfer is kept (process, API address, name).
+/// the last incompressible transfer over the first path is kept (process, API address, name).
 async fn cold(
     cluster: &mut Cluster,
     a: &Settings,
@@ -213,8 +216,8 @@ async fn cold(
 ) -> Result<(Proc, String, String), TransferBenchError> {
     let mut kept = None;
     for (name, _, _) in FILES {
-        for path in ["tcp", "unix", "fds"] {
-            let keep = name == "incompressible" && path == "tcp";
+        for (k, &path) in a.paths.iter().enumerate() {
+            let keep = name == "incompressible" && k == 0;
             let mut secs = Vec::new();
             let mut wire = 0;
             for rep in 0..a.reps {
@@ -262,17 +265,15 @@ async fn data_plane(
     r: &mut Report,
 ) -> Result<(), TransferBenchError> {
     let sock = &cluster.sock;
-    for (path, addr) in [
-        ("tcp", DataAddr::Tcp(cluster.data_addr.clone())),
-        ("unix", DataAddr::Unix(sock.clone())),
-        (
-            "fds",
-            DataAddr::UnixFds {
+    for &path in &a.paths {
+        let addr = match path {
+            "tcp" => DataAddr::Tcp(cluster.data_addr.clone()),
+            "unix" => DataAddr::Unix(sock.clone()),
+            _ => DataAddr::UnixFds {
                 stream: sock.clone(),
                 packs: sock.with_extension("sock.fds"),
             },
-        ),
-    ] {
+        };
         let mut secs = Vec::new();
         for _ in 0..a.reps {
             secs.push(data_plane_only(&addr, "bench/incompressible").await?);

@@ -123,12 +123,43 @@ struct TransferArgs {
     /// `ensure` calls timed for the hit latency.
     #[arg(long, default_value_t = 20_000)]
     ensure_calls: usize,
+    /// Data paths measured (cold transfers and the data plane alone); the peers, the delta
+    /// and `ensure` hits always run. Measuring one path is how to profile it.
+    #[arg(long, value_delimiter = ',', default_values_t = [DataPath::Tcp, DataPath::Unix, DataPath::Fds])]
+    paths: Vec<DataPath>,
     /// Work directory (default: a temporary one, removed afterwards).
     #[arg(long)]
     workdir: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// A data path of `bench transfer`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DataPath {
+    /// TCP over loopback (the cross-host path).
+    Tcp,
+    /// The same-host Unix socket stream.
+    Unix,
+    /// The same-host pack channel (pack files passed by descriptor).
+    Fds,
+}
+
+impl std::fmt::Display for DataPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl DataPath {
+    fn name(self) -> &'static str {
+        match self {
+            DataPath::Tcp => "tcp",
+            DataPath::Unix => "unix",
+            DataPath::Fds => "fds",
+        }
+    }
 }
 
 /// Arguments of the hidden `prewarm bench raw-recv`.
@@ -187,6 +218,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 size: a.size,
                 reps: a.reps,
                 ensure_calls: a.ensure_calls,
+                paths: a.paths.iter().map(|p| p.name()).collect(),
                 workdir: a.workdir,
                 exe: std::env::current_exe()?,
                 meter: Arc::new(Meter::new()),
