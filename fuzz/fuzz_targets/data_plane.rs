@@ -162,7 +162,7 @@ fn server(data: &[u8], step: u8, guarded: bool) {
     let srv = if guarded { &f.guarded } else { &f.open };
     let script = Script::new(data, step);
     let out = script.out.clone();
-    f.rt.block_on(srv.clone().handle(script, "fuzz"));
+    f.rt.block_on(srv.clone().handle(prewarm_transfer::runs::Plain(script), "fuzz"));
     let out = out.lock().expect("not poisoned").clone();
     let (frames, end) = read_frames(&f.rt, &out);
     assert!(end.is_none(), "the server wrote a partial frame: {end:?}");
@@ -198,7 +198,7 @@ fn server(data: &[u8], step: u8, guarded: bool) {
                 let m = Manifest::decode(&a.body).expect("the server's manifest decodes");
                 assert_eq!(m, f.mem.manifest, "the state asked for");
             }
-            (Kind::Chunks, Kind::Chunk | Kind::Done) => {
+            (Kind::Chunks | Kind::ChunkRuns, Kind::Chunk | Kind::Done) => {
                 assert_eq!(req.body.len() % 32, 0);
                 let mut a = a;
                 for want in req.body.chunks_exact(32) {

@@ -180,7 +180,7 @@ fn data_plane_seeds(rt: &tokio::runtime::Runtime, mem: &MemFixture) -> Seeds {
     ));
     let script = Script::new(&stream, 0);
     let out = script.out.clone();
-    rt.block_on(srv.handle(script, "seed"));
+    rt.block_on(srv.handle(prewarm_transfer::runs::Plain(script), "seed"));
     let answer = out.lock().expect("not poisoned").clone();
     assert!(answer.len() > 200, "the server answered");
     let mut other = frame_bytes(Kind::Hello, 0, MAGIC);

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use prewarm_core::ChunkHash;
-use prewarm_store::{ChunkRef, Manifest};
 use prewarm_store::verify_stored;
+use prewarm_store::{ChunkRef, Manifest};
 use prewarm_transfer::{Connection, DataError, Pacer, Received};
 use rayon::prelude::*;
 use tokio::sync::mpsc;
@@ -179,49 +179,59 @@ async fn copy_local(
 ) -> Result<(u64, Vec<usize>), InstallError> {
     let (m2, lay2, st) = (m.clone(), lay.clone(), staging.to_owned());
     blocking(staging, move || {
-        // Windows of ~64 MiB: read and hash in parallel (open files reused per worker and
-        // source), then write the window from one thread (parallel writers to one file only
-        // contend on its inode lock).
-        let mut out = Files::new(&lay2, true);
+        // Slices of SLICE chunks on all cores: read and hash a slice (source files kept open
+        // per worker), then write it while it is in cache, taking turns on the staging files.
+        let out = std::sync::Mutex::new(Files::new(&lay2, true));
+        let parts: Vec<Result<(u64, Vec<usize>), std::io::Error>> = missing
+            .par_chunks(SLICE)
+            .map_init(HashMap::new, |sources, part| {
+                let (pieces, rest) = read_held(&m2, &local, sources, part);
+                let reused = pieces.iter().map(|(_, b)| b.len() as u64).sum();
+                out.lock()
+                    .expect("staging lock poisoned")
+                    .write_pieces(pieces)?;
+                Ok((reused, rest))
+            })
+            .collect();
         let mut reused = 0;
         let mut remote = Vec::new();
-        for window in missing.chunks(8192) {
-            let parts: Vec<(Pieces, Vec<usize>)> = window
-                .par_chunks(512)
-                .map(|part| {
-                    let mut sources: HashMap<*const Layout, Files<'_>> = HashMap::new();
-                    let mut pieces = Vec::new();
-                    let mut rest = Vec::new();
-                    for &i in part {
-                        let c = &m2.chunks[i];
-                        let copied = local.get(&c.hash).and_then(|src| {
-                            let files = sources
-                                .entry(Arc::as_ptr(&src.layout))
-                                .or_insert_with(|| Files::new(&src.layout, false));
-                            let b = files.read_at(src.offset, c.length as usize).ok()?;
-                            // The application may have changed a held state: reuse only
-                            // what verifies.
-                            (ChunkHash::of(&b) == c.hash).then_some(b)
-                        });
-                        match copied {
-                            Some(b) => pieces.push((c.offset, bytes::Bytes::from(b))),
-                            None => rest.push(i),
-                        }
-                    }
-                    (pieces, rest)
-                })
-                .collect();
-            let mut pieces = Vec::new();
-            for (p, mut rest) in parts {
-                reused += p.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-                pieces.extend(p);
-                remote.append(&mut rest);
-            }
-            out.write_pieces(pieces).map_err(io_err(&st))?;
+        for p in parts {
+            let (r, mut rest) = p.map_err(io_err(&st))?;
+            reused += r;
+            remote.append(&mut rest);
         }
         Ok((reused, remote))
     })
     .await
+}
+
+/// Reads the chunks `part` (indexes into `m`'s chunks) from the states on this capacity
+/// that hold them, keeping what still verifies: (the pieces to write, the indexes left to
+/// fetch). `sources` keeps the held states' files open across calls.
+fn read_held<'a>(
+    m: &Manifest,
+    local: &'a HashMap<ChunkHash, LocalCopy>,
+    sources: &mut HashMap<*const Layout, Files<'a>>,
+    part: &[usize],
+) -> (Pieces, Vec<usize>) {
+    let mut pieces = Vec::new();
+    let mut rest = Vec::new();
+    for &i in part {
+        let c = &m.chunks[i];
+        let copied = local.get(&c.hash).and_then(|src| {
+            let files = sources
+                .entry(Arc::as_ptr(&src.layout))
+                .or_insert_with(|| Files::new(&src.layout, false));
+            let b = files.read_at(src.offset, c.length as usize).ok()?;
+            // The application may have changed a held state: reuse only what verifies.
+            (ChunkHash::of(&b) == c.hash).then_some(b)
+        });
+        match copied {
+            Some(b) => pieces.push((c.offset, bytes::Bytes::from(b))),
+            None => rest.push(i),
+        }
+    }
+    (pieces, rest)
 }
 
 /// Fetches the `remote` chunks (each distinct hash once, written at every offset it has),

@@ -282,20 +282,9 @@ impl Connection {
         }
     }
 
-    /// Fetches `refs`, pipelined, handing batches of received (unverified) chunks to `sink`
-    /// in order. `pacer` (predictive transfers) bounds the rate requests are issued at.
-    pub async fn fetch(
-        &mut self,
-        refs: &[ChunkRef],
-        pacer: Option<&Pacer>,
-        sink: &mpsc::Sender<Vec<Received>>,
-    ) -> Result<FetchStats, DataError> {
-        if let Some(ch) = self.packs.take() {
-            let (ch, got) = ch.fetch(refs, pacer, sink).await;
-            self.packs = Some(ch);
-            return got;
-        }
-        // Requests: (id, range of refs).
+    /// The requests fetching `refs`: (request id, range of refs), each up to
+    /// [`REQUEST_BYTES`] raw bytes and [`MAX_HASHES`] chunks.
+    fn plan(&mut self, refs: &[ChunkRef]) -> Vec<(u32, std::ops::Range<usize>)> {
         let mut plan = Vec::new();
         let mut start = 0;
         let mut acc = 0u64;
@@ -310,6 +299,23 @@ impl Connection {
         if start < refs.len() {
             plan.push((self.request_id(), start..refs.len()));
         }
+        plan
+    }
+
+    /// Fetches `refs`, pipelined, handing batches of received (unverified) chunks to `sink`
+    /// in order. `pacer` (predictive transfers) bounds the rate requests are issued at.
+    pub async fn fetch(
+        &mut self,
+        refs: &[ChunkRef],
+        pacer: Option<&Pacer>,
+        sink: &mpsc::Sender<Vec<Received>>,
+    ) -> Result<FetchStats, DataError> {
+        if let Some(ch) = self.packs.take() {
+            let (ch, got) = ch.fetch(refs, pacer, sink).await;
+            self.packs = Some(ch);
+            return got;
+        }
+        let plan = self.plan(refs);
         let window = Arc::new(Semaphore::new(IN_FLIGHT));
         let ask = match self.runs {
             true => Kind::ChunkRuns,

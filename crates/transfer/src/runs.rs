@@ -252,3 +252,15 @@ impl Wire for tokio::io::DuplexStream {
         tokio::io::split(self)
     }
 }
+
+/// Any other stream (in-memory ones in tests and fuzzing): runs are read and written
+/// through memory.
+pub struct Plain<T>(pub T);
+
+impl<T: AsyncRead + AsyncWrite + Send + 'static> Wire for Plain<T> {
+    type Read = tokio::io::ReadHalf<T>;
+    type Write = tokio::io::WriteHalf<T>;
+    fn halves(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self.0)
+    }
+}

@@ -347,7 +347,9 @@ async fn delta(
     r.delta_reused_bytes = ack.reused_bytes;
     r.delta_secs = secs;
     if have("rsync") && old_copy.exists() {
-        r.rsync_delta_literal_bytes = peers::rsync_delta(inc, &old_copy)?;
+        let (literal, secs) = peers::rsync_delta(inc, &old_copy)?;
+        r.rsync_delta_literal_bytes = literal;
+        r.rsync_delta_secs = Some(secs);
     }
     Ok(())
 }

@@ -126,17 +126,25 @@ pub fn rsync_copy(
     Ok(gib_s(size, median(secs.into_iter())))
 }
 
-/// The literal data rsync's delta algorithm sends to bring `old_copy` up to `file`.
-pub fn rsync_delta(file: &Path, old_copy: &Path) -> Result<Option<u64>, TransferBenchError> {
+/// The literal data rsync's delta algorithm sends to bring `old_copy` up to `file`, and the
+/// time it takes (rsync, like an install, writes a complete new file).
+pub fn rsync_delta(file: &Path, old_copy: &Path) -> Result<(Option<u64>, f64), TransferBenchError> {
+    settle()?;
+    let t0 = std::time::Instant::now();
     let out = Command::new("rsync")
         .args(["--no-whole-file", "--ignore-times", "--stats"])
         .arg(file)
         .arg(old_copy)
         .output()?;
+    let secs = t0.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(TransferBenchError::Peer("rsync (delta) failed"));
+    }
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
+    let literal = text
         .lines()
         .find_map(|l| l.strip_prefix("Literal data: "))
         .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.replace(',', "").parse().ok()))
+        .and_then(|v| v.replace(',', "").parse().ok());
+    Ok((literal, secs))
 }

@@ -46,6 +46,8 @@ pub struct Report {
     pub delta_secs: f64,
     /// rsync's literal data for the same edit, when installed.
     pub rsync_delta_literal_bytes: Option<u64>,
+    /// rsync's time for the same edit, when installed.
+    pub rsync_delta_secs: Option<f64>,
     /// `ensure` hit latency, median.
     pub ensure_p50_us: f64,
     /// … 99th percentile.
@@ -134,12 +136,22 @@ impl Report {
             gib(r.delta_reused_bytes),
             r.delta_secs
         );
+        if let Some(cold) = r.cold.iter().find(|c| c.data == "incompressible") {
+            let _ = writeln!(
+                out,
+                "  = {:.0}% of the cold install's time over {} ({:.2} s)",
+                100.0 * r.delta_secs / cold.secs,
+                cold.path,
+                cold.secs
+            );
+        }
         if let Some(l) = r.rsync_delta_literal_bytes {
             let _ = writeln!(
                 out,
-                "  rsync delta algorithm, literal data: {:.2} MiB = {:.2}% of full",
+                "  rsync delta algorithm, literal data: {:.2} MiB = {:.2}% of full, {:.2} s",
                 l as f64 / (1 << 20) as f64,
-                100.0 * l as f64 / r.size as f64
+                100.0 * l as f64 / r.size as f64,
+                r.rsync_delta_secs.unwrap_or(f64::NAN)
             );
         }
         let _ = writeln!(
