@@ -123,10 +123,13 @@ pub async fn install(
         .sum();
     // 2. Delta: copy chunks held elsewhere on this capacity; what is left is fetched.
     let missing: Vec<usize> = (0..m.chunks.len()).filter(|i| !have[*i]).collect();
+    let t_resume = t0.elapsed();
     let (reused, remote) = copy_local(&m, &lay, staging, missing, local).await?;
     report.reused_bytes = reused;
+    let t_delta = t0.elapsed();
     // 3. Fetch the rest (each distinct chunk once), verify, write; re-fetch failures.
     fetch_remote(&m, &lay, staging, remote, conn, pacer, &mut report).await?;
+    let t_fetch = t0.elapsed();
     // 4. Complete the tree.
     let (m2, st) = (m.clone(), staging.to_owned());
     blocking(staging, move || {
@@ -134,6 +137,14 @@ pub async fn install(
     })
     .await?;
     report.micros = t0.elapsed().as_micros() as u64;
+    tracing::debug!(
+        "install {}: resume {:?}, held chunks copied {:?}, fetch {:?}, tree {:?}",
+        m.state,
+        t_resume,
+        t_delta - t_resume,
+        t_fetch - t_delta,
+        t0.elapsed() - t_fetch
+    );
     Ok(report)
 }
 
@@ -184,12 +195,13 @@ async fn copy_local(
         let out = std::sync::Mutex::new(Files::new(&lay2, true));
         let parts: Vec<Result<(u64, Vec<usize>), std::io::Error>> = missing
             .par_chunks(SLICE)
-            .map_init(HashMap::new, |sources, part| {
-                let (pieces, rest) = read_held(&m2, &local, sources, part);
+            .map_init(Held::default, |held, part| {
+                let (pieces, rest) = held.read(&m2, &local, part);
                 let reused = pieces.iter().map(|(_, b)| b.len() as u64).sum();
                 out.lock()
                     .expect("staging lock poisoned")
                     .write_pieces(pieces)?;
+                held.recycle();
                 Ok((reused, rest))
             })
             .collect();
@@ -205,33 +217,100 @@ async fn copy_local(
     .await
 }
 
-/// Reads the chunks `part` (indexes into `m`'s chunks) from the states on this capacity
-/// that hold them, keeping what still verifies: (the pieces to write, the indexes left to
-/// fetch). `sources` keeps the held states' files open across calls.
-fn read_held<'a>(
-    m: &Manifest,
-    local: &'a HashMap<ChunkHash, LocalCopy>,
-    sources: &mut HashMap<*const Layout, Files<'a>>,
-    part: &[usize],
-) -> (Pieces, Vec<usize>) {
-    let mut pieces = Vec::new();
-    let mut rest = Vec::new();
-    for &i in part {
-        let c = &m.chunks[i];
-        let copied = local.get(&c.hash).and_then(|src| {
-            let files = sources
-                .entry(Arc::as_ptr(&src.layout))
-                .or_insert_with(|| Files::new(&src.layout, false));
-            let b = files.read_at(src.offset, c.length as usize).ok()?;
-            // The application may have changed a held state: reuse only what verifies.
-            (ChunkHash::of(&b) == c.hash).then_some(b)
-        });
-        match copied {
-            Some(b) => pieces.push((c.offset, bytes::Bytes::from(b))),
-            None => rest.push(i),
+/// One delta worker's reading side: the held states' files it keeps open, and read buffers
+/// to reuse once their bytes are written (fresh memory costs a page fault per page here).
+#[derive(Default)]
+struct Held<'a> {
+    sources: HashMap<*const Layout, Files<'a>>,
+    /// Buffers handed out as pieces, recovered by [`Held::recycle`] once written.
+    lent: Vec<bytes::Bytes>,
+    spare: Vec<bytes::BytesMut>,
+}
+
+/// A span of held bytes: its source, its start there, its length, and its chunks.
+type Span<'a> = (&'a LocalCopy, u64, u64, Vec<usize>);
+
+impl<'a> Held<'a> {
+    /// Reads the chunks `part` (indexes into `m`'s chunks) from the states on this capacity
+    /// that hold them, keeping what still verifies: (the pieces to write, the indexes left
+    /// to fetch). Chunks lying back to back in one held state are read with one read.
+    fn read(
+        &mut self,
+        m: &Manifest,
+        local: &'a HashMap<ChunkHash, LocalCopy>,
+        part: &[usize],
+    ) -> (Pieces, Vec<usize>) {
+        let mut pieces = Vec::new();
+        let mut rest = Vec::new();
+        let mut span: Option<Span<'a>> = None;
+        for &i in part {
+            let c = &m.chunks[i];
+            let Some(src) = local.get(&c.hash) else {
+                rest.push(i);
+                continue;
+            };
+            if let Some((s, start, len, members)) = &mut span
+                && Arc::ptr_eq(&s.layout, &src.layout)
+                && *start + *len == src.offset
+            {
+                *len += u64::from(c.length);
+                members.push(i);
+                continue;
+            }
+            if let Some(done) = span.take() {
+                self.read_span(m, done, &mut pieces, &mut rest);
+            }
+            span = Some((src, src.offset, u64::from(c.length), vec![i]));
+        }
+        if let Some(done) = span {
+            self.read_span(m, done, &mut pieces, &mut rest);
+        }
+        (pieces, rest)
+    }
+
+    /// Reads one span of held bytes and keeps each of its chunks that still verifies (the
+    /// application may have changed a held state); the others are left to fetch.
+    fn read_span(
+        &mut self,
+        m: &Manifest,
+        span: Span<'a>,
+        pieces: &mut Pieces,
+        rest: &mut Vec<usize>,
+    ) {
+        let (src, start, len, members) = span;
+        let files = self
+            .sources
+            .entry(Arc::as_ptr(&src.layout))
+            .or_insert_with(|| Files::new(&src.layout, false));
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.resize(len as usize, 0);
+        if files.read_into(start, &mut buf).is_err() {
+            rest.extend(members);
+            return;
+        }
+        let bytes = buf.freeze();
+        let mut at = 0usize;
+        for j in members {
+            let c = &m.chunks[j];
+            let b = bytes.slice(at..at + c.length as usize);
+            at += c.length as usize;
+            match ChunkHash::of(&b) == c.hash {
+                true => pieces.push((c.offset, b)),
+                false => rest.push(j),
+            }
+        }
+        self.lent.push(bytes);
+    }
+
+    /// Takes back the buffers whose pieces were written (and dropped).
+    fn recycle(&mut self) {
+        for b in self.lent.drain(..) {
+            if let Ok(buf) = b.try_into_mut() {
+                self.spare.push(buf);
+            }
         }
     }
-    (pieces, rest)
 }
 
 /// Fetches the `remote` chunks (each distinct hash once, written at every offset it has),

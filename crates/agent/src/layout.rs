@@ -221,18 +221,24 @@ impl<'a> Files<'a> {
     /// Reads `len` bytes at stream offset `offset`.
     pub fn read_at(&mut self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
+        self.read_into(offset, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Fills `buf` with the bytes at stream offset `offset`.
+    pub fn read_into(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         let mut covered = 0;
-        for (i, at, r) in self.layout.pieces(offset, len as u64) {
+        for (i, at, r) in self.layout.pieces(offset, buf.len() as u64) {
             covered += r.len();
             self.get(i)?.read_exact_at(&mut buf[r], at)?;
         }
-        if covered != len {
+        if covered != buf.len() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "range beyond the state's files",
             ));
         }
-        Ok(buf)
+        Ok(())
     }
 }
 

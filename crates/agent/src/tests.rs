@@ -191,6 +191,53 @@ async fn delta_transfer_of_a_directory_moves_only_changed_chunks() {
     assert!(!second.held.path.exists(), "the damaged states are gone");
 }
 
+/// A delta install reuses held chunks only when they still verify: a byte changed in the
+/// held version behind the agent's back makes that chunk come over the network, and the new
+/// version is installed exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_refetches_held_chunks_changed_behind_the_agents_back() {
+    let e = env().await;
+    let r = id("m/weights");
+    let v1 = noise(6 << 20, 3);
+    e.snap.commit_bytes(&r, v1.clone().into()).await.unwrap();
+    let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
+    let first = a
+        .load(&r, VersionReq::AtLeast(None), Priority::OnDemand)
+        .await
+        .unwrap();
+    // The application changes the held file (made writable first if it was not).
+    let held = first.held.path.clone();
+    let mut perms = std::fs::metadata(&held).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&held, perms).unwrap();
+    let mut bytes = std::fs::read(&held).unwrap();
+    bytes[(3 << 20) + 17] ^= 0xff;
+    std::fs::write(&held, &bytes).unwrap();
+    // Version 2: one 4 KiB edit elsewhere.
+    let mut v2 = v1.clone();
+    v2[1 << 20..(1 << 20) + 4096].copy_from_slice(&noise(4096, 9));
+    e.snap.commit_bytes(&r, v2.clone().into()).await.unwrap();
+    let second = a
+        .load(
+            &r,
+            VersionReq::AtLeast(Some(Version::new(2).unwrap())),
+            Priority::OnDemand,
+        )
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&second.held.path).unwrap(), v2);
+    let report = second.report.unwrap();
+    // The edited chunks and the changed one came over the network; the rest was reused.
+    assert!(report.reused_bytes > 5 << 20, "{report:?}");
+    assert!(report.fetched_bytes >= 3 * 2048, "{report:?}");
+    assert_eq!(
+        report.reused_bytes + report.fetched_bytes,
+        6 << 20,
+        "{report:?}"
+    );
+}
+
 /// Loads `r` (left staged by a failed load) again over `addr`: it installs the committed
 /// `data` exactly and nothing stays staged; the report is the caller's to bound.
 pub(crate) async fn resume_over(

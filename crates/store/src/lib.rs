@@ -17,6 +17,7 @@ mod pack;
 #[cfg(test)]
 mod props;
 mod read;
+mod refresh;
 mod repair;
 mod store;
 mod verify;

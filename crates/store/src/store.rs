@@ -59,6 +59,8 @@ pub struct Store {
     location: String,
     /// Everything the store holds, as of open or the last commit by this handle.
     pub(crate) index: RwLock<Arc<ChunkIndex>>,
+    /// The index objects `index` was loaded from (see [`Store::refresh_index`]).
+    pub(crate) index_seen: std::sync::Mutex<std::collections::HashSet<Path>>,
     pub(crate) config: StoreConfig,
 }
 
@@ -186,11 +188,13 @@ impl Store {
             local_dir: b.local_dir,
             location: location.to_owned(),
             index: RwLock::new(Arc::new(ChunkIndex::default())),
+            index_seen: Default::default(),
             config,
         };
         store.check_marker(create).await?;
-        let idx = store.load_index().await?;
+        let (idx, seen) = store.load_index_seen().await?;
         *store.index.write().expect("index lock poisoned") = Arc::new(idx);
+        *store.index_seen.lock().expect("index lock poisoned") = seen;
         Ok(store)
     }
 
@@ -209,16 +213,7 @@ impl Store {
         self.index.read().expect("index lock poisoned").clone()
     }
 
-    /// Re-reads the chunk index from the backend, picking up packs committed by other
-    /// processes since this handle was opened (a long-running server calls it when it meets
-    /// a version or chunk it does not know).
-    pub async fn refresh_index(&self) -> Result<(), OpenError> {
-        let idx = self.load_index().await?;
-        *self.index.write().expect("index lock poisoned") = Arc::new(idx);
-        Ok(())
-    }
-
-    fn backend_err(&self, source: object_store::Error) -> OpenError {
+    pub(crate) fn backend_err(&self, source: object_store::Error) -> OpenError {
         OpenError::Backend {
             location: self.location.clone(),
             source,
@@ -264,29 +259,28 @@ impl Store {
     /// Lists and merges every index object; when one is damaged, the index is rebuilt
     /// from the packs' trailers instead ([`crate::repair`]) and the damage logged.
     pub(crate) async fn load_index(&self) -> Result<ChunkIndex, OpenError> {
-        let (idx, damaged) = self.load_index_parts().await?;
-        if damaged.is_empty() {
-            return Ok(idx);
-        }
-        for (path, e) in &damaged {
-            tracing::warn!(store = %self.location, object = %path, error = %e,
-                "index object damaged; using an index rebuilt from the packs (run `prewarm repair`)");
-        }
-        let scan = self.scan_packs().await.map_err(|e| self.backend_err(e))?;
-        Ok(scan.index)
+        Ok(self.load_index_seen().await?.0)
     }
 
     /// Every index object that decodes, merged, and the ones that do not (with why).
     pub(crate) async fn load_index_parts(
         &self,
     ) -> Result<(ChunkIndex, Vec<(Path, IndexDecodeError)>), OpenError> {
-        let mut idx = ChunkIndex::default();
-        let mut damaged = Vec::new();
-        for path in self
+        let paths = self
             .index_objects()
             .await
-            .map_err(|e| self.backend_err(e))?
-        {
+            .map_err(|e| self.backend_err(e))?;
+        self.load_objects(ChunkIndex::default(), &paths).await
+    }
+
+    /// `idx` with the index objects `paths` merged in, and the ones that do not decode.
+    pub(crate) async fn load_objects(
+        &self,
+        mut idx: ChunkIndex,
+        paths: &[Path],
+    ) -> Result<(ChunkIndex, Vec<(Path, IndexDecodeError)>), OpenError> {
+        let mut damaged = Vec::new();
+        for path in paths.iter().cloned() {
             let bytes = self
                 .os
                 .get(&path)
