@@ -12,6 +12,7 @@ from prewarm import (
     ConnectionFailed,
     Coordinator,
     Event,
+    Forbidden,
     InvalidResource,
     NoSource,
     NotReady,
@@ -65,6 +66,26 @@ def test_a_missing_or_wrong_token_is_401(cluster: Cluster) -> None:
             Coordinator(cluster.coordinator_url, token).post_events([Event(key="k")])
         with pytest.raises(Unauthorized):
             Coordinator(cluster.coordinator_url, token).placement("k")
+
+
+def test_a_token_scoped_to_another_tenant_is_403_forbidden(cluster: Cluster) -> None:
+    """An agent whose API takes a tokens file (``prewarm token new``): a tenant's token may
+    ensure its own prefix only, and a state outside it is refused without saying whether it
+    exists."""
+    tokens, secret = cluster.dir / "tokens.toml", cluster.dir / "acme.secret"
+    entry = cluster.run("token", "new", "--name", "acme", "--prefix", "tenants/acme/",
+                        "--cap", "ensure", "--secret-file", str(secret))
+    tokens.write_text(entry)
+    url = cluster.agent("cap-tenants", "--cache-size", "64MiB", "--tokens", str(tokens))
+    acme = Agent(url, secret.read_text().strip())
+    for resource in ("models/tiny", "models/none"):
+        with pytest.raises(Forbidden) as e:
+            acme.ensure(resource, timeout=5)
+        assert (e.value.status, e.value.kind) == (403, "forbidden"), e.value
+    with pytest.raises(UnknownState):
+        acme.ensure("tenants/acme/none", timeout=5)
+    # The fleet's shared token still serves everything on that agent.
+    assert Agent(url, cluster.token).ensure("models/tiny", timeout=30).version >= 1
 
 
 def test_a_miss_not_ready_in_time_is_504_and_the_fetch_continues(agent: Agent, blob) -> None:
