@@ -13,8 +13,8 @@ use prewarm_store::{ChunkRef, Codec, Store};
 use tokio::sync::mpsc;
 
 use crate::frame::Code;
-use crate::tests::{fetch_all, setup_local};
-use crate::{Connection, DataAddr, DataError, DataServer, verify_batch};
+use crate::tests::{failing, fetch_all, flip_stored_byte, same_content, setup_local};
+use crate::{Connection, DataAddr, DataError, DataServer};
 
 /// A TCP data plane over `store`, and its metrics.
 async fn tcp_server(store: Arc<Store>) -> (DataAddr, Registry) {
@@ -60,27 +60,9 @@ async fn a_damaged_pack_byte_sent_in_a_run_fails_verification_of_that_chunk_only
     let (addr, _) = tcp_server(store.clone()).await;
     let mut c = Connection::connect(&addr, None).await.unwrap();
     let m = c.manifest(&states[0].0, None).await.unwrap();
-    let loc = store.locate(&[m.chunks[5].hash]).unwrap()[0];
-    let path = store.pack_file(&loc.pack).unwrap();
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[loc.offset as usize + 3] ^= 0x10;
-    std::fs::write(&path, &bytes).unwrap();
-    let (tx, mut rx) = mpsc::channel(64);
-    c.fetch(&m.chunks, None, &tx).await.unwrap();
-    drop(tx);
-    let mut bad = Vec::new();
-    while let Some(b) = rx.recv().await {
-        bad.extend(
-            verify_batch(&m.chunks, b)
-                .into_iter()
-                .filter_map(|(i, v)| v.is_err().then_some(i)),
-        );
-    }
-    let damaged = m.chunks[5].hash;
-    let want: Vec<usize> = (0..m.chunks.len())
-        .filter(|&i| m.chunks[i].hash == damaged)
-        .collect();
-    bad.sort_unstable();
+    flip_stored_byte(&store, m.chunks[5].hash, 3, 0x10);
+    let bad = failing(&mut c, &m.chunks).await;
+    let want = same_content(&m.chunks, 5);
     assert_eq!(bad, want);
 }
 

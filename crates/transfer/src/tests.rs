@@ -319,36 +319,56 @@ async fn pack_channel_passes_packs_and_every_chunk_verifies() {
     assert_eq!(&fetch_all(&mut c, &m.chunks).await, &states[0].1);
 }
 
+/// Flips bits `mask` of byte `at` of `hash`'s stored bytes in its pack file; the file.
+pub(crate) fn flip_stored_byte(
+    store: &Store,
+    hash: prewarm_core::ChunkHash,
+    at: usize,
+    mask: u8,
+) -> std::path::PathBuf {
+    let loc = store.locate(&[hash]).unwrap()[0];
+    let path = store.pack_file(&loc.pack).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[loc.offset as usize + at] ^= mask;
+    std::fs::write(&path, &bytes).unwrap();
+    path
+}
+
+/// Fetches `refs` (the fetch itself succeeds); the indexes that fail verification, sorted.
+pub(crate) async fn failing(c: &mut Connection, refs: &[prewarm_store::ChunkRef]) -> Vec<usize> {
+    let (tx, mut rx) = mpsc::channel(64);
+    c.fetch(refs, None, &tx).await.unwrap();
+    drop(tx);
+    let mut bad = Vec::new();
+    while let Some(b) = rx.recv().await {
+        bad.extend(
+            verify_batch(refs, b)
+                .into_iter()
+                .filter_map(|(i, v)| v.is_err().then_some(i)),
+        );
+    }
+    bad.sort_unstable();
+    bad
+}
+
+/// The indexes of the chunks with the same content as chunk `i`.
+pub(crate) fn same_content(refs: &[prewarm_store::ChunkRef], i: usize) -> Vec<usize> {
+    (0..refs.len())
+        .filter(|&j| refs[j].hash == refs[i].hash)
+        .collect()
+}
+
 #[tokio::test]
 async fn a_damaged_pack_fails_verification_through_the_pack_channel() {
     let (dir, addr, store, states, _) = setup_local(None).await;
     let mut c = Connection::connect(&addr, None).await.unwrap();
     let m = c.manifest(&states[0].0, None).await.unwrap();
     // Flip one byte of the third chunk's stored bytes in its pack file.
-    let loc = store.locate(&[m.chunks[2].hash]).unwrap()[0];
-    let path = store.pack_file(&loc.pack).unwrap();
+    let path = flip_stored_byte(&store, m.chunks[2].hash, 1, 0x40);
     assert!(path.starts_with(dir.path()));
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[loc.offset as usize + 1] ^= 0x40;
-    std::fs::write(&path, &bytes).unwrap();
-    let (tx, mut rx) = mpsc::channel(64);
-    c.fetch(&m.chunks, None, &tx).await.unwrap();
-    drop(tx);
-    let mut bad = Vec::new();
-    while let Some(b) = rx.recv().await {
-        bad.extend(
-            verify_batch(&m.chunks, b)
-                .into_iter()
-                .filter(|(_, v)| v.is_err()),
-        );
-    }
+    let got = failing(&mut c, &m.chunks).await;
     // Exactly the chunks with that content (the test data repeats every 2 MiB).
-    let damaged = m.chunks[2].hash;
-    let want: Vec<usize> = (0..m.chunks.len())
-        .filter(|&i| m.chunks[i].hash == damaged)
-        .collect();
-    let mut got: Vec<usize> = bad.iter().map(|(i, _)| *i).collect();
-    got.sort_unstable();
+    let want = same_content(&m.chunks, 2);
     assert_eq!(got, want);
 }
 
