@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub mark_stale: Vec<String>,
     /// Sent to the coordinator (gRPC and data plane) when set.
     pub token: Option<Token>,
+    /// TLS to the coordinator (gRPC and the data plane's TCP; `None`: plain).
+    pub tls: Option<prewarm_tls::Connector>,
     /// How long an `ensure` answer keeps its state from eviction.
     pub lease: Duration,
     /// Which data-plane channel to use.
@@ -340,7 +342,10 @@ impl Agent {
                 }
             }
         };
-        Ok(Connection::connect(&src.addr, self.cfg.token.as_ref()).await?)
+        Ok(
+            Connection::connect_tls(&src.addr, self.cfg.token.as_ref(), self.cfg.tls.as_ref())
+                .await?,
+        )
     }
 
     /// A retention hint from the coordinator's engine for `resource`.

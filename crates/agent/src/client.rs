@@ -48,10 +48,24 @@ pub enum ClientError {
     Decode(String),
 }
 
+/// HTTP/1.1 on `io`, its connection driven by a task.
+async fn handshake<IO>(io: IO) -> Result<SendRequest<Full<Bytes>>, hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
+}
+
 /// A client of one agent.
 pub struct EnsureClient {
     addr: String,
     auth: Option<String>,
+    tls: Option<prewarm_tls::Connector>,
     conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
 }
 
@@ -61,8 +75,16 @@ impl EnsureClient {
         EnsureClient {
             addr: addr.into(),
             auth: token.map(|t| format!("Bearer {}", t.expose())),
+            tls: None,
             conn: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Speaks HTTPS with `tls` (an agent started with `--tls-cert`; the connector's client
+    /// certificate is presented where it requires one).
+    pub fn with_tls(mut self, tls: prewarm_tls::Connector) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     async fn open(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
@@ -74,13 +96,15 @@ impl EnsureClient {
             .await
             .map_err(|e| err(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(send)
+        match &self.tls {
+            None => handshake(tcp).await,
+            Some(c) => {
+                let host = self.addr.rsplit_once(':').map_or(&*self.addr, |(h, _)| h);
+                let tls = c.connect(host, tcp).await;
+                handshake(tls.map_err(|e| err(format!("TLS: {e}")))?).await
+            }
+        }
+        .map_err(|e| err(e.to_string()))
     }
 
     /// GETs `path` and returns the body of a 2xx answer.

@@ -35,16 +35,37 @@ impl tonic::service::Interceptor for BearerAuth {
 /// A control-plane client.
 pub type Client = CoordinatorClient<InterceptedService<Channel, BearerAuth>>;
 
-/// Connects to the coordinator at `url` (`http://host:port`).
-pub async fn connect(url: &str, token: Option<&Token>) -> Result<Client, String> {
-    let ep = Endpoint::from_shared(url.to_owned())
+/// Connects to the coordinator at `url`: `http://host:port`, or `https://host:port` over TLS
+/// with `tls` (the coordinator's certificate verified for `host`, the client's presented
+/// when it has one).
+pub async fn connect(
+    url: &str,
+    token: Option<&Token>,
+    tls: Option<&prewarm_tls::Connector>,
+) -> Result<Client, String> {
+    let plain = match (url.strip_prefix("https://"), tls) {
+        (Some(rest), Some(_)) => format!("http://{rest}"),
+        (Some(_), None) => {
+            return Err(format!(
+                "{url}: https needs the CA that signed the coordinator's certificate (--tls-ca)"
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(format!(
+                "{url}: TLS is configured (--tls-ca), so the coordinator URL must be https://"
+            ));
+        }
+        (None, None) => url.to_owned(),
+    };
+    let ep = Endpoint::from_shared(plain)
         .map_err(|e| format!("invalid coordinator URL {url}: {e}"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    let ch = ep
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the coordinator at {url}: {e}"))?;
+    let ch = match tls {
+        None => ep.connect().await,
+        Some(c) => ep.connect_with_connector(tls_connector(c.clone())).await,
+    }
+    .map_err(|e| format!("cannot reach the coordinator at {url}: {e}"))?;
     let auth = match token {
         Some(t) => Some(
             format!("Bearer {}", t.expose())
@@ -55,6 +76,43 @@ pub async fn connect(url: &str, token: Option<&Token>) -> Result<Client, String>
     };
     Ok(CoordinatorClient::with_interceptor(ch, BearerAuth(auth))
         .max_decoding_message_size(64 << 20))
+}
+
+/// [`connect`] with `agent`'s token and TLS settings.
+async fn dial(agent: &Agent, url: &str) -> Result<Client, String> {
+    let cfg = agent.config();
+    connect(url, cfg.token.as_ref(), cfg.tls.as_ref()).await
+}
+
+/// Dials TCP and runs the TLS handshake (ALPN `h2`) for tonic's channel.
+fn tls_connector(
+    c: prewarm_tls::Connector,
+) -> impl tower::Service<
+    tonic::codegen::http::Uri,
+    Response = hyper_util::rt::TokioIo<prewarm_tls::ClientStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |uri: tonic::codegen::http::Uri| {
+        let c = c.clone();
+        async move {
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let tcp =
+                tokio::net::TcpStream::connect((host.as_str(), uri.port_u16().unwrap_or(443)))
+                    .await?;
+            let _ = tcp.set_nodelay(true);
+            Ok(hyper_util::rt::TokioIo::new(
+                c.connect_h2(&host, tcp).await?,
+            ))
+        }
+    })
 }
 
 /// The inventory message of `agent`.
@@ -114,7 +172,7 @@ async fn send_history(agent: Arc<Agent>, url: String) {
             }
         }
         if client.is_none() {
-            client = connect(&url, agent.config().token.as_ref()).await.ok();
+            client = dial(&agent, &url).await.ok();
         }
         let Some(c) = client.as_mut() else {
             tracing::warn!(
@@ -203,7 +261,7 @@ async fn attach_once(
     resumed: &AtomicBool,
     finished: Option<&Finishing>,
 ) -> Result<(), String> {
-    let mut client = connect(url, agent.config().token.as_ref()).await?;
+    let mut client = dial(agent, url).await?;
     let req = AttachRequest {
         capacity: agent.config().name.as_str().to_owned(),
         ensure_addr: ensure_addr.to_owned(),

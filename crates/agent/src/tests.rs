@@ -86,6 +86,7 @@ fn agent_paced(
         predictive_rate: rate,
         mark_stale: vec![],
         token: None,
+        tls: None,
         lease: Duration::from_secs(60),
         data_path: DataPath::Tcp,
         clock: prewarm_core::Clock::system(),

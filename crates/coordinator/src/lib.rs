@@ -71,6 +71,9 @@ pub struct CoordinatorConfig {
     pub events_rate: Option<std::num::NonZeroU32>,
     /// Admission of event bodies under overload.
     pub ingest: limits::Ingest,
+    /// TLS (mutual TLS with a client CA) on the gRPC + JSON port and the data plane's TCP
+    /// listener (`None`: plain; the Unix socket and the pack channel stay local and plain).
+    pub tls: Option<prewarm_tls::Acceptor>,
 }
 
 /// The coordinator: its parts, each with one job.
@@ -328,9 +331,12 @@ pub async fn start_with(
         keys: keys.clone(),
     });
     let mut tasks = Vec::new();
-    let data = Arc::new(
-        DataServer::new(store.clone(), None, instance.clone(), &registry).with_keys(keys.clone()),
-    );
+    let mut data =
+        DataServer::new(store.clone(), None, instance.clone(), &registry).with_keys(keys.clone());
+    if let Some(tls) = cfg.tls.clone() {
+        data = data.with_tls(tls);
+    }
+    let data = Arc::new(data);
     tasks.push(tokio::spawn(data.clone().serve_tcp(data_l)));
     let local = Arc::new(DataServer::new(store, None, instance, &registry).with_keys(keys.clone()));
     if let Some(l) = unix_l {
@@ -347,6 +353,7 @@ pub async fn start_with(
         coordinator.clone(),
         grpc_l,
         cfg.http,
+        cfg.tls.clone(),
     )));
     tracing::info!(
         "coordinator {}: gRPC on {grpc}, data plane on {data_tcp}",
@@ -361,7 +368,12 @@ pub async fn start_with(
     })
 }
 
-async fn serve_grpc(c: Arc<Coordinator>, l: tokio::net::TcpListener, limits: prewarm_http::Limits) {
+async fn serve_grpc(
+    c: Arc<Coordinator>,
+    l: tokio::net::TcpListener,
+    limits: prewarm_http::Limits,
+    tls: Option<prewarm_tls::Acceptor>,
+) {
     use axum::response::IntoResponse;
     use axum::routing::get;
     static GRPC_REFUSALS: std::sync::LazyLock<prewarm_transfer::Throttle> =
@@ -410,7 +422,7 @@ async fn serve_grpc(c: Arc<Coordinator>, l: tokio::net::TcpListener, limits: pre
         .fallback_service(http::fallback(c.clone()));
     // gRPC (HTTP/2) and the JSON API (HTTP/1) on one port, bounded against slow and idle
     // clients; quiet control streams are kept by HTTP/2 pings.
-    let e = prewarm_http::serve(l, router, limits).await;
+    let e = prewarm_http::serve_tls(l, router, limits, tls).await;
     tracing::error!("coordinator port: {e}");
 }
 

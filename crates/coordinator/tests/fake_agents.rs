@@ -39,6 +39,7 @@ async fn coordinator(store: Arc<Store>) -> Running {
         http: prewarm_http::Limits::default(),
         events_rate: None,
         ingest: Default::default(),
+        tls: None,
     };
     let brain = Brain::new(EngineConfig::default(), None);
     prewarm_coordinator::start(store, cfg, Some(brain))

@@ -230,6 +230,7 @@ async fn start_cluster(s: &Setup, brain: Option<Brain>) -> Result<Cluster, Phase
             http: prewarm_http::Limits::default(),
             events_rate: None,
             ingest: Default::default(),
+            tls: None,
         },
         brain,
     )
@@ -274,6 +275,7 @@ async fn start_agent(s: &Setup, i: usize, url: &str, c: &mut Cluster) -> Result<
         predictive_rate: None,
         mark_stale: Vec::new(),
         token: None,
+        tls: None,
         lease: Duration::from_secs(1),
         data_path: DataPath::Tcp,
         clock: prewarm_core::Clock::system(),

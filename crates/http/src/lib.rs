@@ -12,6 +12,9 @@
 //!   [`Limits::idle_timeout`] is closed ([`idle`]); HTTP/2 connections are pinged so a
 //!   quiet but live gRPC stream is never idle.
 //!
+//! With [`serve_tls`] every connection is TLS (mutual TLS when the acceptor has a client CA),
+//! its handshake bounded like the headers.
+//!
 //! Handlers may take as long as they need (an `ensure` that waits for a large transfer):
 //! only waiting on the client is bounded.
 
@@ -51,6 +54,18 @@ impl Default for Limits {
 
 /// Serves `router` on `listener` under `limits` until the listener fails.
 pub async fn serve(listener: TcpListener, router: axum::Router, limits: Limits) -> std::io::Error {
+    serve_tls(listener, router, limits, None).await
+}
+
+/// [`serve`], over TLS when `tls` is given: the handshake (and with mutual TLS the client's
+/// certificate) must complete within [`Limits::header_timeout`] on a connection slot, and a
+/// connection that fails it is closed before any HTTP is read.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: Limits,
+    tls: Option<prewarm_tls::Acceptor>,
+) -> std::io::Error {
     let router = router.layer(axum::middleware::map_request(
         move |req: axum::extract::Request| async move { deadline::limit(req, limits.body_timeout) },
     ));
@@ -71,10 +86,17 @@ pub async fn serve(listener: TcpListener, router: axum::Router, limits: Limits) 
         };
         // Small JSON answers: without TCP_NODELAY each would wait on the client's delayed ACK.
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
+        let (router, tls) = (router.clone(), tls.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            connection(stream, router, limits).await;
+            let Some(tls) = tls else {
+                return connection(stream, router, limits).await;
+            };
+            match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
+                Ok(Ok(s)) => connection(s, router, limits).await,
+                Ok(Err(e)) => tracing::debug!("TLS handshake refused: {e}"),
+                Err(_) => tracing::debug!("TLS handshake not done within the header timeout"),
+            }
         });
     }
 }
@@ -88,7 +110,10 @@ fn transient(e: &std::io::Error) -> bool {
     ) || e.raw_os_error().is_some_and(|c| c == 23 || c == 24) // ENFILE, EMFILE
 }
 
-async fn connection(stream: tokio::net::TcpStream, router: axum::Router, limits: Limits) {
+async fn connection<IO>(stream: IO, router: axum::Router, limits: Limits)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (io, in_flight) = idle::IdleIo::new(stream, limits.idle_timeout);
     let svc = idle::Counted::new(router, in_flight);
     let svc = hyper_util::service::TowerToHyperService::new(svc);

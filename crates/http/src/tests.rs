@@ -178,3 +178,63 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
         "{got:?}"
     );
 }
+
+#[tokio::test]
+async fn over_mutual_tls_only_verified_clients_get_http_and_a_silent_handshake_is_cut_off() {
+    use prewarm_tls::testing::Pki;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "fleet");
+    let acceptor = prewarm_tls::Acceptor::load(&pki.server(&pki.issue("api"), true)).unwrap();
+    let router = axum::Router::new().route("/ok", get(|| async { "ok" }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_tls(listener, router, limits(), Some(acceptor)));
+
+    // A client with a certificate the CA signed: served.
+    let c = prewarm_tls::Connector::load(&pki.client(Some(&pki.issue("app")))).unwrap();
+    let mut tls = c
+        .connect("127.0.0.1", TcpStream::connect(addr).await.unwrap())
+        .await
+        .unwrap();
+    tls.write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tls.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("ok"),
+        "{out}"
+    );
+
+    // Without one: the handshake fails, no HTTP is served.
+    let c = prewarm_tls::Connector::load(&pki.client(None)).unwrap();
+    let refused = async {
+        let mut tls = c
+            .connect("127.0.0.1", TcpStream::connect(addr).await?)
+            .await?;
+        tls.write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await?;
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out).await.map(|_| out)
+    };
+    let r = refused.await;
+    assert!(r.is_err(), "served without a client certificate: {r:?}");
+
+    // Plain HTTP on the TLS port: closed with no HTTP answer.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let out = until_closed(&mut s, Duration::from_secs(5)).await.unwrap();
+    assert!(!out.contains("HTTP/1.1"), "{out}");
+
+    // Connected and silent: let go at the header timeout (1 s here), not held.
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert!(until_closed(&mut s, Duration::from_secs(5)).await.is_some());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+}

@@ -140,6 +140,7 @@ async fn live(sizes: &BTreeMap<ResourceId, u64>) -> Live {
             http: prewarm_http::Limits::default(),
             events_rate: None,
             ingest: Default::default(),
+            tls: None,
         },
         Some(brain),
     )
@@ -155,6 +156,7 @@ async fn live(sizes: &BTreeMap<ResourceId, u64>) -> Live {
             predictive_rate: None,
             mark_stale: vec![],
             token: None,
+            tls: None,
             lease: Duration::from_secs(60), // released when each execution ends
             data_path: DataPath::Tcp,
             clock: clock.clone(),

@@ -157,9 +157,25 @@ pub struct Connection {
     pub server_instance: String,
 }
 
+/// The host of `host:port` (`[v6]:port` included).
+fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
 impl Connection {
     /// Connects and greets (with the token when given).
     pub async fn connect(addr: &DataAddr, token: Option<&Token>) -> Result<Self, DataError> {
+        Self::connect_tls(addr, token, None).await
+    }
+
+    /// [`Connection::connect`], over TLS to a TCP address when `tls` is given (the server's
+    /// certificate checked for the address's IP unless the connector names the server).
+    /// Unix sockets and the pack channel stay plain: they are this host's own.
+    pub async fn connect_tls(
+        addr: &DataAddr,
+        token: Option<&Token>,
+        tls: Option<&prewarm_tls::Connector>,
+    ) -> Result<Self, DataError> {
         let err = |why: String| DataError::Connect {
             addr: addr.to_string(),
             why,
@@ -171,7 +187,15 @@ impl Connection {
                     .map_err(|_| err("timed out".into()))?
                     .map_err(|e| err(e.to_string()))?;
                 let _ = s.set_nodelay(true);
-                Box::new(s)
+                match tls {
+                    None => Box::new(s),
+                    Some(c) => Box::new(
+                        tokio::time::timeout(CONNECT_TIMEOUT, c.connect(host_of(a), s))
+                            .await
+                            .map_err(|_| err("TLS handshake timed out".into()))?
+                            .map_err(|e| err(format!("TLS: {e}")))?,
+                    ),
+                }
             }
             DataAddr::Unix(p) | DataAddr::UnixFds { stream: p, .. } => Box::new(
                 tokio::net::UnixStream::connect(p)

@@ -38,3 +38,5 @@ pub fn host_id() -> String {
 mod runs_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

@@ -91,6 +91,8 @@ pub struct DataServer {
     /// Log budgets of refusals and of store failures.
     refusals: Throttle,
     failures: Throttle,
+    /// TLS on TCP connections (`None`: plain).
+    tls: Option<prewarm_tls::Acceptor>,
 }
 
 /// A refusal: its code and message.
@@ -165,6 +167,7 @@ impl DataServer {
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
             refusals: Throttle::default(),
             failures: Throttle::default(),
+            tls: None,
         }
     }
 
@@ -173,6 +176,14 @@ impl DataServer {
     /// a scoped one gets manifests of states inside its prefixes only.
     pub fn with_keys(mut self, keys: Arc<Keys>) -> Self {
         self.keys = keys;
+        self
+    }
+
+    /// Serves TCP connections over TLS (mutual TLS when `tls` has a client CA): the handshake
+    /// must complete within the hello's 10 s, before the hello is read. Runs are then read
+    /// and written through memory (`sendfile` cannot encrypt).
+    pub fn with_tls(mut self, tls: prewarm_tls::Acceptor) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -193,7 +204,11 @@ impl DataServer {
                     let _ = s.set_nodelay(true);
                     let me = self.clone();
                     tokio::spawn(async move {
-                        me.handle(s, &peer.to_string()).await;
+                        let peer = peer.to_string();
+                        match me.tls.clone() {
+                            None => me.handle(s, &peer).await,
+                            Some(tls) => me.handle_tls(&tls, s, &peer).await,
+                        }
                         drop(permit);
                     });
                 }
@@ -223,6 +238,29 @@ impl DataServer {
                     tracing::warn!("data plane accept (unix): {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+            }
+        }
+    }
+
+    /// The TLS handshake, bounded by the hello's timeout, then [`DataServer::handle`].
+    async fn handle_tls(
+        self: Arc<Self>,
+        tls: &prewarm_tls::Acceptor,
+        s: tokio::net::TcpStream,
+        peer: &str,
+    ) {
+        match tokio::time::timeout(HELLO_TIMEOUT, tls.accept(s)).await {
+            Ok(Ok(s)) => self.handle(crate::runs::Plain(s), peer).await,
+            Ok(Err(e)) => {
+                self.metrics.refused.inc();
+                warn_throttled!(
+                    self.refusals,
+                    "data plane: {peer} TLS handshake refused: {e}"
+                );
+            }
+            Err(_) => {
+                self.metrics.refused.inc();
+                warn_throttled!(self.refusals, "data plane: {peer} TLS handshake timed out");
             }
         }
     }

@@ -17,7 +17,8 @@ use prewarm_metrics::Registry;
 
 use crate::{Connection, DataAddr, DataError, DataServer, Token, verify_batch};
 
-async fn setup(token: Option<Token>) -> (DataAddr, ResourceId, Vec<u8>) {
+/// A memory store holding `m/one`, 3 MB of incompressible bytes (returned).
+pub(crate) async fn committed_store() -> (Arc<Store>, ResourceId, Vec<u8>) {
     let store = Arc::new(Store::memory().await);
     let r = ResourceId::new("m/one").unwrap();
     let data: Vec<u8> = (0..3_000_000u32)
@@ -27,6 +28,11 @@ async fn setup(token: Option<Token>) -> (DataAddr, ResourceId, Vec<u8>) {
         .commit_bytes(&r, Bytes::from(data.clone()))
         .await
         .unwrap();
+    (store, r, data)
+}
+
+async fn setup(token: Option<Token>) -> (DataAddr, ResourceId, Vec<u8>) {
+    let (store, r, data) = committed_store().await;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = DataAddr::Tcp(l.local_addr().unwrap().to_string());
     let s = Arc::new(DataServer::new(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any, Optional
@@ -17,11 +19,28 @@ def base_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def tls_context(
+    ca: Optional[str], cert: Optional[str], key: Optional[str]
+) -> Optional[ssl.SSLContext]:
+    """The TLS settings of an ``https://`` URL: the server verified against ``ca`` (the
+    system's roots when ``None``), and ``cert``/``key`` presented where the server requires
+    a client certificate (``--tls-client-ca``). ``None`` when none is given."""
+    if ca is None and cert is None:
+        return None
+    ctx = ssl.create_default_context(cafile=ca)
+    if cert is not None:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 class Http:
     """Requests to one base URL, with the bearer token when there is one."""
 
-    def __init__(self, url: str, token: Optional[str]) -> None:
+    def __init__(
+        self, url: str, token: Optional[str], tls: Optional[ssl.SSLContext] = None
+    ) -> None:
         self.url = base_url(url)
+        self._tls = tls
         self._headers = {"accept": "application/json"}
         if token:
             self._headers["authorization"] = "Bearer " + token.strip()
@@ -45,11 +64,13 @@ class Http:
             headers["content-type"] = "application/json"
         req = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self._tls) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             raise _api_error(e) from None
-        except (OSError, ValueError) as e:  # URLError, refused, reset, socket timeout
+        # URLError, refused, reset, socket timeout, TLS refused; HTTPException: an answer that
+        # is not HTTP (a TLS port spoken to in plain HTTP answers with a TLS alert).
+        except (OSError, ValueError, http.client.HTTPException) as e:
             raise ConnectionFailed(f"{method} {self.url}{path}: {e}") from e
         if not raw:
             return None

@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Union
 
-from ._http import Http
+from ._http import Http, tls_context
 from .errors import PrewarmError, UnknownLease
 
 log = logging.getLogger("prewarm")
@@ -73,10 +73,21 @@ class Agent:
     """A client of one agent's application API (``prewarm agent --listen``).
 
     ``token`` is the shared bearer token (required by agents on non-loopback addresses).
+    For an agent serving TLS (``--tls-cert``) give an ``https://`` URL and ``ca``, the CA
+    file that signed its certificate; ``cert`` and ``key`` are presented where it requires
+    client certificates (``--tls-client-ca``).
     """
 
-    def __init__(self, url: str = "http://127.0.0.1:7200", token: Optional[str] = None) -> None:
-        self._http = Http(url, token)
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:7200",
+        token: Optional[str] = None,
+        *,
+        ca: Optional[str] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
+    ) -> None:
+        self._http = Http(url, token, tls_context(ca, cert, key))
 
     @property
     def url(self) -> str:

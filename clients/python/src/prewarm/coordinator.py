@@ -6,7 +6,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from ._http import Http
+from ._http import Http, tls_context
 
 
 @dataclass
@@ -89,10 +89,22 @@ class Outcome:
 
 
 class Coordinator:
-    """A client of a coordinator's HTTP routes (on its gRPC port, ``--listen``)."""
+    """A client of a coordinator's HTTP routes (on its gRPC port, ``--listen``).
 
-    def __init__(self, url: str = "http://127.0.0.1:7100", token: Optional[str] = None) -> None:
-        self._http = Http(url, token)
+    Over TLS (``--tls-cert``): an ``https://`` URL, ``ca``, and ``cert``/``key`` where the
+    coordinator requires client certificates, as for :class:`prewarm.Agent`.
+    """
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:7100",
+        token: Optional[str] = None,
+        *,
+        ca: Optional[str] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
+    ) -> None:
+        self._http = Http(url, token, tls_context(ca, cert, key))
 
     @property
     def url(self) -> str:

@@ -80,7 +80,7 @@ impl Cluster {
         )?;
         let t0 = Instant::now();
         let client = loop {
-            match prewarm_agent::control::connect(&url, None).await {
+            match prewarm_agent::control::connect(&url, None, None).await {
                 Ok(c) => break c,
                 Err(_) if t0.elapsed() < Duration::from_secs(20) => {
                     tokio::time::sleep(Duration::from_millis(50)).await

@@ -9,7 +9,7 @@ use anyhow::Context;
 use prewarm_agent::{Agent, AgentConfig, DataPath};
 use prewarm_core::CapacityId;
 
-use super::{HttpLimitsArg, TokenArg, TokensArg, parse_duration, parse_size};
+use super::{HttpLimitsArg, TlsArg, TokenArg, TokensArg, parse_duration, parse_size};
 
 /// Arguments of `prewarm agent`.
 #[derive(clap::Args, Debug)]
@@ -52,6 +52,8 @@ pub struct Args {
     tokens: TokensArg,
     #[command(flatten)]
     http: HttpLimitsArg,
+    #[command(flatten)]
+    tls: TlsArg,
 }
 
 /// Runs the command.
@@ -67,6 +69,8 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     // The token this agent presents to the coordinator; its own API accepts it (every
     // right, unless the tokens file lists it with fewer) and the file's tenant tokens.
     let token = a.token.load()?;
+    // Bad TLS files stop the start before the cache directory is touched.
+    let (tls_server, tls_client) = (a.tls.server()?, a.tls.client()?);
     let keys = prewarm_transfer::Keys::new(token.clone(), a.tokens.load()?);
     keys.require_for(a.listen)?;
     std::fs::create_dir_all(&a.cache_dir)
@@ -78,6 +82,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         predictive_rate: a.predictive_rate,
         mark_stale: a.mark_stale,
         token,
+        tls: tls_client,
         lease: a.lease,
         data_path,
         clock: prewarm_core::Clock::system(),
@@ -90,14 +95,22 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let router = prewarm_agent::http::router(agent.clone(), Arc::new(keys));
     // Bounded against slow and idle clients (connection cap, header, body and idle
     // deadlines); TCP_NODELAY for the small JSON answers.
-    let http = tokio::spawn(prewarm_http::serve(listener, router, a.http.limits()?));
+    let tls = tls_server;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mode = TlsArg::label(tls.as_ref());
+    let http = tokio::spawn(prewarm_http::serve_tls(
+        listener,
+        router,
+        a.http.limits()?,
+        tls,
+    ));
     let control = tokio::spawn(prewarm_agent::control::run(
         agent.clone(),
         a.coordinator.clone(),
         local.to_string(),
     ));
     eprintln!(
-        "prewarm agent {}: application API on http://{local}, cache {} (budget {}), coordinator {}",
+        "prewarm agent {}: application API on {scheme}://{local}{mode}, cache {} (budget {}), coordinator {}",
         a.name,
         a.cache_dir.display(),
         prewarm_core::ByteSize(a.cache_size),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use prewarm_coordinator::CoordinatorConfig;
 
-use super::{HttpLimitsArg, StoreArg, TokenArg, TokensArg, parse_duration};
+use super::{HttpLimitsArg, StoreArg, TlsArg, TokenArg, TokensArg, parse_duration};
 
 /// Arguments of `prewarm coordinator`.
 #[derive(clap::Args, Debug)]
@@ -37,6 +37,8 @@ pub struct Args {
     tokens: TokensArg,
     #[command(flatten)]
     http: HttpLimitsArg,
+    #[command(flatten)]
+    tls: TlsArg,
     /// Events per second each token may post to /v1/events (bursts up to one batch of
     /// 10,000); over it: 429 with Retry-After (default: no limit).
     #[arg(long, value_name = "N")]
@@ -200,6 +202,7 @@ fn engine(a: &Args) -> anyhow::Result<Option<prewarm_coordinator::Brain>> {
 
 /// Runs the command.
 pub async fn run(a: Args) -> anyhow::Result<i32> {
+    let tls = a.tls.server()?; // a bad file stops the start before the store is touched
     let store = a.store.open_or_create().await?;
     let data_listen = a
         .data_listen
@@ -222,7 +225,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             concurrent: a.events_concurrency,
             wait: a.events_queue_wait,
         },
+        tls,
     };
+    let tls = TlsArg::label(cfg.tls.as_ref());
     let tokens = a.tokens.load()?;
     let brain = engine(&a)?;
     let retrain = retraining(&a)?;
@@ -236,7 +241,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         ));
     }
     eprintln!(
-        "prewarm coordinator {}: gRPC and /metrics on {}, data plane on {}{}",
+        "prewarm coordinator {}: gRPC and /metrics on {}{tls}, data plane on {}{tls}{}",
         running.coordinator.instance,
         running.grpc,
         running.data_tcp,

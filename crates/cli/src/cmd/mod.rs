@@ -149,6 +149,70 @@ impl TokenArg {
     }
 }
 
+/// `--tls-*`: TLS on this process's TCP listeners and on its connections to a coordinator.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TlsArg {
+    /// Certificate chain (PEM, leaf first) this process presents: its TCP listeners (the
+    /// coordinator's port and data plane, the agent's API) serve TLS only, and it is the client
+    /// certificate shown to a coordinator that requires one.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Require every client of this process's listeners to present a certificate this CA
+    /// (PEM) signed: mutual TLS, checked before a byte of a request is read.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// Connect to the coordinator over TLS (its URL https://), verifying its certificate
+    /// against this CA (PEM); the data plane's TCP connections use TLS too.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// The name checked in the coordinator's certificate (default: the host dialled).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+}
+
+impl TlsArg {
+    /// The acceptor of this process's listeners, when --tls-cert is given.
+    pub fn server(&self) -> anyhow::Result<Option<prewarm_tls::Acceptor>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        Ok(Some(prewarm_tls::Acceptor::load(
+            &prewarm_tls::ServerSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            },
+        )?))
+    }
+
+    /// How a listener with `tls` is described in the start line.
+    pub fn label(tls: Option<&prewarm_tls::Acceptor>) -> &'static str {
+        match tls {
+            Some(t) if t.mutual() => " (mutual TLS)",
+            Some(_) => " (TLS)",
+            None => "",
+        }
+    }
+
+    /// The connector to the coordinator, when --tls-ca is given (presenting --tls-cert).
+    pub fn client(&self) -> anyhow::Result<Option<prewarm_tls::Connector>> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let identity = self.tls_cert.clone().zip(self.tls_key.clone());
+        Ok(Some(prewarm_tls::Connector::load(
+            &prewarm_tls::ClientSettings {
+                ca: ca.clone(),
+                identity,
+                server_name: self.tls_server_name.clone(),
+            },
+        )?))
+    }
+}
+
 /// `--tokens`, on the commands that serve (coordinator, agent).
 #[derive(clap::Args, Clone, Debug)]
 pub struct TokensArg {
@@ -192,13 +256,16 @@ pub struct CoordinatorArg {
     pub coordinator: String,
     #[command(flatten)]
     pub token: TokenArg,
+    #[command(flatten)]
+    pub tls: TlsArg,
 }
 
 impl CoordinatorArg {
-    /// A control-plane client (with the token, if any).
+    /// A control-plane client (with the token, if any; over TLS with --tls-ca).
     pub async fn connect(&self) -> anyhow::Result<prewarm_agent::control::Client> {
         let token = self.token.load()?;
-        prewarm_agent::control::connect(&self.coordinator, token.as_ref())
+        let tls = self.tls.client()?;
+        prewarm_agent::control::connect(&self.coordinator, token.as_ref(), tls.as_ref())
             .await
             .map_err(anyhow::Error::msg)
     }

@@ -39,6 +39,8 @@ pub struct Args {
     coordinator: Option<String>,
     #[command(flatten)]
     token: TokenArg,
+    #[command(flatten)]
+    tls: super::TlsArg,
     /// The file or directory to watch.
     path: PathBuf,
 }
@@ -82,6 +84,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         tokio::spawn(super::watch_link::run(super::watch_link::Link {
             url,
             token: a.token.load()?,
+            tls: a.tls.client()?,
             watcher: format!("{}:{}", host.trim(), std::process::id()),
             resource: a.resource.clone(),
             version: first.committed.state.version.get(),

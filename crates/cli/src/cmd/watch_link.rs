@@ -16,6 +16,8 @@ pub struct Link {
     pub url: String,
     /// The shared token.
     pub token: Option<Token>,
+    /// TLS to the coordinator (`--tls-ca`).
+    pub tls: Option<prewarm_tls::Connector>,
     /// This watcher's name (host:pid).
     pub watcher: String,
     /// The watched resource.
@@ -48,7 +50,8 @@ pub async fn run(mut l: Link) {
 
 /// One registration; `Ok` when the watcher is stopping.
 async fn session(l: &mut Link) -> Result<(), String> {
-    let mut client = prewarm_agent::control::connect(&l.url, l.token.as_ref()).await?;
+    let mut client =
+        prewarm_agent::control::connect(&l.url, l.token.as_ref(), l.tls.as_ref()).await?;
     let hello = WatcherHello {
         watcher: l.watcher.clone(),
         resource: l.resource.as_str().to_owned(),

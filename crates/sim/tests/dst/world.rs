@@ -161,6 +161,7 @@ impl World {
                         predictive_rate: None,
                         mark_stale: vec!["m/".into()],
                         token: None,
+                        tls: None,
                         lease: Duration::from_secs(300),
                         data_path: DataPath::Tcp,
                         clock: clock.clone(),
@@ -229,6 +230,7 @@ impl World {
             http: prewarm_http::Limits::default(),
             events_rate: None,
             ingest: Default::default(),
+            tls: None,
         };
         let brain = Brain::new(self.engine.clone(), None);
         let started = rt.spawn(async move {
