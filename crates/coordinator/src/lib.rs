@@ -422,6 +422,7 @@ async fn serve_grpc(
         .fallback_service(http::fallback(c.clone()));
     // gRPC (HTTP/2) and the JSON API (HTTP/1) on one port, bounded against slow and idle
     // clients; quiet control streams are kept by HTTP/2 pings.
+    let tls = tls.map(|a| prewarm_http::Tls::new(a, &c.registry, "coordinator"));
     let e = prewarm_http::serve_tls(l, router, limits, tls).await;
     tracing::error!("coordinator port: {e}");
 }

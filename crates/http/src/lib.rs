@@ -57,14 +57,41 @@ pub async fn serve(listener: TcpListener, router: axum::Router, limits: Limits) 
     serve_tls(listener, router, limits, None).await
 }
 
+/// TLS on a port: the acceptor, and the counter of handshakes refused or timed out.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// Runs the handshakes.
+    pub acceptor: prewarm_tls::Acceptor,
+    /// Counts connections closed for a failed or late handshake.
+    pub refused: prewarm_metrics::Counter,
+}
+
+impl Tls {
+    /// `acceptor`, its refusals counted in `registry` as
+    /// `prewarm_http_tls_refused_total{port}`.
+    pub fn new(
+        acceptor: prewarm_tls::Acceptor,
+        registry: &prewarm_metrics::Registry,
+        port: &str,
+    ) -> Self {
+        let refused = registry.counter(
+            "prewarm_http_tls_refused_total",
+            "Connections closed because their TLS handshake failed (no, or an unverified, \
+             client certificate; not TLS) or did not finish within the header timeout.",
+            &[("port", port)],
+        );
+        Self { acceptor, refused }
+    }
+}
+
 /// [`serve`], over TLS when `tls` is given: the handshake (and with mutual TLS the client's
 /// certificate) must complete within [`Limits::header_timeout`] on a connection slot, and a
-/// connection that fails it is closed before any HTTP is read.
+/// connection that fails it is closed before any HTTP is read (and counted).
 pub async fn serve_tls(
     listener: TcpListener,
     router: axum::Router,
     limits: Limits,
-    tls: Option<prewarm_tls::Acceptor>,
+    tls: Option<Tls>,
 ) -> std::io::Error {
     let router = router.layer(axum::middleware::map_request(
         move |req: axum::extract::Request| async move { deadline::limit(req, limits.body_timeout) },
@@ -92,11 +119,13 @@ pub async fn serve_tls(
             let Some(tls) = tls else {
                 return connection(stream, router, limits).await;
             };
-            match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
-                Ok(Ok(s)) => connection(s, router, limits).await,
+            let shake = tokio::time::timeout(limits.header_timeout, tls.acceptor.accept(stream));
+            match shake.await {
+                Ok(Ok(s)) => return connection(s, router, limits).await,
                 Ok(Err(e)) => tracing::debug!("TLS handshake refused: {e}"),
                 Err(_) => tracing::debug!("TLS handshake not done within the header timeout"),
             }
+            tls.refused.inc();
         });
     }
 }

@@ -185,10 +185,12 @@ async fn over_mutual_tls_only_verified_clients_get_http_and_a_silent_handshake_i
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), "fleet");
     let acceptor = prewarm_tls::Acceptor::load(&pki.server(&pki.issue("api"), true)).unwrap();
+    let registry = prewarm_metrics::Registry::default();
+    let tls = Tls::new(acceptor, &registry, "api");
     let router = axum::Router::new().route("/ok", get(|| async { "ok" }));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_tls(listener, router, limits(), Some(acceptor)));
+    tokio::spawn(serve_tls(listener, router, limits(), Some(tls.clone())));
 
     // A client with a certificate the CA signed: served.
     let c = prewarm_tls::Connector::load(&pki.client(Some(&pki.issue("app")))).unwrap();

@@ -95,9 +95,9 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     let router = prewarm_agent::http::router(agent.clone(), Arc::new(keys));
     // Bounded against slow and idle clients (connection cap, header, body and idle
     // deadlines); TCP_NODELAY for the small JSON answers.
-    let tls = tls_server;
+    let tls = tls_server.map(|a| prewarm_http::Tls::new(a, &agent.registry, "agent"));
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let mode = TlsArg::label(tls.as_ref());
+    let mode = TlsArg::label(tls.as_ref().map(|t| &t.acceptor));
     let http = tokio::spawn(prewarm_http::serve_tls(
         listener,
         router,
