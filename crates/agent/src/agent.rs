@@ -657,6 +657,7 @@ impl Agent {
         let staging = self.staging_path(&resource, version);
         let staged_manifest = staging.with_extension("manifest");
         self.release_expired();
+        let adopted = self.adopt_older(&m, &staging, &staged_manifest)?;
         let (slot, sources) = self.reserve(&m, flight)?;
         let publish_err = |path: &std::path::Path| {
             let path = path.to_owned();
@@ -677,7 +678,7 @@ impl Agent {
         // A background install stops as soon as one an execution waits for takes its space
         // (what it fetched stays staged: a later load of it resumes there).
         let report = tokio::select! {
-            r = install::install(m.clone(), &staging, sources, &mut conn, pacer.as_ref()) => r?,
+            r = install::install(m.clone(), &staging, sources, &mut conn, pacer.as_ref(), adopted) => r?,
             () = slot.preempted() => {
                 return Err(SpaceError::Preempted(resource, version).into());
             }
@@ -687,6 +688,14 @@ impl Agent {
         }
         // Publish: one rename makes the whole, verified state visible.
         std::fs::rename(&staging, slot.path()).map_err(publish_err(slot.path()))?;
+        // Its large files recorded before any ensure can name it (see crate::trust).
+        let lay = crate::layout::Layout::new(&m, slot.path());
+        let sigs = tokio::task::spawn_blocking(move || {
+            crate::trust::settle(&lay);
+            crate::trust::record(&lay)
+        })
+        .await
+        .unwrap_or_default();
         let held = {
             let mut local = self.local.lock().expect("agent lock poisoned");
             let held = local.space.commit(slot, self.cfg.clock.now())?;
@@ -694,6 +703,7 @@ impl Agent {
                 .chunks
                 .save(m.clone(), &held.path)
                 .map_err(publish_err(&held.path))?;
+            local.chunks.set_sigs(&resource, version, sigs);
             held
         };
         let _ = std::fs::remove_file(&staged_manifest);
@@ -711,6 +721,56 @@ impl Agent {
             held,
             report: Some(report),
         })
+    }
+
+    /// Install stage 0: when nothing is staged for `m` yet and this capacity holds an older
+    /// version of its resource that no one leases, that version's tree becomes the staging
+    /// tree, patched in place (the installer verifies every chunk it keeps there and writes
+    /// the rest), instead of being copied chunk by chunk. The version adopted, if any.
+    fn adopt_older(
+        &self,
+        m: &Manifest,
+        staging: &std::path::Path,
+        staged_manifest: &std::path::Path,
+    ) -> Result<Option<crate::trust::Adopted>, LoadError> {
+        if std::fs::symlink_metadata(staging).is_ok() {
+            return Ok(None); // an interrupted attempt: resumed as it is
+        }
+        let (resource, version) = (&m.state.resource, m.state.version);
+        let mut local = self.local.lock().expect("agent lock poisoned");
+        let older = local
+            .space
+            .inventory()
+            .into_iter()
+            .rfind(|h| &h.resource == resource && h.version < version);
+        let Some(old) = older.filter(|h| !local.space.leased(resource, h.version)) else {
+            return Ok(None);
+        };
+        // Which of its files are unchanged since install: checked before the move (a file
+        // state's rename moves its change time). No lease can start meanwhile: leases are
+        // taken under this lock.
+        let Some(adopted) = local.chunks.adoptable(resource, old.version) else {
+            return Ok(None);
+        };
+        // The staged manifest first: a crash after the rename leaves an install to resume.
+        let publish_err = |path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| LoadError::Publish { path, source }
+        };
+        if let Some(parent) = staged_manifest.parent() {
+            std::fs::create_dir_all(parent).map_err(publish_err(parent))?;
+        }
+        std::fs::write(staged_manifest, m.encode()).map_err(publish_err(staged_manifest))?;
+        if !local.space.adopt(resource, old.version, staging)? {
+            return Ok(None);
+        }
+        local.chunks.remove(resource, old.version);
+        tracing::debug!(
+            "{resource}@{version}: patching v{} in place ({} large files unchanged)",
+            old.version,
+            adopted.trusted.len()
+        );
+        Ok(Some(adopted))
     }
 
     /// Install stage 1: reserves the budget for `m` (evicting by the rule, noting why each

@@ -22,6 +22,11 @@ use crate::layout::{self, Files, Layout};
 /// Verified bytes to write at their stream offsets.
 type Pieces = Vec<(u64, bytes::Bytes)>;
 
+/// Chunks re-verified per read when resuming or patching in place: a span small enough
+/// (~300 KiB at the ~10 KiB average chunk) to stay in a core's L2 between the read and the
+/// hashing.
+const VERIFY_SPAN: usize = 32;
+
 /// Rounds of re-fetching chunks that failed verification before giving up.
 pub const VERIFY_ATTEMPTS: u32 = 3;
 
@@ -71,6 +76,9 @@ pub struct InstallReport {
     pub reused_bytes: u64,
     /// Raw bytes kept from an interrupted attempt.
     pub resumed_bytes: u64,
+    /// Of the reused bytes, those kept in place in an older version's files that were
+    /// unchanged since verified, so not read again (see [`crate::trust`]).
+    pub unread_bytes: u64,
     /// Raw bytes fetched over the network.
     pub fetched_bytes: u64,
     /// The state's size.
@@ -99,13 +107,18 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Installs `m` at `staging` (see the module docs); `local` says where held chunks are.
+/// `adopted`: staging is an older version's tree handed over to be patched in place (its
+/// chunks found at their place count as reused, not resumed; those of its files unchanged
+/// since they were verified are not read again).
 pub async fn install(
     m: Arc<Manifest>,
     staging: &Path,
     local: HashMap<ChunkHash, LocalCopy>,
     conn: &mut Connection,
     pacer: Option<&Pacer>,
+    adopted: Option<crate::trust::Adopted>,
 ) -> Result<InstallReport, InstallError> {
+    let patching = adopted.is_some();
     let t0 = Instant::now();
     let lay = Arc::new(Layout::new(&m, staging));
     let mut report = InstallReport {
@@ -113,19 +126,25 @@ pub async fn install(
         ..Default::default()
     };
     // 1. Resume: which chunks does staging already hold, verified?
-    let have = resume(&m, &lay, staging).await?;
-    report.resumed_bytes = m
+    let (have, unread) = resume(&m, &lay, staging, adopted).await?;
+    report.unread_bytes = unread;
+    let kept = m
         .chunks
         .iter()
         .zip(&have)
         .filter(|(_, h)| **h)
         .map(|(c, _)| u64::from(c.length))
         .sum();
+    if patching {
+        report.reused_bytes = kept;
+    } else {
+        report.resumed_bytes = kept;
+    }
     // 2. Delta: copy chunks held elsewhere on this capacity; what is left is fetched.
     let missing: Vec<usize> = (0..m.chunks.len()).filter(|i| !have[*i]).collect();
     let t_resume = t0.elapsed();
     let (reused, remote) = copy_local(&m, &lay, staging, missing, local).await?;
-    report.reused_bytes = reused;
+    report.reused_bytes += reused;
     let t_delta = t0.elapsed();
     // 3. Fetch the rest (each distinct chunk once), verify, write; re-fetch failures.
     fetch_remote(&m, &lay, staging, remote, conn, pacer, &mut report).await?;
@@ -154,29 +173,84 @@ async fn resume(
     m: &Arc<Manifest>,
     lay: &Arc<Layout>,
     staging: &Path,
-) -> Result<Vec<bool>, InstallError> {
+    adopted: Option<crate::trust::Adopted>,
+) -> Result<(Vec<bool>, u64), InstallError> {
     let (m2, lay2, st) = (m.clone(), lay.clone(), staging.to_owned());
     blocking(staging, move || {
+        let t0 = Instant::now();
         let existed = lay2.prepare(&m2).map_err(io_err(&st))?;
         if !existed {
-            return Ok(vec![false; m2.chunks.len()]);
+            return Ok((vec![false; m2.chunks.len()], 0));
         }
-        Ok(m2
+        let t_prepare = t0.elapsed();
+        let known = match &adopted {
+            Some(a) => a.in_place(&m2, &lay2),
+            None => vec![false; m2.chunks.len()],
+        };
+        tracing::debug!(
+            "resume {}: prepare {t_prepare:?}, in place {:?}",
+            m2.state,
+            t0.elapsed() - t_prepare
+        );
+        let unread = m2
             .chunks
-            .par_chunks(256)
-            .flat_map_iter(|part| {
+            .iter()
+            .zip(&known)
+            .filter(|(_, k)| **k)
+            .map(|(c, _)| u64::from(c.length))
+            .sum();
+        let have = m2
+            .chunks
+            .par_chunks(VERIFY_SPAN)
+            .zip(known.par_chunks(VERIFY_SPAN))
+            .map_init(Vec::new, |buf, (part, known)| {
+                if known.iter().all(|k| !*k) {
+                    return staged_chunks(&lay2, part, buf);
+                }
+                // Known in place but for a few (an edit's): only those are read.
                 let mut files = Files::new(&lay2, false);
                 part.iter()
-                    .map(|c| {
-                        files
-                            .read_at(c.offset, c.length as usize)
-                            .is_ok_and(|b| ChunkHash::of(&b) == c.hash)
-                    })
-                    .collect::<Vec<_>>()
+                    .zip(known)
+                    .map(|(c, k)| *k || verify_one(&mut files, c))
+                    .collect()
             })
-            .collect())
+            .flatten_iter()
+            .collect();
+        Ok((have, unread))
     })
     .await
+}
+
+/// Whether each chunk of `part` (adjacent in the stream) is in staging and verifies: one read
+/// of the whole span into `buf` (reused: fresh memory costs a page fault per page), then
+/// each chunk hashed where it lies; chunk by chunk when the span cannot be read whole.
+fn staged_chunks(lay: &Layout, part: &[ChunkRef], buf: &mut Vec<u8>) -> Vec<bool> {
+    let mut files = Files::new(lay, false);
+    let start = part.first().map_or(0, |c| c.offset);
+    let end = part.last().map_or(0, |c| c.offset + u64::from(c.length));
+    let adjacent = part
+        .windows(2)
+        .all(|w| w[0].offset + u64::from(w[0].length) == w[1].offset);
+    if adjacent && end - start <= 64 << 20 {
+        buf.resize((end - start) as usize, 0);
+        if files.read_into(start, buf).is_ok() {
+            return part
+                .iter()
+                .map(|c| {
+                    let at = (c.offset - start) as usize;
+                    ChunkHash::of(&buf[at..at + c.length as usize]) == c.hash
+                })
+                .collect();
+        }
+    }
+    part.iter().map(|c| verify_one(&mut files, c)).collect()
+}
+
+/// Whether chunk `c` is in staging and verifies.
+fn verify_one(files: &mut Files, c: &ChunkRef) -> bool {
+    files
+        .read_at(c.offset, c.length as usize)
+        .is_ok_and(|b| ChunkHash::of(&b) == c.hash)
 }
 
 /// Copies the `missing` chunks held (and still verifying) in other states on this

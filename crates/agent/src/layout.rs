@@ -81,7 +81,13 @@ impl Layout {
     /// Creates the tree and its files at their final sizes, keeping whatever already exists
     /// (a resumed transfer). Returns whether the root already existed.
     pub fn prepare(&self, m: &Manifest) -> std::io::Result<bool> {
-        let existed = std::fs::symlink_metadata(&self.root).is_ok();
+        let existed = match std::fs::symlink_metadata(&self.root) {
+            Ok(meta) => {
+                self.prune(m, &meta)?;
+                std::fs::symlink_metadata(&self.root).is_ok()
+            }
+            Err(_) => false,
+        };
         if self.kind == SourceKind::Directory {
             std::fs::create_dir_all(&self.root)?;
             for e in m.tree.iter().filter(|e| e.kind == EntryKind::Dir) {
@@ -114,6 +120,48 @@ impl Layout {
         Ok(existed)
     }
 
+    /// Removes from an existing tree at the root whatever `m` does not list with the same
+    /// kind (left by an older version handed over to be patched in place), never following
+    /// a link, and lets the owner write what stays (an older version's modes; the final
+    /// ones are set when the tree is finished).
+    fn prune(&self, m: &Manifest, root: &std::fs::Metadata) -> std::io::Result<()> {
+        let want_dir = self.kind == SourceKind::Directory;
+        if root.is_dir() != want_dir || root.file_type().is_symlink() {
+            return remove_entry(&self.root, root.file_type());
+        }
+        writable(&self.root, root)?;
+        if !want_dir {
+            return Ok(());
+        }
+        let kinds: HashMap<&[u8], EntryKind> =
+            m.tree.iter().map(|e| (e.path.as_slice(), e.kind)).collect();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir)? {
+                let p = e?.path();
+                let meta = std::fs::symlink_metadata(&p)?;
+                let rel = p
+                    .strip_prefix(&self.root)
+                    .map_or(&[][..], |r| r.as_os_str().as_bytes());
+                let same = match kinds.get(rel) {
+                    Some(EntryKind::Dir) => meta.is_dir(),
+                    Some(EntryKind::File) => meta.is_file(),
+                    Some(EntryKind::Symlink) => meta.file_type().is_symlink(),
+                    None => false,
+                };
+                if !same {
+                    remove_entry(&p, meta.file_type())?;
+                } else if meta.is_dir() {
+                    writable(&p, &meta)?;
+                    stack.push(p);
+                } else if meta.is_file() {
+                    writable(&p, &meta)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The pieces of stream range `offset..offset+len`: (file index, offset in the file,
     /// range within the requested bytes).
     pub fn pieces(&self, offset: u64, len: u64) -> Vec<(usize, u64, Range<usize>)> {
@@ -134,6 +182,57 @@ impl Layout {
     pub fn file(&self, i: usize) -> &Path {
         &self.files[i].0
     }
+
+    /// How many non-empty files tile the stream.
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Size of file `i`.
+    pub fn file_size(&self, i: usize) -> u64 {
+        self.files[i].2
+    }
+
+    /// The state's root (its file, or its directory).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path of file `i` relative to the root, raw bytes (empty for a file state).
+    pub fn rel(&self, i: usize) -> &[u8] {
+        self.files[i]
+            .0
+            .strip_prefix(&self.root)
+            .map_or(&[][..], |r| r.as_os_str().as_bytes())
+    }
+
+    /// The file and the offset in it of a chunk at stream `offset`, when the chunk lies
+    /// within one file.
+    pub fn single(&self, offset: u64, len: u64) -> Option<(usize, u64)> {
+        let i = self.files.partition_point(|f| f.1 + f.2 <= offset);
+        let (_, f_off, f_size) = self.files.get(i)?;
+        (*f_off <= offset && offset + len <= f_off + f_size).then(|| (i, offset - f_off))
+    }
+}
+
+/// Removes a file, link or whole directory.
+fn remove_entry(p: &Path, t: std::fs::FileType) -> std::io::Result<()> {
+    if t.is_dir() {
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
+    }
+}
+
+/// Lets the owner write `p` (and, for a directory, enter it).
+fn writable(p: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode();
+    let want = mode | if meta.is_dir() { 0o700 } else { 0o200 };
+    if want != mode {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(want))?;
+    }
+    Ok(())
 }
 
 /// Open handles on a layout's files.

@@ -27,6 +27,7 @@ mod leases;
 pub mod local;
 pub mod metrics;
 pub mod space;
+pub mod trust;
 
 pub use agent::{Agent, AgentConfig, DataPath, LoadError, Priority, VersionReq};
 pub use ensure::{EnsureError, EnsureRequest, Ensured};

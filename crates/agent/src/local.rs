@@ -19,6 +19,8 @@ pub struct LocalChunks {
     manifests: HashMap<(ResourceId, Version), (Arc<Manifest>, Arc<Layout>)>,
     /// Chunk → (state holding it, offset in that state's stream).
     chunks: HashMap<ChunkHash, ((ResourceId, Version), u64)>,
+    /// Records of held states' large files (see [`crate::trust`]).
+    sigs: HashMap<(ResourceId, Version), crate::trust::Sigs>,
 }
 
 /// Where the manifest of `resource@version` is kept under `dir`.
@@ -86,9 +88,35 @@ impl LocalChunks {
         self.manifests.insert(key, (m, layout));
     }
 
+    /// Keeps the records of the installed `resource@version`'s large files.
+    pub fn set_sigs(&mut self, resource: &ResourceId, version: Version, s: crate::trust::Sigs) {
+        self.sigs.insert((resource.clone(), version), s);
+    }
+
+    /// The held `resource@version` as the older version of a patch in place: its manifest
+    /// and its files unchanged since install (none when no record was kept).
+    pub fn adoptable(
+        &self,
+        resource: &ResourceId,
+        version: Version,
+    ) -> Option<crate::trust::Adopted> {
+        let key = (resource.clone(), version);
+        let (m, lay) = self.manifests.get(&key)?;
+        let trusted = self
+            .sigs
+            .get(&key)
+            .map(|s| s.unchanged(lay))
+            .unwrap_or_default();
+        Some(crate::trust::Adopted {
+            old: m.clone(),
+            trusted,
+        })
+    }
+
     /// Forgets an evicted state (and deletes its saved manifest).
     pub fn remove(&mut self, resource: &ResourceId, version: Version) {
         let key = (resource.clone(), version);
+        self.sigs.remove(&key);
         if let Some((m, _)) = self.manifests.remove(&key) {
             for c in &m.chunks {
                 if self.chunks.get(&c.hash).is_some_and(|(k, _)| *k == key) {

@@ -520,6 +520,35 @@ impl StateSpace {
         Ok(true)
     }
 
+    /// Hands the held, unleased `resource@version` over to an install of a newer version
+    /// of it: its path is renamed to `to` (the newer version's staging path, which the
+    /// installer patches in place, verifying every chunk it keeps) and it leaves the index.
+    /// False (nothing changed) when it is not held or is leased: an application reading it
+    /// keeps it, and the install copies from it instead.
+    pub fn adopt(
+        &mut self,
+        resource: &ResourceId,
+        version: Version,
+        to: &Path,
+    ) -> Result<bool, SpaceError> {
+        let key = (resource.clone(), version);
+        match self.states.get(&key) {
+            Some((_, l)) if l.load(Ordering::Acquire) == 0 => {}
+            _ => return Ok(false),
+        }
+        let from = self.path_of(resource, version);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        // Renamed first: a crash before the index is saved leaves an entry whose tree is
+        // gone, which the open-time check drops; the staged copy is verified when resumed.
+        std::fs::rename(&from, to).map_err(io(&from))?;
+        self.states.remove(&key);
+        self.book.remove(&key);
+        self.save()?;
+        Ok(true)
+    }
+
     /// Reserves `bytes` for `resource` version `version` at `now`, evicting unleased states
     /// by the rule if needed; the caller writes the state at the slot's path. A background
     /// install: it never preempts another (see [`StateSpace::begin_with`]).

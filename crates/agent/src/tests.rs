@@ -174,18 +174,26 @@ async fn delta_transfer_of_a_directory_moves_only_changed_chunks() {
         noise(3 << 20, 1)
     );
 
+    // Nothing leased version 1: its tree was patched into version 2 in place.
+    assert!(!p.exists(), "version 1 was handed over");
+    assert_eq!(
+        std::fs::read_link(second.held.path.join("link"))
+            .unwrap()
+            .to_str(),
+        Some("a.bin")
+    );
+
     // The index survives a restart and still serves (manifests re-loaded, trees checked).
     drop(a);
     let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
     let (held, _, _) = a.inventory();
-    assert_eq!(held.len(), 2);
+    assert_eq!(held.len(), 1);
     assert!(a.hit(&r, Some(Version::new(2).unwrap()), None).is_some());
 
     // A tree damaged behind the agent's back is dropped at open, not served: a missing empty
-    // file (the total size still matches), a missing symlink.
+    // file (the total size still matches).
     drop(a);
     std::fs::remove_file(second.held.path.join("empty")).unwrap();
-    std::fs::remove_file(first.held.path.join("link")).unwrap();
     let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
     assert!(a.inventory().0.is_empty(), "{:?}", a.inventory().0);
     assert!(a.hit(&r, None, None).is_none());
@@ -232,11 +240,102 @@ async fn a_delta_refetches_held_chunks_changed_behind_the_agents_back() {
     // The edited chunks and the changed one came over the network; the rest was reused.
     assert!(report.reused_bytes > 5 << 20, "{report:?}");
     assert!(report.fetched_bytes >= 3 * 2048, "{report:?}");
+    // Changed behind the agent's back: its record no longer matches, every chunk re-read.
+    assert_eq!(report.unread_bytes, 0, "{report:?}");
     assert_eq!(
         report.reused_bytes + report.fetched_bytes,
         6 << 20,
         "{report:?}"
     );
+}
+
+/// A newer version of a directory state is patched into the older one's tree when nothing
+/// leases it, and copied from it (the older one kept whole) when an application does; the
+/// tree's changes (a file gone, a file become a directory, a link retargeted, modes) land
+/// exactly either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unleased_older_version_is_patched_in_place_and_a_leased_one_is_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = env().await;
+    let src = tempfile::tempdir().unwrap();
+    let (s, r) = (src.path(), id("ds/tree"));
+    std::fs::write(s.join("w.bin"), noise(4 << 20, 1)).unwrap();
+    std::fs::write(s.join("gone.txt"), b"only in v1").unwrap();
+    std::fs::write(s.join("becomes_dir"), b"a file in v1").unwrap();
+    std::fs::write(s.join("ro.txt"), b"read-only").unwrap();
+    std::fs::set_permissions(s.join("ro.txt"), std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::os::unix::fs::symlink("w.bin", s.join("link")).unwrap();
+    e.snap.snapshot_path(&r, s).await.unwrap();
+    let a = agent(&e.cache, 1 << 30, serve(&e.store, Faults::default()).await);
+    let load = |v: u64| {
+        let (a, r) = (a.clone(), r.clone());
+        async move {
+            let want = VersionReq::AtLeast(Some(Version::new(v).unwrap()));
+            a.load(&r, want, Priority::Predictive).await.unwrap()
+        }
+    };
+    let v1 = load(1).await;
+    // Version 2: an edit in w.bin, gone.txt removed, becomes_dir a directory, the link
+    // retargeted, ro.txt rewritten (still read-only).
+    let mut w = noise(4 << 20, 1);
+    w[(2 << 20)..(2 << 20) + 4096].copy_from_slice(&noise(4096, 5));
+    std::fs::write(s.join("w.bin"), &w).unwrap();
+    std::fs::remove_file(s.join("gone.txt")).unwrap();
+    std::fs::remove_file(s.join("becomes_dir")).unwrap();
+    std::fs::create_dir(s.join("becomes_dir")).unwrap();
+    std::fs::write(s.join("becomes_dir/x"), b"x").unwrap();
+    std::fs::remove_file(s.join("link")).unwrap();
+    std::os::unix::fs::symlink("ro.txt", s.join("link")).unwrap();
+    std::fs::set_permissions(s.join("ro.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(s.join("ro.txt"), b"read-only, v2").unwrap();
+    std::fs::set_permissions(s.join("ro.txt"), std::fs::Permissions::from_mode(0o444)).unwrap();
+    e.snap.snapshot_path(&r, s).await.unwrap();
+    let check = |p: &std::path::Path, w: &[u8]| {
+        assert_eq!(std::fs::read(p.join("w.bin")).unwrap(), w);
+        assert!(!p.join("gone.txt").exists());
+        assert_eq!(std::fs::read(p.join("becomes_dir/x")).unwrap(), b"x");
+        assert_eq!(
+            std::fs::read_link(p.join("link")).unwrap().to_str(),
+            Some("ro.txt")
+        );
+        assert_eq!(std::fs::read(p.join("ro.txt")).unwrap(), b"read-only, v2");
+        let mode = std::fs::metadata(p.join("ro.txt"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o444);
+    };
+
+    // Leased by an application: copied from, kept whole.
+    let lease = a.hit(&r, None, None).unwrap();
+    let v2 = load(2).await;
+    check(&v2.held.path, &w);
+    assert_eq!(
+        std::fs::read(v1.held.path.join("gone.txt")).unwrap(),
+        b"only in v1"
+    );
+    assert_eq!(a.inventory().0.len(), 2);
+    drop(lease);
+
+    // Unleased: version 3 (one more edit) is patched into version 2's tree, which leaves.
+    w[100..200].copy_from_slice(&noise(100, 6));
+    std::fs::write(s.join("w.bin"), &w).unwrap();
+    e.snap.snapshot_path(&r, s).await.unwrap();
+    let v3 = load(3).await;
+    check(&v3.held.path, &w);
+    let report = v3.report.unwrap();
+    assert!(report.reused_bytes > 3 << 20, "{report:?}");
+    assert!(report.fetched_bytes < 1 << 20, "{report:?}");
+    // w.bin (4 MiB) was unchanged since version 2 was verified: its kept chunks not re-read.
+    assert!(report.unread_bytes > 3 << 20, "{report:?}");
+    assert!(!v2.held.path.exists(), "version 2 was handed over");
+    let versions: Vec<u64> = a
+        .inventory()
+        .0
+        .iter()
+        .map(|(h, _)| h.version.get())
+        .collect();
+    assert_eq!(versions, [1, 3]);
 }
 
 /// Loads `r` (left staged by a failed load) again over `addr`: it installs the committed
