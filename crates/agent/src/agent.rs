@@ -659,10 +659,6 @@ impl Agent {
         self.release_expired();
         let adopted = self.adopt_older(&m, &staging, &staged_manifest)?;
         let (slot, sources) = self.reserve(&m, flight)?;
-        let publish_err = |path: &std::path::Path| {
-            let path = path.to_owned();
-            move |source| LoadError::Publish { path, source }
-        };
         if let Some(parent) = staging.parent() {
             std::fs::create_dir_all(parent).map_err(publish_err(parent))?;
         }
@@ -753,10 +749,6 @@ impl Agent {
             return Ok(None);
         };
         // The staged manifest first: a crash after the rename leaves an install to resume.
-        let publish_err = |path: &std::path::Path| {
-            let path = path.to_owned();
-            move |source| LoadError::Publish { path, source }
-        };
         if let Some(parent) = staged_manifest.parent() {
             std::fs::create_dir_all(parent).map_err(publish_err(parent))?;
         }
@@ -1072,6 +1064,14 @@ impl Agent {
             self.cfg.clock.now(),
         )?;
         self.fresh_enough(&got.0, max_stale).then_some(got)
+    }
+}
+
+/// The error of a failed step publishing a state at `path` (or staging it).
+fn publish_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
+    move |source| LoadError::Publish {
+        path: path.to_owned(),
+        source,
     }
 }
 

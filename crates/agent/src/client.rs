@@ -99,8 +99,7 @@ impl EnsureClient {
         match &self.tls {
             None => handshake(tcp).await,
             Some(c) => {
-                let host = self.addr.rsplit_once(':').map_or(&*self.addr, |(h, _)| h);
-                let tls = c.connect(host, tcp).await;
+                let tls = c.connect(prewarm_tls::host_of(&self.addr), tcp).await;
                 handshake(tls.map_err(|e| err(format!("TLS: {e}")))?).await
             }
         }

@@ -202,6 +202,12 @@ impl Connector {
     }
 }
 
+/// The host of a `host:port` address (`[v6]:port` gives `[v6]`): what a client dials, and
+/// the name [`Connector::connect`] checks unless one was set.
+pub fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -157,11 +157,6 @@ pub struct Connection {
     pub server_instance: String,
 }
 
-/// The host of `host:port` (`[v6]:port` included).
-fn host_of(addr: &str) -> &str {
-    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
-}
-
 impl Connection {
     /// Connects and greets (with the token when given).
     pub async fn connect(addr: &DataAddr, token: Option<&Token>) -> Result<Self, DataError> {
@@ -190,10 +185,13 @@ impl Connection {
                 match tls {
                     None => Box::new(s),
                     Some(c) => Box::new(
-                        tokio::time::timeout(CONNECT_TIMEOUT, c.connect(host_of(a), s))
-                            .await
-                            .map_err(|_| err("TLS handshake timed out".into()))?
-                            .map_err(|e| err(format!("TLS: {e}")))?,
+                        tokio::time::timeout(
+                            CONNECT_TIMEOUT,
+                            c.connect(prewarm_tls::host_of(a), s),
+                        )
+                        .await
+                        .map_err(|_| err("TLS handshake timed out".into()))?
+                        .map_err(|e| err(format!("TLS: {e}")))?,
                     ),
                 }
             }
