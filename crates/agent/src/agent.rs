@@ -44,6 +44,8 @@ pub struct AgentConfig {
     pub lease: Duration,
     /// Which data-plane channel to use.
     pub data_path: DataPath,
+    /// Where chunks come from: the coordinator's data plane or its object store.
+    pub data_source: DataSource,
     /// The clock of history records, uses and keep-alives (the system's, or a test's).
     pub clock: Clock,
 }
@@ -59,6 +61,18 @@ pub enum DataPath {
     Unix,
     /// Always the pack channel: pack files passed by descriptor (fails when there is none).
     Fds,
+}
+
+/// Where an agent reads chunks from (see [`crate::direct`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataSource {
+    /// The object store when the coordinator names one and it opens, else the coordinator.
+    Auto,
+    /// Always the coordinator's data plane.
+    Coordinator,
+    /// Always the object store: loads fail when the coordinator names none or it cannot be
+    /// opened.
+    Store,
 }
 
 /// Which version a load wants.
@@ -85,6 +99,9 @@ pub enum LoadError {
     /// The agent does not know a data plane yet (not attached to a coordinator).
     #[error("not attached to a coordinator yet: no source for state")]
     NoSource,
+    /// `--data-source store`, but the object store cannot be read.
+    #[error("the data source is the object store, but {0}")]
+    NoStore(String),
     /// The data plane failed or refused.
     #[error(transparent)]
     Data(#[from] DataError),
@@ -132,6 +149,7 @@ impl LoadError {
     pub fn reason(&self) -> &'static str {
         match self {
             LoadError::NoSource => "no_source",
+            LoadError::NoStore(_) => "source",
             LoadError::Data(DataError::UnknownState(_)) | LoadError::TooOld { .. } => {
                 "unknown_state"
             }
@@ -142,7 +160,7 @@ impl LoadError {
             LoadError::Space(SpaceError::Preempted(..)) => "preempted",
             LoadError::Space(_) => "io",
             LoadError::Install(InstallError::Verification { .. }) => "verification",
-            LoadError::Install(InstallError::Data(_)) => "source",
+            LoadError::Install(InstallError::Data(_) | InstallError::Direct(_)) => "source",
             LoadError::Install(InstallError::Io { .. }) | LoadError::Publish { .. } => "io",
         }
     }
@@ -157,8 +175,9 @@ impl From<&LoadError> for prewarm_proto::wire::FailureKind {
                 K::UnknownState
             }
             LoadError::NoSource
+            | LoadError::NoStore(_)
             | LoadError::Data(_)
-            | LoadError::Install(InstallError::Data(_)) => K::Source,
+            | LoadError::Install(InstallError::Data(_) | InstallError::Direct(_)) => K::Source,
             // Space went to an on-demand load: to the coordinator, the state did not fit.
             LoadError::Space(SpaceError::Full { .. } | SpaceError::Preempted(..))
             | LoadError::DiskFull { .. } => K::CacheFull,
@@ -186,6 +205,9 @@ pub struct Source {
     pub addr: DataAddr,
     /// The coordinator process it belongs to.
     pub instance: String,
+    /// The coordinator's object store, which agents may read chunks from directly (`None`:
+    /// a local store, or none advertised).
+    pub store: Option<String>,
 }
 
 struct Local {
@@ -228,6 +250,8 @@ pub struct Agent {
     /// Loads the agent started itself (refreshes, resumes), for the control loop to report.
     finished_tx: tokio::sync::mpsc::UnboundedSender<Finished>,
     finished_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Finished>>>,
+    /// The object store read directly, once opened.
+    direct: crate::direct::DirectStore,
 }
 
 /// A load the agent started on its own (a refresh after an invalidation, or a resumed
@@ -309,6 +333,7 @@ impl Agent {
             leases: Mutex::default(),
             finished_tx,
             finished_rx: Mutex::new(Some(finished_rx)),
+            direct: Default::default(),
             cfg,
         });
         agent.update_gauges();
@@ -324,6 +349,27 @@ impl Agent {
     /// Sets (or clears) the data-plane source; waiting loads proceed.
     pub fn set_source(&self, s: Option<Source>) {
         self.source.send_replace(s);
+    }
+
+    /// The object store to read chunks from, by `--data-source` and what the coordinator
+    /// advertised (`None`: its data plane).
+    async fn direct_store(&self) -> Result<Option<Arc<prewarm_store::Store>>, LoadError> {
+        let advertised = self.source.borrow().as_ref().and_then(|s| s.store.clone());
+        let mode = self.cfg.data_source;
+        let url = match (mode, advertised) {
+            (DataSource::Coordinator, _) | (DataSource::Auto, None) => return Ok(None),
+            (DataSource::Store, None) => {
+                return Err(LoadError::NoStore(
+                    "the coordinator names none (its store is a local directory)".into(),
+                ));
+            }
+            (_, Some(url)) => url,
+        };
+        match self.direct.get(&url).await {
+            Ok(store) => Ok(Some(store)),
+            Err(_) if mode == DataSource::Auto => Ok(None),
+            Err(e) => Err(LoadError::NoStore(format!("{url} cannot be opened: {e}"))),
+        }
     }
 
     async fn connect(&self) -> Result<Connection, LoadError> {
@@ -481,6 +527,7 @@ impl Agent {
                 report: Some(r), ..
             }) => {
                 self.metrics.wire_bytes.add(r.wire_bytes);
+                self.metrics.store_bytes.add(r.store_bytes);
                 self.metrics.reused_bytes.add(r.reused_bytes);
                 self.metrics.resumed_bytes.add(r.resumed_bytes);
                 self.metrics.transfer_seconds.observe(t0.elapsed());
@@ -673,8 +720,13 @@ impl Agent {
         });
         // A background install stops as soon as one an execution waits for takes its space
         // (what it fetched stays staged: a later load of it resumes there).
+        let direct = self.direct_store().await?;
+        let mut from = match &direct {
+            Some(store) => crate::direct::ChunkFrom::Store(store),
+            None => crate::direct::ChunkFrom::Plane(&mut conn),
+        };
         let report = tokio::select! {
-            r = install::install(m.clone(), &staging, sources, &mut conn, pacer.as_ref(), adopted) => r?,
+            r = install::install(m.clone(), &staging, sources, &mut from, pacer.as_ref(), adopted) => r?,
             () = slot.preempted() => {
                 return Err(SpaceError::Preempted(resource, version).into());
             }

@@ -251,6 +251,7 @@ fn pick_source(agent: &Agent, w: &wire::Welcome, url: &str) -> Source {
     Source {
         addr,
         instance: w.coordinator_instance.clone(),
+        store: Some(w.store.clone()).filter(|s| !s.is_empty()),
     }
 }
 
@@ -378,6 +379,7 @@ fn fill_ok(ack: &mut TransferAck, loaded: crate::agent::Loaded) {
     match loaded.report {
         Some(rep) => {
             ack.wire_bytes = rep.wire_bytes;
+            ack.store_bytes = rep.store_bytes;
             ack.reused_bytes = rep.reused_bytes;
             ack.resumed_bytes = rep.resumed_bytes;
             ack.duration_us = rep.micros;

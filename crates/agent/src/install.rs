@@ -13,10 +13,11 @@ use std::time::Instant;
 use prewarm_core::ChunkHash;
 use prewarm_store::verify_stored;
 use prewarm_store::{ChunkRef, Manifest};
-use prewarm_transfer::{Connection, DataError, Pacer, Received};
+use prewarm_transfer::{DataError, Pacer, Received};
 use rayon::prelude::*;
 use tokio::sync::mpsc;
 
+use crate::direct::{ChunkFrom, DirectError};
 use crate::layout::{self, Files, Layout};
 
 /// Verified bytes to write at their stream offsets.
@@ -43,6 +44,9 @@ pub enum InstallError {
     /// The data plane failed.
     #[error(transparent)]
     Data(#[from] DataError),
+    /// Reading the object store directly failed.
+    #[error(transparent)]
+    Direct(#[from] DirectError),
     /// A chunk kept failing verification.
     #[error(
         "chunk {chunk} failed verification {attempts} times (last: {why}); nothing was installed"
@@ -71,6 +75,8 @@ pub struct LocalCopy {
 pub struct InstallReport {
     /// Bytes received on the data plane (frames included).
     pub wire_bytes: u64,
+    /// Stored bytes read directly from the object store (see [`crate::direct`]).
+    pub store_bytes: u64,
     /// Raw bytes copied from states already held.
     pub reused_bytes: u64,
     /// Raw bytes kept from an interrupted attempt.
@@ -113,7 +119,7 @@ pub async fn install(
     m: Arc<Manifest>,
     staging: &Path,
     local: HashMap<ChunkHash, LocalCopy>,
-    conn: &mut Connection,
+    from: &mut ChunkFrom<'_>,
     pacer: Option<&Pacer>,
     adopted: Option<crate::trust::Adopted>,
 ) -> Result<InstallReport, InstallError> {
@@ -140,7 +146,7 @@ pub async fn install(
     report.reused_bytes += reused;
     let t_delta = t0.elapsed();
     // 3. Fetch the rest (each distinct chunk once), verify, write; re-fetch failures.
-    fetch_remote(&m, &lay, staging, remote, conn, pacer, &mut report).await?;
+    fetch_remote(&m, &lay, staging, remote, from, pacer, &mut report).await?;
     let t_fetch = t0.elapsed();
     // 4. Complete the tree.
     let (m2, st) = (m.clone(), staging.to_owned());
@@ -385,7 +391,7 @@ async fn fetch_remote(
     lay: &Arc<Layout>,
     staging: &Path,
     remote: Vec<usize>,
-    conn: &mut Connection,
+    from: &mut ChunkFrom<'_>,
     pacer: Option<&Pacer>,
     report: &mut InstallReport,
 ) -> Result<(), InstallError> {
@@ -406,7 +412,7 @@ async fn fetch_remote(
         let refs: Arc<Vec<ChunkRef>> = Arc::new(wanted);
         let (tx, rx) = mpsc::channel(4);
         let writer = spawn_writer(lay, &refs, &positions, staging, rx);
-        let fetched = conn.fetch(&refs, pacer, &tx).await;
+        let fetched = from.fetch(&refs, pacer, &tx).await;
         drop(tx);
         let written = writer.await.map_err(|e| InstallError::Io {
             path: staging.to_owned(),
@@ -416,7 +422,10 @@ async fn fetch_remote(
         // error to report, not the stopped stream it caused.
         let (failed, bytes) = written?;
         let stats = fetched?;
-        report.wire_bytes += stats.wire_bytes;
+        match from {
+            ChunkFrom::Store(_) => report.store_bytes += stats.wire_bytes,
+            ChunkFrom::Plane(_) => report.wire_bytes += stats.wire_bytes,
+        }
         report.fetched_bytes += bytes;
         if let Some((i, why)) = failed.first() {
             tracing::warn!(

@@ -17,6 +17,7 @@ pub mod agent;
 pub mod client;
 pub mod control;
 pub mod departures;
+pub mod direct;
 pub mod disk;
 pub mod ensure;
 pub mod history;
@@ -29,7 +30,7 @@ pub mod metrics;
 pub mod space;
 pub mod trust;
 
-pub use agent::{Agent, AgentConfig, DataPath, LoadError, Priority, VersionReq};
+pub use agent::{Agent, AgentConfig, DataPath, DataSource, LoadError, Priority, VersionReq};
 pub use ensure::{EnsureError, EnsureRequest, Ensured};
 pub use space::{Held, Lease, Slot, SpaceError, StateSpace};
 

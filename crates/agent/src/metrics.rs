@@ -9,6 +9,8 @@ use prewarm_metrics::{Counter, Gauge, Histogram, LATENCY_BUCKETS, Registry};
 pub struct AgentMetrics {
     /// Data-plane bytes received.
     pub wire_bytes: Counter,
+    /// Stored bytes read directly from the object store.
+    pub store_bytes: Counter,
     /// Bytes copied from held states instead of fetched.
     pub reused_bytes: Counter,
     /// Bytes kept from interrupted transfers.
@@ -56,6 +58,11 @@ impl AgentMetrics {
             wire_bytes: r.counter(
                 "prewarm_agent_wire_bytes_total",
                 "Bytes received on the data plane (frames included).",
+                &[],
+            ),
+            store_bytes: r.counter(
+                "prewarm_agent_store_bytes_total",
+                "Stored bytes read directly from the coordinator's object store (--data-source).",
                 &[],
             ),
             reused_bytes: r.counter(

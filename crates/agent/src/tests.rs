@@ -89,12 +89,14 @@ fn agent_paced(
         tls: None,
         lease: Duration::from_secs(60),
         data_path: DataPath::Tcp,
+        data_source: crate::DataSource::Coordinator,
         clock: prewarm_core::Clock::system(),
     })
     .unwrap();
     a.set_source(Some(Source {
         addr,
         instance: "test".into(),
+        store: None,
     }));
     a
 }
@@ -349,6 +351,7 @@ pub(crate) async fn resume_over(
     a.set_source(Some(Source {
         addr,
         instance: "test".into(),
+        store: None,
     }));
     let done = a
         .load(r, VersionReq::AtLeast(None), Priority::OnDemand)

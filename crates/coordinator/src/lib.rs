@@ -111,6 +111,8 @@ struct DataAddrs {
     tcp: String,
     unix: String,
     fds: String,
+    /// The object store agents may read directly ("" for a local store).
+    store: String,
 }
 
 /// The serving model's status, on the wire.
@@ -313,6 +315,7 @@ pub async fn start_with(
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
+            store: store.remote_location().unwrap_or_default().to_owned(),
         },
         capacities: Capacities::default(),
         pulse: pulse::Pulse::default(),

@@ -19,6 +19,8 @@ pub struct CoordinatorMetrics {
     pub invalidations: Counter,
     /// Wire bytes acknowledged by agents.
     pub wire_bytes: Counter,
+    /// Bytes agents read directly from the object store.
+    pub store_bytes: Counter,
     /// Reused bytes acknowledged by agents.
     pub reused_bytes: Counter,
     /// Transfer durations as the requester saw them.
@@ -156,6 +158,11 @@ impl CoordinatorMetrics {
                 "Data-plane bytes of acknowledged transfers.",
                 &[],
             ),
+            store_bytes: r.counter(
+                "prewarm_coordinator_transfer_store_bytes_total",
+                "Bytes of acknowledged transfers that agents read directly from the object store.",
+                &[],
+            ),
             reused_bytes: r.counter(
                 "prewarm_coordinator_transfer_reused_bytes_total",
                 "Bytes agents reused locally instead of fetching (delta transfer).",
@@ -189,6 +196,7 @@ impl CoordinatorMetrics {
         )
         .inc();
         self.wire_bytes.add(ack.wire_bytes);
+        self.store_bytes.add(ack.store_bytes);
         self.reused_bytes.add(ack.reused_bytes);
         self.transfer_seconds.observe(d);
         if !ack.ok {

@@ -146,6 +146,7 @@ impl coordinator_server::Coordinator for Service {
                 data_tcp: c.data.tcp.clone(),
                 data_unix: c.data.unix.clone(),
                 data_fds: c.data.fds.clone(),
+                store: c.data.store.clone(),
                 host_id: prewarm_transfer::host_id(),
                 eviction_rule: c
                     .brain

@@ -278,6 +278,7 @@ async fn start_agent(s: &Setup, i: usize, url: &str, c: &mut Cluster) -> Result<
         tls: None,
         lease: Duration::from_secs(1),
         data_path: DataPath::Tcp,
+        data_source: prewarm_agent::DataSource::Coordinator,
         clock: prewarm_core::Clock::system(),
     })
     .map_err(PhaseError::Agent)?;

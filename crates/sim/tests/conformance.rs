@@ -159,6 +159,7 @@ async fn live(sizes: &BTreeMap<ResourceId, u64>) -> Live {
             tls: None,
             lease: Duration::from_secs(60), // released when each execution ends
             data_path: DataPath::Tcp,
+            data_source: prewarm_agent::DataSource::Coordinator,
             clock: clock.clone(),
         })
         .unwrap();

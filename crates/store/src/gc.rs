@@ -257,8 +257,7 @@ impl Store {
 
     async fn put_pack(&self, b: PackBuilder) -> Result<(PackId, Vec<PackedBlob>), GcError> {
         let (id, bytes, blobs) = b.finish();
-        self.os
-            .put(&pack_path(&id), PutPayload::from(bytes))
+        crate::store::put_pack(&self.os, &id, bytes, self.multipart)
             .await
             .map_err(be)?;
         Ok((id, blobs))

@@ -55,6 +55,8 @@ pub struct Store {
     pub(crate) bulk: Arc<dyn ObjectStore>,
     /// A local store's directory (where pack files can be opened directly).
     local_dir: Option<std::path::PathBuf>,
+    /// Packs go up in parts (S3 and the other remote stores): see [`put_pack`].
+    pub(crate) multipart: bool,
     /// Human-readable location, for messages.
     location: String,
     /// Everything the store holds, as of open or the last commit by this handle.
@@ -153,13 +155,27 @@ impl Store {
             .expect("in-memory store always opens")
     }
 
-    /// Opens with explicit tunables.
+    /// Opens with explicit tunables; a remote store is configured from the environment
+    /// (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_ALLOW_HTTP`…).
     pub async fn open_with(
         location: &str,
         config: StoreConfig,
         create: bool,
     ) -> Result<Self, OpenError> {
-        let b = backend(location, create, config.fsync)?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::open_with_env(location, config, create, env).await
+    }
+
+    /// [`Store::open_with`], a remote store configured from `env` instead of the process
+    /// environment: `(name, value)` pairs such as `("AWS_ENDPOINT_URL", "http://…")`, names
+    /// in any case, those that configure nothing ignored.
+    pub async fn open_with_env(
+        location: &str,
+        config: StoreConfig,
+        create: bool,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, OpenError> {
+        let b = backend(location, create, config.fsync, env)?;
         Self::open_backends(b, location, config, create).await
     }
 
@@ -186,6 +202,7 @@ impl Store {
             os: b.meta,
             bulk: b.bulk,
             local_dir: b.local_dir,
+            multipart: b.multipart,
             location: location.to_owned(),
             index: RwLock::new(Arc::new(ChunkIndex::default())),
             index_seen: Default::default(),
@@ -440,6 +457,12 @@ impl Store {
         self.local_dir.clone().filter(|_| self.config.fsync)
     }
 
+    /// The location of a store in a remote object store (S3, GCS, Azure), which other
+    /// processes with credentials can open too (`None` for a local or in-memory store).
+    pub fn remote_location(&self) -> Option<&str> {
+        self.multipart.then_some(self.location.as_str())
+    }
+
     /// The directory of a store in a local directory (`None` for other backends).
     pub fn local_dir(&self) -> Option<&std::path::Path> {
         self.local_dir.as_deref()
@@ -481,6 +504,32 @@ impl Store {
 
 /// Flushes one pack file written through `bulk` (called by the upload task right after its
 /// put, so flushes overlap with the CPU work instead of following it).
+/// Parts of a pack uploaded to a remote store: over S3's 5 MiB minimum, and small enough that
+/// a failed part costs one retry of 8 MiB rather than of the whole pack.
+const PART: usize = 8 << 20;
+
+/// Uploads one pack: a single put, or (with `multipart`, for a pack over one part) a
+/// multipart upload whose parts go up concurrently and which is aborted if any part fails.
+pub(crate) async fn put_pack(
+    os: &Arc<dyn ObjectStore>,
+    id: &PackId,
+    bytes: Vec<u8>,
+    multipart: bool,
+) -> Result<(), object_store::Error> {
+    use object_store::ObjectStoreExt;
+    let path = pack_path(id);
+    if !multipart || bytes.len() <= PART {
+        return os
+            .put(&path, object_store::PutPayload::from(bytes))
+            .await
+            .map(drop);
+    }
+    let upload = os.put_multipart(&path).await?;
+    let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+    w.put(bytes::Bytes::from(bytes));
+    w.finish().await.map(drop)
+}
+
 pub(crate) async fn sync_pack(
     root: Option<std::path::PathBuf>,
     id: PackId,
@@ -536,6 +585,8 @@ struct Backends {
     bulk: Arc<dyn ObjectStore>,
     /// The directory of a local store (for that batched flush and direct pack reads).
     local_dir: Option<std::path::PathBuf>,
+    /// Upload packs in parts (a remote object store).
+    multipart: bool,
 }
 
 impl Backends {
@@ -544,11 +595,24 @@ impl Backends {
             meta: os.clone(),
             bulk: os,
             local_dir: None,
+            multipart: false,
+        }
+    }
+
+    fn remote(os: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            multipart: true,
+            ..Self::same(os)
         }
     }
 }
 
-fn backend(location: &str, create: bool, fsync: bool) -> Result<Backends, OpenError> {
+fn backend(
+    location: &str,
+    create: bool,
+    fsync: bool,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Backends, OpenError> {
     let bad = |why: String| OpenError::BadLocation {
         location: location.to_owned(),
         why,
@@ -570,10 +634,10 @@ fn backend(location: &str, create: bool, fsync: bool) -> Result<Backends, OpenEr
                 .map_err(|()| bad("not a local file URL".into()))?;
             local(&path, create, fsync, location)
         }
-        "s3" | "s3a" => remote(location, "s3", cfg!(feature = "s3")).map(Backends::same),
-        "gs" => remote(location, "gcs", cfg!(feature = "gcs")).map(Backends::same),
+        "s3" | "s3a" => remote(location, "s3", cfg!(feature = "s3"), env).map(Backends::remote),
+        "gs" => remote(location, "gcs", cfg!(feature = "gcs"), env).map(Backends::remote),
         "az" | "abfs" | "abfss" | "azure" => {
-            remote(location, "azure", cfg!(feature = "azure")).map(Backends::same)
+            remote(location, "azure", cfg!(feature = "azure"), env).map(Backends::remote)
         }
         other => Err(bad(format!(
             "unknown scheme {other:?} (use a path, file://, memory://, s3://, gs:// or az://)"
@@ -609,6 +673,7 @@ fn local(
         meta: open(fsync)?,
         bulk: open(false)?,
         local_dir: Some(path.to_owned()),
+        multipart: false,
     })
 }
 
@@ -617,18 +682,34 @@ fn remote(
     location: &str,
     feature: &'static str,
     compiled: bool,
+    env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Arc<dyn ObjectStore>, OpenError> {
     let scheme = location.split("://").next().unwrap_or_default().to_owned();
     if !compiled {
         return Err(OpenError::NotCompiled { scheme, feature });
     }
-    #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+    #[cfg(feature = "remote")]
     {
+        // reqwest is built without a TLS provider of its own: rustls' ring provider, which
+        // the rest of the build already uses, serves every HTTPS connection (an error here
+        // only means one is already installed).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let url = url::Url::parse(location).map_err(|e| OpenError::BadLocation {
             location: location.to_owned(),
             why: e.to_string(),
         })?;
-        let opts = std::env::vars().map(|(k, v)| (k.to_ascii_lowercase(), v));
+        // Only the provider's own variables (`AWS_…`, `GOOGLE_…`, `AZURE_…`), as its SDKs
+        // read them: a bare `TOKEN` or `REGION` elsewhere in the environment configures
+        // nothing.
+        let prefix = match feature {
+            "s3" => "aws_",
+            "gcs" => "google_",
+            _ => "azure_",
+        };
+        let opts = env
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .filter(|(k, _)| k.starts_with(prefix));
         let (store, prefix) =
             object_store::parse_url_opts(&url, opts).map_err(|source| OpenError::Backend {
                 location: location.to_owned(),

@@ -271,9 +271,10 @@ impl Store {
         st.stats.packs_written += 1;
         let os = self.bulk.clone();
         let sync_root = self.pack_sync_root();
+        let multipart = self.multipart;
         puts.spawn(async move {
             let upload = |source| WriteError::Upload { pack: id, source };
-            os.put(&pack_path(&id), PutPayload::from(bytes))
+            crate::store::put_pack(&os, &id, bytes, multipart)
                 .await
                 .map_err(upload)?;
             crate::store::sync_pack(sync_root, id).await.map_err(upload)

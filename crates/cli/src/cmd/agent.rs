@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use prewarm_agent::{Agent, AgentConfig, DataPath};
+use prewarm_agent::{Agent, AgentConfig, DataPath, DataSource};
 use prewarm_core::CapacityId;
 
 use super::{HttpLimitsArg, TlsArg, TokenArg, TokensArg, parse_duration, parse_size};
@@ -46,6 +46,12 @@ pub struct Args {
     /// are passed by descriptor, else the Unix socket; TCP elsewhere), tcp, unix, fds.
     #[arg(long, default_value = "auto")]
     data_path: String,
+    /// Where chunks come from: auto (the coordinator's object store when it names one — an
+    /// S3 store, say — and this agent can open it with its own environment's credentials,
+    /// else the coordinator), store (always the object store; loads fail without one),
+    /// coordinator (always the coordinator's data plane).
+    #[arg(long, default_value = "auto")]
+    data_source: String,
     #[command(flatten)]
     token: TokenArg,
     #[command(flatten)]
@@ -66,6 +72,12 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         "fds" => DataPath::Fds,
         other => anyhow::bail!("--data-path {other}: expected auto, tcp, unix or fds"),
     };
+    let data_source = match a.data_source.as_str() {
+        "auto" => DataSource::Auto,
+        "store" => DataSource::Store,
+        "coordinator" => DataSource::Coordinator,
+        other => anyhow::bail!("--data-source {other}: expected auto, store or coordinator"),
+    };
     // The token this agent presents to the coordinator; its own API accepts it (every
     // right, unless the tokens file lists it with fewer) and the file's tenant tokens.
     let token = a.token.load()?;
@@ -85,6 +97,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         tls: tls_client,
         lease: a.lease,
         data_path,
+        data_source,
         clock: prewarm_core::Clock::system(),
     })
     .context("opening the cache")?;

@@ -64,7 +64,8 @@ fn print_json(s: &StatusReply) {
             serde_json::json!({
                 "transfer_id": t.transfer_id, "capacity": t.capacity, "resource": t.resource,
                 "version": t.version, "ok": t.ok, "already_held": t.already_held,
-                "wire_bytes": t.wire_bytes, "reused_bytes": t.reused_bytes,
+                "wire_bytes": t.wire_bytes, "store_bytes": t.store_bytes,
+                "reused_bytes": t.reused_bytes,
                 "resumed_bytes": t.resumed_bytes, "duration_us": t.duration_us,
                 "failure": FailureKind::try_from(t.failure).map(|f| f.as_str_name()).unwrap_or("?"),
                 "error": t.error,

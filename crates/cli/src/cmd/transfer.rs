@@ -73,6 +73,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                 "ok": ack.ok, "transfer_id": ack.transfer_id, "capacity": ack.capacity,
                 "resource": ack.resource, "version": ack.version,
                 "already_held": ack.already_held, "wire_bytes": ack.wire_bytes,
+                "store_bytes": ack.store_bytes,
                 "reused_bytes": ack.reused_bytes, "resumed_bytes": ack.resumed_bytes,
                 "state_bytes": ack.state_bytes, "duration_us": ack.duration_us,
                 "failure": failure.as_str_name(), "error": ack.error,
@@ -86,12 +87,13 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
     } else if ack.ok {
         let secs = ack.duration_us as f64 / 1e6;
         println!(
-            "{}: loaded {}@{}: {} state, {} on the wire, {} reused, {} resumed, {:.3} s ({}/s)",
+            "{}: loaded {}@{}: {} state, {} on the wire, {} from the object store, {} reused, {} resumed, {:.3} s ({}/s)",
             ack.capacity,
             ack.resource,
             ack.version,
             prewarm_core::ByteSize(ack.state_bytes),
             prewarm_core::ByteSize(ack.wire_bytes),
+            prewarm_core::ByteSize(ack.store_bytes),
             prewarm_core::ByteSize(ack.reused_bytes),
             prewarm_core::ByteSize(ack.resumed_bytes),
             secs,

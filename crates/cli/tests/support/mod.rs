@@ -10,8 +10,23 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod nats;
+mod s3;
 #[allow(unused_imports)] // each test file uses its own share of these
 pub use nats::*;
+#[allow(unused_imports)]
+pub use s3::*;
+
+/// Variables every process this test binary starts gets (an S3 endpoint, say).
+static CHILD_ENV: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Sets `vars` in the environment of every process started from now on by this binary.
+pub fn set_child_env(vars: Vec<(String, String)>) {
+    *CHILD_ENV.lock().unwrap() = vars;
+}
+
+fn child_env() -> Vec<(String, String)> {
+    CHILD_ENV.lock().unwrap().clone()
+}
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_prewarm");
 
@@ -40,6 +55,7 @@ pub fn spawn(args: &[&str], log: &Path) -> Proc {
             .args(args)
             .args(["--log", "info"])
             .env_remove("PREWARM_TOKEN")
+            .envs(child_env())
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()
@@ -51,6 +67,7 @@ pub fn run(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .env_remove("PREWARM_TOKEN")
+        .envs(child_env())
         .output()
         .unwrap()
 }
@@ -145,8 +162,16 @@ impl Cluster {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(None, extra)
+    }
+
+    /// A coordinator over `store` (default: a directory in the cluster's temporary one).
+    pub fn start_on(store: Option<&str>, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store").display().to_string();
+        let store = store.map_or_else(
+            || dir.path().join("store").display().to_string(),
+            str::to_owned,
+        );
         let mut c = Cluster {
             url: String::new(),
             dir,

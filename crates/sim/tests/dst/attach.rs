@@ -57,6 +57,7 @@ async fn session(link: &Arc<Link>, resumed: &mut bool) -> Result<(), String> {
     link.agent.set_source(Some(Source {
         addr: DataAddr::Tcp(w.data_tcp.clone()),
         instance: w.coordinator_instance.clone(),
+        store: None,
     }));
     if !std::mem::replace(resumed, true) {
         link.agent.resume_staged();

@@ -164,6 +164,7 @@ impl World {
                         tls: None,
                         lease: Duration::from_secs(300),
                         data_path: DataPath::Tcp,
+                        data_source: prewarm_agent::DataSource::Coordinator,
                         clock: clock.clone(),
                     },
                     up: None,
