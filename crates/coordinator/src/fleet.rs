@@ -47,6 +47,10 @@ impl Fleet for BookFleet<'_> {
         &self.0.attached
     }
 
+    fn capacities_epoch(&self) -> Option<u64> {
+        Some(self.0.attached_epoch)
+    }
+
     fn holders_into(&self, r: &ResourceId, min: Version, out: &mut Vec<usize>) {
         out.extend(self.sorted_holders(r, min));
     }

@@ -145,6 +145,8 @@ pub struct Book {
     pub caps: BTreeMap<CapacityId, Cap>,
     /// Attached capacities, sorted (kept with `caps`).
     pub attached: Vec<CapacityId>,
+    /// Changes whenever `attached` is recomputed (placement's remembered homes follow it).
+    pub attached_epoch: u64,
     /// Resource → capacities holding a version of it.
     pub holders: HashMap<ResourceId, BTreeSet<CapacityId>>,
     /// Transfers awaiting an ack, by id.
@@ -163,6 +165,7 @@ impl Book {
 
     /// Recomputes the attached list (after an attach or a detach).
     pub fn refresh_attached(&mut self) {
+        self.attached_epoch += 1;
         self.attached = self
             .caps
             .iter()

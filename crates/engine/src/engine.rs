@@ -130,6 +130,11 @@ pub struct Holding {
 pub trait Fleet {
     /// Attached capacities, sorted.
     fn capacities(&self) -> &[CapacityId];
+    /// A number that changes whenever [`Fleet::capacities`] does (`None`: the fleet keeps
+    /// none; placement then ranks every capacity for each event it homes).
+    fn capacities_epoch(&self) -> Option<u64> {
+        None
+    }
     /// Appends to `out` the attached capacities holding or receiving a version of `r` at
     /// least `min`, as indices into [`Fleet::capacities`] (placement compares them as
     /// integers, not ids; one buffer serves all of a decision's candidates).
@@ -402,6 +407,10 @@ impl Engine {
         now: f64,
         holders: &mut Holders,
     ) -> Decided {
+        self.loads
+            .homes
+            .lock()
+            .sync(fleet.capacities_epoch(), fleet.capacities().len());
         let preds = self.calibrated(preds);
         let mut wants = self.wants(ev, &preds, catalog);
         let Placing {

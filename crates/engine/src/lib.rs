@@ -18,6 +18,7 @@ pub mod cache;
 pub mod calibrate;
 pub mod engine;
 pub mod evict;
+pub mod homes;
 pub mod nextuse;
 pub mod nextuse_curve;
 pub mod placement;

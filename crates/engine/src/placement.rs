@@ -105,7 +105,7 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// Rendezvous weight of `capacity` for a key whose [`stable_hash`] is `key`.
-fn weight_of(key: u64, capacity: &CapacityId) -> u64 {
+pub(crate) fn weight_of(key: u64, capacity: &CapacityId) -> u64 {
     mix(key ^ stable_hash(capacity.as_str()).rotate_left(17))
 }
 
@@ -119,6 +119,8 @@ pub fn weight(key: &str, capacity: &CapacityId) -> u64 {
 pub struct Loads {
     window: VecDeque<CapacityId>,
     counts: HashMap<CapacityId, usize>,
+    /// Each anchor's first capacities in rendezvous order (see [`crate::homes`]).
+    pub(crate) homes: crate::homes::Shared,
 }
 
 impl Loads {
@@ -169,7 +171,14 @@ pub fn place(
 ) -> Option<Placement> {
     let n = capacities.len();
     let held_by = |i: usize| holders.of(i);
-    if let Some(at) = named.and_then(|c| capacities.iter().position(|x| x == c)) {
+    // Capacities come sorted; the linear search only where they do not.
+    let find = |c: &CapacityId| {
+        capacities
+            .binary_search(c)
+            .ok()
+            .or_else(|| capacities.iter().position(|x| x == c))
+    };
+    if let Some(at) = named.and_then(find) {
         let held_probability = candidates
             .iter()
             .enumerate()
@@ -184,20 +193,7 @@ pub fn place(
     // What each holder already has: the chance the execution finds its reads there (Σ p),
     // then the seconds that saves (Σ p · fetch) to break ties. Few capacities hold any of an
     // event's candidates: a list, not a map.
-    let mut score: Vec<(usize, f64, f64)> = Vec::with_capacity(n.min(16));
-    for (i, (_, p, fetch)) in candidates.iter().enumerate() {
-        for &c in held_by(i).iter().filter(|&&c| c < n) {
-            let at = match score.iter().position(|s| s.0 == c) {
-                Some(at) => at,
-                None => {
-                    score.push((c, 0.0, 0.0));
-                    score.len() - 1
-                }
-            };
-            score[at].1 += p * fetch.max(1e-9);
-            score[at].2 += p;
-        }
-    }
+    let score = holder_scores(n, candidates, holders);
     let anchor = candidates
         .iter()
         .filter(|_| !by_key)
@@ -226,7 +222,10 @@ pub fn place(
             held_probability: mass,
         });
     }
-    let c = home(anchor, capacities, |c| loads.allows(c, n))?;
+    let c = loads
+        .homes
+        .lock()
+        .home(anchor, capacities, |c| loads.allows(c, n))?;
     Some(Placement {
         capacity: c.clone(),
         reason: if candidates.is_empty() {
@@ -241,28 +240,40 @@ pub fn place(
     })
 }
 
-/// The first capacity in `anchor`'s rendezvous order that `allows` (else the first of all):
-/// one pass, no sort.
-fn home(
-    anchor: u64,
-    capacities: &[CapacityId],
-    allows: impl Fn(&CapacityId) -> bool,
-) -> Option<&CapacityId> {
-    // Highest weight first, ties by id (the order a sort by (weight desc, id asc) gives).
-    let better =
-        |a: (u64, &CapacityId), b: (u64, &CapacityId)| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1);
-    let mut first: Option<(u64, &CapacityId)> = None;
-    let mut allowed: Option<(u64, &CapacityId)> = None;
-    for c in capacities {
-        let x = (weight_of(anchor, c), c);
-        if first.is_none_or(|f| better(x, f)) {
-            first = Some(x);
-        }
-        if allows(c) && allowed.is_none_or(|a| better(x, a)) {
-            allowed = Some(x);
+/// Per holder of any candidate (index, Σ p · fetch, Σ p), in the order first met. A hot
+/// state is held by a good part of a large fleet: one pass and a sort, never a search of the
+/// list per holder (which made an event cost O(holders²)).
+fn holder_scores(
+    n: usize,
+    candidates: &[Candidate<'_>],
+    holders: &Holders,
+) -> Vec<(usize, f64, f64)> {
+    // (capacity, candidate): a stable sort by capacity keeps each capacity's sums in
+    // candidate order, so they add up exactly as one pass would; the position met first
+    // orders the result.
+    let mut all: Vec<(usize, usize, usize)> = Vec::new();
+    for i in 0..candidates.len() {
+        let at = all.len();
+        let held = holders.of(i).iter().filter(|&&c| c < n);
+        all.extend(held.enumerate().map(|(k, &c)| (c, i, at + k)));
+    }
+    all.sort_by_key(|&(c, _, _)| c);
+    let mut score: Vec<(usize, f64, f64, usize)> = Vec::with_capacity(all.len());
+    for &(c, i, first) in &all {
+        let (_, p, fetch) = candidates[i];
+        match score.last_mut() {
+            Some(s) if s.0 == c => {
+                s.1 += p * fetch.max(1e-9);
+                s.2 += p;
+            }
+            _ => score.push((c, p * fetch.max(1e-9), p, first)),
         }
     }
-    allowed.or(first).map(|x| x.1)
+    score.sort_unstable_by_key(|s| s.3);
+    score
+        .into_iter()
+        .map(|(c, saved, mass, _)| (c, saved, mass))
+        .collect()
 }
 
 #[cfg(test)]
@@ -411,9 +422,12 @@ mod tests {
                 .map(|x| x.1)
                 .find(|c| allowed(c))
                 .or(ranked.first().map(|x| x.1));
-            assert_eq!(home(anchor, &caps, allowed), want);
+            assert_eq!(crate::homes::scan(anchor, &caps, allowed), want);
         }
-        assert_eq!(home(1, &caps, |_| false), home(1, &caps, |_| true));
-        assert_eq!(home(1, &[], |_| true), None);
+        assert_eq!(
+            crate::homes::scan(1, &caps, |_| false),
+            crate::homes::scan(1, &caps, |_| true)
+        );
+        assert_eq!(crate::homes::scan(1, &[], |_| true), None);
     }
 }

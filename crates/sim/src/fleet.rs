@@ -17,6 +17,10 @@ pub(crate) struct SimFleet {
     /// Per resource, the capacities holding or receiving it with the version each has (so
     /// a holder query reads no cache's entries).
     holders: HashMap<ResourceId, Vec<(usize, u64)>>,
+    /// The fleet's clock: the latest event time. A capacity's own memory integral is
+    /// brought up to it only when the capacity is touched (or at [`SimFleet::finish`]), so
+    /// an event costs nothing per capacity it does not touch.
+    now: f64,
 }
 
 impl SimFleet {
@@ -27,6 +31,7 @@ impl SimFleet {
             ids,
             index,
             holders: HashMap::new(),
+            now: f64::NEG_INFINITY,
         }
     }
 
@@ -34,22 +39,29 @@ impl SimFleet {
         self.index.get(c).copied().unwrap_or(0)
     }
 
-    /// Integrates every capacity's memory up to `t`.
+    /// Moves the fleet's clock to `t` (O(1): see `now`).
     pub fn advance(&mut self, t: f64) {
-        for c in &mut self.caps {
-            c.advance(t);
-        }
+        self.now = self.now.max(t);
     }
 
-    /// Integrates capacity `cap`'s memory up to `t`.
+    /// Integrates capacity `cap`'s memory up to `t` (and at least the fleet's clock).
     pub fn advance_one(&mut self, cap: usize, t: f64) {
-        self.caps[cap].advance(t);
+        self.caps[cap].advance(t.max(self.now));
+    }
+
+    /// Integrates every capacity's memory up to `t`: at the end of a replay.
+    pub fn finish(&mut self, t: f64) {
+        self.advance(t);
+        let now = self.now;
+        for c in &mut self.caps {
+            c.advance(now);
+        }
     }
 
     /// Inserts into `cap` (evicting by its rule), keeping the holder index.
     pub fn insert(&mut self, cap: usize, r: ResourceId, e: Entry) -> Result<Vec<ResourceId>, ()> {
         let now = e.started_at.min(e.ready_at);
-        self.caps[cap].advance(now);
+        self.advance_one(cap, now);
         let version = e.version;
         let Ok(evicted) = self.caps[cap].insert(r.clone(), e, now) else {
             // Refused: any older version it held was dropped first.
@@ -69,6 +81,7 @@ impl SimFleet {
 
     /// Removes `r` from `cap`.
     pub fn remove(&mut self, cap: usize, r: &ResourceId) {
+        self.advance_one(cap, self.now);
         self.caps[cap].remove(r);
         self.forget(cap, r);
     }
@@ -130,6 +143,11 @@ impl Fleet for SimFleet {
         &self.ids
     }
 
+    fn capacities_epoch(&self) -> Option<u64> {
+        // A replay's fleet never changes.
+        Some(0)
+    }
+
     fn holders_into(&self, r: &ResourceId, min: Version, out: &mut Vec<usize>) {
         out.extend(self.holding_at(r, min));
     }
@@ -148,7 +166,7 @@ impl Fleet for SimFleet {
         let e = self.caps[i].entries.get(r)?;
         Some(Holding {
             version: Version::new(e.version)?,
-            ready: e.ready_at <= self.caps[i].clock(),
+            ready: e.ready_at <= self.caps[i].clock().max(self.now),
         })
     }
 }

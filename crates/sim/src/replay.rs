@@ -120,7 +120,7 @@ fn run_full(
         }
     }
     let end = records.last().map_or(0.0, |r| r.ts);
-    sim.fleet.advance(end);
+    sim.fleet.finish(end);
     let log = sim.log.take();
     let warm = sim.tally.ttr_ms.iter().map(|w| *w <= 0.0).collect();
     (report(name, &sim), log, warm)
