@@ -61,6 +61,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// The main job: a self-contained demonstration on generated data.
     Demo(cmd::demo::Args),
+    /// Generate a fleet-scale synthetic history (tenants, sessions, Zipf popularity, diurnal load, bursts, versions).
+    Generate(cmd::generate::Args),
     /// Replay a history through the simulator under several policies (table, JSON, HTML report)
     Replay(cmd::replay::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -160,6 +162,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         Command::Token(a) => cmd::token::run(a).await,
         Command::Bench(a) => cmd::bench::run(a).await,
         Command::Demo(a) => cmd::demo::run(a).await,
+        Command::Generate(a) => cmd::generate::run(a).await,
         Command::Replay(a) => cmd::replay::run(a).await,
         Command::Completions(a) => cmd::completions::completions(&a, Cli::command()),
         Command::Man(a) => cmd::completions::man(&a, Cli::command()),

@@ -410,7 +410,7 @@ impl Engine {
         self.loads
             .homes
             .lock()
-            .sync(fleet.capacities_epoch(), fleet.capacities().len());
+            .sync(fleet.capacities_epoch(), fleet.capacities());
         let preds = self.calibrated(preds);
         let mut wants = self.wants(ev, &preds, catalog);
         let Placing {

@@ -11,13 +11,13 @@ use foldhash::{HashMap, HashMapExt};
 
 use prewarm_core::CapacityId;
 
-use crate::placement::weight_of;
+use crate::placement::{id_hash, weight_from, weight_of};
 
 /// Capacities remembered per anchor.
 pub const TOP: usize = 8;
 
-/// Anchors remembered before the memory is cleared (each costs ~50 bytes).
-const MAX_ANCHORS: usize = 1 << 16;
+/// Anchors remembered before the memory is cleared (each costs ~80 bytes).
+const MAX_ANCHORS: usize = 1 << 20;
 
 /// Each anchor's best-ranked capacities, valid for one capacity list.
 #[derive(Clone, Debug, Default)]
@@ -26,16 +26,48 @@ pub struct Homes {
     epoch: Option<u64>,
     len: usize,
     top: HashMap<u64, Vec<u32>>,
+    /// Each capacity's id hashed once per epoch (its rendezvous weight for any anchor is then
+    /// one multiply-mix, not a pass over its bytes).
+    hashes: Vec<u64>,
 }
 
 impl Homes {
     /// Forgets the ranks when the capacity list changed (`epoch` or its length differ).
-    pub fn sync(&mut self, epoch: Option<u64>, len: usize) {
+    pub fn sync(&mut self, epoch: Option<u64>, capacities: &[CapacityId]) {
+        let len = capacities.len();
         if epoch.is_none() || self.epoch != epoch || self.len != len {
             self.top = HashMap::new();
             self.epoch = epoch;
             self.len = len;
+            self.hashes = match epoch {
+                Some(_) => capacities.iter().map(id_hash).collect(),
+                None => Vec::new(),
+            };
         }
+    }
+
+    /// Capacity `c`'s rendezvous weight for `anchor` (= `weight_of(anchor, &capacities[c])`).
+    pub fn weight(&self, anchor: u64, capacities: &[CapacityId], c: usize) -> u64 {
+        match self.hashes.get(c) {
+            Some(&h) if self.hashes.len() == capacities.len() => weight_from(anchor, h),
+            _ => weight_of(anchor, &capacities[c]),
+        }
+    }
+
+    /// The first [`TOP`] capacities of `anchor`'s rendezvous order (indices), remembered;
+    /// none when the fleet gives no epoch (nothing is remembered then).
+    pub fn ranked(&mut self, anchor: u64, capacities: &[CapacityId]) -> Vec<u32> {
+        if self.epoch.is_none() || capacities.len() != self.len {
+            return Vec::new();
+        }
+        if self.top.len() >= MAX_ANCHORS && !self.top.contains_key(&anchor) {
+            self.top.clear();
+        }
+        let hashes = &self.hashes;
+        self.top
+            .entry(anchor)
+            .or_insert_with(|| ranked(anchor, capacities, hashes))
+            .clone()
     }
 
     /// The first capacity in `anchor`'s rendezvous order that `allows` (else the first of
@@ -46,17 +78,8 @@ impl Homes {
         capacities: &'c [CapacityId],
         allows: impl Fn(&CapacityId) -> bool,
     ) -> Option<&'c CapacityId> {
-        if self.epoch.is_none() || capacities.len() != self.len {
-            return scan(anchor, capacities, allows);
-        }
-        if self.top.len() >= MAX_ANCHORS && !self.top.contains_key(&anchor) {
-            self.top.clear();
-        }
-        let top = self
-            .top
-            .entry(anchor)
-            .or_insert_with(|| ranked(anchor, capacities));
-        top.iter()
+        self.ranked(anchor, capacities)
+            .iter()
             .map(|&i| &capacities[i as usize])
             .find(|c| allows(c))
             .or_else(|| scan(anchor, capacities, allows))
@@ -68,11 +91,12 @@ fn before(a: (u64, &CapacityId), b: (u64, &CapacityId)) -> bool {
     a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
 }
 
-/// The first [`TOP`] capacities of `anchor`'s rendezvous order, as indices.
-fn ranked(anchor: u64, capacities: &[CapacityId]) -> Vec<u32> {
+/// The first [`TOP`] capacities of `anchor`'s rendezvous order, as indices (`hashes`: the
+/// capacities' [`id_hash`]es).
+fn ranked(anchor: u64, capacities: &[CapacityId], hashes: &[u64]) -> Vec<u32> {
     let mut best: Vec<(u64, usize)> = Vec::with_capacity(TOP + 1);
-    for (i, c) in capacities.iter().enumerate() {
-        let x = (weight_of(anchor, c), c);
+    for (i, (c, &h)) in capacities.iter().zip(hashes).enumerate() {
+        let x = (weight_from(anchor, h), c);
         if best.len() == TOP && !before(x, (best[TOP - 1].0, &capacities[best[TOP - 1].1])) {
             continue;
         }
@@ -143,7 +167,7 @@ mod tests {
     fn remembered_homes_are_exactly_the_full_ranking_under_any_load_bound() {
         let caps = caps(300);
         let mut homes = Homes::default();
-        homes.sync(Some(1), caps.len());
+        homes.sync(Some(1), &caps);
         for anchor in 0..2_000u64 {
             let anchor = anchor.wrapping_mul(0x9e37_79b9_7f4a_7c15);
             // Bounds that refuse none, some, most (past the remembered ones) and all.
@@ -162,15 +186,15 @@ mod tests {
     fn a_new_capacity_list_is_ranked_again() {
         let all = caps(50);
         let mut homes = Homes::default();
-        homes.sync(Some(1), 40);
+        homes.sync(Some(1), &all[..40]);
         let before = homes.home(7, &all[..40], |_| true).cloned();
         // Same length, other capacities, a new epoch: the ranks are recomputed.
-        homes.sync(Some(2), 40);
+        homes.sync(Some(2), &all[10..]);
         let after = homes.home(7, &all[10..], |_| true).cloned();
         assert_eq!(before.as_ref(), scan(7, &all[..40], |_| true));
         assert_eq!(after.as_ref(), scan(7, &all[10..], |_| true));
         // Without an epoch nothing is remembered, and the answer is still the ranking's.
-        homes.sync(None, 50);
+        homes.sync(None, &all);
         assert_eq!(homes.home(7, &all, |_| true), scan(7, &all, |_| true));
         assert!(homes.home(7, &[], |_| true).is_none());
     }

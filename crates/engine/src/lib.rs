@@ -23,6 +23,7 @@ pub mod nextuse;
 pub mod nextuse_curve;
 pub mod placement;
 pub mod planner;
+mod scoring;
 pub mod spread;
 
 pub use cache::{CacheBook, Expected, Hint, Rule};

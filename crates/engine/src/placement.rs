@@ -106,7 +106,17 @@ fn mix(mut z: u64) -> u64 {
 
 /// Rendezvous weight of `capacity` for a key whose [`stable_hash`] is `key`.
 pub(crate) fn weight_of(key: u64, capacity: &CapacityId) -> u64 {
-    mix(key ^ stable_hash(capacity.as_str()).rotate_left(17))
+    weight_from(key, id_hash(capacity))
+}
+
+/// A capacity id's [`stable_hash`] (what its rendezvous weights are made from).
+pub(crate) fn id_hash(capacity: &CapacityId) -> u64 {
+    stable_hash(capacity.as_str())
+}
+
+/// Rendezvous weight for key hash `key` of a capacity whose [`id_hash`] is `id`.
+pub(crate) fn weight_from(key: u64, id: u64) -> u64 {
+    mix(key ^ id.rotate_left(17))
 }
 
 /// Rendezvous weight of `capacity` for `key`.
@@ -190,10 +200,6 @@ pub fn place(
             held_probability,
         });
     }
-    // What each holder already has: the chance the execution finds its reads there (Σ p),
-    // then the seconds that saves (Σ p · fetch) to break ties. Few capacities hold any of an
-    // event's candidates: a list, not a map.
-    let score = holder_scores(n, candidates, holders);
     let anchor = candidates
         .iter()
         .filter(|_| !by_key)
@@ -204,20 +210,12 @@ pub fn place(
         })
         .map_or(key, |c| c.0.as_str());
     let anchor = stable_hash(anchor);
-    // Each holder's load check and rendezvous weight once (both hash the id).
-    let best_holder = score
-        .iter()
-        .map(|&(c, saved, mass)| (&capacities[c], saved, mass))
-        .filter(|(c, _, _)| loads.allows(c, n))
-        .map(|(c, saved, mass)| (c, saved, mass, weight_of(anchor, c)))
-        .max_by(|a, b| {
-            a.2.total_cmp(&b.2)
-                .then(a.1.total_cmp(&b.1))
-                .then(a.3.cmp(&b.3))
-        });
-    if let Some((c, _, mass, _)) = best_holder {
+    // What each holder already has: the chance the execution finds its reads there (Σ p),
+    // then the seconds that saves (Σ p · fetch) to break ties (see crate::scoring).
+    let scored = crate::scoring::Scored::new(n, candidates, holders);
+    if let Some((c, mass)) = scored.best(candidates, capacities, anchor, loads) {
         return Some(Placement {
-            capacity: (*c).clone(),
+            capacity: capacities[c].clone(),
             reason: PlacementReason::Holds,
             held_probability: mass,
         });
@@ -233,47 +231,8 @@ pub fn place(
         } else {
             PlacementReason::Home
         },
-        held_probability: score
-            .iter()
-            .find(|s| capacities[s.0] == *c)
-            .map_or(0.0, |s| s.2),
+        held_probability: find(c).map_or(0.0, |i| scored.mass_of(i, candidates)),
     })
-}
-
-/// Per holder of any candidate (index, Σ p · fetch, Σ p), in the order first met. A hot
-/// state is held by a good part of a large fleet: one pass and a sort, never a search of the
-/// list per holder (which made an event cost O(holders²)).
-fn holder_scores(
-    n: usize,
-    candidates: &[Candidate<'_>],
-    holders: &Holders,
-) -> Vec<(usize, f64, f64)> {
-    // (capacity, candidate): a stable sort by capacity keeps each capacity's sums in
-    // candidate order, so they add up exactly as one pass would; the position met first
-    // orders the result.
-    let mut all: Vec<(usize, usize, usize)> = Vec::new();
-    for i in 0..candidates.len() {
-        let at = all.len();
-        let held = holders.of(i).iter().filter(|&&c| c < n);
-        all.extend(held.enumerate().map(|(k, &c)| (c, i, at + k)));
-    }
-    all.sort_by_key(|&(c, _, _)| c);
-    let mut score: Vec<(usize, f64, f64, usize)> = Vec::with_capacity(all.len());
-    for &(c, i, first) in &all {
-        let (_, p, fetch) = candidates[i];
-        match score.last_mut() {
-            Some(s) if s.0 == c => {
-                s.1 += p * fetch.max(1e-9);
-                s.2 += p;
-            }
-            _ => score.push((c, p * fetch.max(1e-9), p, first)),
-        }
-    }
-    score.sort_unstable_by_key(|s| s.3);
-    score
-        .into_iter()
-        .map(|(c, saved, mass, _)| (c, saved, mass))
-        .collect()
 }
 
 #[cfg(test)]

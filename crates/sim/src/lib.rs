@@ -28,6 +28,7 @@ pub mod retrain;
 pub mod retune;
 mod run;
 pub mod tune;
+pub mod workload;
 
 use prewarm_core::{Predictor, ResourceId};
 use prewarm_engine::{EngineConfig, PlannerConfig, rules_for};

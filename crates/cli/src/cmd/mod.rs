@@ -7,6 +7,7 @@ pub mod coordinator;
 pub mod demo;
 pub mod eval;
 pub mod gc;
+pub mod generate;
 pub mod import;
 pub mod repair;
 pub mod replay;
