@@ -388,8 +388,9 @@ async fn unknown_versions_resources_and_stores() {
     std::fs::create_dir(&plain).unwrap();
     let e = Store::open(plain.to_str().unwrap()).await.err().unwrap();
     assert!(e.to_string().contains("not a prewarm store"), "{e}");
-    let e = Store::open("s3://bucket/x").await.err().unwrap();
-    assert!(e.to_string().contains("--features s3"), "{e}");
+    // S3 is built in by default; Azure only on request.
+    let e = Store::open("az://container/x").await.err().unwrap();
+    assert!(e.to_string().contains("--features azure"), "{e}");
     let e = Store::open("ftp://x").await.err().unwrap();
     assert!(e.to_string().contains("unknown scheme"), "{e}");
 }
