@@ -29,6 +29,8 @@ pub struct Homes {
     /// Each capacity's id hashed once per epoch (its rendezvous weight for any anchor is then
     /// one multiply-mix, not a pass over its bytes).
     hashes: Vec<u64>,
+    /// Holder scoring's per-capacity slots (all `u32::MAX` between decisions).
+    scratch: Vec<u32>,
 }
 
 impl Homes {
@@ -44,6 +46,11 @@ impl Homes {
                 None => Vec::new(),
             };
         }
+    }
+
+    /// Holder scoring's per-capacity slots, kept between decisions (see `crate::scoring`).
+    pub fn scratch(&mut self) -> &mut Vec<u32> {
+        &mut self.scratch
     }
 
     /// Capacity `c`'s rendezvous weight for `anchor` (= `weight_of(anchor, &capacities[c])`).

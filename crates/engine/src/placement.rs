@@ -212,7 +212,7 @@ pub fn place(
     let anchor = stable_hash(anchor);
     // What each holder already has: the chance the execution finds its reads there (Σ p),
     // then the seconds that saves (Σ p · fetch) to break ties (see crate::scoring).
-    let scored = crate::scoring::Scored::new(n, candidates, holders);
+    let scored = crate::scoring::Scored::new(n, candidates, holders, loads);
     if let Some((c, mass)) = scored.best(candidates, capacities, anchor, loads) {
         return Some(Placement {
             capacity: capacities[c].clone(),

@@ -9,7 +9,6 @@
 //! ([`crate::homes`]), with the full pass only when none of those qualifies. The holders of
 //! the other candidates are scored exactly as before; the answer is the same.
 
-use foldhash::{HashMap, HashMapExt};
 use prewarm_core::CapacityId;
 
 use crate::placement::{Candidate, Holders, Loads};
@@ -19,15 +18,19 @@ const MANY: usize = 64;
 
 /// Per holder of any candidate (index, Σ p · fetch, Σ p), in the order first met; with
 /// `skip`, the holders of candidate `skip.0` count only where `skip.1` says so. One pass in
-/// candidate order (so each capacity's sums add up in that order), a map from capacity to
-/// its entry: no sort.
+/// candidate order (so each capacity's sums add up in that order); `slot` (one entry per
+/// capacity, all `u32::MAX` between calls) says where a capacity's entry is: no sort, no
+/// hashing.
 fn scores(
     n: usize,
     candidates: &[Candidate<'_>],
     holders: &Holders,
     skip: Option<(usize, &[bool])>,
+    slot: &mut Vec<u32>,
 ) -> Vec<(usize, f64, f64)> {
-    let mut at: HashMap<usize, usize> = HashMap::new();
+    if slot.len() < n {
+        slot.resize(n, u32::MAX);
+    }
     let mut score: Vec<(usize, f64, f64)> = Vec::new();
     for (i, &(_, p, fetch)) in candidates.iter().enumerate() {
         let keep = |c: &usize| match skip {
@@ -35,13 +38,20 @@ fn scores(
             _ => true,
         };
         for &c in holders.of(i).iter().filter(|&&c| c < n).filter(|c| keep(c)) {
-            let k = *at.entry(c).or_insert_with(|| {
-                score.push((c, 0.0, 0.0));
-                score.len() - 1
-            });
+            let k = match slot[c] {
+                u32::MAX => {
+                    slot[c] = score.len() as u32;
+                    score.push((c, 0.0, 0.0));
+                    score.len() - 1
+                }
+                k => k as usize,
+            };
             score[k].1 += p * fetch.max(1e-9);
             score[k].2 += p;
         }
+    }
+    for s in &score {
+        slot[s.0] = u32::MAX;
     }
     score
 }
@@ -66,11 +76,13 @@ struct Many {
 
 impl Scored {
     /// Scores the holders of `candidates`.
-    pub fn new(n: usize, candidates: &[Candidate<'_>], holders: &Holders) -> Self {
+    pub fn new(n: usize, candidates: &[Candidate<'_>], holders: &Holders, loads: &Loads) -> Self {
+        let mut homes = loads.homes.lock();
+        let slot = homes.scratch();
         let mut big = (0..candidates.len()).filter(|&i| holders.of(i).len() > MANY);
         let (Some(b), None) = (big.next(), big.next()) else {
             return Self {
-                exact: scores(n, candidates, holders, None),
+                exact: scores(n, candidates, holders, None, slot),
                 many: None,
             };
         };
@@ -88,7 +100,7 @@ impl Scored {
         // The many holders count one by one only where they hold another candidate too.
         let both: Vec<bool> = member.iter().zip(&other).map(|(m, o)| *m && *o).collect();
         Self {
-            exact: scores(n, candidates, holders, Some((b, &both))),
+            exact: scores(n, candidates, holders, Some((b, &both)), slot),
             many: Some(Many {
                 candidate: b,
                 list,
@@ -129,23 +141,16 @@ impl Scored {
             let (_, p, fetch) = candidates[m.candidate];
             let only = |c: usize| m.member[c] && !m.other[c] && allows(c);
             let ranked = homes.ranked(anchor, capacities);
+            let saved = p * fetch.max(1e-9);
             let first = match ranked.iter().map(|&c| c as usize).find(|&c| only(c)) {
                 Some(c) => Some(c),
-                // None of the remembered first capacities qualifies: every holder, once.
-                None => m
-                    .list
-                    .iter()
-                    .copied()
-                    .filter(|&c| only(c))
-                    .max_by(|&a, &b| {
-                        let key = |c: usize| {
-                            (
-                                homes.weight(anchor, capacities, c),
-                                std::cmp::Reverse(&capacities[c]),
-                            )
-                        };
-                        key(a).cmp(&key(b))
-                    }),
+                // None of the remembered first capacities qualifies: every holder's weight
+                // (one mix each), the bound checked from the best down.
+                None => {
+                    let pool = m.list.iter().filter(|&&c| !m.other[c]);
+                    let pool = pool.map(|&c| (c, saved, p, homes.weight(anchor, capacities, c)));
+                    first_allowed(pool.collect(), allows).map(|x| x.0)
+                }
             };
             if let Some(c) = first {
                 let x = (
@@ -206,7 +211,7 @@ mod tests {
         anchor: u64,
         loads: &Loads,
     ) -> Option<(usize, f64)> {
-        scores(caps.len(), candidates, holders, None)
+        scores(caps.len(), candidates, holders, None, &mut Vec::new())
             .iter()
             .filter(|s| loads.allows(&caps[s.0], caps.len()))
             .map(|&(c, saved, mass)| (c, saved, mass, weight_of(anchor, &caps[c])))
@@ -255,8 +260,12 @@ mod tests {
                 .map(|i| (&ids[i], 0.1 + next(9) as f64 / 10.0, 1.0 + next(5) as f64))
                 .collect();
             let holders = Holders::from_lists(&lists[..k]);
-            let got =
-                Scored::new(n, &candidates, &holders).best(&candidates, &caps, anchor, &loads);
+            let got = Scored::new(n, &candidates, &holders, &loads).best(
+                &candidates,
+                &caps,
+                anchor,
+                &loads,
+            );
             assert_eq!(
                 got,
                 brute(&candidates, &holders, &caps, anchor, &loads),
