@@ -34,14 +34,6 @@ impl ChunkFrom<'_> {
             Self::Store(store) => Ok(fetch_from_store(store, refs, pacer, sink).await?),
         }
     }
-
-    /// Which source, for metrics and logs.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Plane(_) => "coordinator",
-            Self::Store(_) => "store",
-        }
-    }
 }
 
 /// Chunks asked of the store at once (~4 MiB at the ~10 KiB average chunk): the store groups

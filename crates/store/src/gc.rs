@@ -257,7 +257,7 @@ impl Store {
 
     async fn put_pack(&self, b: PackBuilder) -> Result<(PackId, Vec<PackedBlob>), GcError> {
         let (id, bytes, blobs) = b.finish();
-        crate::store::put_pack(&self.os, &id, bytes, self.multipart)
+        crate::store::put_pack(&self.os, &id, bytes, self.remote)
             .await
             .map_err(be)?;
         Ok((id, blobs))

@@ -55,8 +55,9 @@ pub struct Store {
     pub(crate) bulk: Arc<dyn ObjectStore>,
     /// A local store's directory (where pack files can be opened directly).
     local_dir: Option<std::path::PathBuf>,
-    /// Packs go up in parts (S3 and the other remote stores): see [`put_pack`].
-    pub(crate) multipart: bool,
+    /// A remote object store (S3, GCS, Azure): packs go up in parts (see [`put_pack`]) and
+    /// other processes may open it (see [`Store::remote_location`]).
+    pub(crate) remote: bool,
     /// Human-readable location, for messages.
     location: String,
     /// Everything the store holds, as of open or the last commit by this handle.
@@ -202,7 +203,7 @@ impl Store {
             os: b.meta,
             bulk: b.bulk,
             local_dir: b.local_dir,
-            multipart: b.multipart,
+            remote: b.remote,
             location: location.to_owned(),
             index: RwLock::new(Arc::new(ChunkIndex::default())),
             index_seen: Default::default(),
@@ -460,7 +461,7 @@ impl Store {
     /// The location of a store in a remote object store (S3, GCS, Azure), which other
     /// processes with credentials can open too (`None` for a local or in-memory store).
     pub fn remote_location(&self) -> Option<&str> {
-        self.multipart.then_some(self.location.as_str())
+        self.remote.then_some(self.location.as_str())
     }
 
     /// The directory of a store in a local directory (`None` for other backends).
@@ -585,8 +586,8 @@ struct Backends {
     bulk: Arc<dyn ObjectStore>,
     /// The directory of a local store (for that batched flush and direct pack reads).
     local_dir: Option<std::path::PathBuf>,
-    /// Upload packs in parts (a remote object store).
-    multipart: bool,
+    /// A remote object store.
+    remote: bool,
 }
 
 impl Backends {
@@ -595,13 +596,13 @@ impl Backends {
             meta: os.clone(),
             bulk: os,
             local_dir: None,
-            multipart: false,
+            remote: false,
         }
     }
 
     fn remote(os: Arc<dyn ObjectStore>) -> Self {
         Self {
-            multipart: true,
+            remote: true,
             ..Self::same(os)
         }
     }
@@ -673,7 +674,7 @@ fn local(
         meta: open(fsync)?,
         bulk: open(false)?,
         local_dir: Some(path.to_owned()),
-        multipart: false,
+        remote: false,
     })
 }
 

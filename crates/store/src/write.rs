@@ -271,7 +271,7 @@ impl Store {
         st.stats.packs_written += 1;
         let os = self.bulk.clone();
         let sync_root = self.pack_sync_root();
-        let multipart = self.multipart;
+        let multipart = self.remote;
         puts.spawn(async move {
             let upload = |source| WriteError::Upload { pack: id, source };
             crate::store::put_pack(&os, &id, bytes, multipart)
