@@ -34,8 +34,11 @@ impl Store {
 
     /// Picks up packs committed by other processes since this handle was opened or last
     /// refreshed (a long-running server calls it when it meets a version or chunk it does not
-    /// know): only index objects not seen yet are read.
+    /// know): only index objects not seen yet are read. Refreshes run one at a time, and what
+    /// one loads is merged into the index as it is then (a commit by this handle may have
+    /// added to it meanwhile), never put in place of it.
     pub async fn refresh_index(&self) -> Result<(), OpenError> {
+        let _one_at_a_time = self.refreshing.lock().await;
         let paths = self
             .index_objects()
             .await
@@ -51,9 +54,10 @@ impl Store {
             if fresh.is_empty() {
                 return Ok(());
             }
-            let (idx, damaged) = self.load_objects((*self.index()).clone(), &fresh).await?;
+            let (part, damaged) = self.load_objects(ChunkIndex::default(), &fresh).await?;
             if damaged.is_empty() {
-                *self.index.write().expect("index lock poisoned") = Arc::new(idx);
+                let mut guard = self.index.write().expect("index lock poisoned");
+                Arc::make_mut(&mut guard).merge(part);
                 self.index_seen
                     .lock()
                     .expect("index lock poisoned")
@@ -67,3 +71,6 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

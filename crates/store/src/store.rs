@@ -64,6 +64,8 @@ pub struct Store {
     pub(crate) index: RwLock<Arc<ChunkIndex>>,
     /// The index objects `index` was loaded from (see [`Store::refresh_index`]).
     pub(crate) index_seen: std::sync::Mutex<std::collections::HashSet<Path>>,
+    /// Held by one refresh at a time (see [`Store::refresh_index`]).
+    pub(crate) refreshing: tokio::sync::Mutex<()>,
     pub(crate) config: StoreConfig,
 }
 
@@ -207,6 +209,7 @@ impl Store {
             location: location.to_owned(),
             index: RwLock::new(Arc::new(ChunkIndex::default())),
             index_seen: Default::default(),
+            refreshing: Default::default(),
             config,
         };
         store.check_marker(create).await?;
