@@ -156,6 +156,13 @@ struct Tenants {
 /// A coordinator with the shared token and a tokens file; cap-a presents the fleet's
 /// transfer token, cap-b the shared one; both agents' APIs take the tokens file too.
 fn start() -> Tenants {
+    start_with(&[("cap-a", "agents"), ("cap-b", "shared")])
+}
+
+/// [`start`] with the agents named in `fleet`, each presenting the token of the entry named
+/// beside it (`agents`: every resource; `acme-agents`, `beta-agents`: a tenant's prefix
+/// only; `shared`: the shared token).
+fn start_with(fleet: &[(&str, &str)]) -> Tenants {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let tokens = d.join("tokens.toml");
@@ -163,9 +170,17 @@ fn start() -> Tenants {
     let beta = new_token(d, &tokens, "beta", "tenants/beta/", "ensure,events");
     let agents = new_token(d, &tokens, "agents", "*", "transfer");
     let acme_transfer = new_token(d, &tokens, "acme-ops", "tenants/acme", "transfer");
+    let acme_agents = new_token(d, &tokens, "acme-agents", "tenants/acme/", "transfer");
+    let beta_agents = new_token(d, &tokens, "beta-agents", "tenants/beta/", "transfer");
     let ops = new_token(d, &tokens, "ops", "*", "admin");
     let shared = d.join("shared.secret");
     std::fs::write(&shared, format!("{SHARED}\n")).unwrap();
+    let token_of = |entry: &str| match entry {
+        "agents" => agents.clone(),
+        "acme-agents" => acme_agents.clone(),
+        "beta-agents" => beta_agents.clone(),
+        _ => shared.clone(),
+    };
     let store = d.join("store").display().to_string();
     let (port, data) = (free_port(), free_port());
     let url = format!("http://127.0.0.1:{port}");
@@ -197,11 +212,12 @@ fn start() -> Tenants {
             .success()
     });
     let mut procs = vec![coordinator];
-    let (api_a, api_b) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    for (name, api, token) in [("cap-a", &api_a, &agents), ("cap-b", &api_b, &shared)] {
+    let apis: Vec<String> = fleet
+        .iter()
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    for ((name, entry), api) in fleet.iter().zip(&apis) {
+        let (name, token) = (*name, &token_of(entry));
         let cache = t(&d.join(name));
         procs.push(spawn(
             &[
@@ -235,8 +251,8 @@ fn start() -> Tenants {
         coord: url.trim_start_matches("http://").to_owned(),
         url,
         store,
-        api_a,
-        api_b,
+        api_a: apis[0].clone(),
+        api_b: apis.get(1).cloned().unwrap_or_default(),
         shared,
         acme,
         beta,
@@ -424,6 +440,67 @@ fn tenants_reach_their_own_states_only_and_predictions_stay_inside_their_prefixe
     assert_eq!(get(&t.api_b, "/metrics", SHARED).0, 200);
     // The admin-only token may not post events.
     assert_eq!(post(&t.coord, "/v1/events", &secret(&t.ops), event).0, 403);
+}
+
+/// Where each event ran, from `POST /v1/events` answers sent with the shared token.
+fn placed(t: &Tenants, needs: &str, keys: std::ops::Range<u32>) -> Vec<String> {
+    keys.map(|k| {
+        let body = format!(r#"{{"event": {{"type": "t", "key": "k{k}", "needs": ["{needs}"]}}}}"#);
+        let (code, text) = post(&t.coord, "/v1/events", SHARED, &body);
+        assert_eq!(code, 200, "{text}");
+        let out: serde_json::Value = serde_json::from_str(&text).unwrap();
+        out["placement"]["capacity"]
+            .as_str()
+            .unwrap_or("none")
+            .to_owned()
+    })
+    .collect()
+}
+
+/// Capacities whose agents present a tenant's `transfer` token are that tenant's: the
+/// coordinator places an event only where every state it names may be held, moves nothing
+/// else there (a prediction, a transfer by hand), and says why a transfer was refused.
+#[test]
+fn scoped_agents_receive_only_their_tenants_states() {
+    let t = start_with(&[
+        ("cap-acme", "acme-agents"),
+        ("cap-beta", "beta-agents"),
+        ("cap-all", "shared"),
+    ]);
+    t.snapshot("tenants/acme/x", 1);
+    t.snapshot("tenants/beta/y", 2);
+    // Sent with the shared token (every resource): acme's executions never land on beta's
+    // capacity, beta's never on acme's, through the load bound's spill-over too.
+    let acme_runs = placed(&t, "tenants/acme/x", 0..24);
+    assert!(
+        acme_runs.iter().all(|c| c == "cap-acme" || c == "cap-all"),
+        "{acme_runs:?}"
+    );
+    let beta_runs = placed(&t, "tenants/beta/y", 24..48);
+    assert!(
+        beta_runs.iter().all(|c| c == "cap-beta" || c == "cap-all"),
+        "{beta_runs:?}"
+    );
+    for (runs, own) in [(&acme_runs, "cap-acme"), (&beta_runs, "cap-beta")] {
+        assert!(runs.iter().any(|c| c == own), "{own} took none: {runs:?}");
+    }
+    // Each tenant's capacity holds its own state, and only it.
+    wait_until("the named states on their capacities", 20, || {
+        held_as(&t.url, &t.shared, "cap-acme") == ["tenants/acme/x"]
+            && held_as(&t.url, &t.shared, "cap-beta") == ["tenants/beta/y"]
+    });
+    // A transfer by hand to a capacity outside the state's tenant: refused by the
+    // coordinator with the reason, nothing sent to the agent.
+    let out = transfer_as(&t.url, &t.shared, "cap-acme", "tenants/beta/y");
+    assert_eq!(out.status.code(), Some(1));
+    let a = ack(&out);
+    assert_eq!(a["failure"], "OUT_OF_SCOPE", "{a}");
+    assert!(a["error"].as_str().unwrap().contains("may not hold"), "{a}");
+    let out = transfer_as(&t.url, &t.shared, "cap-all", "tenants/beta/y");
+    assert_eq!(ack(&out)["ok"], true);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(held_as(&t.url, &t.shared, "cap-acme"), ["tenants/acme/x"]);
+    assert_eq!(held_as(&t.url, &t.shared, "cap-beta"), ["tenants/beta/y"]);
 }
 
 #[test]

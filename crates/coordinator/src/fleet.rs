@@ -65,6 +65,18 @@ impl Fleet for BookFleet<'_> {
         }))
     }
 
+    fn scoped(&self) -> bool {
+        self.0.any_scoped
+    }
+
+    fn admits(&self, c: usize, r: &ResourceId) -> bool {
+        let book = self.0;
+        book.attached
+            .get(c)
+            .and_then(|id| book.caps.get(id))
+            .is_some_and(|cap| cap.scope.admits(r))
+    }
+
     fn holding(&self, c: &CapacityId, r: &ResourceId) -> Option<Holding> {
         let cap = self.0.caps.get(c)?;
         if let Some(v) = cap.newest(r) {

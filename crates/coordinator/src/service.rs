@@ -134,7 +134,7 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<AttachRequest>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        self.may(&request, Capability::Transfer)?;
+        let who = self.may(&request, Capability::Transfer)?;
         let req = request.into_inner();
         let capacity = CapacityId::new(req.capacity.clone())
             .map_err(|e| Status::invalid_argument(format!("invalid capacity id: {e}")))?;
@@ -163,9 +163,12 @@ impl coordinator_server::Coordinator for Service {
             .brain
             .as_ref()
             .map_or(prewarm_engine::Rule::Lru, |b| b.rule());
+        let mut cap = Cap::new(tx.clone(), session, req.ensure_addr, rule, now_ms());
+        // Only states its token may name are placed, moved or kept there.
+        cap.scope = who.scope.clone();
         c.capacities.attach(
             &capacity,
-            Cap::new(tx.clone(), session, req.ensure_addr, rule, now_ms()),
+            cap,
             req.inventory.unwrap_or_default(),
             c.clock.now(),
         );

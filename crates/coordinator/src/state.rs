@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use prewarm_core::{CapacityId, ResourceId, Version};
+use prewarm_core::{CapacityId, ResourceId, Scope, Version};
 use prewarm_engine::{CacheBook, Hint, Rule};
 use prewarm_proto::wire::{Command, Inventory, TransferAck};
 use tokio::sync::{mpsc, oneshot};
@@ -57,6 +57,9 @@ pub struct Cap {
     pub attached_unix_ms: u64,
     /// Per resource, the newest version this stream was told of (`Invalidate`).
     pub told: HashMap<ResourceId, Version>,
+    /// The resources its agent's token may name: the only states placed, moved or kept
+    /// here (`Scope::All` for an unscoped token).
+    pub scope: Scope,
 }
 
 impl Cap {
@@ -80,6 +83,7 @@ impl Cap {
             early_hints: HashMap::new(),
             attached_unix_ms,
             told: HashMap::new(),
+            scope: Scope::All,
         }
     }
 
@@ -147,6 +151,8 @@ pub struct Book {
     pub attached: Vec<CapacityId>,
     /// Changes whenever `attached` is recomputed (placement's remembered homes follow it).
     pub attached_epoch: u64,
+    /// Whether an attached capacity's scope is narrower than every resource.
+    pub any_scoped: bool,
     /// Resource → capacities holding a version of it.
     pub holders: HashMap<ResourceId, BTreeSet<CapacityId>>,
     /// Transfers awaiting an ack, by id.
@@ -172,6 +178,10 @@ impl Book {
             .filter(|(_, c)| c.tx.is_some())
             .map(|(id, _)| id.clone())
             .collect();
+        self.any_scoped = self
+            .attached
+            .iter()
+            .any(|c| self.caps.get(c).is_some_and(|cap| !cap.scope.is_all()));
     }
 
     /// Records a finished transfer.

@@ -188,6 +188,15 @@ impl Transfers {
                 format!("no capacity named {} has attached", t.capacity),
             )));
         };
+        if !cap.scope.admits(&t.resource) {
+            return Err(Box::new(t.failed(
+                FailureKind::OutOfScope,
+                format!(
+                    "capacity {}'s token may not hold {} (outside its prefixes)",
+                    t.capacity, t.resource
+                ),
+            )));
+        }
         let newest = cap.newest(&t.resource);
         let held = if t.exact {
             cap.holds(&t.resource, t.version)

@@ -28,7 +28,7 @@ use crate::cache::{Expected, Hint, Rule};
 use crate::calibrate::Calibration;
 use crate::nextuse::Demand;
 use crate::nextuse_curve::Curve;
-use crate::placement::{Holders, Loads, Placement, place};
+use crate::placement::{Holders, Loads, Placement, place_within};
 use crate::planner::{Decision, Planner, PlannerConfig, Target, Want};
 
 /// How long a held state is kept after a use while there is room.
@@ -153,6 +153,29 @@ pub trait Fleet {
     fn target(&self, c: &CapacityId, now: f64) -> Option<Box<dyn Target + '_>>;
     /// What `c` holds of `r` (newest version), if anything.
     fn holding(&self, c: &CapacityId, r: &ResourceId) -> Option<Holding>;
+    /// Whether any attached capacity may hold only some resources (an agent whose token is
+    /// scoped to a tenant's prefixes). `false` (the default, and the replay's): the engine
+    /// never asks [`Fleet::admits`].
+    fn scoped(&self) -> bool {
+        false
+    }
+    /// Whether capacity `c` (an index into [`Fleet::capacities`]) may hold `r`.
+    fn admits(&self, c: usize, r: &ResourceId) -> bool {
+        let _ = (c, r);
+        true
+    }
+}
+
+/// Whether capacity `c` may hold `r` (see [`Fleet::admits`]); an unknown capacity may not.
+pub fn admits_id(fleet: &dyn Fleet, c: &CapacityId, r: &ResourceId) -> bool {
+    if !fleet.scoped() {
+        return true;
+    }
+    let caps = fleet.capacities();
+    caps.binary_search(c)
+        .ok()
+        .or_else(|| caps.iter().position(|x| x == c))
+        .is_some_and(|i| fleet.admits(i, r))
 }
 
 /// The newest committed version of a resource and its size.
@@ -418,11 +441,19 @@ impl Engine {
             needs,
             by_key,
         } = self.placing(ev, &wants);
+        // Capacities whose scope admits every state the event names (scoped fleets only).
+        let eligible = scope::eligible(ev, fleet);
         // Each candidate's holders, asked of the fleet once (placement and pricing read them).
         for ((r, _, _), v) in placing.iter().zip(&needs) {
-            holders.push_with(|out| fleet.holders_into(r, *v, out));
+            holders.push_with(|out| {
+                let from = out.len();
+                fleet.holders_into(r, *v, out);
+                if let Some(ok) = &eligible {
+                    scope::retain_from(out, from, |c| ok[c] && fleet.admits(c, r));
+                }
+            });
         }
-        let placement = place(
+        let placement = place_within(
             &ev.event.key,
             by_key,
             ev.capacity,
@@ -430,6 +461,7 @@ impl Engine {
             holders,
             &placing,
             &self.loads,
+            eligible.as_deref(),
         );
         let Some(p) = placement else {
             return Decided {
@@ -447,6 +479,10 @@ impl Engine {
         };
         let horizon = target.horizon().unwrap_or(f64::INFINITY);
         self.price_reuse(&mut wants, holders, horizon, now);
+        if eligible.is_some() {
+            // Nothing moves to, or is kept for, a capacity outside its scope.
+            wants.retain(|w| admits_id(fleet, &p.capacity, &w.resource));
+        }
         let transfers = self.planner.plan(&wants, target.as_ref());
         drop(target);
         let hints = self.expected_hints(&wants, &transfers, &p.capacity, fleet, now);
@@ -868,6 +904,9 @@ impl Engine {
         now: f64,
     ) -> Option<(Decision, HintFor)> {
         let (latest, bytes) = catalog.latest(&pw.resource)?;
+        if !admits_id(fleet, &pw.capacity, &pw.resource) {
+            return None;
+        }
         if fleet
             .holding(&pw.capacity, &pw.resource)
             .is_some_and(|h| h.version >= latest)
@@ -914,5 +953,6 @@ impl Engine {
     }
 }
 
+mod scope;
 #[cfg(test)]
 mod scope_tests;

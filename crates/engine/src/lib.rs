@@ -29,9 +29,9 @@ pub mod spread;
 pub use cache::{CacheBook, Expected, Hint, Rule};
 pub use engine::{
     Catalog, Decided, Engine, EngineConfig, EventView, Fleet, HintFor, Holding, Keep, Observed,
-    Prewarm, model_free, rules_for,
+    Prewarm, admits_id, model_free, rules_for,
 };
 pub use evict::{Candidate, Shortfall, choose_victims};
 pub use nextuse_curve::Curve;
-pub use placement::{Holders, Loads, Placement, PlacementReason, place};
+pub use placement::{Holders, Loads, Placement, PlacementReason, place, place_within};
 pub use planner::{Decision, LinkPrice, Planner, PlannerConfig, Target, Want};

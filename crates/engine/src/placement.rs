@@ -169,7 +169,6 @@ impl Loads {
 /// past the end are ignored). With `by_key` the home (and the tie-break among
 /// holders) is the key's rendezvous order rather than its most valuable candidate's: for
 /// keys that keep reading their own states, which then live together.
-#[allow(clippy::too_many_arguments)]
 pub fn place(
     key: &str,
     by_key: bool,
@@ -178,6 +177,27 @@ pub fn place(
     holders: &Holders,
     candidates: &[Candidate<'_>],
     loads: &Loads,
+) -> Option<Placement> {
+    place_within(
+        key, by_key, named, capacities, holders, candidates, loads, None,
+    )
+}
+
+/// [`place`] among the capacities `eligible` marks (by index; `None`: all), for a fleet of
+/// scoped capacities: `holders` must list eligible ones only, the home is the first
+/// eligible capacity in rendezvous order under the load bound (past the bound, the first
+/// eligible one), and there is no placement when none is eligible. A capacity the sender
+/// named is taken as named.
+#[allow(clippy::too_many_arguments)]
+pub fn place_within(
+    key: &str,
+    by_key: bool,
+    named: Option<&CapacityId>,
+    capacities: &[CapacityId],
+    holders: &Holders,
+    candidates: &[Candidate<'_>],
+    loads: &Loads,
+    eligible: Option<&[bool]>,
 ) -> Option<Placement> {
     let n = capacities.len();
     let held_by = |i: usize| holders.of(i);
@@ -220,10 +240,24 @@ pub fn place(
             held_probability: mass,
         });
     }
-    let c = loads
-        .homes
-        .lock()
-        .home(anchor, capacities, |c| loads.allows(c, n))?;
+    let c = match eligible {
+        None => loads
+            .homes
+            .lock()
+            .home(anchor, capacities, |c| loads.allows(c, n))?,
+        Some(ok) => {
+            let ok = |c: &CapacityId| find(c).is_some_and(|i| ok[i]);
+            let c = loads
+                .homes
+                .lock()
+                .home(anchor, capacities, |c| ok(c) && loads.allows(c, n))?;
+            match ok(c) {
+                true => c,
+                // Past the load bound everywhere eligible: the first eligible capacity.
+                false => crate::homes::scan(anchor, capacities, ok).filter(|c| ok(c))?,
+            }
+        }
+    };
     Some(Placement {
         capacity: c.clone(),
         reason: if candidates.is_empty() {
