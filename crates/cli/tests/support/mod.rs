@@ -63,6 +63,20 @@ pub fn spawn(args: &[&str], log: &Path) -> Proc {
     )
 }
 
+/// [`spawn`] with exactly `args` (no `--log` added: a manifest's own arguments).
+pub fn spawn_as_is(args: &[&str], log: &Path) -> Proc {
+    let f = std::fs::File::create(log).unwrap();
+    let child = Command::new(BIN)
+        .args(args)
+        .env_remove("PREWARM_TOKEN")
+        .envs(child_env())
+        .stdout(Stdio::null())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
 pub fn run(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
