@@ -225,6 +225,8 @@ fn the_manifests_entry_points_run_a_fleet_against_real_s3_and_nats() {
             ("PREWARM_LISTEN", format!("127.0.0.1:{api}")),
             ("PREWARM_DATA_LISTEN", format!("127.0.0.1:{data}")),
             ("PREWARM_NATS", format!("nats://127.0.0.1:{nats_port}")),
+            // One node here, not a cluster: one replica.
+            ("PREWARM_NATS_REPLICAS", "1".to_owned()),
         ],
     );
     let agent = here(

@@ -27,6 +27,9 @@ pub struct CoordinatorMetrics {
     pub transfer_seconds: Histogram,
     /// Events handled by the predictive loop.
     pub events: Counter,
+    /// NATS messages delivered again after their events were handled (acknowledged, not
+    /// handled twice).
+    pub nats_redelivered: Counter,
     /// Events refused (malformed, unknown fields, invalid ids, oversize).
     pub events_refused: Counter,
     /// Events refused by the per-token rate limit.
@@ -105,6 +108,11 @@ impl CoordinatorMetrics {
             events_rate_limited: r.counter(
                 "prewarm_coordinator_events_rate_limited_total",
                 "Events refused by the per-token rate limit (429).",
+                &[],
+            ),
+            nats_redelivered: r.counter(
+                "prewarm_coordinator_nats_redelivered_total",
+                "NATS messages delivered again after their events were handled: acknowledged, not handled twice.",
                 &[],
             ),
             events_refused: r.counter(

@@ -80,9 +80,14 @@ pub struct Args {
     #[arg(long, default_value = "1GiB")]
     max_in_flight: prewarm_core::ByteSize,
     /// Also consume events from this NATS server (JetStream; durable consumer, each message
-    /// acknowledged after its events were handled).
-    #[arg(long, value_name = "URL")]
+    /// acknowledged after its events were handled). A cluster's servers separated by commas
+    /// (`nats://a:4222,nats://b:4222`): any one of them reachable is enough.
+    #[arg(long, value_name = "URL[,URL…]")]
     nats: Option<String>,
+    /// Replicas of the events stream when the coordinator creates it (3 on a three-node
+    /// cluster: the stream survives the loss of one node).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    nats_replicas: usize,
     /// The NATS subject events are published on.
     #[arg(long, default_value = "prewarm.events")]
     subject: String,
@@ -258,6 +263,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             stream: a.nats_stream.clone(),
             durable: a.nats_durable.clone(),
             ack_wait: a.nats_ack_wait,
+            replicas: a.nats_replicas,
         };
         tokio::spawn(prewarm_coordinator::run_nats(
             running.coordinator.clone(),

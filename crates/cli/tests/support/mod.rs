@@ -10,9 +10,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod nats;
+mod nats_cluster;
 mod s3;
 #[allow(unused_imports)] // each test file uses its own share of these
 pub use nats::*;
+#[allow(unused_imports)]
+pub use nats_cluster::*;
 #[allow(unused_imports)]
 pub use s3::*;
 

@@ -11,18 +11,7 @@ use super::{Proc, free_port, wait_until};
 /// A nats-server with JetStream on a free port, or `None` (with a note) when none is
 /// installed — except under CI, where `.ci/run` installs one and its absence is a failure.
 pub fn nats_server(dir: &Path) -> Option<(Proc, u16)> {
-    let found = Command::new("nats-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide nats-server (.ci/run installs it)"
-        );
-        eprintln!("no nats-server on PATH: skipping");
-        return None;
-    }
+    nats_server_installed()?;
     let port = free_port();
     let store = dir.join("nats");
     let child = Command::new("nats-server")
@@ -36,6 +25,23 @@ pub fn nats_server(dir: &Path) -> Option<(Proc, u16)> {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     Some((Proc(child), port))
+}
+
+/// `Some` when a nats-server is on PATH; else `None` with a note (a failure under CI).
+pub fn nats_server_installed() -> Option<()> {
+    let found = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide nats-server (.ci/run installs it)"
+        );
+        eprintln!("no nats-server on PATH: skipping");
+        return None;
+    }
+    Some(())
 }
 
 /// Publishes `payload` on `subject` with the plain NATS protocol (the stream captures it).
