@@ -180,15 +180,27 @@ impl<R: BufRead> Iterator for HistoryReader<R> {
                     }));
                 }
             }
-            if self.buf.trim().is_empty() {
-                continue;
+            if let Some(parsed) = parse_history_line(&self.buf, line) {
+                return Some(parsed);
             }
-            let parsed = serde_json::from_str::<HistoryRecord>(&self.buf)
-                .map_err(HistoryErrorKind::from)
-                .and_then(|r| r.validate().map(|()| r));
-            return Some(parsed.map_err(|kind| HistoryError { line, kind }));
         }
     }
+}
+
+/// One history line (`line`: its 1-based number, for the error): `None` when it is blank.
+pub fn parse_history_line(text: &str, line: u64) -> Option<Result<HistoryRecord, HistoryError>> {
+    parse_history_bytes(text.as_bytes(), line)
+}
+
+/// [`parse_history_line`] of the line's bytes (UTF-8 is checked where JSON needs it).
+pub fn parse_history_bytes(text: &[u8], line: u64) -> Option<Result<HistoryRecord, HistoryError>> {
+    if text.trim_ascii().is_empty() {
+        return None;
+    }
+    let parsed = serde_json::from_slice::<HistoryRecord>(text)
+        .map_err(HistoryErrorKind::from)
+        .and_then(|r| r.validate().map(|()| r));
+    Some(parsed.map_err(|kind| HistoryError { line, kind }))
 }
 
 /// Writes history records as JSON Lines.

@@ -17,7 +17,7 @@ mod stats;
 pub use clock::Clock;
 pub use history::{
     Event, HistoryError, HistoryErrorKind, HistoryReader, HistoryRecord, HistoryWriter,
-    MAX_KEY_LEN, ReadAccess, WriteAccess, unix_now,
+    MAX_KEY_LEN, ReadAccess, WriteAccess, parse_history_bytes, parse_history_line, unix_now,
 };
 pub use ids::{
     CapacityId, ChunkHash, IdError, MAX_CAPACITY_ID_LEN, MAX_RESOURCE_ID_LEN, MAX_SEGMENT_LEN,

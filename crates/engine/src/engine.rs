@@ -431,8 +431,6 @@ impl Engine {
         holders: &mut Holders,
     ) -> Decided {
         self.loads
-            .homes
-            .lock()
             .sync(fleet.capacities_epoch(), fleet.capacities());
         let preds = self.calibrated(preds);
         let mut wants = self.wants(ev, &preds, catalog);

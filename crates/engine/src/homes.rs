@@ -31,6 +31,13 @@ pub struct Homes {
     hashes: Vec<u64>,
     /// Holder scoring's per-capacity slots (all `u32::MAX` between decisions).
     scratch: Vec<u32>,
+    /// The epoch's capacities by id, and each capacity's placements in the load bound's
+    /// window by index: the bound asked of thousands of holders per event reads an array,
+    /// not a map keyed by id strings. Valid when `counts_ready` (see
+    /// [`crate::placement::Loads::sync`]); the map in `Loads` stays the reference.
+    index: HashMap<CapacityId, u32>,
+    pub(crate) counts: Vec<u32>,
+    pub(crate) counts_ready: bool,
 }
 
 impl Homes {
@@ -45,7 +52,24 @@ impl Homes {
                 Some(_) => capacities.iter().map(id_hash).collect(),
                 None => Vec::new(),
             };
+            // Indexed counts only with an epoch (rebuilt by `Loads::sync`).
+            self.index = match epoch {
+                Some(_) => capacities.iter().cloned().zip(0..).collect(),
+                None => HashMap::new(),
+            };
+            self.counts = vec![0; self.index.len()];
+            self.counts_ready = false;
         }
+    }
+
+    /// Capacity `id`'s index in the epoch's list (when indexed counts are kept).
+    pub(crate) fn index_of(&self, id: &CapacityId) -> Option<usize> {
+        self.index.get(id).map(|&i| i as usize)
+    }
+
+    /// Whether the indexed counts can be kept for this epoch.
+    pub(crate) fn indexed(&self) -> bool {
+        !self.index.is_empty()
     }
 
     /// Holder scoring's per-capacity slots, kept between decisions (see `crate::scoring`).

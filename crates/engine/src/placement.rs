@@ -138,18 +138,58 @@ impl Loads {
         (16 * capacities).max(64)
     }
 
+    /// Placements a capacity may have in the window among `n` capacities.
+    fn bound(&self, n: usize) -> usize {
+        let placed = self.window.len() + 1;
+        let cap = ((1.0 + EPSILON) * placed as f64 / n.max(1) as f64).ceil() as usize;
+        cap.max(1)
+    }
+
     /// Whether `c` may take one more among `n` capacities.
     pub fn allows(&self, c: &CapacityId, n: usize) -> bool {
-        let n = n.max(1);
-        let placed = self.window.len() + 1;
-        let cap = ((1.0 + EPSILON) * placed as f64 / n as f64).ceil() as usize;
-        self.counts.get(c).copied().unwrap_or(0) < cap.max(1)
+        self.counts.get(c).copied().unwrap_or(0) < self.bound(n)
+    }
+
+    /// [`Loads::allows`] for the capacity at index `i` of `capacities`, read from the
+    /// indexed counts in `homes` (locked by the caller) when they are kept.
+    pub(crate) fn allows_at(
+        &self,
+        homes: &crate::homes::Homes,
+        capacities: &[CapacityId],
+        i: usize,
+    ) -> bool {
+        let n = capacities.len();
+        match homes.counts_ready && homes.counts.len() == n {
+            true => (homes.counts[i] as usize) < self.bound(n),
+            false => self.allows(&capacities[i], n),
+        }
+    }
+
+    /// Follows the fleet's capacity list (see [`crate::homes::Homes::sync`]), rebuilding the
+    /// indexed counts from the window when the list changed.
+    pub fn sync(&self, epoch: Option<u64>, capacities: &[CapacityId]) {
+        let mut h = self.homes.lock();
+        h.sync(epoch, capacities);
+        if h.counts_ready || !h.indexed() {
+            return;
+        }
+        for (id, k) in &self.counts {
+            if let Some(i) = h.index_of(id) {
+                h.counts[i] = *k as u32;
+            }
+        }
+        h.counts_ready = true;
     }
 
     /// Records a placement on `c` among `n` capacities.
     pub fn placed(&mut self, c: &CapacityId, n: usize) {
         self.window.push_back(c.clone());
         *self.counts.entry(c.clone()).or_default() += 1;
+        let mut h = self.homes.lock();
+        let indexed = h.counts_ready;
+        if indexed && let Some(i) = h.index_of(c) {
+            h.counts[i] += 1;
+        }
         while self.window.len() > Self::len_for(n) {
             if let Some(old) = self.window.pop_front()
                 && let Some(k) = self.counts.get_mut(&old)
@@ -157,6 +197,9 @@ impl Loads {
                 *k -= 1;
                 if *k == 0 {
                     self.counts.remove(&old);
+                }
+                if indexed && let Some(i) = h.index_of(&old) {
+                    h.counts[i] = h.counts[i].saturating_sub(1);
                 }
             }
         }
@@ -387,6 +430,38 @@ mod tests {
         assert_eq!(holding.len(), 4, "{per:?}");
         for n in per.values() {
             assert!(*n <= 135, "{per:?}");
+        }
+    }
+
+    #[test]
+    fn indexed_counts_follow_the_window_across_capacity_lists() {
+        let all = caps(30);
+        let mut loads = Loads::default();
+        let check = |loads: &Loads, list: &[CapacityId]| {
+            let h = loads.homes.lock();
+            for (i, c) in list.iter().enumerate() {
+                assert_eq!(
+                    loads.allows_at(&h, list, i),
+                    loads.allows(c, list.len()),
+                    "{c}"
+                );
+                assert!(h.counts_ready);
+            }
+        };
+        let mut x = 7u64;
+        for (epoch, list) in [(1, &all[..]), (2, &all[5..25]), (3, &all[..])] {
+            loads.sync(Some(epoch), list);
+            for _ in 0..2000 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let c = &list[((x >> 33) % 7) as usize]; // a few hot capacities
+                loads.placed(c, list.len());
+                if x.is_multiple_of(97) {
+                    check(&loads, list);
+                }
+            }
+            check(&loads, list);
         }
     }
 

@@ -31,13 +31,18 @@ fn scores(
     if slot.len() < n {
         slot.resize(n, u32::MAX);
     }
-    let mut score: Vec<(usize, f64, f64)> = Vec::new();
+    let total: usize = (0..candidates.len()).map(|i| holders.of(i).len()).sum();
+    let mut score: Vec<(usize, f64, f64)> = Vec::with_capacity(total);
     for (i, &(_, p, fetch)) in candidates.iter().enumerate() {
-        let keep = |c: &usize| match skip {
-            Some((s, only)) if s == i => only[*c],
-            _ => true,
+        let only = match skip {
+            Some((s, only)) if s == i => Some(only),
+            _ => None,
         };
-        for &c in holders.of(i).iter().filter(|&&c| c < n).filter(|c| keep(c)) {
+        let saved = p * fetch.max(1e-9);
+        for &c in holders.of(i) {
+            if c >= n || only.is_some_and(|o| !o[c]) {
+                continue;
+            }
             let k = match slot[c] {
                 u32::MAX => {
                     slot[c] = score.len() as u32;
@@ -46,7 +51,7 @@ fn scores(
                 }
                 k => k as usize,
             };
-            score[k].1 += p * fetch.max(1e-9);
+            score[k].1 += saved;
             score[k].2 += p;
         }
     }
@@ -129,27 +134,30 @@ impl Scored {
         anchor: u64,
         loads: &Loads,
     ) -> Option<(usize, f64)> {
-        let n = capacities.len();
         let mut homes = loads.homes.lock();
-        let allows = |c: usize| loads.allows(&capacities[c], n);
-        let rank = |&(c, saved, mass): &(usize, f64, f64)| {
-            (c, saved, mass, homes.weight(anchor, capacities, c))
+        let ranked = match &self.many {
+            Some(_) => homes.ranked(anchor, capacities),
+            None => Vec::new(),
         };
-        let pool: Vec<_> = self.exact.iter().map(rank).collect();
-        let mut best = first_allowed(pool, allows);
+        let homes = &*homes;
+        let allows = |c: usize| loads.allows_at(homes, capacities, c);
+        let mut best = best_allowed(
+            self.exact.iter().copied(),
+            |c| homes.weight(anchor, capacities, c),
+            allows,
+        );
         if let Some(m) = &self.many {
             let (_, p, fetch) = candidates[m.candidate];
             let only = |c: usize| m.member[c] && !m.other[c] && allows(c);
-            let ranked = homes.ranked(anchor, capacities);
             let saved = p * fetch.max(1e-9);
             let first = match ranked.iter().map(|&c| c as usize).find(|&c| only(c)) {
                 Some(c) => Some(c),
                 // None of the remembered first capacities qualifies: every holder's weight
-                // (one mix each), the bound checked from the best down.
+                // (one mix each), the bound checked where a holder would win.
                 None => {
                     let pool = m.list.iter().filter(|&&c| !m.other[c]);
-                    let pool = pool.map(|&c| (c, saved, p, homes.weight(anchor, capacities, c)));
-                    first_allowed(pool.collect(), allows).map(|x| x.0)
+                    let pool = pool.map(|&c| (c, saved, p));
+                    best_allowed(pool, |c| homes.weight(anchor, capacities, c), allows).map(|x| x.0)
                 }
             };
             if let Some(c) = first {
@@ -166,24 +174,28 @@ impl Scored {
     }
 }
 
-/// The best of `pool` by [`better`] that `allows` takes. The bound seldom refuses: the best
-/// is checked first, then the next…; after a few refusals every entry is checked once.
-fn first_allowed(
-    mut pool: Vec<(usize, f64, f64, u64)>,
+/// The best of `pool` (index, Σ p · fetch, Σ p) by [`better`] that `allows` takes, with its
+/// rendezvous weight, in one pass: the weight is computed only where the sums do not
+/// already lose, and the load bound asked only of a holder that would win (the bound is a
+/// map lookup, the pool thousands of holders of a shared state).
+fn best_allowed(
+    pool: impl Iterator<Item = (usize, f64, f64)>,
+    mut weight: impl FnMut(usize) -> u64,
     allows: impl Fn(usize) -> bool,
 ) -> Option<(usize, f64, f64, u64)> {
-    for _ in 0..8 {
-        let (i, x) = pool
-            .iter()
-            .copied()
-            .enumerate()
-            .max_by(|a, b| better(&a.1, &b.1))?;
-        if allows(x.0) {
-            return Some(x);
+    let mut best: Option<(usize, f64, f64, u64)> = None;
+    for (c, saved, mass) in pool {
+        if let Some(b) = best
+            && mass.total_cmp(&b.2).then(saved.total_cmp(&b.1)).is_lt()
+        {
+            continue;
         }
-        pool.swap_remove(i);
+        let x = (c, saved, mass, weight(c));
+        if best.is_none_or(|b| better(&x, &b).is_gt()) && allows(c) {
+            best = Some(x);
+        }
     }
-    pool.into_iter().filter(|x| allows(x.0)).max_by(better)
+    best
 }
 
 /// Placement's order of holders: more probability held, then more seconds saved, then the
@@ -237,7 +249,7 @@ mod tests {
         };
         for round in 0..300 {
             let loads = Loads::default();
-            loads.homes.lock().sync(Some(round), &caps);
+            loads.sync(Some(round), &caps);
             let mut loads = loads;
             // Load some capacities past the bound (more of them in later rounds).
             for _ in 0..(round * 7) {

@@ -149,7 +149,10 @@ impl Fleet for SimFleet {
     }
 
     fn holders_into(&self, r: &ResourceId, min: Version, out: &mut Vec<usize>) {
-        out.extend(self.holding_at(r, min));
+        if let Some(h) = self.holders.get(r) {
+            out.reserve(h.len()); // a shared state's thousands of holders, without regrowing
+            out.extend(h.iter().filter(|(_, v)| *v >= min.get()).map(|(c, _)| *c));
+        }
     }
 
     fn holder_count(&self, r: &ResourceId, min: Version) -> usize {
