@@ -50,8 +50,8 @@ pub enum Keep {
 
 /// The rules of the policy called `policy`: the recency baselines (`none`: dropped after
 /// use; `lru`, `s3fifo`, `gdsf`: kept for `keep_alive_s`, `INFINITY` meaning until
-/// pressure) fetch on demand; `histogram` keeps by Azure's windows; `oracle` by the known
-/// next uses; any other name is a model, evicting by next-use value and keeping while
+/// pressure) fetch on demand; `histogram` keeps by Azure's windows; `oracle` and `belady`
+/// (the oracle's eviction alone) by the known next uses; any other name is a model, evicting by next-use value and keeping while
 /// holding is worth its memory price.
 pub fn rules_for(policy: &str, keep_alive_s: f64) -> (Rule, Keep) {
     match policy {
@@ -60,7 +60,7 @@ pub fn rules_for(policy: &str, keep_alive_s: f64) -> (Rule, Keep) {
         "s3fifo" => (Rule::S3Fifo, Keep::Fixed(keep_alive_s)),
         "gdsf" => (Rule::Gdsf, Keep::Fixed(keep_alive_s)),
         "histogram" => (Rule::Lru, Keep::Windows(keep_alive_s)),
-        "oracle" => (Rule::Belady, Keep::Known),
+        "oracle" | "belady" => (Rule::Belady, Keep::Known),
         _ => (Rule::Value, Keep::Priced),
     }
 }

@@ -36,7 +36,7 @@ use prewarm_predict::histogram::Histogram;
 use serde::Serialize;
 
 pub use bench_fleet::BenchFleet;
-pub use oracle::Future;
+pub use oracle::{Clairvoyant, Future};
 pub use prewarm_engine::Rule;
 pub use replay::{replay, replay_logged, replay_metered, replay_paired, replay_retuned};
 
@@ -114,6 +114,9 @@ pub enum PolicyKind {
     Predictive(Box<dyn Predictor>),
     /// Knows the future.
     Oracle,
+    /// Knows the future only when evicting: Belady's eviction with the causal placement
+    /// and on-demand fetches of `lru` (what eviction alone can reach; [`Clairvoyant`]).
+    Belady,
 }
 
 /// Retraining during a replay, as the coordinator retrains in production (`--retrain-every`:
@@ -174,6 +177,10 @@ impl Policy {
             PolicyKind::Histogram(h) => ("histogram", Some(Box::new(h))),
             PolicyKind::Predictive(p) => ("model", Some(p)),
             PolicyKind::Oracle => ("oracle", Some(Box::new(Future::new(records, cfg.lead_s)))),
+            PolicyKind::Belady => (
+                "belady",
+                Some(Box::new(Clairvoyant(Future::new(records, cfg.lead_s)))),
+            ),
         };
         let (rule, keep) = rules_for(family, cfg.keep_alive_s);
         let ec = EngineConfig {
@@ -181,7 +188,7 @@ impl Policy {
             top_k: cfg.top_k,
             rule,
             keep,
-            calibrate: cfg.calibrate && family != "oracle",
+            calibrate: cfg.calibrate && !matches!(family, "oracle" | "belady"),
             spread: cfg.spread,
             ahead: cfg.ahead,
             ..EngineConfig::default()

@@ -103,3 +103,32 @@ impl Predictor for Future {
         Some(ts.get(i).copied().unwrap_or(f64::INFINITY))
     }
 }
+
+/// The oracle's knowledge used for eviction only (the `belady` reference policy): it names
+/// nothing for an event and nothing ahead, so placement is `lru`'s (the key's recent states)
+/// and every state is fetched on demand, but the engine evicts by the exact next use
+/// (Belady), keeps a state until pressure unless it is never used again, and bypasses the
+/// cache for a state needed later than everything it would evict. Between `lru` and it lies
+/// what eviction can win; between it and the oracle, what only knowing each event's reads
+/// before it runs (placement and pre-warming) can.
+pub struct Clairvoyant(pub Future);
+
+impl Predictor for Clairvoyant {
+    fn name(&self) -> &str {
+        "belady"
+    }
+
+    fn observe(&mut self, _record: &HistoryRecord) {}
+
+    fn predict(&mut self, _ctx: &Context<'_>, _k: usize) -> Vec<Prediction> {
+        Vec::new()
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
+
+    fn known_next_use(&self, resource: &ResourceId, after: f64) -> Option<f64> {
+        self.0.known_next_use(resource, after)
+    }
+}

@@ -19,6 +19,12 @@ pub fn is_learned(policy: &str) -> bool {
         || policy.starts_with("transformer:")
 }
 
+/// Whether `policy` reads the trace's future (the oracle, and Belady's eviction alone): a
+/// reference line, never a baseline.
+pub fn clairvoyant(policy: &str) -> bool {
+    matches!(policy, "oracle" | "belady")
+}
+
 /// The cost axis of a frontier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,13 +97,13 @@ pub struct Standing {
 /// The standings of every learned policy at every size: `runs` is (cache bytes, rows);
 /// `ceiling` the history's causal ceiling (a warm-start rate), when known.
 pub fn standings(runs: &[(u64, Vec<SimReport>)], ceiling: Option<f64>) -> Vec<Standing> {
-    let baselines: Vec<Point> = points(runs, Cost::Memory, |p| !is_learned(p) && p != "oracle");
+    let baselines: Vec<Point> = points(runs, Cost::Memory, |p| !is_learned(p) && !clairvoyant(p));
     let mut out = Vec::new();
     for (size, rows) in runs {
         let oracle = rows.iter().find(|r| r.policy == "oracle");
         let same_size = rows
             .iter()
-            .filter(|b| !is_learned(&b.policy) && b.policy != "oracle")
+            .filter(|b| !is_learned(&b.policy) && !clairvoyant(&b.policy))
             .map(|b| b.warm_rate)
             .max_by(f64::total_cmp);
         for r in rows.iter().filter(|r| is_learned(&r.policy)) {

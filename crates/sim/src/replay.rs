@@ -100,8 +100,11 @@ fn run_full(
                 if i + 1 < records.len() {
                     sim.push(records[i + 1].ts - cfg.lead_s, Ev::Event(i + 1));
                 }
-                sim.on_event(&mut engine, i, t);
+                // The execution is queued before the decision's keep-alive timers: with no
+                // lead a timer may run out at the execution's own start, and the execution
+                // must read what was kept for it before the timer drops it.
                 sim.push(records[i].ts.max(t), Ev::Exec(i));
+                sim.on_event(&mut engine, i, t);
             }
             Ev::Exec(i) => {
                 sim.on_exec(&mut engine, i, t);

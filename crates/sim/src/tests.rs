@@ -106,15 +106,23 @@ fn prediction_beats_keep_alive_and_the_oracle_bounds_everyone() {
         assert_eq!(r.executions, 1_600); // the warm-up (20%) is not counted
         assert_eq!(r.ttr_percentiles_ms.len(), 101);
     }
-    // Without lead time nothing can arrive before its execution: prediction gains nothing
-    // over keeping (it may still help placement).
+    // Without lead time nothing can arrive before its execution: what starts warm was kept
+    // (the oracle's knowledge still places each event where its state is): the oracle keeps
+    // the whole cycle (two states per capacity) by Belady's order and bounds the others.
     let c = SimConfig {
         lead_s: 0.0,
         ..cfg()
     };
-    let o = Policy::new("oracle", PolicyKind::Oracle);
-    let r = replay(&h, o, &c);
-    assert!(r.warm_rate < oracle.warm_rate, "{r:?}");
+    let at0 = |p: Policy| replay(&h, p, &c);
+    let o = at0(Policy::new("oracle", PolicyKind::Oracle));
+    let b = at0(Policy::new("belady", PolicyKind::Belady));
+    let l = at0(Policy::new("lru", PolicyKind::Lru));
+    assert_eq!(o.bytes_predictive, 0, "{o:?}");
+    assert!(
+        o.warm_rate > 0.99,
+        "kept for its own execution, not dropped: {o:?}"
+    );
+    assert!(o.warm >= b.warm && o.warm >= l.warm, "{o:?} {b:?} {l:?}");
 }
 
 #[test]
@@ -526,4 +534,62 @@ fn settings_are_re_learned_while_running_when_the_workload_changes() {
         retuned.warm,
         fixed.warm
     );
+}
+
+#[test]
+fn belady_evicts_by_the_future_and_moves_only_on_demand() {
+    // One capacity holding two of three states read in a loop: LRU evicts each state just
+    // before it is read again (every read misses); Belady keeps one of the two for its
+    // next use, so about every other read hits. Nothing is pre-warmed: the oracle, which
+    // also knows each execution's reads before it runs, still starts every one warm.
+    let loop3 = ["s/a", "s/b", "s/c"];
+    let h: Vec<_> = (0..600usize)
+        .map(|i| rec(1_000.0 + 10.0 * i as f64, "k", &[loop3[i % 3]], &[]))
+        .collect();
+    let c = SimConfig {
+        capacities: 1,
+        keep_alive_s: f64::INFINITY,
+        memory_price: 0.0,
+        ..cfg()
+    };
+    let lru = replay(&h, Policy::new("lru", PolicyKind::Lru), &c);
+    let belady = replay(&h, Policy::new("belady", PolicyKind::Belady), &c);
+    let oracle = replay(&h, Policy::new("oracle", PolicyKind::Oracle), &c);
+    assert_eq!(lru.warm, 0, "{lru:?}");
+    assert!(belady.warm_rate > 0.45, "{belady:?}");
+    assert_eq!(belady.bytes_predictive, 0, "{belady:?}");
+    assert!(belady.bytes < lru.bytes, "{belady:?} vs {lru:?}");
+    assert!(
+        oracle.warm_rate > 0.99 && oracle.warm >= belady.warm,
+        "{oracle:?}"
+    );
+}
+
+#[test]
+fn without_lead_a_state_kept_for_its_last_use_is_read_before_it_is_dropped() {
+    // Each state is read twice, 10 s apart, the second time for the last time. With no
+    // lead the decision for the second read comes at the read's own start and says "keep
+    // until now" (nothing follows): the read must still find the state, not a timer that
+    // dropped it first.
+    let h: Vec<_> = (0..400usize)
+        .map(|i| {
+            let s = format!("s/{}", i / 2);
+            rec(1_000.0 + 5.0 * i as f64, "k", &[s.as_str()], &[])
+        })
+        .collect();
+    let c = SimConfig {
+        capacities: 1,
+        lead_s: 0.0,
+        keep_alive_s: f64::INFINITY,
+        memory_price: 0.0,
+        ..cfg()
+    };
+    for p in [
+        Policy::new("oracle", PolicyKind::Oracle),
+        Policy::new("belady", PolicyKind::Belady),
+        Policy::new("lru", PolicyKind::Lru),
+    ] {
+        let r = replay(&h, p, &c);
+        assert_eq!(r.warm * 2, r.executions, "every second read is warm: {r:?}");
+    }
 }

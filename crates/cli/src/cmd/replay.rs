@@ -188,6 +188,7 @@ fn policy(
         "gdsf" => PolicyKind::Gdsf,
         "histogram" => PolicyKind::Histogram(Histogram::new()),
         "oracle" => PolicyKind::Oracle,
+        "belady" => PolicyKind::Belady,
         spec => {
             let spec = match spec {
                 "gru" | "transformer" => {
@@ -207,7 +208,7 @@ fn policy(
                 Ok(p) => PolicyKind::Predictive(p),
                 Err(SpecError::Unknown(_)) => bail!(
                     "unknown policy {name:?} (none, lru, s3fifo, gdsf, histogram, frequency, markov, gru, \
-                     transformer, mixture, auto, oracle, gru:DIR, transformer:DIR, mixture:SPEC)"
+                     transformer, mixture, auto, oracle, belady, gru:DIR, transformer:DIR, mixture:SPEC)"
                 ),
                 Err(e) => return Err(e.into()),
             }
@@ -231,7 +232,7 @@ fn policy(
 /// Whether `--tune` learns settings for the policy called `name` (those the planner prices
 /// with a model's predictions: not the model-free baselines, Azure's windows or the oracle).
 fn tunable(name: &str) -> bool {
-    !prewarm_engine::model_free(name) && !matches!(name, "histogram" | "oracle")
+    !prewarm_engine::model_free(name) && !matches!(name, "histogram" | "oracle" | "belady")
 }
 
 /// The models the `auto` policy chooses among, the one kept without evidence first.
