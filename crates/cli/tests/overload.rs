@@ -110,7 +110,6 @@ struct Flood {
     /// Events/s the clients offered (accepted + shed bodies).
     offered: f64,
     accepted: u64,
-    shed: u64,
     rss_before_kib: u64,
     peak_kib: u64,
 }
@@ -193,7 +192,6 @@ fn flood(
         capacity,
         offered,
         accepted,
-        shed,
         rss_before_kib,
         peak_kib,
     }
