@@ -16,6 +16,7 @@ from prewarm import (
     InvalidResource,
     NoSource,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
     Unauthorized,
     UnknownLease,
@@ -110,6 +111,18 @@ def test_an_agent_without_a_coordinator_is_503_no_source(cluster: Cluster) -> No
     with pytest.raises(NoSource) as e:
         lonely.ensure("models/tiny", timeout=30)
     assert (e.value.status, e.value.kind) == (503, "no_source")
+
+
+def test_an_agent_holding_its_max_leases_is_503_overloaded(cluster: Cluster, blob) -> None:
+    capped = Agent(cluster.agent("cap-capped", "--max-leases", "1"), cluster.token)
+    resource = blob(4096)
+    held = capped.ensure(resource, timeout=30)
+    with pytest.raises(Overloaded) as e:
+        capped.ensure(resource, timeout=30)
+    assert (e.value.status, e.value.kind) == (503, "overloaded")
+    assert e.value.retry_after is not None and e.value.retry_after >= 1
+    capped.release(held.lease)
+    assert capped.ensure(resource, timeout=30).hit
 
 
 def test_an_unknown_lease_is_404(agent: Agent) -> None:

@@ -42,6 +42,9 @@ pub struct AgentConfig {
     pub tls: Option<prewarm_tls::Connector>,
     /// How long an `ensure` answer keeps its state from eviction.
     pub lease: Duration,
+    /// Leases held at once at most (each costs memory until it ends): an `ensure` past it is
+    /// refused with [`crate::EnsureError::Overloaded`] ([`DEFAULT_MAX_LEASES`] by default).
+    pub max_leases: usize,
     /// Which data-plane channel to use.
     pub data_path: DataPath,
     /// Where chunks come from: the coordinator's data plane or its object store.
@@ -49,6 +52,12 @@ pub struct AgentConfig {
     /// The clock of history records, uses and keep-alives (the system's, or a test's).
     pub clock: Clock,
 }
+
+/// Default of [`AgentConfig::max_leases`]: at the cap the agent's RSS was 90 MiB above idle
+/// (the lease records and the history queue of the calls; RELIABILITY.md, "Overload");
+/// applications calling `ensure` 4,000 times a second with the default lease of 60 s stay
+/// under it (releasing leases, or asking for shorter ones, leaves more room).
+pub const DEFAULT_MAX_LEASES: usize = 262_144;
 
 /// Data-plane channel choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -330,7 +339,7 @@ impl Agent {
             registry,
             history,
             changed: Notify::new(),
-            leases: Mutex::default(),
+            leases: Mutex::new(crate::leases::Leases::with_max(cfg.max_leases)),
             finished_tx,
             finished_rx: Mutex::new(Some(finished_rx)),
             direct: Default::default(),
@@ -1036,19 +1045,33 @@ impl Agent {
         }
     }
 
-    /// Keeps `lease` on `resource` for `d`, releases expired ones, and returns the lease's id.
+    /// Keeps `lease` on `resource` for `d`, releases expired ones, and returns the lease's id;
+    /// [`EnsureError::Overloaded`] when [`AgentConfig::max_leases`] are held (counted).
     pub(crate) fn hold(
         &self,
         lease: crate::space::Lease,
         resource: &ResourceId,
         d: Duration,
-    ) -> u64 {
+    ) -> Result<u64, crate::EnsureError> {
         self.release_expired();
-        let until = Instant::now() + d;
-        self.leases
-            .lock()
-            .expect("agent lock poisoned")
-            .hold(lease, resource.clone(), until)
+        let now = Instant::now();
+        let held =
+            self.leases
+                .lock()
+                .expect("agent lock poisoned")
+                .hold(lease, resource.clone(), now + d);
+        held.map_err(|full| {
+            self.metrics.shed.inc();
+            crate::EnsureError::Overloaded {
+                held: full.held,
+                retry_after_s: full
+                    .next_end
+                    .map_or(1, |t| {
+                        t.saturating_duration_since(now).as_secs_f64().ceil() as u64
+                    })
+                    .max(1),
+            }
+        })
     }
 
     /// Extends `ensure` lease `id` to `d` from now; false when it has expired or was released.

@@ -49,6 +49,17 @@ pub enum EnsureError {
     /// The fetch failed.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The agent holds as many leases as it may (`--max-leases`): nothing was leased.
+    #[error(
+        "the agent holds {held} leases, its limit (--max-leases): retry in {retry_after_s} s, or \
+         release leases or ask for shorter ones"
+    )]
+    Overloaded {
+        /// Leases held.
+        held: usize,
+        /// Seconds until the earliest lease ends (at least 1).
+        retry_after_s: u64,
+    },
 }
 
 impl Agent {
@@ -119,7 +130,7 @@ impl Agent {
     ) -> Result<(Ensured, u64), EnsureError> {
         let lease_ms = lease_for.as_millis() as u64;
         if let Some((held, lease)) = self.hit(&req.resource, req.min_version, req.max_stale) {
-            let lease = Some(self.hold(lease, &req.resource, lease_for));
+            let lease = Some(self.hold(lease, &req.resource, lease_for)?);
             let bytes = held.bytes;
             let e = Ensured {
                 resource: held.resource.to_string(),
@@ -159,9 +170,11 @@ impl Agent {
         };
         // Lease what was installed like a hit would (its arrival was its use: not counted
         // again, as the replay counts it).
+        // Past the lease cap the state stays installed (the next call is a hit) but unleased.
         let lease = self
             .lease_exact(&req.resource, loaded.held.version)
-            .map(|l| self.hold(l, &req.resource, lease_for));
+            .map(|l| self.hold(l, &req.resource, lease_for))
+            .transpose()?;
         let bytes = loaded.held.bytes;
         let e = Ensured {
             resource: loaded.held.resource.to_string(),

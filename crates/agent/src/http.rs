@@ -4,7 +4,8 @@
 //!   → `{resource, version, path, hit, wait_ms, lease, lease_ms}`; errors are
 //!   `{error, message}` with 400 (invalid id or parameter), 401 (token), 404 (unknown
 //!   resource or version), 504 (not ready in time; the fetch continues), 507 (cache full of
-//!   leased states), 502/503 (source). The answer's state is leased (kept from eviction) for
+//!   leased states), 502/503 (source), 503 `overloaded` with `Retry-After` (the agent holds
+//!   `--max-leases` leases: nothing was leased; counted in `prewarm_agent_ensure_shed_total`). The answer's state is leased (kept from eviction) for
 //!   `lease_ms` (default: the agent's `--lease`; at most [`MAX_LEASE_MS`]); `lease` is the
 //!   lease's id.
 //! - `PUT /v1/leases/{id}?lease_ms=L` → `{lease, lease_ms}`: the lease now ends `L` ms from
@@ -198,6 +199,12 @@ async fn ensure(
         Err(e) => {
             let (status, kind) = match &e {
                 EnsureError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+                EnsureError::Overloaded { retry_after_s, .. } => {
+                    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string());
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, (*retry_after_s).into());
+                    return r;
+                }
                 EnsureError::Load(l) => match l {
                     LoadError::Data(DataError::UnknownState(_)) | LoadError::TooOld { .. } => {
                         (StatusCode::NOT_FOUND, "unknown_state")

@@ -12,23 +12,66 @@ use prewarm_core::ResourceId;
 
 use crate::space::Lease;
 
+/// A lease refused: this many are held, the cap; the earliest ends at `next_end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Full {
+    pub held: usize,
+    pub next_end: Option<Instant>,
+}
+
 /// The held leases by id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Leases {
+    /// Held at once at most.
+    max: usize,
     next: u64,
     /// Each lease's expiry, the lease, and its state (a tenant may touch its own only).
     held: HashMap<u64, (Instant, Lease, ResourceId)>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
 }
 
+impl Default for Leases {
+    fn default() -> Self {
+        Self::with_max(usize::MAX)
+    }
+}
+
 impl Leases {
-    /// Holds `lease` on `resource` until `until`; returns its id (never 0, never reused).
-    pub(crate) fn hold(&mut self, lease: Lease, resource: ResourceId, until: Instant) -> u64 {
+    /// No lease held; at most `max` at once.
+    pub(crate) fn with_max(max: usize) -> Self {
+        Self {
+            max,
+            next: 0,
+            held: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+        }
+    }
+
+    /// Holds `lease` on `resource` until `until`; returns its id (never 0, never reused), or
+    /// [`Full`] when `max` are held (the lease is dropped: its state is not kept).
+    pub(crate) fn hold(
+        &mut self,
+        lease: Lease,
+        resource: ResourceId,
+        until: Instant,
+    ) -> Result<u64, Full> {
+        if self.held.len() >= self.max {
+            return Err(Full {
+                held: self.held.len(),
+                next_end: self.next_end(),
+            });
+        }
         self.next += 1;
         let id = self.next;
         self.held.insert(id, (until, lease, resource));
         self.deadlines.push(Reverse((until, id)));
-        id
+        Ok(id)
+    }
+
+    /// When the earliest held lease ends, or earlier: the heap's first deadline (a renewed or
+    /// released lease's leftover may come first; a hint for a retry, so O(1) matters more).
+    fn next_end(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Moves lease `id`'s expiry to `until`; false when it is not held (expired, released).
@@ -102,9 +145,9 @@ mod tests {
         };
         let r = || ResourceId::new("m/x").unwrap();
         let count = || counter.load(Ordering::Acquire);
-        let a = l.hold(lease(), r(), ms(100));
-        let b = l.hold(lease(), r(), ms(200));
-        let c = l.hold(lease(), r(), ms(300));
+        let a = l.hold(lease(), r(), ms(100)).unwrap();
+        let b = l.hold(lease(), r(), ms(200)).unwrap();
+        let c = l.hold(lease(), r(), ms(300)).unwrap();
         assert_eq!((a, b, c, count()), (1, 2, 3, 3));
         assert!(l.renew(a, ms(1_000)));
         assert_eq!(l.expire(ms(150)), 0);
@@ -120,7 +163,7 @@ mod tests {
         assert_eq!(l.expire(ms(1_000)), 1);
         assert_eq!(count(), 0);
         // Renewals spammed on one lease do not grow the heap without bound.
-        let d = l.hold(lease(), r(), ms(5_000));
+        let d = l.hold(lease(), r(), ms(5_000)).unwrap();
         for i in 0..10_000 {
             assert!(l.renew(d, ms(5_000 + i)));
         }
@@ -131,5 +174,35 @@ mod tests {
         );
         assert_eq!(l.expire(ms(20_000)), 1);
         assert_eq!((count(), l.held.len(), l.deadlines.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn past_the_cap_a_lease_is_refused_and_its_state_not_kept() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut l = Leases::with_max(2);
+        let counter = Arc::new(AtomicUsize::new(0));
+        let lease = || {
+            counter.fetch_add(1, Ordering::AcqRel);
+            Lease::counted(counter.clone())
+        };
+        let r = || ResourceId::new("m/x").unwrap();
+        let a = l.hold(lease(), r(), ms(100)).unwrap();
+        l.hold(lease(), r(), ms(200)).unwrap();
+        let full = l.hold(lease(), r(), ms(300)).unwrap_err();
+        assert_eq!(
+            full,
+            Full {
+                held: 2,
+                next_end: Some(ms(100))
+            }
+        );
+        assert_eq!(
+            counter.load(Ordering::Acquire),
+            2,
+            "the refused lease was dropped"
+        );
+        assert!(l.release(a));
+        assert!(l.hold(lease(), r(), ms(300)).is_ok(), "room again");
     }
 }

@@ -30,7 +30,9 @@ pub mod metrics;
 pub mod space;
 pub mod trust;
 
-pub use agent::{Agent, AgentConfig, DataPath, DataSource, LoadError, Priority, VersionReq};
+pub use agent::{
+    Agent, AgentConfig, DEFAULT_MAX_LEASES, DataPath, DataSource, LoadError, Priority, VersionReq,
+};
 pub use ensure::{EnsureError, EnsureRequest, Ensured};
 pub use space::{Held, Lease, Slot, SpaceError, StateSpace};
 

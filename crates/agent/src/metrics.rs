@@ -31,6 +31,8 @@ pub struct AgentMetrics {
     pub hints: Counter,
     /// Invalidations that concerned a held state.
     pub invalidations: Counter,
+    /// `ensure` calls refused because the lease cap was reached.
+    pub shed: Counter,
     hit: (Counter, Histogram),
     miss: (Counter, Histogram),
     error: (Counter, Histogram),
@@ -102,6 +104,11 @@ impl AgentMetrics {
             invalidations: r.counter(
                 "prewarm_agent_invalidations_total",
                 "Newer versions announced for held states.",
+                &[],
+            ),
+            shed: r.counter(
+                "prewarm_agent_ensure_shed_total",
+                "ensure calls refused with 503 overloaded: the agent held --max-leases leases.",
                 &[],
             ),
             hit: ensure("hit"),

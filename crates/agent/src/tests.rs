@@ -88,6 +88,7 @@ fn agent_paced(
         token: None,
         tls: None,
         lease: Duration::from_secs(60),
+        max_leases: crate::DEFAULT_MAX_LEASES,
         data_path: DataPath::Tcp,
         data_source: crate::DataSource::Coordinator,
         clock: prewarm_core::Clock::system(),

@@ -277,6 +277,7 @@ async fn start_agent(s: &Setup, i: usize, url: &str, c: &mut Cluster) -> Result<
         token: None,
         tls: None,
         lease: Duration::from_secs(1),
+        max_leases: prewarm_agent::DEFAULT_MAX_LEASES,
         data_path: DataPath::Tcp,
         data_source: prewarm_agent::DataSource::Coordinator,
         clock: prewarm_core::Clock::system(),

@@ -158,6 +158,7 @@ async fn live(sizes: &BTreeMap<ResourceId, u64>) -> Live {
             token: None,
             tls: None,
             lease: Duration::from_secs(60), // released when each execution ends
+            max_leases: prewarm_agent::DEFAULT_MAX_LEASES,
             data_path: DataPath::Tcp,
             data_source: prewarm_agent::DataSource::Coordinator,
             clock: clock.clone(),

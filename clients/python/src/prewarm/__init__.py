@@ -14,6 +14,8 @@ from .errors import (
     Forbidden,
     InvalidResource,
     NoSource,
+    Overloaded,
+    RateLimited,
     NotFound,
     NotReady,
     PayloadTooLarge,
@@ -46,6 +48,8 @@ __all__ = [
     "PayloadTooLarge",
     "SourceError",
     "NoSource",
+    "Overloaded",
+    "RateLimited",
     "NotReady",
     "CacheFull",
 ]

@@ -92,4 +92,9 @@ def _api_error(e: urllib.error.HTTPError) -> PrewarmError:
         doc = None
     if not isinstance(doc, dict):
         doc = {"error": "", "message": raw.decode("utf-8", "replace") or str(e.reason)}
-    return from_response(e.code, str(doc.get("error", "")), str(doc.get("message", "")))
+    return from_response(
+        e.code,
+        str(doc.get("error", "")),
+        str(doc.get("message", "")),
+        e.headers.get("Retry-After") if e.headers is not None else None,
+    )

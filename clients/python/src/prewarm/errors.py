@@ -71,6 +71,22 @@ class NoSource(PrewarmError):
     """503 ``no_source``: the agent is not attached to a coordinator."""
 
 
+class Overloaded(PrewarmError):
+    """503 ``overloaded``: shed under load, nothing done (the coordinator's event slots were
+    full; the agent held its ``--max-leases`` leases). Retry after :attr:`retry_after` s."""
+
+    #: Seconds the answer's ``Retry-After`` asked to wait (``None`` when it named none).
+    retry_after: Optional[float] = None
+
+
+class RateLimited(PrewarmError):
+    """429 ``rate_limited``: the token's events per second were spent (coordinator). Retry
+    after :attr:`retry_after` s."""
+
+    #: Seconds the answer's ``Retry-After`` asked to wait (``None`` when it named none).
+    retry_after: Optional[float] = None
+
+
 class NotReady(PrewarmError, TimeoutError):
     """504 ``timeout``: not installed within the timeout; the fetch continues."""
 
@@ -86,6 +102,8 @@ _BY_KIND: Dict[str, Type[PrewarmError]] = {
     "unauthorized": Unauthorized,
     "forbidden": Forbidden,
     "no_source": NoSource,
+    "overloaded": Overloaded,
+    "rate_limited": RateLimited,
     "cache_full": CacheFull,
 }
 
@@ -96,6 +114,7 @@ _BY_STATUS: Dict[int, Type[PrewarmError]] = {
     404: NotFound,
     408: RequestTimeout,
     413: PayloadTooLarge,
+    429: RateLimited,
     502: SourceError,
     503: NoSource,
     504: NotReady,
@@ -103,7 +122,16 @@ _BY_STATUS: Dict[int, Type[PrewarmError]] = {
 }
 
 
-def from_response(status: int, kind: str, message: str) -> PrewarmError:
-    """The typed error for an API answer of ``status`` with ``{error: kind, message}``."""
+def from_response(
+    status: int, kind: str, message: str, retry_after: Optional[str] = None
+) -> PrewarmError:
+    """The typed error for an API answer of ``status`` with ``{error: kind, message}`` (and
+    its ``Retry-After`` header, seconds, when it had one)."""
     cls = _BY_KIND.get(kind) or _BY_STATUS.get(status) or PrewarmError
-    return cls(message, status=status, kind=kind)
+    err = cls(message, status=status, kind=kind)
+    if isinstance(err, (Overloaded, RateLimited)) and retry_after:
+        try:
+            err.retry_after = float(retry_after)
+        except ValueError:
+            pass
+    return err

@@ -42,6 +42,10 @@ pub struct Args {
     /// How long an ensure answer protects its state from eviction.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     lease: Duration,
+    /// Leases held at once at most; an ensure past it answers 503 overloaded with
+    /// Retry-After (when the next lease ends), counted in prewarm_agent_ensure_shed_total.
+    #[arg(long, default_value_t = prewarm_agent::DEFAULT_MAX_LEASES)]
+    max_leases: usize,
     /// Data-plane channel: auto (on the coordinator's host the pack channel, where pack files
     /// are passed by descriptor, else the Unix socket; TCP elsewhere), tcp, unix, fds.
     #[arg(long, default_value = "auto")]
@@ -96,6 +100,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         token,
         tls: tls_client,
         lease: a.lease,
+        max_leases: a.max_leases,
         data_path,
         data_source,
         clock: prewarm_core::Clock::system(),

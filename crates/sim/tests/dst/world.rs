@@ -163,6 +163,7 @@ impl World {
                         token: None,
                         tls: None,
                         lease: Duration::from_secs(300),
+                        max_leases: prewarm_agent::DEFAULT_MAX_LEASES,
                         data_path: DataPath::Tcp,
                         data_source: prewarm_agent::DataSource::Coordinator,
                         clock: clock.clone(),
