@@ -119,14 +119,6 @@ fn for_secs(secs: u64) -> Arc<AtomicBool> {
     stop
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The agent's lease settings: `--lease 2s --max-leases 2000` (it grants at most 1,000
 /// leases a second, sustained), or the defaults (60 s, 262,144) with
 /// `PREWARM_OVERLOAD_DEFAULTS=1`.
@@ -158,11 +150,11 @@ fn an_agent_flooded_with_ensure_calls_sheds_past_its_leases_and_keeps_its_memory
     assert_eq!(code, 200, "{body}");
     // Its capacity: the leases it may grant per second, sustained.
     let capacity = max_leases as f64 / lease_s;
-    let rss_before = rss_kib(pid);
+    let rss_before = rss_kib(pid).0;
     let sampler = std::thread::spawn(move || {
         let (mut peak, t0) = (0, Instant::now());
         while t0.elapsed() < Duration::from_secs(secs) {
-            peak = peak.max(rss_kib(pid));
+            peak = peak.max(rss_kib(pid).0);
             std::thread::sleep(Duration::from_millis(100));
         }
         peak

@@ -32,18 +32,6 @@ fn body(n: usize, seed: usize) -> Vec<u8> {
     body_of("k", 5_000, n, seed)
 }
 
-/// A process's resident and peak resident memory, KiB.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 #[derive(Default)]
 struct Tally {
     accepted: AtomicU64,

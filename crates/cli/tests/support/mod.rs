@@ -406,3 +406,15 @@ pub fn taught_pair(c: &Cluster, size: usize, seed: u64) -> Pair {
         _b,
     }
 }
+
+/// A process's resident and peak resident memory, KiB.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
