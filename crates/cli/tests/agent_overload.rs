@@ -132,10 +132,7 @@ fn lease_settings() -> (f64, usize, Vec<&'static str>) {
 
 #[test]
 fn an_agent_flooded_with_ensure_calls_sheds_past_its_leases_and_keeps_its_memory_bounded() {
-    let secs: u64 = std::env::var("PREWARM_OVERLOAD_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let secs: u64 = env_or("PREWARM_OVERLOAD_SECS", 5);
     let c = Cluster::start();
     let f = c.path("x");
     std::fs::write(&f, vec![7u8; 4096]).unwrap();

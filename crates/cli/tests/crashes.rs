@@ -65,10 +65,7 @@ fn staged_any(dir: &Path) -> bool {
 
 #[test]
 fn an_agent_killed_at_random_moments_never_shows_a_wrong_or_partial_state() {
-    let kills: usize = std::env::var("PREWARM_KILLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let kills: usize = env_or("PREWARM_KILLS", 20);
     let seed: u64 = std::env::var("PREWARM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -187,10 +187,7 @@ fn flood(
 
 /// The flood's length: `PREWARM_OVERLOAD_SECS` (60 for the long run), else 5.
 fn secs() -> u64 {
-    std::env::var("PREWARM_OVERLOAD_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5)
+    env_or("PREWARM_OVERLOAD_SECS", 5)
 }
 
 /// Memory stayed bounded (one body in progress, the rest waiting unread) and, the load
